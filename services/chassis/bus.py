@@ -1,0 +1,493 @@
+"""The one event bus: NATS JetStream with a transactional outbox and an idempotent inbox.
+
+Producers call :func:`enqueue` inside the same database transaction as the state change, so the
+change and its event commit together. :class:`OutboxRelay` publishes pending rows with
+``Nats-Msg-Id`` = event id (JetStream drops duplicates inside its window) and marks a row sent only
+after the publish is acknowledged; while NATS is down it backs off and nothing is lost.
+
+Consumers are durable pull consumers (:class:`Consumer`). Each message's handler runs in one
+database transaction together with an inbox row keyed by (consumer, event id), so a redelivered
+event has no second effect; the message is acked only after that transaction commits, nak'ed with
+backoff on error, and after ``max_deliveries`` copied to ``steward.dlq.<consumer>`` and terminated
+so the stream keeps flowing. Events carry ids only, never customer data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nats
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from sqlalchemy import DateTime, Integer, LargeBinary, String, Text, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+from steward.events.v1 import events_pb2
+
+from services.chassis.db import Base, Database
+from services.chassis.settings import NatsSettings
+from services.chassis.telemetry import extract_context, inject_headers
+
+log = logging.getLogger("steward.bus")
+tracer = trace.get_tracer("steward.bus")
+
+__all__ = [
+    "DLQ_PREFIX",
+    "Bus",
+    "Consumer",
+    "InboxEntry",
+    "OutboxEntry",
+    "OutboxRelay",
+    "enqueue",
+    "make_event",
+    "subject_for",
+]
+
+DLQ_PREFIX = "steward.dlq."
+Handler = Callable[[Session, events_pb2.Event], None]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class OutboxEntry(Base):
+    """An event waiting to be published (``published_at`` is null until JetStream acknowledged it)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    headers: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class InboxEntry(Base):
+    """An event a consumer has already applied; its presence makes redelivery a no-op."""
+
+    __tablename__ = "inbox"
+
+    consumer: Mapped[str] = mapped_column(String(100), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+def subject_for(event_type: str) -> str:
+    """``vault.subject.erased`` -> ``steward.vault.subject.erased``."""
+    return f"steward.{event_type}"
+
+
+def make_event(*, source: str, event_type: str, tenant_id: str = "", **payload: Message) -> events_pb2.Event:
+    """A new envelope with a fresh id and timestamp; ``payload`` names one oneof field."""
+    if len(payload) != 1:
+        raise ValueError("an event carries exactly one payload")
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    event = events_pb2.Event(
+        id=str(uuid.uuid4()), type=event_type, occurred_at=stamp, tenant_id=tenant_id, source=source
+    )
+    ((field, message),) = payload.items()
+    getattr(event, field).CopyFrom(message)
+    return event
+
+
+def enqueue(session: Session, event: events_pb2.Event) -> str:
+    """Stage ``event`` in the outbox of ``session``'s transaction; it is published after commit."""
+    session.add(
+        OutboxEntry(
+            id=event.id,
+            subject=subject_for(event.type),
+            payload=event.SerializeToString(),
+            headers=json.dumps(inject_headers()),
+        )
+    )
+    return event.id
+
+
+class Bus:
+    """A NATS connection that (re)connects in the background and provisions the stream."""
+
+    def __init__(self, settings: NatsSettings, *, name: str) -> None:
+        self.settings = settings
+        self.name = name
+        self.nc: NatsClient | None = None
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self._connect_task: asyncio.Task[None] | None = None
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context; raises ConnectionError while not connected."""
+        if self.nc is None or not self.nc.is_connected:
+            raise ConnectionError("NATS is not connected")
+        return self.nc.jetstream()
+
+    async def start(self) -> None:
+        """Begin connecting; returns at once (services must start even while NATS is down)."""
+        if self._connect_task is None:
+            self._connect_task = asyncio.create_task(self._connect_loop(), name=f"nats-connect-{self.name}")
+
+    async def wait_connected(self, limit_s: float) -> None:
+        """Wait until connected and the stream exists (TimeoutError after ``limit_s``)."""
+        await asyncio.wait_for(self.connected.wait(), limit_s)
+
+    async def _connect_loop(self) -> None:
+        delay = 0.1
+        while self.nc is None:
+            try:
+                self.nc = await nats.connect(
+                    servers=[self.settings.url],
+                    name=f"steward-{self.name}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    error_cb=self._on_error,
+                )
+            except Exception as exc:
+                log.warning("nats connect failed; retrying", extra={"error_type": type(exc).__name__, "delay_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        await self._provision_until_done()
+
+    async def _provision_until_done(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self.ensure_stream()
+                self.connected.set()
+                return
+            except Exception as exc:
+                log.warning("stream provisioning failed; retrying", extra={"error_type": type(exc).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def ensure_stream(self) -> None:
+        """Create (or update) the ``STEWARD`` stream over ``steward.>``."""
+        config = StreamConfig(
+            name=self.settings.stream,
+            subjects=["steward.>"],
+            duplicate_window=120.0,
+        )
+        js = self.js
+        try:
+            await js.stream_info(self.settings.stream)
+        except NotFoundError:
+            await js.add_stream(config)
+
+    async def _on_disconnected(self) -> None:
+        self.connected.clear()
+        log.warning("nats disconnected")
+
+    async def _on_reconnected(self) -> None:
+        self.reconnects += 1
+        log.info("nats reconnected")
+        asyncio.get_running_loop().create_task(self._provision_until_done())
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("nats client error", extra={"error_type": type(exc).__name__})
+
+    async def close(self) -> None:
+        """Drain and close the connection."""
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._connect_task
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        self.connected.clear()
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to JetStream, in order, at least once (deduplicated by id)."""
+
+    def __init__(self, db: Database, bus: Bus, *, batch: int = 200, keep_published: timedelta = timedelta(hours=6)):
+        self.db = db
+        self.bus = bus
+        self.batch = batch
+        self.keep_published = keep_published
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    def wake(self) -> None:
+        """Hint that new rows were committed (the relay also polls)."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Run the relay loop in the background."""
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        """Stop the loop; unpublished rows stay for the next start."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _pending(self, session: Session) -> list[tuple[str, str, bytes, str]]:
+        query = (
+            select(OutboxEntry.id, OutboxEntry.subject, OutboxEntry.payload, OutboxEntry.headers)
+            .where(OutboxEntry.published_at.is_(None))
+            .order_by(OutboxEntry.created_at, OutboxEntry.id)
+            .limit(self.batch)
+        )
+        return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
+
+    def _mark(self, session: Session, ids: Sequence[str]) -> None:
+        now = _now()
+        session.execute(update(OutboxEntry).where(OutboxEntry.id.in_(ids)).values(published_at=now))
+        session.execute(
+            delete(OutboxEntry).where(
+                OutboxEntry.published_at.is_not(None), OutboxEntry.published_at < now - self.keep_published
+            )
+        )
+
+    async def drain_once(self) -> int:
+        """Publish one batch of pending rows; returns how many were acknowledged."""
+        rows = await self.db.run(self._pending)
+        if not rows:
+            return 0
+        done: list[str] = []
+        try:
+            js = self.bus.js
+            for event_id, subject, payload, headers in rows:
+                hdrs = json.loads(headers or "{}")
+                hdrs["Nats-Msg-Id"] = event_id
+                await js.publish(subject, payload, timeout=2.0, stream=self.bus.settings.stream, headers=hdrs)
+                done.append(event_id)
+        finally:
+            if done:
+                await self.db.run(lambda s: self._mark(s, done))
+                self.published += len(done)
+        return len(done)
+
+    async def _run(self) -> None:
+        failures = 0
+        poll = self.bus.settings.outbox_poll_s
+        while True:
+            try:
+                if not self.bus.connected.is_set():
+                    await asyncio.wait_for(self.bus.connected.wait(), timeout=5.0)
+                count = await self.drain_once()
+                failures = 0
+                if count:
+                    continue
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=poll)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(5.0, 0.1 * 2 ** min(failures, 6)) * (0.5 + random.random() / 2)  # noqa: S311
+                log.warning(
+                    "outbox publish failed; backing off",
+                    extra={"error_type": type(exc).__name__, "delay_s": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+
+
+@dataclass
+class ConsumerStats:
+    """Counters tests and metrics read."""
+
+    handled: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    dead_lettered: int = 0
+    resubscribes: int = 0
+
+
+class Consumer:
+    """A durable pull consumer whose handler runs once per event, inside a database transaction."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        db: Database,
+        *,
+        durable: str,
+        subjects: Sequence[str],
+        handler: Handler,
+        max_deliveries: int | None = None,
+        ack_wait_s: float | None = None,
+        batch: int = 50,
+        nak_base_delay_s: float = 0.2,
+    ) -> None:
+        self.bus = bus
+        self.db = db
+        self.durable = durable
+        self.subjects = list(subjects)
+        self.handler = handler
+        self.max_deliveries = max_deliveries or bus.settings.max_deliveries
+        self.ack_wait_s = ack_wait_s or bus.settings.ack_wait_s
+        self.batch = batch
+        self.nak_base_delay_s = nak_base_delay_s
+        self.stats = ConsumerStats()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Run the fetch loop in the background."""
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.durable}")
+
+    async def stop(self) -> None:
+        """Stop fetching; unacked messages are redelivered to the next run."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _config(self) -> ConsumerConfig:
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliveries,
+            max_ack_pending=1000,
+        )
+        if len(self.subjects) == 1:
+            config.filter_subject = self.subjects[0]
+        else:
+            config.filter_subjects = self.subjects
+        return config
+
+    async def _subscribe(self) -> Any:
+        await self.bus.wait_connected(3600)
+        js = self.bus.js
+        stream = self.bus.settings.stream
+        try:
+            await js.consumer_info(stream, self.durable)
+        except NotFoundError:
+            await js.add_consumer(stream, self._config())
+        return await js.pull_subscribe_bind(durable=self.durable, stream=stream)
+
+    async def _run(self) -> None:
+        sub = None
+        failures = 0
+        seen_reconnects = -1
+        while True:
+            try:
+                # nats.py pull subscriptions can go quiet after a server restart (nats-io/nats.py#504):
+                # after every reconnect we bind afresh.
+                if sub is None or seen_reconnects != self.bus.reconnects:
+                    if sub is not None:
+                        self.stats.resubscribes += 1
+                        with contextlib.suppress(Exception):
+                            await sub.unsubscribe()
+                    seen_reconnects = self.bus.reconnects
+                    sub = await self._subscribe()
+                try:
+                    messages = await sub.fetch(self.batch, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    continue
+                failures = 0
+                for msg in messages:
+                    await self._process(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(5.0, 0.1 * 2 ** min(failures, 6))
+                log.warning(
+                    "consumer loop error; resubscribing",
+                    extra={"consumer": self.durable, "error_type": type(exc).__name__, "delay_s": delay},
+                )
+                sub = None
+                await asyncio.sleep(delay)
+
+    def _apply(self, session: Session, event: events_pb2.Event) -> bool:
+        seen = session.get(InboxEntry, (self.durable, event.id))
+        if seen is not None:
+            return False
+        session.add(InboxEntry(consumer=self.durable, event_id=event.id))
+        session.flush()
+        self.handler(session, event)
+        return True
+
+    async def _process(self, msg: Msg) -> None:
+        event = events_pb2.Event()
+        try:
+            event.ParseFromString(msg.data)
+            if not event.id:
+                raise DecodeError("event without id")
+        except DecodeError:
+            log.error("undecodable event; dead-lettering", extra={"consumer": self.durable, "subject": msg.subject})
+            await self._dead_letter(msg, "DecodeError", event_id="")
+            return
+        parent = extract_context(msg.headers)
+        with tracer.start_as_current_span(
+            f"process {msg.subject}",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": msg.subject,
+                "messaging.message.id": event.id,
+                "steward.consumer": self.durable,
+            },
+        ):
+            try:
+                applied = await self.db.run(lambda s: self._apply(s, event))
+            except IntegrityError:
+                applied = False  # a concurrent replica applied it first: the inbox row won the race
+            except Exception as exc:
+                await self._failed(msg, event, exc)
+                return
+        if applied:
+            self.stats.handled += 1
+        else:
+            self.stats.duplicates += 1
+        await msg.ack()
+
+    async def _failed(self, msg: Msg, event: events_pb2.Event, exc: Exception) -> None:
+        self.stats.failures += 1
+        delivered = msg.metadata.num_delivered or 1
+        log.warning(
+            "event handler failed",
+            extra={
+                "consumer": self.durable,
+                "event_id": event.id,
+                "delivery": delivered,
+                "error_type": type(exc).__name__,
+            },
+        )
+        if delivered >= self.max_deliveries:
+            await self._dead_letter(msg, type(exc).__name__, event_id=event.id)
+            return
+        await msg.nak(delay=self.nak_base_delay_s * 2 ** (delivered - 1))
+
+    async def _dead_letter(self, msg: Msg, error_type: str, *, event_id: str) -> None:
+        headers = {
+            "Steward-Original-Subject": msg.subject,
+            "Steward-Consumer": self.durable,
+            "Steward-Error-Type": error_type,
+        }
+        if event_id:
+            headers["Nats-Msg-Id"] = f"dlq:{self.durable}:{event_id}"
+        await self.bus.js.publish(
+            f"{DLQ_PREFIX}{self.durable}", msg.data, timeout=2.0, stream=self.bus.settings.stream, headers=headers
+        )
+        await msg.term()
+        self.stats.dead_lettered += 1

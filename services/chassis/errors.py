@@ -1,0 +1,193 @@
+"""Typed domain errors and the one place they become gRPC statuses.
+
+Domain code raises these; :class:`ErrorMappingInterceptor` turns them into ``context.abort`` with the
+matching status code. Anything else becomes INTERNAL with a generic message and a trace id that
+on-call can grep for in the logs — the exception text never reaches the caller, because it could
+hold customer data.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+log = logging.getLogger("steward.errors")
+
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "DomainError",
+    "ErrorMappingInterceptor",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "abort_for",
+    "status_for",
+]
+
+
+class DomainError(Exception):
+    """Base of every error a caller may see. The message must say what to fix and hold no customer data."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class InvalidArgument(DomainError):
+    """The request itself is wrong; retrying it unchanged will fail again."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(DomainError):
+    """No such object for this caller (also the answer for another tenant's objects)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(DomainError):
+    """The object the caller tried to create exists."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(DomainError):
+    """The system is not in a state that allows this operation (restricted, on legal hold, closed)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(DomainError):
+    """A concurrency conflict, e.g. a stale ``expected_version``; re-read and retry."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but may not do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(DomainError):
+    """No valid credential."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhausted(DomainError):
+    """A quota or rate limit was hit; ``retry_after_s`` says when to come back."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(DomainError):
+    """A dependency (Transit, NATS, database) is down; safe to retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """Map any exception to (code, caller-safe message, trailing metadata)."""
+    if isinstance(exc, DomainError):
+        trailers: tuple[tuple[str, str], ...] = ()
+        if exc.retry_after_s is not None:
+            trailers = (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
+        return exc.code, exc.message, trailers
+    trace_id = uuid.uuid4().hex
+    # exc_info keeps the detail in our logs (structured, PII-scrubbed by policy) and out of the reply.
+    log.error("unhandled error", extra={"error_id": trace_id, "error_type": type(exc).__name__}, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error; quote error id {trace_id} to on-call", ()
+
+
+async def abort_for(context: aio.ServicerContext, exc: BaseException) -> None:
+    """Abort the RPC with the status ``exc`` maps to."""
+    code, message, trailers = status_for(exc)
+    if trailers:
+        context.set_trailing_metadata(trailers)
+    await context.abort(code, message)
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort raises this; it has already set the status and must pass through untouched.
+    return isinstance(exc, aio.AbortError) or type(exc).__name__ == "AbortError"
+
+
+class ErrorMappingInterceptor(aio.ServerInterceptor):
+    """Wraps every handler so domain errors become statuses and unknown errors become INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except BaseException as exc:
+            if _is_abort(exc) or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if isinstance(exc, Exception):
+                await abort_for(context, exc)
+            raise
+
+    return wrapper
+
+
+def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapper(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except BaseException as exc:
+            if _is_abort(exc) or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if isinstance(exc, Exception):
+                await abort_for(context, exc)
+            raise
+
+    return wrapper

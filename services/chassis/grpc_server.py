@@ -1,0 +1,185 @@
+"""gRPC server bootstrap shared by every service.
+
+:func:`build_server` returns a configured ``grpc.aio`` server with health and reflection, the error
+mapping interceptor, OpenTelemetry instrumentation, size and concurrency limits, keepalive and
+TLS/mTLS. :func:`serve_forever` runs it until SIGTERM/SIGINT and shuts down gracefully: health
+flips to NOT_SERVING, new RPCs are refused, in-flight ones get ``shutdown_grace_s`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.chassis.errors import ErrorMappingInterceptor
+from services.chassis.settings import GrpcSettings, SettingsError
+
+log = logging.getLogger("steward.grpc")
+
+__all__ = ["PeerAllowlistInterceptor", "RunningServer", "build_server", "channel_options", "serve_forever"]
+
+
+def channel_options(settings: GrpcSettings) -> list[tuple[str, int]]:
+    """Options shared by servers and the clients that talk to them."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", settings.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+class PeerAllowlistInterceptor(aio.ServerInterceptor):
+    """Refuses callers whose verified certificate name is not allowed (services accept only the gateway).
+
+    Health checks stay open so Kubernetes probes work without a client certificate.
+    """
+
+    def __init__(self, allowed_names: Iterable[str]) -> None:
+        self._allowed = {name.encode() for name in allowed_names}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith("/grpc.health.v1.Health/"):
+            return handler
+        allowed = self._allowed
+
+        def check(context: aio.ServicerContext) -> bool:
+            names = context.peer_identities() or []
+            return any(name in allowed for name in names)
+
+        return _guarded(handler, check)
+
+
+def _guarded(handler: grpc.RpcMethodHandler, check: Callable[[aio.ServicerContext], bool]) -> grpc.RpcMethodHandler:
+    message = "caller is not an allowed peer: services accept calls only from the Steward gateway"
+
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def uu(request, context):  # type: ignore[no-untyped-def]
+            if not check(context):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+            return await inner_uu(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(uu, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        async def us(request, context):  # type: ignore[no-untyped-def]
+            if not check(context):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+            async for item in inner_us(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(us, handler.request_deserializer, handler.response_serializer)
+    return handler
+
+
+@dataclass
+class RunningServer:
+    """A started server with its bound port and health servicer."""
+
+    server: aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+
+    async def set_serving(self, serving: bool) -> None:
+        """Flip overall and per-service health."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)  # type: ignore[attr-defined]
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop taking new RPCs, let in-flight ones finish within ``grace_s``."""
+        await self.health.enter_graceful_shutdown()  # type: ignore[attr-defined]
+        await self.server.stop(grace_s)
+
+
+def _read(path: object) -> bytes:
+    with open(str(path), "rb") as handle:
+        return handle.read()
+
+
+async def build_server(
+    settings: GrpcSettings,
+    *,
+    register: Callable[[aio.Server], Sequence[str]],
+    trust_identity_metadata: bool = False,
+    extra_interceptors: Sequence[aio.ServerInterceptor] = (),
+    port: int | None = None,
+) -> RunningServer:
+    """Create, bind and start a server. ``register`` adds servicers and returns their full service names.
+
+    Without mTLS a service would trust identity metadata from anyone, so that requires the explicit
+    ``trust_identity_metadata`` switch (tests, benchmarks); otherwise start-up fails.
+    """
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    tls = settings.tls
+    mtls = tls.enabled and tls.client_ca_file is not None
+    if not mtls and not trust_identity_metadata:
+        raise SettingsError(
+            "mTLS is not configured: set GRPC__TLS__CERT_FILE, GRPC__TLS__KEY_FILE and GRPC__TLS__CLIENT_CA_FILE, "
+            "or TRUST_IDENTITY_METADATA=true for local testing only"
+        )
+    interceptors: list[aio.ServerInterceptor] = [aio_server_interceptor(), ErrorMappingInterceptor()]
+    if mtls and tls.allowed_client_names:
+        interceptors.insert(1, PeerAllowlistInterceptor(tls.allowed_client_names))
+    interceptors.extend(extra_interceptors)
+    server = aio.server(
+        interceptors=interceptors,
+        options=channel_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    names = tuple(register(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.host}:{settings.port if port is None else port}"
+    if tls.enabled:
+        credentials = grpc.ssl_server_credentials(
+            [(_read(tls.key_file), _read(tls.cert_file))],
+            root_certificates=_read(tls.client_ca_file) if tls.client_ca_file else None,
+            require_client_auth=mtls,
+        )
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
+    await server.start()
+    running = RunningServer(server=server, port=bound, health=health_servicer, service_names=names)
+    await running.set_serving(True)
+    log.info("grpc server listening", extra={"port": bound, "services": list(names), "mtls": mtls})
+    return running
+
+
+async def serve_forever(
+    running: RunningServer, grace_s: float, on_stop: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully and run ``on_stop``."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_s": grace_s})
+    await running.shutdown(grace_s)
+    if on_stop is not None:
+        await on_stop()

@@ -1,0 +1,116 @@
+"""One typed settings loader for every service.
+
+Each service declares a ``pydantic_settings.BaseSettings`` subclass with ``env_prefix`` set to
+``STEWARD_<SERVICE>__``; :func:`load_settings` builds it and turns validation failures into a
+:class:`SettingsError` whose message names the environment variable to fix, so a pod that is
+misconfigured dies at start-up with one readable line instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "GrpcSettings",
+    "NatsSettings",
+    "ServiceSettings",
+    "SettingsError",
+    "TlsSettings",
+    "load_settings",
+    "service_settings_config",
+]
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class SettingsError(RuntimeError):
+    """Start-up configuration is missing or invalid; the message names each variable to fix."""
+
+
+class TlsSettings(BaseModel):
+    """Server (and optionally client-verifying) TLS material, as file paths."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = Field(
+        default=None, description="When set, clients must present a certificate signed by this CA (mTLS)."
+    )
+    allowed_client_names: list[str] = Field(
+        default_factory=list, description="mTLS only: certificate common names allowed to call (empty = any)."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """True when a certificate and key are configured."""
+        return self.cert_file is not None and self.key_file is not None
+
+
+class GrpcSettings(BaseModel):
+    """gRPC server knobs every service shares."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_concurrent_rpcs: int = Field(default=1000, ge=1)
+    keepalive_time_ms: int = Field(default=30_000, ge=1000)
+    keepalive_timeout_ms: int = Field(default=10_000, ge=1000)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+
+class NatsSettings(BaseModel):
+    """Where the NATS JetStream server is and how the bus behaves."""
+
+    url: str = "nats://127.0.0.1:4222"
+    stream: str = "STEWARD"
+    max_deliveries: int = Field(default=5, ge=1)
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    outbox_poll_s: float = Field(default=0.2, gt=0)
+    enabled: bool = True
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service has. Subclasses set ``model_config = service_settings_config("VAULT")``."""
+
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///.steward/data/service.db"),
+        description="SQLAlchemy URL; sqlite:///path for the embedded default, postgresql+psycopg://… in production.",
+    )
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings)
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    log_level: str = "INFO"
+
+
+def service_settings_config(service: str) -> SettingsConfigDict:
+    """The one env-var convention: ``STEWARD_<SERVICE>__FIELD`` and ``__`` for nesting."""
+    return SettingsConfigDict(
+        env_prefix=f"STEWARD_{service.upper()}__",
+        env_nested_delimiter="__",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+
+def _variable_name(settings_cls: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
+    prefix = str(settings_cls.model_config.get("env_prefix", ""))
+    return prefix + "__".join(str(part) for part in loc).upper()
+
+
+def load_settings(settings_cls: type[S], **overrides: object) -> S:
+    """Build ``settings_cls`` from the environment (and explicit overrides, for tests and the launcher).
+
+    Raises SettingsError naming every missing or invalid variable; the offending value is never
+    echoed, since it may be a secret.
+    """
+    try:
+        return settings_cls(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = _variable_name(settings_cls, tuple(error["loc"]))
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid configuration — set or fix: " + "; ".join(problems)) from None

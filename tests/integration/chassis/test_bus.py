@@ -1,0 +1,176 @@
+"""Outbox, inbox, dead-lettering and restart behaviour of the bus against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from steward.events.v1 import events_pb2
+
+from services.chassis.bus import DLQ_PREFIX, Bus, Consumer, InboxEntry, OutboxEntry, OutboxRelay, enqueue, make_event
+from services.chassis.db import Base, Database
+from services.chassis.settings import NatsSettings
+from tests.plugins.infra import NatsServer
+
+
+def tenant_event(tenant: str) -> events_pb2.Event:
+    return make_event(
+        source="test",
+        event_type="test.tenant.created",
+        tenant_id=tenant,
+        tenant_created=events_pb2.TenantCreated(tenant_id=tenant),
+    )
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def db(database_url: str) -> Database:
+    database = Database(database_url)
+    Base.metadata.create_all(database.engine)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    b = Bus(NatsSettings(url=nats_server.url, max_deliveries=3, ack_wait_s=2), name="test")
+    await b.start()
+    await b.wait_connected(10)
+    yield b
+    await b.close()
+
+
+async def test_events_written_while_nats_is_down_are_published_once_after_restart(
+    db: Database, bus: Bus, nats_server: NatsServer
+) -> None:
+    received: list[str] = []
+    consumer = Consumer(
+        bus, db, durable="collector", subjects=["steward.test.>"], handler=lambda _s, e: received.append(e.id)
+    )
+    await consumer.start()
+    relay = OutboxRelay(db, bus)
+    await relay.start()
+
+    nats_server.kill()
+    ids = [await db.run(lambda s: enqueue(s, tenant_event(f"t{i}"))) for i in range(25)]
+    await asyncio.sleep(1.0)  # the relay tries and backs off while NATS is gone
+    pending = await db.run(lambda s: s.scalar(select(func.count()).where(OutboxEntry.published_at.is_(None))))
+    assert pending == 25
+    nats_server.start()
+
+    await eventually(lambda: sorted(received) == sorted(ids), 30)
+    await asyncio.sleep(1.0)
+    assert sorted(received) == sorted(ids)  # once each, no duplicates
+    assert consumer.stats.handled == 25
+    await relay.stop()
+    await consumer.stop()
+
+
+async def test_same_event_delivered_twice_has_one_effect(db: Database, bus: Bus) -> None:
+    effects: list[str] = []
+    consumer = Consumer(
+        bus, db, durable="dedupe", subjects=["steward.test.>"], handler=lambda _s, e: effects.append(e.id)
+    )
+    await consumer.start()
+    event = tenant_event("t1")
+    # Published twice with different Nats-Msg-Ids so JetStream's own dedupe cannot hide the second copy.
+    for copy in ("a", "b"):
+        await bus.js.publish(
+            "steward.test.tenant.created", event.SerializeToString(), headers={"Nats-Msg-Id": f"{event.id}-{copy}"}
+        )
+    await eventually(lambda: consumer.stats.handled + consumer.stats.duplicates == 2)
+    assert effects == [event.id]
+    assert consumer.stats.duplicates == 1
+    inbox = await db.run(lambda s: s.scalar(select(func.count()).select_from(InboxEntry)))
+    assert inbox == 1
+    await consumer.stop()
+
+
+async def test_failing_handler_ends_in_dead_letter_and_stream_keeps_flowing(db: Database, bus: Bus) -> None:
+    good: list[str] = []
+    poison = tenant_event("poison")
+
+    def handler(_session: Session, event: events_pb2.Event) -> None:
+        if event.id == poison.id:
+            raise RuntimeError("boom")
+        good.append(event.id)
+
+    consumer = Consumer(
+        bus, db, durable="flaky", subjects=["steward.test.>"], handler=handler, max_deliveries=3, nak_base_delay_s=0.05
+    )
+    dlq = await bus.js.pull_subscribe(f"{DLQ_PREFIX}flaky", durable="dlq-watch")
+    await consumer.start()
+    await bus.js.publish("steward.test.tenant.created", poison.SerializeToString(), headers={"Nats-Msg-Id": poison.id})
+    after = tenant_event("after")
+    await bus.js.publish("steward.test.tenant.created", after.SerializeToString(), headers={"Nats-Msg-Id": after.id})
+
+    await eventually(lambda: consumer.stats.dead_lettered == 1)
+    await eventually(lambda: after.id in good)
+    [dead] = await dlq.fetch(1, timeout=5)
+    assert events_pb2.Event.FromString(dead.data).id == poison.id
+    assert dead.headers["Steward-Error-Type"] == "RuntimeError"
+    assert consumer.stats.failures == 3
+    # the poison event's failed attempts left no inbox row behind
+    assert await db.run(lambda s: s.get(InboxEntry, ("flaky", poison.id))) is None
+    await consumer.stop()
+
+
+async def test_durable_consumer_survives_nats_kill_and_restart(db: Database, bus: Bus, nats_server: NatsServer) -> None:
+    received: list[str] = []
+    consumer = Consumer(
+        bus, db, durable="survivor", subjects=["steward.test.>"], handler=lambda _s, e: received.append(e.id)
+    )
+    await consumer.start()
+    first = tenant_event("before")
+    await bus.js.publish("steward.test.tenant.created", first.SerializeToString(), headers={"Nats-Msg-Id": first.id})
+    await eventually(lambda: first.id in received)
+
+    nats_server.restart()
+    await bus.wait_connected(30)
+    second = tenant_event("after-restart")
+    await eventually(lambda: bus.connected.is_set())
+    for _ in range(50):
+        try:
+            await bus.js.publish(
+                "steward.test.tenant.created", second.SerializeToString(), headers={"Nats-Msg-Id": second.id}
+            )
+            break
+        except Exception:
+            await asyncio.sleep(0.2)
+    await eventually(lambda: second.id in received, 30)
+    assert received == [first.id, second.id]
+    await consumer.stop()
+
+
+async def test_trace_context_crosses_the_nats_hop(db: Database, bus: Bus) -> None:
+    provider = TracerProvider()
+    tracer = provider.get_tracer("test")
+    seen: list[int] = []
+
+    def handler(_session: Session, _event: events_pb2.Event) -> None:
+        seen.append(trace.get_current_span().get_span_context().trace_id)
+
+    consumer = Consumer(bus, db, durable="traced", subjects=["steward.test.>"], handler=handler)
+    await consumer.start()
+    relay = OutboxRelay(db, bus)
+    await relay.start()
+    with tracer.start_as_current_span("publisher") as span:
+        publisher_trace = span.get_span_context().trace_id
+        await db.run(lambda s: enqueue(s, tenant_event("traced")))
+    relay.wake()
+    await eventually(lambda: len(seen) == 1)
+    assert seen == [publisher_trace]
+    await relay.stop()
+    await consumer.stop()

@@ -1,0 +1,248 @@
+"""The one test harness: real nats-server, OpenBao, SQLite and PostgreSQL, started on free ports.
+
+Loaded for every run through ``addopts = -p tests.plugins.infra``. Processes are started by the
+fixtures themselves so a test can kill and restart them. PostgreSQL is the machine's server at
+127.0.0.1:5432 (override with ``STEWARD_TEST_POSTGRES_URL``); each test gets a fresh database.
+When it is unreachable the PostgreSQL tests skip locally and *fail* under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+POSTGRES_ADMIN_URL = os.environ.get("STEWARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts TCP connections on ``port``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout_s}s")
+
+
+@dataclass
+class NatsServer:
+    """A real nats-server with JetStream; ``restart`` keeps its port and store so durable state survives."""
+
+    store_dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.store_dir / "nats.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, proc=self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+@dataclass
+class OpenBaoDev:
+    """``bao server -dev`` (in memory) with the Transit engine enabled. Killing it loses every key."""
+
+    port: int = field(default_factory=free_port)
+    token: str = field(default_factory=lambda: f"root-{uuid.uuid4().hex}")
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "bao"),
+                "server",
+                "-dev",
+                f"-dev-root-token-id={self.token}",
+                f"-dev-listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "BAO_ADDR": self.url, "HOME": os.environ.get("HOME", "/tmp")},
+        )
+        wait_for_port(self.port, proc=self.proc)
+        import hvac
+
+        client = hvac.Client(url=self.url, token=self.token)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if client.sys.is_initialized() and not client.sys.is_sealed():
+                    break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+        if "transit/" not in client.sys.list_mounted_secrets_engines()["data"]:
+            client.sys.enable_secrets_engine("transit", path="transit")
+
+    def stop(self) -> None:
+        """SIGSTOP-free hard stop: the dev server's data is gone with it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): connections hang, like a partitioned Transit."""
+        assert self.proc is not None
+        self.proc.send_signal(subprocess.signal.SIGSTOP)  # type: ignore[attr-defined]
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(subprocess.signal.SIGCONT)  # type: ignore[attr-defined]
+
+    def seal(self) -> None:
+        import hvac
+
+        hvac.Client(url=self.url, token=self.token).sys.seal()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh nats-server (JetStream, store under tmp_path) that the test may kill and restart."""
+    store = tmp_path / "nats"
+    store.mkdir()
+    server = NatsServer(store_dir=store)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def openbao() -> Iterator[OpenBaoDev]:
+    """One OpenBao dev server for the session (tests that stop it use ``openbao_private``)."""
+    server = OpenBaoDev()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def openbao_private() -> Iterator[OpenBaoDev]:
+    """An OpenBao dev server this test alone uses, free to stop, pause or seal."""
+    server = OpenBaoDev()
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.resume()
+        server.stop()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite database file of this test's own."""
+    return f"sqlite:///{tmp_path / 'steward.db'}"
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test, dropped afterwards."""
+    problem = _postgres_reachable()
+    if problem is not None:
+        message = f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {problem}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (required under CI=true)")
+        pytest.skip(message)
+    import sqlalchemy as sa
+
+    name = f"steward_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Runs the test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under tests/unit are ``unit``, under tests/integration ``integration``."""
+    for item in items:
+        path = str(item.fspath)
+        if f"{os.sep}unit{os.sep}" in path:
+            item.add_marker(pytest.mark.unit)
+        elif f"{os.sep}integration{os.sep}" in path:
+            item.add_marker(pytest.mark.integration)
+
+
+def which(name: str) -> str:
+    """Path of a tool installed in the virtualenv (nats-server, bao)."""
+    return str(BIN / name) if (BIN / name).exists() else (shutil.which(name) or name)
