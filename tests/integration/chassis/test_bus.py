@@ -64,7 +64,7 @@ async def test_events_written_while_nats_is_down_are_published_once_after_restar
     await relay.start()
 
     nats_server.kill()
-    ids = [await db.run(lambda s: enqueue(s, tenant_event(f"t{i}"))) for i in range(25)]
+    ids = [await db.run(lambda s, i=i: enqueue(s, tenant_event(f"t{i}"))) for i in range(25)]
     await asyncio.sleep(1.0)  # the relay tries and backs off while NATS is gone
     pending = await db.run(lambda s: s.scalar(select(func.count()).where(OutboxEntry.published_at.is_(None))))
     assert pending == 25
