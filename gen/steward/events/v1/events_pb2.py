@@ -25,21 +25,47 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esteward/events/v1/events.proto\x12\x11steward.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12:\n\x0etenant_created\x18\n \x01(\x0b\x32 .steward.events.v1.TenantCreatedH\x00\x12\x38\n\rtenant_closed\x18\x0b \x01(\x0b\x32\x1f.steward.events.v1.TenantClosedH\x00\x12<\n\x0ftenant_shredded\x18\x0c \x01(\x0b\x32!.steward.events.v1.TenantShreddedH\x00\x12:\n\x0etenant_updated\x18\r \x01(\x0b\x32 .steward.events.v1.TenantUpdatedH\x00\x42\t\n\x07payload\"\"\n\rTenantCreated\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\"\n\rTenantUpdated\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"P\n\x0cTenantClosed\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\tclosed_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x0eTenantShredded\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x65rtificate_id\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esteward/events/v1/events.proto\x12\x11steward.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x06\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12:\n\x0etenant_created\x18\n \x01(\x0b\x32 .steward.events.v1.TenantCreatedH\x00\x12\x38\n\rtenant_closed\x18\x0b \x01(\x0b\x32\x1f.steward.events.v1.TenantClosedH\x00\x12<\n\x0ftenant_shredded\x18\x0c \x01(\x0b\x32!.steward.events.v1.TenantShreddedH\x00\x12:\n\x0etenant_updated\x18\r \x01(\x0b\x32 .steward.events.v1.TenantUpdatedH\x00\x12:\n\x0erecord_changed\x18\x14 \x01(\x0b\x32 .steward.events.v1.RecordChangedH\x00\x12>\n\x10subject_exported\x18\x1e \x01(\x0b\x32\".steward.events.v1.SubjectExportedH\x00\x12:\n\x0esubject_erased\x18\x1f \x01(\x0b\x32 .steward.events.v1.SubjectErasedH\x00\x12\x42\n\x12subject_restricted\x18  \x01(\x0b\x32$.steward.events.v1.SubjectRestrictedH\x00\x12\x41\n\x12legal_hold_changed\x18! \x01(\x0b\x32#.steward.events.v1.LegalHoldChangedH\x00\x12\x34\n\x0bkey_rotated\x18( \x01(\x0b\x32\x1d.steward.events.v1.KeyRotatedH\x00\x12\x45\n\x14vault_task_requested\x18\x32 \x01(\x0b\x32%.steward.events.v1.VaultTaskRequestedH\x00\x12\x45\n\x14vault_task_completed\x18\x33 \x01(\x0b\x32%.steward.events.v1.VaultTaskCompletedH\x00\x42\t\n\x07payload\"\"\n\rTenantCreated\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\"\n\rTenantUpdated\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"P\n\x0cTenantClosed\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\tclosed_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x0eTenantShredded\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x65rtificate_id\x18\x02 \x01(\t\"\x86\x01\n\rRecordChanged\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12/\n\x06\x63hange\x18\x05 \x01(\x0e\x32\x1f.steward.events.v1.RecordChange\"_\n\x0fSubjectExported\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x14\n\x0crecord_count\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"O\n\rSubjectErased\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x16\n\x0erecords_erased\x18\x03 \x01(\x03\"O\n\x11SubjectRestricted\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\nrestricted\x18\x03 \x01(\x08\"G\n\x10LegalHoldChanged\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\"T\n\nKeyRotated\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0bkey_version\x18\x02 \x01(\x03\x12\x1e\n\x16min_decryption_version\x18\x03 \x01(\x03\"\xc7\x01\n\x12VaultTaskRequested\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12.\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1e.steward.events.v1.VaultAction\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x0f\n\x07hold_id\x18\x05 \x01(\t\x12\x37\n\x13request_received_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x02\n\x12VaultTaskCompleted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12.\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1e.steward.events.v1.VaultAction\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x34\n\x07outcome\x18\x05 \x01(\x0e\x32#.steward.events.v1.VaultTaskOutcome\x12\x13\n\x0breason_code\x18\x06 \x01(\t\x12O\n\x0e\x63ounts_by_kind\x18\x07 \x03(\x0b\x32\x37.steward.events.v1.VaultTaskCompleted.CountsByKindEntry\x12\x15\n\rexport_sha256\x18\x08 \x01(\t\x1a\x33\n\x11\x43ountsByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*~\n\x0cRecordChange\x12\x1d\n\x19RECORD_CHANGE_UNSPECIFIED\x10\x00\x12\x19\n\x15RECORD_CHANGE_CREATED\x10\x01\x12\x19\n\x15RECORD_CHANGE_UPDATED\x10\x02\x12\x19\n\x15RECORD_CHANGE_DELETED\x10\x03*\xf8\x01\n\x0bVaultAction\x12\x1c\n\x18VAULT_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13VAULT_ACTION_EXPORT\x10\x01\x12\x16\n\x12VAULT_ACTION_ERASE\x10\x02\x12\x18\n\x14VAULT_ACTION_RECTIFY\x10\x03\x12\x19\n\x15VAULT_ACTION_RESTRICT\x10\x04\x12!\n\x1dVAULT_ACTION_LIFT_RESTRICTION\x10\x05\x12\x1f\n\x1bVAULT_ACTION_SET_LEGAL_HOLD\x10\x06\x12!\n\x1dVAULT_ACTION_CLEAR_LEGAL_HOLD\x10\x07*\x98\x01\n\x10VaultTaskOutcome\x12\"\n\x1eVAULT_TASK_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cVAULT_TASK_OUTCOME_SUCCEEDED\x10\x01\x12\x1f\n\x1bVAULT_TASK_OUTCOME_REJECTED\x10\x02\x12\x1d\n\x19VAULT_TASK_OUTCOME_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'steward.events.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_VAULTTASKCOMPLETED_COUNTSBYKINDENTRY']._loaded_options = None
+  _globals['_VAULTTASKCOMPLETED_COUNTSBYKINDENTRY']._serialized_options = b'8\001'
+  _globals['_RECORDCHANGE']._serialized_start=2304
+  _globals['_RECORDCHANGE']._serialized_end=2430
+  _globals['_VAULTACTION']._serialized_start=2433
+  _globals['_VAULTACTION']._serialized_end=2681
+  _globals['_VAULTTASKOUTCOME']._serialized_start=2684
+  _globals['_VAULTTASKOUTCOME']._serialized_end=2836
   _globals['_EVENT']._serialized_start=87
-  _globals['_EVENT']._serialized_end=455
-  _globals['_TENANTCREATED']._serialized_start=457
-  _globals['_TENANTCREATED']._serialized_end=491
-  _globals['_TENANTUPDATED']._serialized_start=493
-  _globals['_TENANTUPDATED']._serialized_end=527
-  _globals['_TENANTCLOSED']._serialized_start=529
-  _globals['_TENANTCLOSED']._serialized_end=609
-  _globals['_TENANTSHREDDED']._serialized_start=611
-  _globals['_TENANTSHREDDED']._serialized_end=670
+  _globals['_EVENT']._serialized_end=970
+  _globals['_TENANTCREATED']._serialized_start=972
+  _globals['_TENANTCREATED']._serialized_end=1006
+  _globals['_TENANTUPDATED']._serialized_start=1008
+  _globals['_TENANTUPDATED']._serialized_end=1042
+  _globals['_TENANTCLOSED']._serialized_start=1044
+  _globals['_TENANTCLOSED']._serialized_end=1124
+  _globals['_TENANTSHREDDED']._serialized_start=1126
+  _globals['_TENANTSHREDDED']._serialized_end=1185
+  _globals['_RECORDCHANGED']._serialized_start=1188
+  _globals['_RECORDCHANGED']._serialized_end=1322
+  _globals['_SUBJECTEXPORTED']._serialized_start=1324
+  _globals['_SUBJECTEXPORTED']._serialized_end=1419
+  _globals['_SUBJECTERASED']._serialized_start=1421
+  _globals['_SUBJECTERASED']._serialized_end=1500
+  _globals['_SUBJECTRESTRICTED']._serialized_start=1502
+  _globals['_SUBJECTRESTRICTED']._serialized_end=1581
+  _globals['_LEGALHOLDCHANGED']._serialized_start=1583
+  _globals['_LEGALHOLDCHANGED']._serialized_end=1654
+  _globals['_KEYROTATED']._serialized_start=1656
+  _globals['_KEYROTATED']._serialized_end=1740
+  _globals['_VAULTTASKREQUESTED']._serialized_start=1743
+  _globals['_VAULTTASKREQUESTED']._serialized_end=1942
+  _globals['_VAULTTASKCOMPLETED']._serialized_start=1945
+  _globals['_VAULTTASKCOMPLETED']._serialized_end=2302
+  _globals['_VAULTTASKCOMPLETED_COUNTSBYKINDENTRY']._serialized_start=2251
+  _globals['_VAULTTASKCOMPLETED_COUNTSBYKINDENTRY']._serialized_end=2302
 # @@protoc_insertion_point(module_scope)

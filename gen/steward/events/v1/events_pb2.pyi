@@ -3,9 +3,12 @@
 isort:skip_file
 Steward's event envelope and payloads. Events carry ids only — never customer data."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,6 +19,82 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RecordChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecordChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecordChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECORD_CHANGE_UNSPECIFIED: _RecordChange.ValueType  # 0
+    RECORD_CHANGE_CREATED: _RecordChange.ValueType  # 1
+    RECORD_CHANGE_UPDATED: _RecordChange.ValueType  # 2
+    RECORD_CHANGE_DELETED: _RecordChange.ValueType  # 3
+
+class RecordChange(_RecordChange, metaclass=_RecordChangeEnumTypeWrapper):
+    """RecordChange says what happened to a record."""
+
+RECORD_CHANGE_UNSPECIFIED: RecordChange.ValueType  # 0
+RECORD_CHANGE_CREATED: RecordChange.ValueType  # 1
+RECORD_CHANGE_UPDATED: RecordChange.ValueType  # 2
+RECORD_CHANGE_DELETED: RecordChange.ValueType  # 3
+Global___RecordChange: _TypeAlias = RecordChange  # noqa: Y015
+
+class _VaultAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VaultActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VaultAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VAULT_ACTION_UNSPECIFIED: _VaultAction.ValueType  # 0
+    VAULT_ACTION_EXPORT: _VaultAction.ValueType  # 1
+    VAULT_ACTION_ERASE: _VaultAction.ValueType  # 2
+    VAULT_ACTION_RECTIFY: _VaultAction.ValueType  # 3
+    """Rectification data never travels over NATS: the tenant corrects through UpdateRecord and this
+    task confirms which of the subject's records changed since the request was received.
+    """
+    VAULT_ACTION_RESTRICT: _VaultAction.ValueType  # 4
+    VAULT_ACTION_LIFT_RESTRICTION: _VaultAction.ValueType  # 5
+    VAULT_ACTION_SET_LEGAL_HOLD: _VaultAction.ValueType  # 6
+    VAULT_ACTION_CLEAR_LEGAL_HOLD: _VaultAction.ValueType  # 7
+
+class VaultAction(_VaultAction, metaclass=_VaultActionEnumTypeWrapper):
+    """VaultAction is a data-subject task the vault performs for dsr."""
+
+VAULT_ACTION_UNSPECIFIED: VaultAction.ValueType  # 0
+VAULT_ACTION_EXPORT: VaultAction.ValueType  # 1
+VAULT_ACTION_ERASE: VaultAction.ValueType  # 2
+VAULT_ACTION_RECTIFY: VaultAction.ValueType  # 3
+"""Rectification data never travels over NATS: the tenant corrects through UpdateRecord and this
+task confirms which of the subject's records changed since the request was received.
+"""
+VAULT_ACTION_RESTRICT: VaultAction.ValueType  # 4
+VAULT_ACTION_LIFT_RESTRICTION: VaultAction.ValueType  # 5
+VAULT_ACTION_SET_LEGAL_HOLD: VaultAction.ValueType  # 6
+VAULT_ACTION_CLEAR_LEGAL_HOLD: VaultAction.ValueType  # 7
+Global___VaultAction: _TypeAlias = VaultAction  # noqa: Y015
+
+class _VaultTaskOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VaultTaskOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VaultTaskOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VAULT_TASK_OUTCOME_UNSPECIFIED: _VaultTaskOutcome.ValueType  # 0
+    VAULT_TASK_OUTCOME_SUCCEEDED: _VaultTaskOutcome.ValueType  # 1
+    VAULT_TASK_OUTCOME_REJECTED: _VaultTaskOutcome.ValueType  # 2
+    """Refused by a rule (legal hold, unknown subject); reason_code says which."""
+    VAULT_TASK_OUTCOME_FAILED: _VaultTaskOutcome.ValueType  # 3
+
+class VaultTaskOutcome(_VaultTaskOutcome, metaclass=_VaultTaskOutcomeEnumTypeWrapper):
+    """VaultTaskOutcome is how a task ended."""
+
+VAULT_TASK_OUTCOME_UNSPECIFIED: VaultTaskOutcome.ValueType  # 0
+VAULT_TASK_OUTCOME_SUCCEEDED: VaultTaskOutcome.ValueType  # 1
+VAULT_TASK_OUTCOME_REJECTED: VaultTaskOutcome.ValueType  # 2
+"""Refused by a rule (legal hold, unknown subject); reason_code says which."""
+VAULT_TASK_OUTCOME_FAILED: VaultTaskOutcome.ValueType  # 3
+Global___VaultTaskOutcome: _TypeAlias = VaultTaskOutcome  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
@@ -34,6 +113,14 @@ class Event(_message.Message):
     TENANT_CLOSED_FIELD_NUMBER: _builtins.int
     TENANT_SHREDDED_FIELD_NUMBER: _builtins.int
     TENANT_UPDATED_FIELD_NUMBER: _builtins.int
+    RECORD_CHANGED_FIELD_NUMBER: _builtins.int
+    SUBJECT_EXPORTED_FIELD_NUMBER: _builtins.int
+    SUBJECT_ERASED_FIELD_NUMBER: _builtins.int
+    SUBJECT_RESTRICTED_FIELD_NUMBER: _builtins.int
+    LEGAL_HOLD_CHANGED_FIELD_NUMBER: _builtins.int
+    KEY_ROTATED_FIELD_NUMBER: _builtins.int
+    VAULT_TASK_REQUESTED_FIELD_NUMBER: _builtins.int
+    VAULT_TASK_COMPLETED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Globally unique event id (UUID), also the deduplication key."""
     type: _builtins.str
@@ -52,6 +139,22 @@ class Event(_message.Message):
     def tenant_shredded(self) -> Global___TenantShredded: ...
     @_builtins.property
     def tenant_updated(self) -> Global___TenantUpdated: ...
+    @_builtins.property
+    def record_changed(self) -> Global___RecordChanged: ...
+    @_builtins.property
+    def subject_exported(self) -> Global___SubjectExported: ...
+    @_builtins.property
+    def subject_erased(self) -> Global___SubjectErased: ...
+    @_builtins.property
+    def subject_restricted(self) -> Global___SubjectRestricted: ...
+    @_builtins.property
+    def legal_hold_changed(self) -> Global___LegalHoldChanged: ...
+    @_builtins.property
+    def key_rotated(self) -> Global___KeyRotated: ...
+    @_builtins.property
+    def vault_task_requested(self) -> Global___VaultTaskRequested: ...
+    @_builtins.property
+    def vault_task_completed(self) -> Global___VaultTaskCompleted: ...
     def __init__(
         self,
         *,
@@ -64,12 +167,20 @@ class Event(_message.Message):
         tenant_closed: Global___TenantClosed | None = ...,
         tenant_shredded: Global___TenantShredded | None = ...,
         tenant_updated: Global___TenantUpdated | None = ...,
+        record_changed: Global___RecordChanged | None = ...,
+        subject_exported: Global___SubjectExported | None = ...,
+        subject_erased: Global___SubjectErased | None = ...,
+        subject_restricted: Global___SubjectRestricted | None = ...,
+        legal_hold_changed: Global___LegalHoldChanged | None = ...,
+        key_rotated: Global___KeyRotated | None = ...,
+        vault_task_requested: Global___VaultTaskRequested | None = ...,
+        vault_task_completed: Global___VaultTaskCompleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "payload", b"payload", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "occurred_at", b"occurred_at", "payload", b"payload", "source", b"source", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -165,3 +276,278 @@ class TenantShredded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TenantShredded: _TypeAlias = TenantShredded  # noqa: Y015
+
+@_typing.final
+class RecordChanged(_message.Message):
+    """RecordChanged: vault.record.created / .updated / .deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    record_id: _builtins.str
+    subject_id: _builtins.str
+    kind: _builtins.str
+    """RecordKind name, e.g. "RECORD_KIND_NOTE"."""
+    version: _builtins.int
+    change: Global___RecordChange.ValueType
+    def __init__(
+        self,
+        *,
+        record_id: _builtins.str = ...,
+        subject_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        version: _builtins.int = ...,
+        change: Global___RecordChange.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "kind", b"kind", "record_id", b"record_id", "subject_id", b"subject_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordChanged: _TypeAlias = RecordChanged  # noqa: Y015
+
+@_typing.final
+class SubjectExported(_message.Message):
+    """SubjectExported: vault.subject.exported — counts and digest, never the data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    request_id: _builtins.str
+    record_count: _builtins.int
+    sha256: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        record_count: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record_count", b"record_count", "request_id", b"request_id", "sha256", b"sha256", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectExported: _TypeAlias = SubjectExported  # noqa: Y015
+
+@_typing.final
+class SubjectErased(_message.Message):
+    """SubjectErased: vault.subject.erased."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RECORDS_ERASED_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    request_id: _builtins.str
+    records_erased: _builtins.int
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        records_erased: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records_erased", b"records_erased", "request_id", b"request_id", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectErased: _TypeAlias = SubjectErased  # noqa: Y015
+
+@_typing.final
+class SubjectRestricted(_message.Message):
+    """SubjectRestricted: vault.subject.restricted (restricted=false when lifted)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESTRICTED_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    request_id: _builtins.str
+    restricted: _builtins.bool
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        restricted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "restricted", b"restricted", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectRestricted: _TypeAlias = SubjectRestricted  # noqa: Y015
+
+@_typing.final
+class LegalHoldChanged(_message.Message):
+    """LegalHoldChanged: vault.subject.held / vault.subject.released."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    hold_id: _builtins.str
+    active: _builtins.bool
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
+        active: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "hold_id", b"hold_id", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LegalHoldChanged: _TypeAlias = LegalHoldChanged  # noqa: Y015
+
+@_typing.final
+class KeyRotated(_message.Message):
+    """KeyRotated: vault.key.rotated."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    MIN_DECRYPTION_VERSION_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    key_version: _builtins.int
+    min_decryption_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        key_version: _builtins.int = ...,
+        min_decryption_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_version", b"key_version", "min_decryption_version", b"min_decryption_version", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyRotated: _TypeAlias = KeyRotated  # noqa: Y015
+
+@_typing.final
+class VaultTaskRequested(_message.Message):
+    """VaultTaskRequested: dsr.task.requested — a command to the vault. Idempotent by task_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    request_id: _builtins.str
+    action: Global___VaultAction.ValueType
+    subject_id: _builtins.str
+    hold_id: _builtins.str
+    """For legal-hold actions."""
+    @_builtins.property
+    def request_received_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        action: Global___VaultAction.ValueType = ...,
+        subject_id: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
+        request_received_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request_received_at", b"request_received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hold_id", b"hold_id", "request_id", b"request_id", "request_received_at", b"request_received_at", "subject_id", b"subject_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VaultTaskRequested: _TypeAlias = VaultTaskRequested  # noqa: Y015
+
+@_typing.final
+class VaultTaskCompleted(_message.Message):
+    """VaultTaskCompleted: vault.task.completed — the result of a VaultTaskRequested."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CountsByKindEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    COUNTS_BY_KIND_FIELD_NUMBER: _builtins.int
+    EXPORT_SHA256_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    request_id: _builtins.str
+    action: Global___VaultAction.ValueType
+    subject_id: _builtins.str
+    outcome: Global___VaultTaskOutcome.ValueType
+    reason_code: _builtins.str
+    """Machine-readable reason for REJECTED/FAILED, e.g. "legal_hold:<hold id>", "subject_not_found"."""
+    export_sha256: _builtins.str
+    """Hex SHA-256 of the export, for EXPORT."""
+    @_builtins.property
+    def counts_by_kind(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        action: Global___VaultAction.ValueType = ...,
+        subject_id: _builtins.str = ...,
+        outcome: Global___VaultTaskOutcome.ValueType = ...,
+        reason_code: _builtins.str = ...,
+        counts_by_kind: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        export_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "counts_by_kind", b"counts_by_kind", "export_sha256", b"export_sha256", "outcome", b"outcome", "reason_code", b"reason_code", "request_id", b"request_id", "subject_id", b"subject_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VaultTaskCompleted: _TypeAlias = VaultTaskCompleted  # noqa: Y015
