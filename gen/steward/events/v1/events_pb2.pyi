@@ -121,6 +121,12 @@ class Event(_message.Message):
     KEY_ROTATED_FIELD_NUMBER: _builtins.int
     VAULT_TASK_REQUESTED_FIELD_NUMBER: _builtins.int
     VAULT_TASK_COMPLETED_FIELD_NUMBER: _builtins.int
+    API_KEY_CREATED_FIELD_NUMBER: _builtins.int
+    API_KEY_REVOKED_FIELD_NUMBER: _builtins.int
+    ACCESS_LOGGED_FIELD_NUMBER: _builtins.int
+    SUPPORT_ACCESS_REQUESTED_FIELD_NUMBER: _builtins.int
+    SUPPORT_ACCESS_GRANTED_FIELD_NUMBER: _builtins.int
+    SUPPORT_ACCESS_REVOKED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Globally unique event id (UUID), also the deduplication key."""
     type: _builtins.str
@@ -155,6 +161,18 @@ class Event(_message.Message):
     def vault_task_requested(self) -> Global___VaultTaskRequested: ...
     @_builtins.property
     def vault_task_completed(self) -> Global___VaultTaskCompleted: ...
+    @_builtins.property
+    def api_key_created(self) -> Global___ApiKeyCreated: ...
+    @_builtins.property
+    def api_key_revoked(self) -> Global___ApiKeyRevoked: ...
+    @_builtins.property
+    def access_logged(self) -> Global___AccessLogged: ...
+    @_builtins.property
+    def support_access_requested(self) -> Global___SupportAccessRequested: ...
+    @_builtins.property
+    def support_access_granted(self) -> Global___SupportAccessGranted: ...
+    @_builtins.property
+    def support_access_revoked(self) -> Global___SupportAccessRevoked: ...
     def __init__(
         self,
         *,
@@ -175,12 +193,18 @@ class Event(_message.Message):
         key_rotated: Global___KeyRotated | None = ...,
         vault_task_requested: Global___VaultTaskRequested | None = ...,
         vault_task_completed: Global___VaultTaskCompleted | None = ...,
+        api_key_created: Global___ApiKeyCreated | None = ...,
+        api_key_revoked: Global___ApiKeyRevoked | None = ...,
+        access_logged: Global___AccessLogged | None = ...,
+        support_access_requested: Global___SupportAccessRequested | None = ...,
+        support_access_granted: Global___SupportAccessGranted | None = ...,
+        support_access_revoked: Global___SupportAccessRevoked | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -551,3 +575,245 @@ class VaultTaskCompleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VaultTaskCompleted: _TypeAlias = VaultTaskCompleted  # noqa: Y015
+
+@_typing.final
+class ApiKeyCreated(_message.Message):
+    """ApiKeyCreated: gateway.apikey.created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    ROTATED_FROM_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    tenant_id: _builtins.str
+    created_by: _builtins.str
+    """Principal that created it."""
+    rotated_from: _builtins.str
+    """Set when the key replaces another (rotation)."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        created_by: _builtins.str = ...,
+        rotated_from: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "key_id", b"key_id", "rotated_from", b"rotated_from", "scopes", b"scopes", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyCreated: _TypeAlias = ApiKeyCreated  # noqa: Y015
+
+@_typing.final
+class ApiKeyRevoked(_message.Message):
+    """ApiKeyRevoked: gateway.apikey.revoked — every gateway replica drops the key from its cache."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    REVOKED_BY_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_AT_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    tenant_id: _builtins.str
+    revoked_by: _builtins.str
+    """Principal that revoked it."""
+    @_builtins.property
+    def effective_at(self) -> _timestamp_pb2.Timestamp:
+        """When the key stops authenticating (now, or the end of a rotation grace period)."""
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        revoked_by: _builtins.str = ...,
+        effective_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at", "key_id", b"key_id", "revoked_by", b"revoked_by", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyRevoked: _TypeAlias = ApiKeyRevoked  # noqa: Y015
+
+@_typing.final
+class AccessEntry(_message.Message):
+    """AccessEntry is one call through the gateway: who, which tenant, which method, how it ended. No request data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_KIND_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LATENCY_US_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    SUPPORT_GRANT_ID_FIELD_NUMBER: _builtins.int
+    principal: _builtins.str
+    principal_kind: _builtins.str
+    """api_key | operator | support | anonymous"""
+    tenant_id: _builtins.str
+    credential_id: _builtins.str
+    method: _builtins.str
+    """Full gRPC method, e.g. /steward.vault.v1.VaultService/GetRecord."""
+    status: _builtins.str
+    """gRPC status code name, e.g. "OK"."""
+    latency_us: _builtins.int
+    support_grant_id: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        principal: _builtins.str = ...,
+        principal_kind: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        credential_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        status: _builtins.str = ...,
+        latency_us: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        support_grant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "credential_id", b"credential_id", "latency_us", b"latency_us", "method", b"method", "principal", b"principal", "principal_kind", b"principal_kind", "status", b"status", "support_grant_id", b"support_grant_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessEntry: _TypeAlias = AccessEntry  # noqa: Y015
+
+@_typing.final
+class AccessLogged(_message.Message):
+    """AccessLogged: gateway.access.logged — a batch of access entries of one tenant (empty tenant: unauthenticated)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AccessEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessLogged: _TypeAlias = AccessLogged  # noqa: Y015
+
+@_typing.final
+class SupportAccessRequested(_message.Message):
+    """SupportAccessRequested: gateway.support.requested — a support engineer asks a tenant for access."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    TICKET_ID_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    tenant_id: _builtins.str
+    principal: _builtins.str
+    ticket_id: _builtins.str
+    duration_seconds: _builtins.int
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        ticket_id: _builtins.str = ...,
+        duration_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_seconds", b"duration_seconds", "grant_id", b"grant_id", "principal", b"principal", "tenant_id", b"tenant_id", "ticket_id", b"ticket_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SupportAccessRequested: _TypeAlias = SupportAccessRequested  # noqa: Y015
+
+@_typing.final
+class SupportAccessGranted(_message.Message):
+    """SupportAccessGranted: gateway.support.granted — access is live; emergency grants need an immediate notice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    TICKET_ID_FIELD_NUMBER: _builtins.int
+    EMERGENCY_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    tenant_id: _builtins.str
+    principal: _builtins.str
+    ticket_id: _builtins.str
+    emergency: _builtins.bool
+    approved_by: _builtins.str
+    """Tenant key id or operator subject that approved."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        ticket_id: _builtins.str = ...,
+        emergency: _builtins.bool = ...,
+        approved_by: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "emergency", b"emergency", "expires_at", b"expires_at", "grant_id", b"grant_id", "principal", b"principal", "tenant_id", b"tenant_id", "ticket_id", b"ticket_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SupportAccessGranted: _TypeAlias = SupportAccessGranted  # noqa: Y015
+
+@_typing.final
+class SupportAccessRevoked(_message.Message):
+    """SupportAccessRevoked: gateway.support.revoked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    REVOKED_BY_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    tenant_id: _builtins.str
+    revoked_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        revoked_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "revoked_by", b"revoked_by", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SupportAccessRevoked: _TypeAlias = SupportAccessRevoked  # noqa: Y015
