@@ -34,7 +34,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
-from sqlalchemy import DateTime, Integer, LargeBinary, String, Text, delete, select, update
+from sqlalchemy import DateTime, Integer, LargeBinary, String, Text, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from steward.events.v1 import events_pb2
@@ -54,6 +54,7 @@ __all__ = [
     "OutboxEntry",
     "OutboxRelay",
     "enqueue",
+    "enqueue_many",
     "make_event",
     "subject_for",
 ]
@@ -120,6 +121,28 @@ def enqueue(session: Session, event: events_pb2.Event) -> str:
         )
     )
     return event.id
+
+
+def enqueue_many(session: Session, events: Sequence[events_pb2.Event]) -> None:
+    """Stage many events with one bulk insert (batch writes such as PutRecords)."""
+    if not events:
+        return
+    headers = json.dumps(inject_headers())
+    now = _now()
+    session.execute(
+        insert(OutboxEntry),
+        [
+            {
+                "id": event.id,
+                "subject": subject_for(event.type),
+                "payload": event.SerializeToString(),
+                "headers": headers,
+                "created_at": now,
+                "attempts": 0,
+            }
+            for event in events
+        ],
+    )
 
 
 class Bus:

@@ -31,12 +31,21 @@ class Base(DeclarativeBase):
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN itself (see _sqlite_begin_immediate).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _sqlite_begin_immediate(connection: Any) -> None:
+    # Take SQLite's write lock at BEGIN: a deferred transaction that reads and then writes fails with
+    # SQLITE_BUSY_SNAPSHOT (no waiting) when another writer committed in between. Steward's
+    # transactions nearly all write (audit, outbox), so serialising them up front costs little.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
@@ -54,6 +63,7 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
             max_overflow=pool_size,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     return create_engine(
         url, hide_parameters=True, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True

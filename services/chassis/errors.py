@@ -21,6 +21,7 @@ log = logging.getLogger("steward.errors")
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "DataLoss",
     "DomainError",
     "ErrorMappingInterceptor",
     "FailedPrecondition",
@@ -92,6 +93,12 @@ class ResourceExhausted(DomainError):
     """A quota or rate limit was hit; ``retry_after_s`` says when to come back."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DataLoss(DomainError):
+    """Stored data failed an integrity check (tampered or corrupted); on-call must look."""
+
+    code = grpc.StatusCode.DATA_LOSS
 
 
 class Unavailable(DomainError):

@@ -1,0 +1,344 @@
+"""gRPC servicers of the vault: protobuf <-> domain objects, nothing else (rules live in records.py
+and admin.py; each call is one transaction on a worker thread)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import TypeVar
+
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+from sqlalchemy.orm import Session
+from steward.vault.v1 import vault_pb2 as pb
+from steward.vault.v1 import vault_pb2_grpc
+
+from services.chassis.bus import OutboxRelay
+from services.chassis.db import Database
+from services.chassis.errors import InvalidArgument, NotFound
+from services.chassis.identity import CallerIdentity, require_identity
+from services.vault import admin, records
+from services.vault.domain import RecordInput, RecordView, VaultContext
+from services.vault.models import AuditEntry, TenantVault
+
+__all__ = ["VaultAdminServicer", "VaultServicer"]
+
+T = TypeVar("T")
+_TENANT_STATES = {
+    "active": pb.TENANT_STATE_ACTIVE,
+    "closed": pb.TENANT_STATE_CLOSED,
+    "shredded": pb.TENANT_STATE_SHREDDED,
+}
+EXPORT_CHUNK = 500
+
+
+def _stamp(at: datetime | None) -> Timestamp | None:
+    if at is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+def _data_bytes(data: Struct) -> bytes:
+    return data.SerializeToString(deterministic=True)
+
+
+def _record(view: RecordView) -> pb.Record:
+    message = pb.Record(
+        id=view.id,
+        subject_id=view.subject_id,
+        kind=view.kind,  # type: ignore[arg-type]
+        version=view.version,
+        created_at=_stamp(view.created_at),
+        updated_at=_stamp(view.updated_at),
+    )
+    if view.data is not None:
+        message.data.MergeFromString(view.data)
+    return message
+
+
+def _input(message: pb.NewRecord) -> RecordInput:
+    ids = message.identifiers
+    return RecordInput(
+        kind=message.kind,
+        data=_data_bytes(message.data),
+        subject_id=message.subject_id,
+        email=ids.email,
+        phone=ids.phone,
+        external_id=ids.external_id,
+    )
+
+
+def _tenant(row: TenantVault) -> pb.Tenant:
+    return pb.Tenant(
+        tenant_id=row.tenant_id,
+        state=_TENANT_STATES[row.state],
+        key_version=row.key_version,
+        min_decryption_version=row.min_decryption_version,
+        created_at=_stamp(row.created_at),
+        closed_at=_stamp(row.closed_at),
+    )
+
+
+def _audit(row: AuditEntry) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        seq=row.seq,
+        at=_stamp(row.at),
+        principal=row.principal,
+        action=row.action,
+        target_ids=row.target_ids.split(),
+        result=row.result,
+        support_grant_id=row.support_grant_id,
+        hash=row.hash,
+        prev_hash=row.prev_hash,
+    )
+
+
+class _Base:
+    def __init__(self, db: Database, ctx: VaultContext, relay: OutboxRelay | None) -> None:
+        self.db = db
+        self.ctx = ctx
+        self.relay = relay
+
+    async def _run(
+        self, context: aio.ServicerContext, work: Callable[[Session, CallerIdentity], T], *, writes: bool = True
+    ) -> T:
+        identity = require_identity(context)
+        result = await self.db.run(lambda session: work(session, identity))
+        if writes and self.relay is not None:
+            self.relay.wake()
+        return result
+
+
+class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
+    """VaultService: records and data subjects of the calling tenant."""
+
+    async def PutRecord(self, request: pb.PutRecordRequest, context: aio.ServicerContext) -> pb.PutRecordResponse:
+        if not request.HasField("record"):
+            raise InvalidArgument("record is missing; send the record to store")
+        item = _input(request.record)
+        [view] = await self._run(context, lambda s, who: records.put_records(s, self.ctx, who, [item]))
+        return pb.PutRecordResponse(record=_record(view))
+
+    async def PutRecords(self, request: pb.PutRecordsRequest, context: aio.ServicerContext) -> pb.PutRecordsResponse:
+        if len(request.records) > self.ctx.policy.max_batch:
+            raise InvalidArgument(f"too many records: at most {self.ctx.policy.max_batch} per call; split the batch")
+        items = [_input(message) for message in request.records]
+        views = await self._run(context, lambda s, who: records.put_records(s, self.ctx, who, items))
+        return pb.PutRecordsResponse(records=[_record(view) for view in views])
+
+    async def GetRecord(self, request: pb.GetRecordRequest, context: aio.ServicerContext) -> pb.GetRecordResponse:
+        view = await self._run(
+            context, lambda s, who: records.get_record(s, self.ctx, who, request.record_id), writes=False
+        )
+        return pb.GetRecordResponse(record=_record(view))
+
+    async def ListRecords(self, request: pb.ListRecordsRequest, context: aio.ServicerContext) -> pb.ListRecordsResponse:
+        views, token = await self._run(
+            context,
+            lambda s, who: records.list_records(
+                s,
+                self.ctx,
+                who,
+                subject_id=request.subject_id,
+                kind=request.kind,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
+            writes=False,
+        )
+        return pb.ListRecordsResponse(records=[_record(view) for view in views], next_page_token=token)
+
+    async def UpdateRecord(
+        self, request: pb.UpdateRecordRequest, context: aio.ServicerContext
+    ) -> pb.UpdateRecordResponse:
+        data = _data_bytes(request.data)
+        view = await self._run(
+            context,
+            lambda s, who: records.update_record(s, self.ctx, who, request.record_id, data, request.expected_version),
+        )
+        return pb.UpdateRecordResponse(record=_record(view))
+
+    async def DeleteRecord(
+        self, request: pb.DeleteRecordRequest, context: aio.ServicerContext
+    ) -> pb.DeleteRecordResponse:
+        await self._run(
+            context, lambda s, who: records.delete_record(s, self.ctx, who, request.record_id, request.expected_version)
+        )
+        return pb.DeleteRecordResponse()
+
+    async def ResolveSubject(
+        self, request: pb.ResolveSubjectRequest, context: aio.ServicerContext
+    ) -> pb.ResolveSubjectResponse:
+        field = request.WhichOneof("identifier") or ""
+        raw = getattr(request, field) if field else ""
+        subject_id = await self._run(
+            context, lambda s, who: records.resolve_subject(s, self.ctx, who, field, raw), writes=False
+        )
+        if not subject_id:
+            raise NotFound("no subject matches that identifier")
+        return pb.ResolveSubjectResponse(subject_id=subject_id)
+
+    async def ExportSubject(
+        self, request: pb.ExportSubjectRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ExportSubjectResponse]:
+        plan = await self._run(
+            context, lambda s, who: records.export_subject(s, self.ctx, who, request.subject_id, request.request_id)
+        )
+        digest = records.ExportDigest()
+
+        def decrypt(start: int) -> list[pb.ExportSubjectResponse]:
+            chunk = records.ExportPlan(
+                plan.tenant_id, plan.subject_id, plan.rows[start : start + EXPORT_CHUNK], plan.sealer
+            )
+            out = []
+            for view in records.iter_export(chunk):
+                digest.update(view)
+                out.append(pb.ExportSubjectResponse(record=_record(view)))
+            return out
+
+        for start in range(0, len(plan.rows), EXPORT_CHUNK):
+            for item in await asyncio.to_thread(decrypt, start):
+                yield item
+        yield pb.ExportSubjectResponse(
+            summary=pb.ExportSummary(record_count=digest.total, counts_by_kind=digest.counts, sha256=digest.hexdigest())
+        )
+
+    async def EraseSubject(
+        self, request: pb.EraseSubjectRequest, context: aio.ServicerContext
+    ) -> pb.EraseSubjectResponse:
+        tomb = await self._run(
+            context, lambda s, who: records.erase_subject(s, self.ctx, who, request.subject_id, request.request_id)
+        )
+        return pb.EraseSubjectResponse(
+            tombstone=pb.Tombstone(
+                subject_id=tomb.subject_id,
+                erased_at=_stamp(tomb.erased_at),
+                request_id=tomb.request_id,
+                records_erased=tomb.records_erased,
+            )
+        )
+
+    async def RestrictSubject(
+        self, request: pb.RestrictSubjectRequest, context: aio.ServicerContext
+    ) -> pb.RestrictSubjectResponse:
+        await self._run(
+            context,
+            lambda s, who: records.set_restriction(s, self.ctx, who, request.subject_id, request.request_id, True),
+        )
+        return pb.RestrictSubjectResponse()
+
+    async def LiftRestriction(
+        self, request: pb.LiftRestrictionRequest, context: aio.ServicerContext
+    ) -> pb.LiftRestrictionResponse:
+        await self._run(
+            context,
+            lambda s, who: records.set_restriction(s, self.ctx, who, request.subject_id, request.request_id, False),
+        )
+        return pb.LiftRestrictionResponse()
+
+    async def SetLegalHold(
+        self, request: pb.SetLegalHoldRequest, context: aio.ServicerContext
+    ) -> pb.SetLegalHoldResponse:
+        await self._run(
+            context, lambda s, who: records.set_legal_hold(s, self.ctx, who, request.subject_id, request.hold_id)
+        )
+        return pb.SetLegalHoldResponse()
+
+    async def ClearLegalHold(
+        self, request: pb.ClearLegalHoldRequest, context: aio.ServicerContext
+    ) -> pb.ClearLegalHoldResponse:
+        await self._run(
+            context, lambda s, who: records.clear_legal_hold(s, self.ctx, who, request.subject_id, request.hold_id)
+        )
+        return pb.ClearLegalHoldResponse()
+
+
+class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
+    """VaultAdminService: the calling tenant's vault lifecycle, keys, audit and tombstones."""
+
+    async def CreateTenant(
+        self, request: pb.CreateTenantRequest, context: aio.ServicerContext
+    ) -> pb.CreateTenantResponse:
+        row = await self._run(context, lambda s, who: admin.create_tenant(s, self.ctx, who))
+        return pb.CreateTenantResponse(tenant=_tenant(row))
+
+    async def GetTenant(self, request: pb.GetTenantRequest, context: aio.ServicerContext) -> pb.GetTenantResponse:
+        row = await self._run(context, lambda s, who: admin.get_tenant(s, self.ctx, who), writes=False)
+        return pb.GetTenantResponse(tenant=_tenant(row))
+
+    async def CloseTenant(self, request: pb.CloseTenantRequest, context: aio.ServicerContext) -> pb.CloseTenantResponse:
+        row = await self._run(context, lambda s, who: admin.close_tenant(s, self.ctx, who))
+        return pb.CloseTenantResponse(tenant=_tenant(row))
+
+    async def ShredTenant(self, request: pb.ShredTenantRequest, context: aio.ServicerContext) -> pb.ShredTenantResponse:
+        cert = await self._run(context, lambda s, who: admin.shred_tenant(s, self.ctx, who, request.confirm_tenant_id))
+        return pb.ShredTenantResponse(
+            certificate=pb.ShredCertificate(
+                certificate_id=cert.certificate_id,
+                tenant_id=cert.tenant_id,
+                key_name=cert.key_name,
+                shredded_at=_stamp(cert.shredded_at),
+                records_removed=cert.records_removed,
+                subjects_removed=cert.subjects_removed,
+                audit_head=cert.audit_head,
+            )
+        )
+
+    async def RotateTenantKey(
+        self, request: pb.RotateTenantKeyRequest, context: aio.ServicerContext
+    ) -> pb.RotateTenantKeyResponse:
+        version = await self._run(context, lambda s, who: admin.rotate_tenant_key(s, self.ctx, who))
+        return pb.RotateTenantKeyResponse(key_version=version)
+
+    async def RewrapTenantKeys(
+        self, request: pb.RewrapTenantKeysRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.RewrapTenantKeysResponse]:
+        identity = require_identity(context)
+        progress = admin.rewrap_tenant_keys(self.db, self.ctx, identity, request.batch_size)
+        while True:
+            step = await self.db.call(next, progress, None)
+            if step is None:
+                break
+            yield pb.RewrapTenantKeysResponse(
+                rewrapped=step.rewrapped,
+                total=step.total,
+                done=step.done,
+                min_decryption_version=step.min_decryption_version,
+            )
+        if self.relay is not None:
+            self.relay.wake()
+
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: aio.ServicerContext
+    ) -> pb.ListAuditEventsResponse:
+        rows, token = await self._run(
+            context,
+            lambda s, who: admin.list_audit(
+                s,
+                self.ctx,
+                who,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                support_grant_id=request.support_grant_id,
+            ),
+            writes=False,
+        )
+        return pb.ListAuditEventsResponse(events=[_audit(row) for row in rows], next_page_token=token)
+
+    async def VerifyAuditChain(
+        self, request: pb.VerifyAuditChainRequest, context: aio.ServicerContext
+    ) -> pb.VerifyAuditChainResponse:
+        report = await self._run(context, lambda s, who: admin.verify_audit(s, self.ctx, who), writes=False)
+        return pb.VerifyAuditChainResponse(
+            intact=report.intact, entries_checked=report.entries_checked, first_broken_seq=report.first_broken_seq
+        )
+
+    async def ApplyTombstones(
+        self, request: pb.ApplyTombstonesRequest, context: aio.ServicerContext
+    ) -> pb.ApplyTombstonesResponse:
+        checked, reerased = await self._run(context, lambda s, who: admin.apply_tombstones(s, self.ctx, who))
+        return pb.ApplyTombstonesResponse(tombstones_checked=checked, subjects_reerased=reerased)

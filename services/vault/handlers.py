@@ -1,0 +1,116 @@
+"""NATS command handlers: the data-subject tasks dsr sends the vault (``steward.dsr.task.requested``).
+
+Each task runs inside the consumer's transaction (inbox row + effect + result event commit together).
+A task the rules refuse (legal hold, unknown subject) is a business outcome, not a failure: it is
+rolled back to a savepoint and answered with ``REJECTED`` and a machine-readable reason. A dependency
+outage (Transit down) propagates, so the message is retried with backoff.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from steward.events.v1 import events_pb2
+
+from services.chassis.bus import enqueue, make_event
+from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.chassis.identity import CallerIdentity
+from services.vault import records
+from services.vault.domain import VaultContext
+from services.vault.models import Record
+
+__all__ = ["DSR_TASK_SUBJECT", "VaultTaskHandler"]
+
+DSR_TASK_SUBJECT = "steward.dsr.task.requested"
+A = events_pb2
+
+
+class VaultTaskHandler:
+    """Performs one VaultTaskRequested and stages its VaultTaskCompleted."""
+
+    def __init__(self, ctx: VaultContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, session: Session, event: events_pb2.Event) -> None:
+        if event.WhichOneof("payload") != "vault_task_requested" or not event.tenant_id:
+            raise ValueError("not a vault task: expected vault_task_requested with a tenant id")
+        task = event.vault_task_requested
+        result = A.VaultTaskCompleted(
+            task_id=task.task_id, request_id=task.request_id, action=task.action, subject_id=task.subject_id
+        )
+        identity = CallerIdentity(tenant_id=event.tenant_id, principal="service:dsr", principal_kind="service")
+        try:
+            with session.begin_nested():
+                self._perform(session, identity, task, result)
+            result.outcome = A.VAULT_TASK_OUTCOME_SUCCEEDED
+        except NotFound:
+            result.outcome = A.VAULT_TASK_OUTCOME_REJECTED
+            result.reason_code = "subject_not_found"
+        except FailedPrecondition as exc:
+            result.outcome = A.VAULT_TASK_OUTCOME_REJECTED
+            result.reason_code = _reason(exc.message)
+        except InvalidArgument:
+            result.outcome = A.VAULT_TASK_OUTCOME_REJECTED
+            result.reason_code = "invalid_task"
+        enqueue(
+            session,
+            make_event(
+                source=self.ctx.source,
+                event_type="vault.task.completed",
+                tenant_id=event.tenant_id,
+                vault_task_completed=result,
+            ),
+        )
+
+    def _perform(
+        self, session: Session, who: CallerIdentity, task: A.VaultTaskRequested, result: A.VaultTaskCompleted
+    ) -> None:
+        ctx = self.ctx
+        action = task.action
+        if action == A.VAULT_ACTION_EXPORT:
+            plan = records.export_subject(session, ctx, who, task.subject_id, task.request_id)
+            digest = records.ExportDigest()
+            for view in records.iter_export(plan):
+                digest.update(view)
+            result.counts_by_kind.update(digest.counts)
+            result.export_sha256 = digest.hexdigest()
+        elif action == A.VAULT_ACTION_ERASE:
+            tomb = records.erase_subject(session, ctx, who, task.subject_id, task.request_id)
+            result.counts_by_kind["records_erased"] = tomb.records_erased
+        elif action in (A.VAULT_ACTION_RESTRICT, A.VAULT_ACTION_LIFT_RESTRICTION):
+            records.set_restriction(
+                session, ctx, who, task.subject_id, task.request_id, action == A.VAULT_ACTION_RESTRICT
+            )
+        elif action == A.VAULT_ACTION_SET_LEGAL_HOLD:
+            records.set_legal_hold(session, ctx, who, task.subject_id, task.hold_id)
+        elif action == A.VAULT_ACTION_CLEAR_LEGAL_HOLD:
+            records.clear_legal_hold(session, ctx, who, task.subject_id, task.hold_id)
+        elif action == A.VAULT_ACTION_RECTIFY:
+            since = task.request_received_at.ToDatetime(tzinfo=UTC)
+            records.export_subject(session, ctx, who, task.subject_id, task.request_id)  # existence + audit
+            changed = session.scalar(
+                select(func.count())
+                .select_from(Record)
+                .where(
+                    Record.tenant_id == who.tenant_id,
+                    Record.subject_id == task.subject_id,
+                    Record.updated_at >= since,
+                    Record.version > 1,
+                )
+            )
+            result.counts_by_kind["records_corrected"] = int(changed or 0)
+        else:
+            raise InvalidArgument("unknown vault action")
+
+
+def _reason(message: str) -> str:
+    if "legal hold" in message:
+        # "subject is under legal hold <id>; ..." -> "legal_hold:<id>"
+        return "legal_hold:" + message.split("legal hold ", 1)[1].split(";", 1)[0]
+    if "closed" in message:
+        return "tenant_closed"
+    if "shredded" in message:
+        return "tenant_shredded"
+    return "failed_precondition"

@@ -1,0 +1,674 @@
+"""Rules for records and data subjects: put, get, list, update, delete, resolve, export, erase,
+restrict and legal holds. Each function runs inside the caller's transaction and starts by taking
+the tenant's audit lock; each appends its audit entry and stages its events in the same transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+from steward.events.v1 import events_pb2
+
+from services.chassis.bus import enqueue, enqueue_many, make_event
+from services.chassis.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from services.chassis.identity import CallerIdentity
+from services.chassis.ids import new_id
+from services.vault import audit
+from services.vault.blind_index import BlindIndex, normalize_email, normalize_external_id, normalize_phone
+from services.vault.domain import KIND_NAMES, LEAD_CONTACT, RecordInput, RecordView, VaultContext, check_kind
+from services.vault.models import DataKey, LegalHold, Record, Subject, SubjectIdentifier, TenantVault, Tombstone
+from services.vault.sealing import SealBroken, Sealer, record_aad
+from services.vault.tombstones import TombstoneRecord
+
+__all__ = [
+    "ExportDigest",
+    "ExportPlan",
+    "clear_legal_hold",
+    "delete_record",
+    "erase_subject",
+    "export_subject",
+    "get_record",
+    "identifier_digests",
+    "iter_export",
+    "list_records",
+    "put_records",
+    "resolve_subject",
+    "set_legal_hold",
+    "set_restriction",
+    "update_record",
+]
+
+_HOLD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NORMALISERS = {"email": normalize_email, "phone": normalize_phone, "external_id": normalize_external_id}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _writable(tenant: TenantVault) -> None:
+    if tenant.state != "active":
+        raise FailedPrecondition("this tenant is closed; writes are refused (reads and exports still work)")
+
+
+def _subject(session: Session, tenant_id: str, subject_id: str) -> Subject:
+    subject = session.get(Subject, subject_id) if subject_id else None
+    if subject is None or subject.tenant_id != tenant_id:
+        raise NotFound("subject not found")
+    return subject
+
+
+def _not_restricted(subject: Subject | None) -> None:
+    if subject is not None and subject.restricted:
+        raise FailedPrecondition(
+            "processing restricted: this subject's data may only be exported or erased until the restriction is lifted"
+        )
+
+
+def _aad(tenant_id: str, record_id: str, kind: int, subject_id: str, version: int) -> bytes:
+    return record_aad(tenant_id, record_id, KIND_NAMES[kind], subject_id, version)
+
+
+def _open(sealer: Sealer, tenant_id: str, row: Record) -> bytes:
+    try:
+        return sealer.open(row.ciphertext, _aad(tenant_id, row.id, row.kind, row.subject_id, row.version))
+    except SealBroken:
+        raise DataLoss(
+            "a stored record failed its integrity check; it was altered outside Steward — call on-call"
+        ) from None
+
+
+def _view(row: Record, data: bytes | None) -> RecordView:
+    return RecordView(row.id, row.subject_id, row.kind, data, row.version, row.created_at, row.updated_at)
+
+
+def _record_event(
+    ctx: VaultContext, tenant_id: str, record_id: str, subject_id: str, kind: int, version: int, change: int
+) -> events_pb2.Event:
+    verb = {1: "created", 2: "updated", 3: "deleted"}[change]
+    return make_event(
+        source=ctx.source,
+        event_type=f"vault.record.{verb}",
+        tenant_id=tenant_id,
+        record_changed=events_pb2.RecordChanged(
+            record_id=record_id,
+            subject_id=subject_id,
+            kind=f"RECORD_KIND_{KIND_NAMES[kind]}",
+            version=version,
+            change=change,  # type: ignore[arg-type]
+        ),
+    )
+
+
+def blind_index(session: Session, ctx: VaultContext, tenant: TenantVault) -> BlindIndex:
+    """The tenant's blind index (its root key unwrapped once and cached)."""
+    return ctx.keyring.blind_index(session, tenant.tenant_id, tenant.blind_key_id)
+
+
+def identifier_digests(index: BlindIndex, item: RecordInput, where: str = "") -> list[tuple[str, bytes]]:
+    """(field, digest) for each identifier sent, normalised first; INVALID_ARGUMENT names a malformed one."""
+    digests = []
+    for field_name, raw in (("email", item.email), ("phone", item.phone), ("external_id", item.external_id)):
+        if raw:
+            try:
+                normalised = _NORMALISERS[field_name](raw)
+            except InvalidArgument as exc:
+                raise InvalidArgument(where + exc.message) from None
+            digests.append((field_name, index.digest(field_name, normalised)))
+    return digests
+
+
+def _validate(ctx: VaultContext, items: Sequence[RecordInput]) -> None:
+    if not items:
+        raise InvalidArgument("no records sent; send at least one")
+    if len(items) > ctx.policy.max_batch:
+        raise InvalidArgument(f"too many records: at most {ctx.policy.max_batch} per call; split the batch")
+    for position, item in enumerate(items):
+        where = f"records[{position}]: " if len(items) > 1 else ""
+        check_kind(item.kind, where)
+        if not item.data:
+            raise InvalidArgument(f"{where}data is empty; send the record's fields in data")
+        if len(item.data) > ctx.policy.max_record_bytes:
+            raise InvalidArgument(f"{where}data is larger than {ctx.policy.max_record_bytes} bytes; split or trim it")
+        if item.kind == LEAD_CONTACT and not item.subject_id and not item.has_identifiers:
+            raise InvalidArgument(
+                f"{where}a LEAD_CONTACT needs subject_id or at least one of email, phone, external_id"
+            )
+        if item.kind != LEAD_CONTACT and item.has_identifiers:
+            raise InvalidArgument(f"{where}identifiers belong on LEAD_CONTACT records; use subject_id on other kinds")
+
+
+def _resolve_subjects(
+    session: Session, ctx: VaultContext, tenant: TenantVault, items: Sequence[RecordInput]
+) -> tuple[list[str], dict[str, Subject]]:
+    """Subject id per item (\"\" when none), creating subjects for new identifiers with one Transit call."""
+    tid = tenant.tenant_id
+    subject_ids = [item.subject_id for item in items]
+    named = {sid for sid in subject_ids if sid}
+    subjects: dict[str, Subject] = {}
+    if named:
+        rows = session.scalars(select(Subject).where(Subject.tenant_id == tid, Subject.id.in_(named))).all()
+        subjects = {row.id: row for row in rows}
+        for position, sid in enumerate(subject_ids):
+            if sid and sid not in subjects:
+                raise NotFound(f"records[{position}]: subject not found" if len(items) > 1 else "subject not found")
+    wanting = [i for i, item in enumerate(items) if item.has_identifiers and not item.subject_id]
+    if wanting:
+        index = blind_index(session, ctx, tenant)
+        digests = {i: identifier_digests(index, items[i], f"records[{i}]: " if len(items) > 1 else "") for i in wanting}
+        every = {pair for pairs in digests.values() for pair in pairs}
+        known: dict[tuple[str, bytes], str] = {}
+        for chunk in _chunks(sorted(every), 200):
+            condition = or_(*(and_(SubjectIdentifier.field == f, SubjectIdentifier.digest == d) for f, d in chunk))
+            for f, d, sid in session.execute(
+                select(SubjectIdentifier.field, SubjectIdentifier.digest, SubjectIdentifier.subject_id).where(
+                    SubjectIdentifier.tenant_id == tid, condition
+                )
+            ):
+                known[(f, d)] = sid
+        # Items naming the same new identifier share one new subject.
+        pending: dict[tuple[str, bytes], int] = {}
+        new_groups: list[list[int]] = []
+        for i in wanting:
+            matches = {known[pair] for pair in digests[i] if pair in known}
+            if len(matches) > 1:
+                raise InvalidArgument(f"records[{i}]: these identifiers belong to different subjects; send them apart")
+            if matches:
+                subject_ids[i] = matches.pop()
+                continue
+            group = next((pending[pair] for pair in digests[i] if pair in pending), None)
+            if group is None:
+                group = len(new_groups)
+                new_groups.append([])
+            new_groups[group].append(i)
+            for pair in digests[i]:
+                pending[pair] = group
+        if new_groups:
+            keys = ctx.keyring.create_keys(session, tid, tenant.key_version, ["subject"] * len(new_groups))
+            now = _now()
+            for group, key in zip(new_groups, keys, strict=True):
+                subject = Subject(id=new_id(), tenant_id=tid, key_id=key.key_id, restricted=False, created_at=now)
+                session.add(subject)
+                subjects[subject.id] = subject
+                for i in group:
+                    subject_ids[i] = subject.id
+        session.flush()
+        linked: set[tuple[str, bytes]] = set(known)
+        for i in wanting:
+            for pair in digests[i]:
+                if pair not in linked:
+                    session.add(
+                        SubjectIdentifier(tenant_id=tid, field=pair[0], digest=pair[1], subject_id=subject_ids[i])
+                    )
+                    linked.add(pair)
+        missing = {sid for sid in subject_ids if sid and sid not in subjects}
+        if missing:
+            for row in session.scalars(select(Subject).where(Subject.id.in_(missing))).all():
+                subjects[row.id] = row
+    return subject_ids, subjects
+
+
+def _chunks(items: Sequence[tuple[str, bytes]], size: int) -> Iterator[Sequence[tuple[str, bytes]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _epoch_key(session: Session, ctx: VaultContext, tenant: TenantVault, count: int) -> str:
+    """The tenant-level DEK for subject-less records, rotated by use count or age."""
+    key = session.get(DataKey, tenant.epoch_key_id)
+    age = (_now() - _aware(key.created_at)).total_seconds() if key is not None else 0.0
+    if key is None or key.encryptions + count > ctx.policy.epoch_max_encryptions or age > ctx.policy.epoch_max_age_s:
+        [fresh] = ctx.keyring.create_keys(session, tenant.tenant_id, tenant.key_version, ["epoch"])
+        tenant.epoch_key_id = fresh.key_id
+        session.flush()
+    session.execute(
+        update(DataKey).where(DataKey.id == tenant.epoch_key_id).values(encryptions=DataKey.encryptions + count)
+    )
+    return tenant.epoch_key_id
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def put_records(
+    session: Session, ctx: VaultContext, identity: CallerIdentity, items: Sequence[RecordInput]
+) -> list[RecordView]:
+    """Store ``items`` all-or-nothing; O(1) Transit calls whatever the batch size."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    _writable(tenant)
+    _validate(ctx, items)
+    tid = tenant.tenant_id
+    subject_ids, subjects = _resolve_subjects(session, ctx, tenant, items)
+    for position, sid in enumerate(subject_ids):
+        if sid and subjects[sid].restricted:
+            raise FailedPrecondition(
+                (f"records[{position}]: " if len(items) > 1 else "")
+                + "processing restricted: this subject's data may only be exported or erased"
+            )
+    subjectless = sum(1 for sid in subject_ids if not sid)
+    epoch = _epoch_key(session, ctx, tenant, subjectless) if subjectless else ""
+    key_ids = [subjects[sid].key_id if sid else epoch for sid in subject_ids]
+    sealers = ctx.keyring.sealers(session, tid, key_ids)
+    now = _now()
+    rows = []
+    views = []
+    events = []
+    for item, sid, key_id in zip(items, subject_ids, key_ids, strict=True):
+        rid = new_id()
+        blob = sealers[key_id].seal(item.data, _aad(tid, rid, item.kind, sid, 1))
+        rows.append(
+            {
+                "id": rid,
+                "tenant_id": tid,
+                "subject_id": sid,
+                "kind": item.kind,
+                "key_id": key_id,
+                "version": 1,
+                "ciphertext": blob,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        views.append(RecordView(rid, sid, item.kind, None, 1, now, now))
+        events.append(_record_event(ctx, tid, rid, sid, item.kind, 1, 1))
+    session.execute(insert(Record), rows)
+    enqueue_many(session, events)
+    audit.append(session, tenant, identity, "records.put", [view.id for view in views])
+    return views
+
+
+def get_record(session: Session, ctx: VaultContext, identity: CallerIdentity, record_id: str) -> RecordView:
+    """One record, decrypted; another tenant's id is NOT_FOUND like a missing one."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    row = _record(session, tenant.tenant_id, record_id)
+    if row.subject_id:
+        _not_restricted(session.get(Subject, row.subject_id))
+    data = _open(ctx.keyring.sealer(session, tenant.tenant_id, row.key_id), tenant.tenant_id, row)
+    audit.append(session, tenant, identity, "record.read", [row.id])
+    return _view(row, data)
+
+
+def _record(session: Session, tenant_id: str, record_id: str) -> Record:
+    if not record_id:
+        raise InvalidArgument("record_id is empty; send the id PutRecord returned")
+    row = session.get(Record, record_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound("record not found")
+    return row
+
+
+def _page_token(index: BlindIndex, query: list[object]) -> str:
+    body = json.dumps(query, separators=(",", ":")).encode()
+    mac = index.digest("page_token", base64.b64encode(body).decode())[:16]
+    return (
+        base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+    )
+
+
+def _read_page_token(index: BlindIndex, token: str, subject_id: str, kind: int) -> str:
+    invalid = InvalidArgument("page_token is invalid or belongs to another query; repeat the query without it")
+    try:
+        body_part, mac_part = token.split(".", 1)
+        body = base64.urlsafe_b64decode(body_part + "=" * (-len(body_part) % 4))
+        mac = base64.urlsafe_b64decode(mac_part + "=" * (-len(mac_part) % 4))
+        expected = index.digest("page_token", base64.b64encode(body).decode())[:16]
+        if not hmac.compare_digest(mac, expected):
+            raise invalid
+        query = json.loads(body)
+    except (ValueError, TypeError):
+        raise invalid from None
+    if not isinstance(query, list) or len(query) != 3 or query[0] != subject_id or query[1] != kind:
+        raise invalid
+    return str(query[2])
+
+
+def list_records(
+    session: Session,
+    ctx: VaultContext,
+    identity: CallerIdentity,
+    *,
+    subject_id: str,
+    kind: int,
+    page_size: int,
+    page_token: str,
+) -> tuple[list[RecordView], str]:
+    """A page of records by subject and/or kind, decrypted, with an opaque tenant-bound next-page token."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    tid = tenant.tenant_id
+    if not subject_id and not kind:
+        raise InvalidArgument("send subject_id, kind or both to list records")
+    if kind:
+        check_kind(kind)
+    if page_size < 0 or page_size > 500:
+        raise InvalidArgument("page_size must be between 1 and 500 (0 means 100)")
+    size = page_size or 100
+    index = blind_index(session, ctx, tenant)
+    after = _read_page_token(index, page_token, subject_id, kind) if page_token else ""
+    query = select(Record).where(Record.tenant_id == tid)
+    if subject_id:
+        _not_restricted(_subject(session, tid, subject_id))
+        query = query.where(Record.subject_id == subject_id)
+    else:
+        restricted = exists().where(Subject.id == Record.subject_id, Subject.restricted.is_(True))
+        query = query.where(~restricted)
+    if kind:
+        query = query.where(Record.kind == kind)
+    if after:
+        query = query.where(Record.id > after)
+    rows = session.scalars(query.order_by(Record.id).limit(size + 1)).all()
+    more = len(rows) > size
+    rows = rows[:size]
+    sealers = ctx.keyring.sealers(session, tid, [row.key_id for row in rows])
+    views = [_view(row, _open(sealers[row.key_id], tid, row)) for row in rows]
+    audit.append(session, tenant, identity, "records.list", [row.id for row in rows])
+    token = _page_token(index, [subject_id, kind, rows[-1].id]) if more else ""
+    return views, token
+
+
+def update_record(
+    session: Session, ctx: VaultContext, identity: CallerIdentity, record_id: str, data: bytes, expected_version: int
+) -> RecordView:
+    """Replace a record's data (correction); ABORTED when ``expected_version`` is stale."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    _writable(tenant)
+    if expected_version <= 0:
+        raise InvalidArgument("expected_version is required; send the version you last read")
+    if not data:
+        raise InvalidArgument("data is empty; send the record's corrected fields in data")
+    if len(data) > ctx.policy.max_record_bytes:
+        raise InvalidArgument(f"data is larger than {ctx.policy.max_record_bytes} bytes; split or trim it")
+    tid = tenant.tenant_id
+    row = _record(session, tid, record_id)
+    if row.subject_id:
+        _not_restricted(session.get(Subject, row.subject_id))
+    if row.version != expected_version:
+        raise Aborted(f"record is at version {row.version}, not {expected_version}; re-read it and retry")
+    key_id = row.key_id if row.subject_id else _epoch_key(session, ctx, tenant, 1)
+    sealer = ctx.keyring.sealer(session, tid, key_id)
+    row.version += 1
+    row.key_id = key_id
+    row.ciphertext = sealer.seal(data, _aad(tid, row.id, row.kind, row.subject_id, row.version))
+    row.updated_at = _now()
+    enqueue(session, _record_event(ctx, tid, row.id, row.subject_id, row.kind, row.version, 2))
+    audit.append(session, tenant, identity, "record.update", [row.id])
+    return _view(row, None)
+
+
+def delete_record(
+    session: Session, ctx: VaultContext, identity: CallerIdentity, record_id: str, expected_version: int
+) -> None:
+    """Delete one record (any version when ``expected_version`` is 0)."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    _writable(tenant)
+    tid = tenant.tenant_id
+    row = _record(session, tid, record_id)
+    if row.subject_id:
+        _not_restricted(session.get(Subject, row.subject_id))
+    if expected_version and row.version != expected_version:
+        raise Aborted(f"record is at version {row.version}, not {expected_version}; re-read it and retry")
+    session.delete(row)
+    enqueue(session, _record_event(ctx, tid, row.id, row.subject_id, row.kind, row.version, 3))
+    audit.append(session, tenant, identity, "record.delete", [row.id])
+
+
+def resolve_subject(session: Session, ctx: VaultContext, identity: CallerIdentity, field: str, raw: str) -> str:
+    """Subject id for one identifier, looked up through the tenant's blind index."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    if field not in _NORMALISERS or not raw:
+        raise InvalidArgument("send exactly one of email, phone or external_id")
+    digest = blind_index(session, ctx, tenant).digest(field, _NORMALISERS[field](raw))
+    subject_id = session.scalar(
+        select(SubjectIdentifier.subject_id).where(
+            SubjectIdentifier.tenant_id == tenant.tenant_id,
+            SubjectIdentifier.field == field,
+            SubjectIdentifier.digest == digest,
+        )
+    )
+    audit.append(session, tenant, identity, "subject.resolve", [subject_id or ""], "ok" if subject_id else "not_found")
+    if subject_id is None:
+        # The audit entry of a miss is still worth keeping: commit it and answer NOT_FOUND.
+        return ""
+    return subject_id
+
+
+@dataclass
+class ExportPlan:
+    """Ciphertext rows of one subject and their key, read under the lock; decrypted while streaming."""
+
+    tenant_id: str
+    subject_id: str
+    rows: list[Record]
+    sealer: Sealer
+
+
+def export_subject(
+    session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, request_id: str
+) -> ExportPlan:
+    """Every record of a subject (allowed even while restricted). One Transit call at most."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    tid = tenant.tenant_id
+    subject = _subject(session, tid, subject_id)
+    rows = list(
+        session.scalars(
+            select(Record).where(Record.tenant_id == tid, Record.subject_id == subject.id).order_by(Record.id)
+        )
+    )
+    sealer = ctx.keyring.sealer(session, tid, subject.key_id)
+    audit.append(session, tenant, identity, "subject.export", [subject.id, request_id])
+    return ExportPlan(tid, subject.id, rows, sealer)
+
+
+def iter_export(plan: ExportPlan) -> Iterator[RecordView]:
+    """Decrypt an export plan's rows one by one."""
+    for row in plan.rows:
+        yield _view(row, _open(plan.sealer, plan.tenant_id, row))
+
+
+class ExportDigest:
+    """Export evidence: SHA-256 over each record's id, version, kind and data, plus counts per kind."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self.counts: dict[str, int] = {}
+        self.total = 0
+
+    def update(self, view: RecordView) -> None:
+        """Add one exported record."""
+        data = view.data or b""
+        self._sha.update(f"{view.id}|{view.version}|{view.kind}|{len(data)}|".encode())
+        self._sha.update(data)
+        name = f"RECORD_KIND_{KIND_NAMES[view.kind]}"
+        self.counts[name] = self.counts.get(name, 0) + 1
+        self.total += 1
+
+    def hexdigest(self) -> str:
+        """The digest so far."""
+        return self._sha.hexdigest()
+
+
+def _erase_rows(session: Session, ctx: VaultContext, tenant_id: str, subject: Subject) -> int:
+    count = (
+        session.scalar(
+            select(func.count())
+            .select_from(Record)
+            .where(Record.tenant_id == tenant_id, Record.subject_id == subject.id)
+        )
+        or 0
+    )
+    session.execute(delete(Record).where(Record.tenant_id == tenant_id, Record.subject_id == subject.id))
+    session.execute(delete(SubjectIdentifier).where(SubjectIdentifier.subject_id == subject.id))
+    session.execute(delete(DataKey).where(DataKey.id == subject.key_id))
+    session.execute(delete(LegalHold).where(LegalHold.tenant_id == tenant_id, LegalHold.subject_id == subject.id))
+    session.delete(subject)
+    ctx.keyring.forget([subject.key_id])
+    return int(count)
+
+
+def erase_subject(
+    session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, request_id: str
+) -> TombstoneRecord:
+    """Crypto-shred one subject: records, DEK and blind-index entries go; a PII-free tombstone stays."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    tid = tenant.tenant_id
+    subject = _subject(session, tid, subject_id)
+    hold = session.scalar(
+        select(LegalHold.hold_id).where(LegalHold.tenant_id == tid, LegalHold.subject_id == subject.id).limit(1)
+    )
+    if hold is not None:
+        raise FailedPrecondition(f"subject is under legal hold {hold}; clear the hold before erasing")
+    digests = tuple(
+        f"{f}:{d.hex()}"
+        for f, d in session.execute(
+            select(SubjectIdentifier.field, SubjectIdentifier.digest).where(SubjectIdentifier.subject_id == subject.id)
+        )
+    )
+    records = (
+        session.scalar(
+            select(func.count()).select_from(Record).where(Record.tenant_id == tid, Record.subject_id == subject.id)
+        )
+        or 0
+    )
+    tombstone = TombstoneRecord(tid, subject.id, digests, request_id, int(records), _now())
+    ctx.ledger.record(tombstone)  # first, in its own database: it must outlive any restore of this one
+    _erase_rows(session, ctx, tid, subject)
+    if session.get(Tombstone, (tid, subject.id)) is None:
+        session.add(
+            Tombstone(
+                tenant_id=tid,
+                subject_id=subject.id,
+                identifier_digests=" ".join(digests),
+                request_id=request_id,
+                records_erased=int(records),
+                erased_at=tombstone.erased_at,
+            )
+        )
+    enqueue(
+        session,
+        make_event(
+            source=ctx.source,
+            event_type="vault.subject.erased",
+            tenant_id=tid,
+            subject_erased=events_pb2.SubjectErased(
+                subject_id=subject.id, request_id=request_id, records_erased=int(records)
+            ),
+        ),
+    )
+    audit.append(session, tenant, identity, "subject.erase", [subject.id, request_id])
+    return tombstone
+
+
+def reapply_tombstone(session: Session, ctx: VaultContext, tenant_id: str, tombstone: TombstoneRecord) -> bool:
+    """Erase again whatever a restore brought back for ``tombstone``; True when something was found."""
+    found = False
+    candidates = {tombstone.subject_id}
+    for entry in tombstone.identifier_digests:
+        field_name, _, hexdigest = entry.partition(":")
+        candidates.update(
+            session.scalars(
+                select(SubjectIdentifier.subject_id).where(
+                    SubjectIdentifier.tenant_id == tenant_id,
+                    SubjectIdentifier.field == field_name,
+                    SubjectIdentifier.digest == bytes.fromhex(hexdigest),
+                )
+            )
+        )
+    for sid in candidates:
+        subject = session.get(Subject, sid)
+        if subject is not None and subject.tenant_id == tenant_id:
+            _erase_rows(session, ctx, tenant_id, subject)
+            found = True
+    if session.get(Tombstone, (tenant_id, tombstone.subject_id)) is None:
+        session.add(
+            Tombstone(
+                tenant_id=tenant_id,
+                subject_id=tombstone.subject_id,
+                identifier_digests=" ".join(tombstone.identifier_digests),
+                request_id=tombstone.request_id,
+                records_erased=tombstone.records_erased,
+                erased_at=tombstone.erased_at,
+            )
+        )
+    return found
+
+
+def set_restriction(
+    session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, request_id: str, restricted: bool
+) -> None:
+    """Restrict (or lift the restriction on) processing of a subject's data."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    subject = _subject(session, tenant.tenant_id, subject_id)
+    subject.restricted = restricted
+    enqueue(
+        session,
+        make_event(
+            source=ctx.source,
+            event_type="vault.subject.restricted" if restricted else "vault.subject.unrestricted",
+            tenant_id=tenant.tenant_id,
+            subject_restricted=events_pb2.SubjectRestricted(
+                subject_id=subject.id, request_id=request_id, restricted=restricted
+            ),
+        ),
+    )
+    audit.append(
+        session,
+        tenant,
+        identity,
+        "subject.restrict" if restricted else "subject.lift_restriction",
+        [subject.id, request_id],
+    )
+
+
+def _hold_id(hold_id: str) -> str:
+    if not _HOLD_ID.match(hold_id or ""):
+        raise InvalidArgument("hold_id must be 1-128 characters of letters, digits and . _ : - (a case or matter id)")
+    return hold_id
+
+
+def set_legal_hold(
+    session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, hold_id: str
+) -> None:
+    """Place a legal hold: erasure of the subject is refused until it is cleared."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    hold_id = _hold_id(hold_id)
+    subject = _subject(session, tenant.tenant_id, subject_id)
+    if session.get(LegalHold, (tenant.tenant_id, subject.id, hold_id)) is None:
+        session.add(LegalHold(tenant_id=tenant.tenant_id, subject_id=subject.id, hold_id=hold_id, created_at=_now()))
+    _hold_event(session, ctx, tenant.tenant_id, subject.id, hold_id, True)
+    audit.append(session, tenant, identity, "subject.legal_hold", [subject.id, hold_id])
+
+
+def clear_legal_hold(
+    session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, hold_id: str
+) -> None:
+    """Clear one legal hold; NOT_FOUND when that hold is not on the subject."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    hold_id = _hold_id(hold_id)
+    subject = _subject(session, tenant.tenant_id, subject_id)
+    hold = session.get(LegalHold, (tenant.tenant_id, subject.id, hold_id))
+    if hold is None:
+        raise NotFound("no such legal hold on this subject")
+    session.delete(hold)
+    _hold_event(session, ctx, tenant.tenant_id, subject.id, hold_id, False)
+    audit.append(session, tenant, identity, "subject.clear_legal_hold", [subject.id, hold_id])
+
+
+def _hold_event(session: Session, ctx: VaultContext, tid: str, sid: str, hold_id: str, active: bool) -> None:
+    enqueue(
+        session,
+        make_event(
+            source=ctx.source,
+            event_type="vault.subject.held" if active else "vault.subject.released",
+            tenant_id=tid,
+            legal_hold_changed=events_pb2.LegalHoldChanged(subject_id=sid, hold_id=hold_id, active=active),
+        ),
+    )
