@@ -13,21 +13,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from services.vault.sealing import Sealer
+V = TypeVar("V")
 
 __all__ = ["DekCache"]
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(Generic[V]):
     tenant_id: str
-    sealer: Sealer
+    sealer: V
     stored_at: float
 
 
-class DekCache:
-    """key_id -> (tenant_id, Sealer), LRU-bounded and age-bounded, thread-safe, with hit/miss counters."""
+class DekCache(Generic[V]):
+    """key_id -> (tenant_id, V) for Sealers or blind indexes: LRU- and age-bounded, thread-safe, counted."""
 
     def __init__(
         self,
@@ -43,11 +44,11 @@ class DekCache:
         self.max_age_s = max_age_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry[V]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key_id: str, *, tenant_id: str | None = None) -> Sealer | None:
+    def get(self, key_id: str, *, tenant_id: str | None = None) -> V | None:
         """The cached Sealer for ``key_id``, or None if absent or expired.
 
         Passing ``tenant_id`` makes an entry stored for another tenant miss too (defence in depth against
@@ -65,7 +66,7 @@ class DekCache:
             self.hits += 1
             return entry.sealer
 
-    def put(self, tenant_id: str, key_id: str, sealer: Sealer) -> None:
+    def put(self, tenant_id: str, key_id: str, sealer: V) -> None:
         """Cache ``sealer`` for ``key_id``; its age starts now. Evicts the least recently used beyond the bound."""
         with self._lock:
             self._entries[key_id] = _Entry(tenant_id, sealer, self._clock())

@@ -38,11 +38,15 @@ class NewKey:
 class KeyRing:
     """Creates, wraps, unwraps and caches DEKs for the vault's domain code (runs in worker threads)."""
 
-    def __init__(self, transit: TransitClient, cache: DekCache, blind_cache: DekCache | None = None) -> None:
+    def __init__(
+        self, transit: TransitClient, cache: DekCache[Sealer], blind_cache: DekCache[BlindIndex] | None = None
+    ) -> None:
         self.transit = transit
         self.cache = cache
         # Blind-index objects keyed by their root key id, with the same bounds and max age as DEKs.
-        self.blind_cache = blind_cache or DekCache(max_entries=cache.max_entries, max_age_s=cache.max_age_s)
+        self.blind_cache: DekCache[BlindIndex] = blind_cache or DekCache(
+            max_entries=cache.max_entries, max_age_s=cache.max_age_s
+        )
 
     def blind_index(self, session: Session, tenant_id: str, key_id: str) -> BlindIndex:
         """The tenant's blind index; its root key is unwrapped once and cached like a DEK."""
@@ -50,12 +54,12 @@ class KeyRing:
         if index is None:
             raw = self._unwrap_raw(session, tenant_id, [key_id])[key_id]
             index = self.remember_blind_index(tenant_id, key_id, raw)
-        return index  # type: ignore[return-value]
+        return index
 
     def remember_blind_index(self, tenant_id: str, key_id: str, raw: bytes) -> BlindIndex:
         """Cache a blind index built from a freshly created root key."""
         index = BlindIndex(raw)
-        self.blind_cache.put(tenant_id, key_id, index)  # type: ignore[arg-type]
+        self.blind_cache.put(tenant_id, key_id, index)
         return index
 
     def _unwrap_raw(self, session: Session, tenant_id: str, key_ids: Sequence[str]) -> dict[str, bytes]:

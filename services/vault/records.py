@@ -195,11 +195,11 @@ def _resolve_subjects(
         if new_groups:
             keys = ctx.keyring.create_keys(session, tid, tenant.key_version, ["subject"] * len(new_groups))
             now = _now()
-            for group, key in zip(new_groups, keys, strict=True):
+            for members, key in zip(new_groups, keys, strict=True):
                 subject = Subject(id=new_id(), tenant_id=tid, key_id=key.key_id, restricted=False, created_at=now)
                 session.add(subject)
                 subjects[subject.id] = subject
-                for i in group:
+                for i in members:
                     subject_ids[i] = subject.id
         session.flush()
         linked: set[tuple[str, bytes]] = set(known)
