@@ -307,9 +307,19 @@ def _record(session: Session, tenant_id: str, record_id: str) -> Record:
     return row
 
 
+# Page tokens are signed with the tenant's blind-index key (so another tenant's or a forged token fails).
+# BlindIndex only derives keys for the identifier fields, so the MAC reuses the external_id key with a
+# prefix no normalised external id can produce a digest for by accident (a NUL-framed purpose label).
+_PAGE_TOKEN_PURPOSE = "\x00steward.page-token.v1\x00"  # noqa: S105 - a domain label, not a secret
+
+
+def _token_mac(index: BlindIndex, body: bytes) -> bytes:
+    return index.digest("external_id", _PAGE_TOKEN_PURPOSE + base64.b64encode(body).decode())[:16]
+
+
 def _page_token(index: BlindIndex, query: list[object]) -> str:
     body = json.dumps(query, separators=(",", ":")).encode()
-    mac = index.digest("page_token", base64.b64encode(body).decode())[:16]
+    mac = _token_mac(index, body)
     return (
         base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
     )
@@ -321,8 +331,7 @@ def _read_page_token(index: BlindIndex, token: str, subject_id: str, kind: int) 
         body_part, mac_part = token.split(".", 1)
         body = base64.urlsafe_b64decode(body_part + "=" * (-len(body_part) % 4))
         mac = base64.urlsafe_b64decode(mac_part + "=" * (-len(mac_part) % 4))
-        expected = index.digest("page_token", base64.b64encode(body).decode())[:16]
-        if not hmac.compare_digest(mac, expected):
+        if not hmac.compare_digest(mac, _token_mac(index, body)):
             raise invalid
         query = json.loads(body)
     except (ValueError, TypeError):
