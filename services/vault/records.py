@@ -591,9 +591,12 @@ def reapply_tombstone(session: Session, ctx: VaultContext, tenant_id: str, tombs
                 )
             )
         )
+    erased_at = _aware(tombstone.erased_at)
     for sid in candidates:
         subject = session.get(Subject, sid)
-        if subject is not None and subject.tenant_id == tenant_id:
+        # A subject created after the erasure is the same person coming back with new data (an identifier
+        # digest matches), not something a restore brought back: it must survive.
+        if subject is not None and subject.tenant_id == tenant_id and _aware(subject.created_at) <= erased_at:
             _erase_rows(session, ctx, tenant_id, subject)
             found = True
     if session.get(Tombstone, (tenant_id, tombstone.subject_id)) is None:
