@@ -1,0 +1,128 @@
+"""PII-free access log: one entry per call (principal, tenant, method, status, latency, credential id).
+
+Entries are buffered in memory and written to the outbox every ``flush_s`` as one
+``gateway.access.logged`` event per tenant, in one transaction, so logging costs no database round
+trip on the request path. The trade-off: a crash loses at most one flush interval of entries; calls
+under support grants are additionally written synchronously (``support_accesses``) and lose nothing.
+Nothing from the request or response body is ever recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from steward.events.v1 import events_pb2
+
+from services.chassis.bus import enqueue, make_event
+from services.chassis.db import Database
+
+if TYPE_CHECKING:
+    from services.gateway.admission import Caller
+
+log = logging.getLogger("steward.gateway.access")
+
+__all__ = ["AccessLog"]
+
+
+class AccessLog:
+    """Buffers access entries and flushes them to the outbox in batches."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        flush_s: float,
+        max_buffer: int,
+        on_flushed: Callable[[], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._flush_s = flush_s
+        self._max = max_buffer
+        self._on_flushed = on_flushed
+        self._buffer: list[events_pb2.AccessEntry] = []
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.written = 0
+        self.failed_completions = 0
+
+    def record(self, caller: Caller | None, method: str, status: str, elapsed_s: float) -> None:
+        """Add one entry (never blocks, never raises)."""
+        if len(self._buffer) >= self._max:
+            self.dropped += 1
+            return
+        stamp = Timestamp()
+        stamp.GetCurrentTime()
+        entry = events_pb2.AccessEntry(
+            method=method, status=status, latency_us=int(elapsed_s * 1_000_000), at=stamp, principal_kind="anonymous"
+        )
+        if caller is not None:
+            entry.principal = caller.principal
+            entry.principal_kind = caller.kind
+            entry.tenant_id = caller.tenant_id
+            entry.credential_id = caller.credential_id
+            entry.support_grant_id = caller.support_grant_id
+        self._buffer.append(entry)
+
+    async def flush(self) -> int:
+        """Write buffered entries (one event per tenant); returns how many were written."""
+        if not self._buffer:
+            return 0
+        batch, self._buffer = self._buffer, []
+        by_tenant: dict[str, list[events_pb2.AccessEntry]] = defaultdict(list)
+        for entry in batch:
+            by_tenant[entry.tenant_id].append(entry)
+        events = [
+            make_event(
+                source="gateway",
+                event_type="gateway.access.logged",
+                tenant_id=tenant,
+                access_logged=events_pb2.AccessLogged(entries=entries),
+            )
+            for tenant, entries in by_tenant.items()
+        ]
+
+        def write(session: object) -> None:
+            for event in events:
+                enqueue(session, event)  # type: ignore[arg-type]
+
+        try:
+            await self._db.run(write)
+        except Exception:
+            # Put the entries back (bounded) so a database blip does not lose them.
+            room = max(0, self._max - len(self._buffer))
+            self._buffer[:0] = batch[:room]
+            self.dropped += len(batch) - min(room, len(batch))
+            raise
+        self.written += len(batch)
+        if self._on_flushed is not None:
+            self._on_flushed()
+        return len(batch)
+
+    async def start(self) -> None:
+        """Flush in the background every ``flush_s``."""
+        self._task = asyncio.create_task(self._run(), name="access-log-flush")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_s)
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("access log flush failed; will retry", extra={"error_type": type(exc).__name__})
+
+    async def stop(self) -> None:
+        """Stop the loop and write what is left."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self.flush()

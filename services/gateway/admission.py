@@ -1,0 +1,334 @@
+"""Admission: who is calling, may they call this method, for which tenant — decided before any handler runs.
+
+:class:`AdmissionInterceptor` wraps every served method (forwarded or the gateway's own): it reads
+the ``authorization`` metadata, authenticates an API key or an operator JWT, applies the method's
+:class:`~services.gateway.policy.RoutePolicy`, resolves the tenant **from the credential** (the key's
+tenant, the support grant's tenant, or — for operators only — ``x-steward-target-tenant``), spends a
+rate-limit token, records calls under support grants before they run, and logs every call (PII-free)
+when it ends. Handlers read the result with :func:`current_caller`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from services.chassis.db import Database
+from services.chassis.errors import (
+    DomainError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from services.chassis.identity import CallerIdentity
+from services.gateway import grants
+from services.gateway.accesslog import AccessLog
+from services.gateway.apikeys import ApiKeyAuthenticator
+from services.gateway.jwt_auth import OperatorVerifier
+from services.gateway.models import TenantRow
+from services.gateway.policy import SUPPORT, RoutePolicy, policy_for
+from services.gateway.ratelimit import RateLimiter
+
+__all__ = [
+    "MD_SUPPORT_GRANT",
+    "MD_TARGET_TENANT",
+    "AdmissionInterceptor",
+    "Caller",
+    "Gatekeeper",
+    "current_caller",
+]
+
+MD_TARGET_TENANT = "x-steward-target-tenant"
+MD_SUPPORT_GRANT = "x-steward-support-grant"
+LOCAL_PREFIX = "/steward.gateway.v1."
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+MAX_TOKEN_LEN = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated caller of one RPC, as the gateway established it."""
+
+    kind: str  # api_key | operator | support
+    principal: str
+    tenant_id: str
+    credential_id: str
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    roles: frozenset[str] = field(default_factory=frozenset)
+    support_grant_id: str = ""
+    expires_at: datetime | None = None
+
+    def identity(self) -> CallerIdentity:
+        """The identity metadata services receive (tenant always from the credential)."""
+        return CallerIdentity(
+            tenant_id=self.tenant_id,
+            principal=self.principal,
+            principal_kind=self.kind,
+            credential_id=self.credential_id,
+            scopes=self.scopes,
+            support_grant_id=self.support_grant_id,
+        )
+
+    def has_role(self, *roles: str) -> bool:
+        """True for an operator holding any of ``roles``."""
+        return self.kind == "operator" and bool(self.roles.intersection(roles))
+
+
+_current: ContextVar[Caller | None] = ContextVar("steward_gateway_caller", default=None)
+
+
+def current_caller() -> Caller:
+    """The caller admitted for the running RPC."""
+    caller = _current.get()
+    if caller is None:
+        raise Unauthenticated("no credential: send 'authorization: Bearer <API key or operator token>'")
+    return caller
+
+
+def _metadata_values(metadata: Sequence[tuple[str, Any]] | None, key: str) -> list[Any]:
+    return [value for name, value in metadata or () if name == key]
+
+
+def _single(metadata: Sequence[tuple[str, Any]] | None, key: str) -> str:
+    values = _metadata_values(metadata, key)
+    if not values:
+        return ""
+    if len(values) > 1 or not isinstance(values[0], str):
+        raise InvalidArgument(f"send the {key} metadata once, as text")
+    return values[0].strip()
+
+
+def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str:
+    values = _metadata_values(metadata, "authorization")
+    if not values:
+        raise Unauthenticated("no credential: send 'authorization: Bearer <API key or operator token>'")
+    if len(values) > 1 or not isinstance(values[0], str):
+        raise Unauthenticated("send exactly one authorization metadata entry, as text")
+    scheme, _, token = values[0].strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LEN or " " in token:
+        raise Unauthenticated("malformed authorization metadata: expected 'Bearer <API key or operator token>'")
+    return token
+
+
+class Gatekeeper:
+    """Authentication, authorization, tenant resolution and rate limiting for one call."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        keys: ApiKeyAuthenticator,
+        operators: OperatorVerifier,
+        limiter: RateLimiter,
+    ) -> None:
+        self.db = db
+        self.keys = keys
+        self.operators = operators
+        self.limiter = limiter
+
+    async def admit(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> Caller:
+        """The caller of ``method``, or a DomainError saying what is wrong."""
+        policy = policy_for(method)
+        if policy is None:  # every served method has one (checked at start-up); deny anything else
+            raise PermissionDenied("this method is not open to any caller")
+        token = _bearer(metadata)
+        if token.startswith("stw_"):
+            caller = await self._api_key_caller(token, method, policy)
+            self.limiter.check("tenant", caller.tenant_id)
+            return caller
+        caller = await self._operator_caller(token, method, policy, metadata)
+        if caller.kind == "support":
+            self.limiter.check("tenant", caller.tenant_id)
+        else:
+            self.limiter.check("operator", caller.principal)
+        return caller
+
+    async def _api_key_caller(self, token: str, method: str, policy: RoutePolicy) -> Caller:
+        key = await self.keys.authenticate(token)
+        if not policy.any_caller and not policy.scopes.intersection(key.scopes):
+            needed = " or ".join(sorted(policy.scopes)) or "an operator role"
+            raise PermissionDenied(f"this API key may not call {method}: it needs {needed}")
+        return Caller(
+            kind="api_key",
+            principal=f"apikey:{key.key_id}",
+            tenant_id=key.tenant_id,
+            credential_id=key.key_id,
+            scopes=key.scopes,
+            expires_at=key.expires_at,
+        )
+
+    async def _operator_caller(
+        self, token: str, method: str, policy: RoutePolicy, metadata: Sequence[tuple[str, Any]] | None
+    ) -> Caller:
+        claims = await self.operators.verify(token)
+        principal = f"operator:{claims.subject}"
+        grant_id = _single(metadata, MD_SUPPORT_GRANT)
+        if grant_id and policy.support_read:
+            if SUPPORT not in claims.roles:
+                raise PermissionDenied(grants.GRANT_DENIED)
+            grant = await self.db.run(lambda s: grants.live_grant(s, grant_id, principal=principal))
+            return Caller(
+                kind="support",
+                principal=principal,
+                tenant_id=grant.tenant_id,
+                credential_id=claims.credential_id,
+                scopes=policy.scopes,
+                roles=claims.roles,
+                support_grant_id=grant.id,
+                expires_at=min(claims.expires_at, grant.expires_at) if grant.expires_at else claims.expires_at,
+            )
+        if not policy.any_caller and not policy.roles.intersection(claims.roles):
+            if policy.support_read and SUPPORT in claims.roles:
+                raise PermissionDenied(f"support access needs a live grant: pass its id in {MD_SUPPORT_GRANT} metadata")
+            raise PermissionDenied(f"your operator roles do not allow {method}")
+        tenant_id = ""
+        if not method.startswith(LOCAL_PREFIX) and not policy.any_caller:
+            tenant_id = _single(metadata, MD_TARGET_TENANT)
+            if not tenant_id:
+                raise InvalidArgument(f"operators must name the tenant in {MD_TARGET_TENANT} metadata")
+            exists = await self.db.run(lambda s: s.get(TenantRow, tenant_id) is not None)
+            if not exists:
+                raise NotFound(f"no such tenant: check {MD_TARGET_TENANT}")
+        return Caller(
+            kind="operator",
+            principal=principal,
+            tenant_id=tenant_id,
+            credential_id=claims.credential_id,
+            scopes=policy.scopes,
+            roles=claims.roles,
+            expires_at=claims.expires_at,
+        )
+
+    async def open_support_access(self, caller: Caller, method: str) -> int:
+        """Record a call under a grant before it is forwarded; returns its sequence number."""
+
+        def write(session: Any) -> int:
+            grant = grants.live_grant(session, caller.support_grant_id, principal=caller.principal)
+            return grants.record_access(session, grant=grant, method=method)
+
+        return await self.db.run(write)
+
+    async def close_support_access(self, seq: int, status: str, latency_ms: int) -> None:
+        """Fill in the outcome of a recorded support call."""
+        await self.db.run(lambda s: grants.complete_access(s, seq, status=status, latency_ms=latency_ms))
+
+
+def _status_name(exc: BaseException | None, context: aio.ServicerContext) -> str:
+    if exc is None:
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "OK"
+    if isinstance(exc, DomainError):
+        return exc.code.name
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "CANCELLED" if isinstance(exc, (GeneratorExit, asyncio.CancelledError)) else "INTERNAL"
+
+
+class AdmissionInterceptor(aio.ServerInterceptor):
+    """Admits every call (health and reflection excepted) and logs how it ended."""
+
+    def __init__(self, gate: Gatekeeper, access_log: AccessLog) -> None:
+        self.gate = gate
+        self.access_log = access_log
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return _refuse_streaming_requests(handler)
+
+    async def _enter(self, method: str, context: aio.ServicerContext) -> tuple[Caller, int | None]:
+        caller = await self.gate.admit(method, context.invocation_metadata())
+        seq = await self.gate.open_support_access(caller, method) if caller.support_grant_id else None
+        return caller, seq
+
+    async def _leave(self, method: str, caller: Caller | None, seq: int | None, status: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.access_log.record(caller, method, status, elapsed)
+        if seq is not None:
+            try:
+                await self.gate.close_support_access(seq, status, int(elapsed * 1000))
+            except Exception:  # the access row exists already; only its outcome is missing
+                self.access_log.failed_completions += 1
+
+    def _unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        async def behavior(request: Any, context: aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            caller: Caller | None = None
+            seq: int | None = None
+            failure: BaseException | None = None
+            try:
+                caller, seq = await self._enter(method, context)
+                token = _current.set(caller)
+                try:
+                    return await inner(request, context)
+                finally:
+                    _current.reset(token)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                await self._leave(method, caller, seq, _status_name(failure, context), started)
+
+        return behavior
+
+    def _stream(self, method: str, inner: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        async def behavior(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            caller: Caller | None = None
+            seq: int | None = None
+            failure: BaseException | None = None
+            try:
+                caller, seq = await self._enter(method, context)
+                token = _current.set(caller)
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                finally:
+                    _current.reset(token)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                await self._leave(method, caller, seq, _status_name(failure, context), started)
+
+        return behavior
+
+
+def _refuse_streaming_requests(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """No served method streams requests; if one ever does, it must not bypass admission."""
+
+    async def refuse(_request: Any, context: aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "client-streaming methods are not served by the gateway")
+
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    return grpc.stream_stream_rpc_method_handler(refuse)

@@ -1,0 +1,215 @@
+"""Forwarding: each method of each fronted service registered explicitly from its descriptor.
+
+Requests and responses pass through as bytes (no re-serialisation); the handler's shape (unary or
+server-streaming) comes from the descriptor, so a method that is not registered is UNIMPLEMENTED and
+a wrong cardinality cannot slip through. The upstream sees only the identity metadata the gateway
+sets (:func:`services.chassis.identity.identity_metadata`) — never the caller's own metadata — over
+mTLS with the gateway's client certificate. Downstream deadline = min(caller deadline, route cap).
+
+To front another service: one line in :data:`FORWARDED_SERVICES` (plus its rows in ``policy.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc import aio
+from steward.vault.v1 import vault_pb2
+
+from services.chassis.errors import InvalidArgument, Unavailable
+from services.chassis.grpc_server import channel_options
+from services.chassis.identity import identity_metadata
+from services.chassis.settings import GrpcSettings
+from services.gateway.admission import current_caller
+from services.gateway.policy import policy_for
+from services.gateway.settings import UpstreamSettings
+
+log = logging.getLogger("steward.gateway.forwarding")
+
+__all__ = ["FORWARDED_SERVICES", "DeadlinePolicy", "ForwardedService", "Forwarder", "Upstreams", "method_names"]
+
+# Trailers worth passing back to the caller (retry hints); everything else stays inside.
+_PASSED_TRAILERS = frozenset({"retry-after-ms"})
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedService:
+    """A service the gateway fronts: which upstream serves it and its descriptor."""
+
+    upstream: str
+    descriptor: ServiceDescriptor
+
+
+FORWARDED_SERVICES: tuple[ForwardedService, ...] = (
+    ForwardedService("vault", vault_pb2.DESCRIPTOR.services_by_name["VaultService"]),
+    ForwardedService("vault", vault_pb2.DESCRIPTOR.services_by_name["VaultAdminService"]),
+)
+
+
+def method_names(descriptor: ServiceDescriptor) -> list[str]:
+    """Full method names (``/pkg.Service/Method``) of a service."""
+    return [f"/{descriptor.full_name}/{method.name}" for method in descriptor.methods]
+
+
+class Upstreams:
+    """One long-lived channel per configured upstream (mTLS when a CA is configured)."""
+
+    def __init__(
+        self,
+        settings: Mapping[str, UpstreamSettings],
+        grpc_settings: GrpcSettings,
+        *,
+        interceptors: Iterable[aio.ClientInterceptor] = (),
+    ) -> None:
+        self._settings = dict(settings)
+        self._channels: dict[str, aio.Channel] = {}
+        base = channel_options(grpc_settings)
+        client_interceptors = list(interceptors)
+        for name, upstream in self._settings.items():
+            if not upstream.address:
+                continue
+            options: list[tuple[str, Any]] = list(base)
+            if upstream.server_name:
+                options.append(("grpc.ssl_target_name_override", upstream.server_name))
+            if upstream.tls:
+                assert upstream.ca_file is not None
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=upstream.ca_file.read_bytes(),
+                    private_key=upstream.key_file.read_bytes() if upstream.key_file else None,
+                    certificate_chain=upstream.cert_file.read_bytes() if upstream.cert_file else None,
+                )
+                channel = aio.secure_channel(
+                    upstream.address, credentials, options=options, interceptors=client_interceptors
+                )
+            else:
+                channel = aio.insecure_channel(upstream.address, options=options, interceptors=client_interceptors)
+            self._channels[name] = channel
+
+    def channel(self, name: str) -> aio.Channel:
+        """The channel to ``name``; UNAVAILABLE when that service is not configured."""
+        channel = self._channels.get(name)
+        if channel is None:
+            raise Unavailable(f"the {name} service is not reachable through this gateway (no address configured)")
+        return channel
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for channel in self._channels.values():
+            await channel.close()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlinePolicy:
+    """Downstream deadline = min(caller deadline, route cap); optionally refuse calls without one."""
+
+    default_cap_s: float
+    caps_s: Mapping[str, float]
+    require_client_deadline: bool = False
+
+    def cap_for(self, method: str) -> float:
+        """Settings (by method, then by service) over the policy default over the global default."""
+        if method in self.caps_s:
+            return self.caps_s[method]
+        service = method.strip("/").split("/")[0]
+        if service in self.caps_s:
+            return self.caps_s[service]
+        policy = policy_for(method)
+        if policy is not None and policy.deadline_cap_s is not None:
+            return policy.deadline_cap_s
+        return self.default_cap_s
+
+    def timeout(self, method: str, context: aio.ServicerContext) -> tuple[float, bool]:
+        """(seconds to give the upstream, whether the route cap — not the caller — set it)."""
+        cap = self.cap_for(method)
+        remaining = context.time_remaining()
+        if remaining is None or remaining > 10**8:  # no deadline sent (gRPC reports None or "infinite")
+            if self.require_client_deadline:
+                raise InvalidArgument(f"set a deadline on the call (this gateway requires one; at most {cap:g} s)")
+            return cap, True
+        if remaining >= cap:
+            return cap, True
+        return max(remaining, 0.001), False
+
+
+class Forwarder:
+    """Builds the generic handlers that pass calls through to the upstreams."""
+
+    def __init__(self, upstreams: Upstreams, deadlines: DeadlinePolicy) -> None:
+        self.upstreams = upstreams
+        self.deadlines = deadlines
+
+    def handler_for(self, service: ForwardedService) -> grpc.GenericRpcHandler:
+        """Per-method bytes pass-through handlers for ``service`` with the right cardinality."""
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+        for method in service.descriptor.methods:
+            full = f"/{service.descriptor.full_name}/{method.name}"
+            if method.client_streaming:
+                raise RuntimeError(f"{full}: client-streaming methods are not supported by the gateway")
+            if method.server_streaming:
+                handlers[method.name] = grpc.unary_stream_rpc_method_handler(self._stream(service.upstream, full))
+            else:
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(self._unary(service.upstream, full))
+        return grpc.method_handlers_generic_handler(service.descriptor.full_name, handlers)
+
+    def _unary(self, upstream: str, method: str) -> Callable[[bytes, aio.ServicerContext], Any]:
+        async def forward(request: bytes, context: aio.ServicerContext) -> bytes:
+            caller = current_caller()
+            timeout, capped = self.deadlines.timeout(method, context)
+            call = self.upstreams.channel(upstream).unary_unary(method)
+            try:
+                return await call(request, metadata=identity_metadata(caller.identity()), timeout=timeout)  # type: ignore[no-any-return]
+            except aio.AioRpcError as err:
+                await _relay(context, err, upstream=upstream, cap=timeout if capped else None)
+                raise  # unreachable: _relay aborts
+
+        return forward
+
+    def _stream(self, upstream: str, method: str) -> Callable[[bytes, aio.ServicerContext], AsyncIterator[bytes]]:
+        async def forward(request: bytes, context: aio.ServicerContext) -> AsyncIterator[bytes]:
+            caller = current_caller()
+            timeout, capped = self.deadlines.timeout(method, context)
+            call = self.upstreams.channel(upstream).unary_stream(method)(
+                request, metadata=identity_metadata(caller.identity()), timeout=timeout
+            )
+            try:
+                async for item in call:
+                    yield item
+            except aio.AioRpcError as err:
+                await _relay(context, err, upstream=upstream, cap=timeout if capped else None)
+            finally:
+                call.cancel()
+
+        return forward
+
+
+def _is_transport_failure(details: str) -> bool:
+    lowered = details.lower()
+    return not details or any(
+        marker in lowered for marker in ("failed to connect", "connection refused", "connections to all backends")
+    )
+
+
+async def _relay(context: aio.ServicerContext, err: aio.AioRpcError, *, upstream: str, cap: float | None) -> None:
+    """Give the caller the upstream's status (its messages are caller-safe by contract) with clearer wording
+    for the failures the gateway itself causes or observes."""
+    code = err.code()
+    details = err.details() or ""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and cap is not None:
+        details = f"the {upstream} service did not answer within {cap:g} s (the gateway's cap for this method)"
+    elif code == grpc.StatusCode.UNAVAILABLE and _is_transport_failure(details):
+        # The channel could not reach the service: say which service, not which socket address.
+        log.warning("upstream unreachable", extra={"upstream": upstream})
+        details = f"the {upstream} service is unavailable; retry with backoff"
+    trailers = tuple(
+        (key, value)
+        for key, value in (err.trailing_metadata() or ())
+        if key in _PASSED_TRAILERS and isinstance(value, str)
+    )
+    if trailers:
+        context.set_trailing_metadata(trailers)
+    await context.abort(code, details)

@@ -1,0 +1,117 @@
+"""The gateway's tables: tenant registry, API keys, support grants and the accesses made under them.
+
+No column holds a secret or a representative's contact detail in clear: API keys keep an HMAC of the
+secret, and representatives are sealed (AES-GCM) by :mod:`services.gateway.tenants`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["ApiKeyRow", "GatewayBase", "SupportAccessRow", "SupportGrantRow", "TenantRow", "UtcDateTime", "utcnow"]
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the gateway's rules use."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite hands back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class GatewayBase(DeclarativeBase):
+    """Declarative base of the gateway's own tables."""
+
+
+class TenantRow(GatewayBase):
+    """A business client. ``representatives_sealed`` is AES-GCM ciphertext, never plaintext contacts."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    company_name: Mapped[str] = mapped_column(String(200))
+    industry: Mapped[str] = mapped_column(String(100), default="")
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    preferred_channel: Mapped[int] = mapped_column(Integer, default=0)
+    language: Mapped[str] = mapped_column(String(35), default="")
+    product_updates: Mapped[bool] = mapped_column(Boolean, default=False)
+    representatives_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class ApiKeyRow(GatewayBase):
+    """An API key: only the HMAC-SHA256 (peppered) of its secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    env: Mapped[str] = mapped_column(String(12))
+    name: Mapped[str] = mapped_column(String(100), default="")
+    scopes: Mapped[str] = mapped_column(Text)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    rotated_from: Mapped[str] = mapped_column(String(32), default="")
+
+
+class SupportGrantRow(GatewayBase):
+    """Time-boxed read access of one support engineer to one tenant."""
+
+    __tablename__ = "support_grants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    principal: Mapped[str] = mapped_column(String(200), index=True)
+    reason: Mapped[str] = mapped_column(String(500))
+    ticket_id: Mapped[str] = mapped_column(String(64))
+    duration_s: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    emergency: Mapped[bool] = mapped_column(Boolean, default=False)
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    approved_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    approved_by: Mapped[str] = mapped_column(String(200), default="")
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revoked_by: Mapped[str] = mapped_column(String(200), default="")
+
+
+class SupportAccessRow(GatewayBase):
+    """One call made under a grant; written before the call is forwarded, completed after."""
+
+    __tablename__ = "support_accesses"
+    __table_args__ = (Index("ix_support_accesses_grant_seq", "grant_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    grant_id: Mapped[str] = mapped_column(ForeignKey("support_grants.id"))
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    principal: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(32), default="STARTED")
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)

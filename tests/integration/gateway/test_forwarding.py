@@ -1,0 +1,229 @@
+"""Forwarding through the real gateway to an in-process vault double: identity, isolation, cardinality, limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc import aio
+from steward.gateway.v1 import gateway_pb2
+from steward.vault.v1 import vault_pb2
+
+from services.chassis.grpc_server import build_server
+from services.chassis.settings import TlsSettings
+from services.gateway.main import create_server
+from services.gateway.settings import UpstreamSettings
+from tests.integration.gateway.conftest import GatewayEnv, start_env
+from tests.integration.gateway.support import (
+    FakeVaultState,
+    TestIdP,
+    bearer,
+    clients,
+    dev_ca,
+    gateway_settings,
+    start_fake_vault,
+    status_of,
+)
+
+PUT = vault_pb2.PutRecordRequest(record=vault_pb2.NewRecord(kind=vault_pb2.RECORD_KIND_NOTE))
+
+
+async def test_tenant_comes_from_the_key_not_from_metadata_the_caller_sends(env: GatewayEnv) -> None:
+    spoofed = (*bearer(env.key_a), ("x-steward-tenant-id", env.tenant_b), ("x-steward-principal", "root"))
+    response = await env.c.vault.PutRecord(PUT, metadata=spoofed)
+    method, seen = env.vault.seen[-1]
+    assert method == "PutRecord"
+    assert seen.tenant_id == env.tenant_a
+    assert seen.principal.startswith("apikey:")
+    assert seen.principal_kind == "api_key"
+    assert "records:write" in seen.scopes
+    assert (env.tenant_a, response.record.id) in env.vault.records
+
+
+async def test_other_tenants_record_gets_the_same_answer_as_a_missing_one(env: GatewayEnv) -> None:
+    mine = await env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a))
+    foreign = await status_of(
+        env.c.vault.GetRecord(vault_pb2.GetRecordRequest(record_id=mine.record.id), metadata=bearer(env.key_b))
+    )
+    missing = await status_of(
+        env.c.vault.GetRecord(vault_pb2.GetRecordRequest(record_id="rec_nope"), metadata=bearer(env.key_b))
+    )
+    assert foreign == missing
+    assert foreign[0] == grpc.StatusCode.NOT_FOUND
+    own = await env.c.vault.GetRecord(vault_pb2.GetRecordRequest(record_id=mine.record.id), metadata=bearer(env.key_a))
+    assert own.record.id == mine.record.id
+
+
+async def test_server_streaming_method_is_forwarded_item_by_item(env: GatewayEnv) -> None:
+    for _ in range(3):
+        await env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a))
+    items = [
+        item
+        async for item in env.c.vault.ExportSubject(
+            vault_pb2.ExportSubjectRequest(subject_id="s"), metadata=bearer(env.key_a)
+        )
+    ]
+    assert [item.WhichOneof("item") for item in items] == ["record"] * 3 + ["summary"]
+    assert items[-1].summary.record_count == 3
+
+
+async def test_unknown_method_is_unimplemented(env: GatewayEnv) -> None:
+    call = env.c.channel.unary_unary("/steward.vault.v1.VaultService/DropAllTables")
+    code, _ = await status_of(call(b"", metadata=bearer(env.key_a)))
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    call = env.c.channel.unary_unary("/steward.secret.v1.Backdoor/Open")
+    code, _ = await status_of(call(b"", metadata=bearer(env.key_a)))
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_operator_must_name_an_existing_target_tenant(env: GatewayEnv) -> None:
+    oncall = env.idp.token("bob", ["ops:oncall"])
+    code, details = await status_of(
+        env.c.vault_admin.ListAuditEvents(vault_pb2.ListAuditEventsRequest(), metadata=bearer(oncall))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "x-steward-target-tenant" in details
+    code, _ = await status_of(
+        env.c.vault_admin.ListAuditEvents(
+            vault_pb2.ListAuditEventsRequest(), metadata=bearer(oncall, x_steward_target_tenant="tnt_missing")
+        )
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
+    await env.c.vault_admin.ListAuditEvents(
+        vault_pb2.ListAuditEventsRequest(), metadata=bearer(oncall, x_steward_target_tenant=env.tenant_b)
+    )
+    _, seen = env.vault.seen[-1] if env.vault.seen else ("", None)
+    # the operator may not read customer records at all (no grant, no role on the route)
+    code, _ = await status_of(
+        env.c.vault.GetRecord(
+            vault_pb2.GetRecordRequest(record_id="x"), metadata=bearer(oncall, x_steward_target_tenant=env.tenant_b)
+        )
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_upstream_down_is_a_clear_unavailable(idp: TestIdP, sqlite_url: str) -> None:
+    state = FakeVaultState()
+    running = await start_fake_vault(state)
+    env = await start_env(idp, (state, running.port), sqlite_url, None)
+    await running.server.stop(0)
+    code, details = await status_of(env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a), timeout=10))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert "vault service is unavailable" in details and "127.0.0.1" not in details
+    await env.c.channel.close()
+    await env.handle.stop(0)
+
+
+async def test_deadline_is_the_route_cap_when_the_caller_sends_none(idp: TestIdP, sqlite_url: str) -> None:
+    state = FakeVaultState(delay_s=2.0)
+    running = await start_fake_vault(state)
+    env = await start_env(
+        idp,
+        (state, running.port),
+        sqlite_url,
+        None,
+        deadline_caps_s={"/steward.vault.v1.VaultService/ListRecords": 0.2},
+    )
+    list_req = vault_pb2.ListRecordsRequest(kind=vault_pb2.RECORD_KIND_NOTE)
+    code, details = await status_of(env.c.vault.ListRecords(list_req, metadata=bearer(env.key_a)))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "did not answer within 0.2 s" in details
+    # the caller's own shorter deadline wins and is reported by gRPC as the caller's
+    code, _ = await status_of(env.c.vault.ListRecords(list_req, metadata=bearer(env.key_a), timeout=0.1))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    await env.c.channel.close()
+    await env.handle.stop(0)
+    await running.server.stop(0)
+
+
+async def test_missing_deadline_is_refused_when_required(
+    idp: TestIdP, fake_vault: tuple[FakeVaultState, int], sqlite_url: str
+) -> None:
+    env = await start_env(idp, fake_vault, sqlite_url, None, require_client_deadline=True)
+    code, details = await status_of(env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "deadline" in details
+    await env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a), timeout=5)
+    await env.c.channel.close()
+    await env.handle.stop(0)
+
+
+async def test_oversized_message_is_resource_exhausted_and_other_calls_go_on(
+    idp: TestIdP, fake_vault: tuple[FakeVaultState, int], sqlite_url: str
+) -> None:
+    from services.chassis.settings import GrpcSettings
+
+    env = await start_env(idp, fake_vault, sqlite_url, None, grpc=GrpcSettings(max_message_bytes=64 * 1024))
+    big = vault_pb2.PutRecordRequest(record=vault_pb2.NewRecord(kind=vault_pb2.RECORD_KIND_NOTE))
+    big.record.data.update({"blob": "x" * 100_000})
+    code, details = await status_of(env.c.vault.PutRecord(big, metadata=bearer(env.key_a)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in details
+    await env.c.vault.PutRecord(PUT, metadata=bearer(env.key_b))
+    await env.c.channel.close()
+    await env.handle.stop(0)
+
+
+async def test_flooding_tenant_is_throttled_with_retry_info_and_the_other_tenant_is_not(
+    idp: TestIdP, fake_vault: tuple[FakeVaultState, int], sqlite_url: str
+) -> None:
+    from services.gateway.settings import RateLimitSettings
+
+    env = await start_env(
+        idp, fake_vault, sqlite_url, None, rate_limits=RateLimitSettings(tenant_rps=5, tenant_burst=20)
+    )
+    results = await asyncio.gather(
+        *(status_of(env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a))) for _ in range(60)),
+        return_exceptions=False,
+    )
+    throttled = [d for code, d in results if code == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert throttled and "retry after" in throttled[0]
+    call = env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a))
+    try:
+        await call
+    except aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert int(dict(err.trailing_metadata())["retry-after-ms"]) > 0
+    # tenant B has its own bucket
+    await env.c.vault.PutRecord(PUT, metadata=bearer(env.key_b))
+    await env.c.channel.close()
+    await env.handle.stop(0)
+
+
+async def test_services_accept_only_the_gateways_certificate(idp: TestIdP, sqlite_url: str, tmp_path) -> None:
+    ca = dev_ca(tmp_path)
+    state = FakeVaultState()
+    vault_tls = TlsSettings(
+        cert_file=ca.server_cert, key_file=ca.server_key, client_ca_file=ca.ca, allowed_client_names=["gateway"]
+    )
+    running = await start_fake_vault(state, tls=vault_tls)
+    upstream = UpstreamSettings(
+        address=f"localhost:{running.port}", ca_file=ca.ca, cert_file=ca.gateway_cert, key_file=ca.gateway_key
+    )
+    settings = gateway_settings(database_url=sqlite_url, idp=idp, upstream=upstream)
+    handle, port = await create_server(settings)
+    c = clients(port)
+    admin = bearer(idp.token("alice", ["ops:admin"]))
+    from tests.integration.gateway.support import sample_details
+
+    tenant = await c.admin.CreateTenant(gateway_pb2.CreateTenantRequest(details=sample_details()), metadata=admin)
+    key = await c.admin.CreateApiKey(
+        gateway_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant.tenant_id, scopes=["records:write"]), metadata=admin
+    )
+    await c.vault.PutRecord(PUT, metadata=bearer(key.token))
+    assert state.seen[-1][1].tenant_id == tenant.tenant.tenant_id
+
+    # Another certificate from the same CA — not the gateway — is refused even with identity metadata.
+    creds = grpc.ssl_channel_credentials(ca.ca.read_bytes(), ca.other_key.read_bytes(), ca.other_cert.read_bytes())
+    async with aio.secure_channel(f"localhost:{running.port}", creds) as intruder:
+        from steward.vault.v1 import vault_pb2_grpc
+
+        from services.chassis.identity import CallerIdentity, identity_metadata
+
+        stub = vault_pb2_grpc.VaultServiceStub(intruder)
+        code, _ = await status_of(
+            stub.PutRecord(PUT, metadata=identity_metadata(CallerIdentity(tenant_id="t", principal="p")))
+        )
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+    await c.channel.close()
+    await handle.stop(0)
+    await running.server.stop(0)
+    _ = build_server  # the fake vault uses the chassis server, exactly like the real services
