@@ -117,6 +117,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     """VaultService: records and data subjects of the calling tenant."""
 
     async def PutRecord(self, request: pb.PutRecordRequest, context: aio.ServicerContext) -> pb.PutRecordResponse:
+        require_identity(context)  # an unauthenticated caller learns nothing, not even what a valid request is
         if not request.HasField("record"):
             raise InvalidArgument("record is missing; send the record to store")
         item = _input(request.record)
@@ -124,6 +125,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         return pb.PutRecordResponse(record=_record(view))
 
     async def PutRecords(self, request: pb.PutRecordsRequest, context: aio.ServicerContext) -> pb.PutRecordsResponse:
+        require_identity(context)
         if len(request.records) > self.ctx.policy.max_batch:
             raise InvalidArgument(f"too many records: at most {self.ctx.policy.max_batch} per call; split the batch")
         items = [_input(message) for message in request.records]
