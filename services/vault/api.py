@@ -205,6 +205,12 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         for start in range(0, len(plan.rows), EXPORT_CHUNK):
             for item in await asyncio.to_thread(decrypt, start):
                 yield item
+        # The digest exists only once every record has been streamed, so the event has its own transaction.
+        await self.db.run(
+            lambda s: records.announce_export(s, self.ctx, plan.tenant_id, plan.subject_id, request.request_id, digest)
+        )
+        if self.relay is not None:
+            self.relay.wake()
         yield pb.ExportSubjectResponse(
             summary=pb.ExportSummary(record_count=digest.total, counts_by_kind=digest.counts, sha256=digest.hexdigest())
         )

@@ -74,6 +74,7 @@ class VaultTaskHandler:
             digest = records.ExportDigest()
             for view in records.iter_export(plan):
                 digest.update(view)
+            records.announce_export(session, ctx, who.tenant_id, plan.subject_id, task.request_id, digest)
             result.counts_by_kind.update(digest.counts)
             result.export_sha256 = digest.hexdigest()
         elif action == A.VAULT_ACTION_ERASE:

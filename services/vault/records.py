@@ -32,6 +32,7 @@ from services.vault.tombstones import TombstoneRecord
 __all__ = [
     "ExportDigest",
     "ExportPlan",
+    "announce_export",
     "clear_legal_hold",
     "delete_record",
     "erase_subject",
@@ -503,6 +504,23 @@ class ExportDigest:
     def hexdigest(self) -> str:
         """The digest so far."""
         return self._sha.hexdigest()
+
+
+def announce_export(
+    session: Session, ctx: VaultContext, tenant_id: str, subject_id: str, request_id: str, digest: ExportDigest
+) -> None:
+    """Stage ``vault.subject.exported`` (ids, count and digest; never data) once every record has been exported."""
+    enqueue(
+        session,
+        make_event(
+            source=ctx.source,
+            event_type="vault.subject.exported",
+            tenant_id=tenant_id,
+            subject_exported=events_pb2.SubjectExported(
+                subject_id=subject_id, request_id=request_id, record_count=digest.total, sha256=digest.hexdigest()
+            ),
+        ),
+    )
 
 
 def _erase_rows(session: Session, ctx: VaultContext, tenant_id: str, subject: Subject) -> int:
