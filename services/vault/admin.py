@@ -227,7 +227,7 @@ def rewrap_tenant_keys(
             ).all()
             if not rows:
                 break
-            fresh = ctx.keyring.transit.rewrap(tid, [(wrapped, key_aad(tid, key_id)) for key_id, wrapped in rows])
+            fresh = ctx.keyring.rewrap(tid, [(wrapped, key_aad(tid, key_id)) for key_id, wrapped in rows])
             for (key_id, _), wrapped in zip(rows, fresh, strict=True):
                 session.execute(update(DataKey).where(DataKey.id == key_id).values(wrapped=wrapped, kek_version=latest))
         done += len(rows)

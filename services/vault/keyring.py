@@ -8,9 +8,10 @@ tenant id and key id bound as associated data so a wrapped key cannot be moved t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,7 +24,23 @@ from services.vault.models import DataKey, TenantVault
 from services.vault.sealing import Sealer, key_aad, new_key
 from services.vault.transit import KeyUnavailable, TransitClient
 
-__all__ = ["KeyRing", "NewKey"]
+__all__ = ["TRANSIT_BATCH", "KeyRing", "NewKey"]
+
+# Items per Transit batch call. OpenBao refuses request bodies with more than 1000 JSON strings ("refused JSON
+# input due to high complexity", its listener's default since GHSA-g46h-2rq9-gw5m); an item with associated data
+# is 4 strings, so 249 is the most one call can carry. Larger batches become ceil(n / 200) calls: still O(1)
+# per request, since a request holds at most 500 records.
+TRANSIT_BATCH = 200
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _in_batches(call: Callable[[str, Sequence[T]], list[R]], tenant_id: str, items: Sequence[T]) -> list[R]:
+    out: list[R] = []
+    for start in range(0, len(items), TRANSIT_BATCH):
+        out.extend(call(tenant_id, items[start : start + TRANSIT_BATCH]))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +86,9 @@ class KeyRing:
         if len(rows) != len(set(key_ids)):
             raise FailedPrecondition("a data key is missing for this tenant; call on-call")
         try:
-            raws = self.transit.unwrap(tenant_id, [(wrapped, key_aad(tenant_id, key_id)) for key_id, wrapped in rows])
+            raws = _in_batches(
+                self.transit.unwrap, tenant_id, [(wrapped, key_aad(tenant_id, key_id)) for key_id, wrapped in rows]
+            )
         except KeyUnavailable:
             raise FailedPrecondition("this tenant's key can no longer decrypt its data keys") from None
         return {key_id: raw for (key_id, _), raw in zip(rows, raws, strict=True)}
@@ -79,7 +98,9 @@ class KeyRing:
         if not purposes:
             return []
         fresh = [NewKey(new_id(), Sealer(raw), raw) for raw in (new_key() for _ in purposes)]
-        wrapped = self.transit.wrap(tenant_id, [(key.raw, key_aad(tenant_id, key.key_id)) for key in fresh])
+        wrapped = _in_batches(
+            self.transit.wrap, tenant_id, [(key.raw, key_aad(tenant_id, key.key_id)) for key in fresh]
+        )
         now = datetime.now(UTC)
         session.add_all(
             DataKey(
@@ -118,6 +139,10 @@ class KeyRing:
     def sealer(self, session: Session, tenant_id: str, key_id: str) -> Sealer:
         """One sealer (see :meth:`sealers`)."""
         return self.sealers(session, tenant_id, [key_id])[key_id]
+
+    def rewrap(self, tenant_id: str, items: Sequence[tuple[str, bytes]]) -> list[str]:
+        """Rewrap ``(wrapped, associated_data)`` pairs to the latest key version (Transit-sized batches)."""
+        return _in_batches(self.transit.rewrap, tenant_id, items)
 
     def forget(self, key_ids: Iterable[str]) -> None:
         """Drop plaintext keys from memory (erasure)."""

@@ -3,6 +3,7 @@ every kind, batches, paging with opaque tokens, optimistic updates, deletes, res
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import grpc
@@ -340,3 +341,58 @@ async def test_export_streams_every_record_of_the_subject_then_a_summary(vault: 
         metadata=vault.md(tenant),
     )
     assert (await export(vault, tenant, contact.subject_id))[-1].summary.sha256 != summary.sha256
+
+
+async def test_concurrent_writers_share_one_new_subject_and_one_update_wins(
+    vault_factory: VaultFactory, database_url: str
+) -> None:
+    vault = await vault_factory(database_url=database_url)
+    tenant = await vault.new_tenant()
+    md = vault.md(tenant)
+    email = canary_email()
+    puts = await asyncio.gather(
+        *(
+            vault.records.PutRecord(pb.PutRecordRequest(record=lead({"i": i}, email=email)), metadata=md)
+            for i in range(12)
+        )
+    )
+    assert len({p.record.subject_id for p in puts}) == 1
+    raw = RawDatabase(vault.settings.database_url.get_secret_value())
+    assert raw.scalar("SELECT count(*) FROM vault_subjects WHERE tenant_id = :t", t=tenant) == 1
+
+    target = puts[0].record.id
+    outcomes = await asyncio.gather(
+        *(
+            vault.records.UpdateRecord(
+                pb.UpdateRecordRequest(record_id=target, data=struct({"writer": i}), expected_version=1), metadata=md
+            )
+            for i in range(8)
+        ),
+        return_exceptions=True,
+    )
+    winners = [o for o in outcomes if isinstance(o, pb.UpdateRecordResponse)]
+    losers = [o for o in outcomes if not isinstance(o, pb.UpdateRecordResponse)]
+    assert len(winners) == 1 and winners[0].record.version == 2
+    assert all(isinstance(o, grpc.aio.AioRpcError) and o.code() == grpc.StatusCode.ABORTED for o in losers)
+    assert (await get(vault, tenant, target)).version == 2
+    # The audit chain stayed a chain under concurrent appends.
+    report = await vault.admin.VerifyAuditChain(pb.VerifyAuditChainRequest(), metadata=md)
+    assert report.intact and report.entries_checked == 1 + 12 + 1 + 1  # create, puts, the update, the read
+    raw.close()
+
+
+async def test_export_of_more_records_than_one_chunk(vault: VaultHarness) -> None:
+    tenant = await vault.new_tenant()
+    contact = await new_subject(vault, tenant)
+    md = vault.md(tenant)
+    for start in range(0, 1100, 500):
+        batch = [
+            new_record(pb.RECORD_KIND_INTERACTION, {"i": i}, subject_id=contact.subject_id)
+            for i in range(start, min(start + 500, 1100))
+        ]
+        await vault.records.PutRecords(pb.PutRecordsRequest(records=batch), metadata=md)
+    *records, last = await export(vault, tenant, contact.subject_id)
+    assert last.summary.record_count == len(records) == 1101
+    assert len({item.record.id for item in records}) == 1101
+    numbered = [item.record.data["i"] for item in records if "i" in item.record.data]
+    assert sorted(int(i) for i in numbered) == list(range(1100))

@@ -123,6 +123,18 @@ async def test_rotate_and_rewrap_keep_data_readable_and_retire_the_old_version(
         assert (await get(vault, tenant, record_id)).data == data
 
 
+async def test_rewrap_batches_larger_than_one_transit_call_accepts(vault: VaultHarness) -> None:
+    tenant = await vault.new_tenant()
+    md = vault.md(tenant)
+    batch = [lead({"i": i}, email=canary_email()) for i in range(300)]
+    stored = (await vault.records.PutRecords(pb.PutRecordsRequest(records=batch), metadata=md)).records
+    await vault.admin.RotateTenantKey(pb.RotateTenantKeyRequest(), metadata=md)
+    steps = await rewrap(vault, tenant, batch_size=1000)
+    assert [(s.rewrapped, s.total, s.done) for s in steps] == [(302, 302, False), (302, 302, True)]
+    cold_cache(vault)
+    assert (await get(vault, tenant, stored[-1].id)).data == struct({"i": 299})
+
+
 async def test_rewrap_with_nothing_to_do_still_completes(vault: VaultHarness) -> None:
     tenant = await vault.new_tenant()
     steps = await rewrap(vault, tenant, batch_size=10)
