@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 _HOLD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Request ids go into audit target ids (space-separated), tombstones (128 characters) and events: ids, not text.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{0,128}$")
 _NORMALISERS = {"email": normalize_email, "phone": normalize_phone, "external_id": normalize_external_id}
 
 
@@ -143,6 +145,12 @@ def _validate(ctx: VaultContext, items: Sequence[RecordInput]) -> None:
         if item.kind == LEAD_CONTACT and not item.subject_id and not item.has_identifiers:
             raise InvalidArgument(
                 f"{where}a LEAD_CONTACT needs subject_id or at least one of email, phone, external_id"
+            )
+        if item.kind == LEAD_CONTACT and item.subject_id and item.has_identifiers:
+            # Otherwise the identifiers would be silently dropped and never resolve to the subject.
+            raise InvalidArgument(
+                f"{where}send either subject_id or identifiers on a LEAD_CONTACT, not both; to add an identifier, "
+                "send it together with one the subject already has"
             )
         if item.kind != LEAD_CONTACT and item.has_identifiers:
             raise InvalidArgument(f"{where}identifiers belong on LEAD_CONTACT records; use subject_id on other kinds")
@@ -466,6 +474,7 @@ def export_subject(
 ) -> ExportPlan:
     """Every record of a subject (allowed even while restricted). One Transit call at most."""
     tenant = audit.lock_tenant(session, identity.tenant_id)
+    _request_id(request_id)
     tid = tenant.tenant_id
     subject = _subject(session, tid, subject_id)
     rows = list(
@@ -546,6 +555,7 @@ def erase_subject(
 ) -> TombstoneRecord:
     """Crypto-shred one subject: records, DEK and blind-index entries go; a PII-free tombstone stays."""
     tenant = audit.lock_tenant(session, identity.tenant_id)
+    _request_id(request_id)
     tid = tenant.tenant_id
     subject = _subject(session, tid, subject_id)
     hold = session.scalar(
@@ -636,6 +646,7 @@ def set_restriction(
 ) -> None:
     """Restrict (or lift the restriction on) processing of a subject's data."""
     tenant = audit.lock_tenant(session, identity.tenant_id)
+    _request_id(request_id)
     subject = _subject(session, tenant.tenant_id, subject_id)
     subject.restricted = restricted
     enqueue(
@@ -658,8 +669,16 @@ def set_restriction(
     )
 
 
+def _request_id(request_id: str) -> str:
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise InvalidArgument(
+            "request_id must be at most 128 characters of letters, digits and . _ : - (the data-subject request's id)"
+        )
+    return request_id
+
+
 def _hold_id(hold_id: str) -> str:
-    if not _HOLD_ID.match(hold_id or ""):
+    if not _HOLD_ID.fullmatch(hold_id or ""):
         raise InvalidArgument("hold_id must be 1-128 characters of letters, digits and . _ : - (a case or matter id)")
     return hold_id
 

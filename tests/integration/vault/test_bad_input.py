@@ -267,3 +267,45 @@ async def test_creating_a_tenant_twice(vault: VaultHarness) -> None:
         grpc.StatusCode.ALREADY_EXISTS,
         "this tenant already has a vault",
     )
+
+
+async def test_request_ids_must_be_short_plain_ids(vault_factory: VaultFactory, database_url: str) -> None:
+    vault = await vault_factory(database_url=database_url)
+    tenant = await vault.new_tenant()
+    contact = await put(vault, tenant, lead(email=canary_email()))
+    sid = contact.subject_id
+    md = vault.md(tenant)
+    r = vault.records
+    ledger = RawDatabase(vault.settings.tombstone_database_url.get_secret_value())
+    before = counts(vault)
+    for bad in ("r" * 129, "ticket 12", "name@example.com", "dsr-1\n"):
+        for call in (
+            r.ExportSubject(pb.ExportSubjectRequest(subject_id=sid, request_id=bad), metadata=md),
+            r.EraseSubject(pb.EraseSubjectRequest(subject_id=sid, request_id=bad), metadata=md),
+            r.RestrictSubject(pb.RestrictSubjectRequest(subject_id=sid, request_id=bad), metadata=md),
+            r.LiftRestriction(pb.LiftRestrictionRequest(subject_id=sid, request_id=bad), metadata=md),
+        ):
+            message = await expect(
+                call, grpc.StatusCode.INVALID_ARGUMENT, "request_id must be at most 128 characters of letters, digits"
+            )
+            assert bad not in message
+    assert counts(vault) == before, "a refused call wrote something"
+    assert ledger.scalar("SELECT count(*) FROM vault_tombstones") == 0
+    ledger.close()
+    assert (await r.GetRecord(pb.GetRecordRequest(record_id=contact.id), metadata=md)).record.id == contact.id
+    tomb = await r.EraseSubject(pb.EraseSubjectRequest(subject_id=sid, request_id="dsr:2026-00017_a.b"), metadata=md)
+    assert tomb.tombstone.request_id == "dsr:2026-00017_a.b"
+
+
+async def test_a_lead_naming_a_subject_and_identifiers_is_refused(vault: VaultHarness) -> None:
+    tenant = await vault.new_tenant()
+    contact = await put(vault, tenant, lead(email=canary_email()))
+    before = counts(vault)
+    both = lead(phone="+919812345678")
+    both.subject_id = contact.subject_id
+    await expect(
+        vault.records.PutRecord(pb.PutRecordRequest(record=both), metadata=vault.md(tenant)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "either subject_id or identifiers",
+    )
+    assert counts(vault) == before, "a refused call wrote something"

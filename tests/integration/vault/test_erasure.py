@@ -180,7 +180,7 @@ async def test_legal_hold_blocks_erasure_naming_the_hold(vault: VaultHarness) ->
         grpc.StatusCode.NOT_FOUND,
         "no such legal hold",
     )
-    for bad in ("", "case 17", "x" * 129, "case/17"):
+    for bad in ("", "case 17", "x" * 129, "case/17", "case-17\n"):
         await expect(
             vault.records.SetLegalHold(pb.SetLegalHoldRequest(subject_id=sid, hold_id=bad), metadata=md),
             grpc.StatusCode.INVALID_ARGUMENT,
