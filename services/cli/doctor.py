@@ -78,8 +78,18 @@ async def check_nats(url: str) -> Check:
         """nats-py reports connection errors through this callback too; the check reports them once."""
 
     try:
-        connection = await nats.connect(
-            url, connect_timeout=_TIMEOUT_S, allow_reconnect=False, max_reconnect_attempts=0, error_cb=quiet
+        # nats-py retries the first connect forever unless max_reconnect_attempts is positive (0 = unlimited);
+        # the outer timeout is a second guard so the doctor never hangs on a dead stack.
+        connection = await asyncio.wait_for(
+            nats.connect(
+                url,
+                connect_timeout=_TIMEOUT_S,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.2,
+                error_cb=quiet,
+            ),
+            _TIMEOUT_S * 2,
         )
     except Exception as exc:
         return Check("nats", "fail", f"cannot connect to {url} ({type(exc).__name__}); is `steward run` up?")
