@@ -312,9 +312,15 @@ async def test_subjects_resolve_by_normalised_email_phone_and_external_id(vault:
         grpc.StatusCode.NOT_FOUND,
         "no subject matches",
     )
-    # A later lead with only the phone lands on the same subject.
+    # A later lead with only the phone lands on the same subject; one with a known and a new identifier
+    # links the new one to it.
     again = await put(vault, tenant, lead(phone=e164))
     assert again.subject_id == contact.subject_id
+    second_email = canary_email()
+    linked = await put(vault, tenant, lead(email=second_email, external_id="crm-0042"))
+    assert linked.subject_id == contact.subject_id
+    resolved = await vault.records.ResolveSubject(pb.ResolveSubjectRequest(email=second_email), metadata=md)
+    assert resolved.subject_id == contact.subject_id
 
 
 async def test_export_streams_every_record_of_the_subject_then_a_summary(vault: VaultHarness) -> None:

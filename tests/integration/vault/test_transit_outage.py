@@ -123,6 +123,15 @@ async def test_transit_stopped_cached_subjects_served_new_subjects_unavailable_n
     erased = await r.EraseSubject(pb.EraseSubjectRequest(subject_id=cold.subject_id), metadata=md)
     assert erased.tombstone.records_erased == 1
 
+    # A shred cannot destroy the key while Transit is away, so it changes nothing and the tenant stays closed.
+    await vault.admin.CloseTenant(pb.CloseTenantRequest(), metadata=md)
+    before = everything(vault)
+    await unavailable(vault.admin.ShredTenant(pb.ShredTenantRequest(confirm_tenant_id=tenant), metadata=md))
+    assert everything(vault) == before
+    state = (await vault.admin.GetTenant(pb.GetTenantRequest(), metadata=md)).tenant.state
+    assert state == pb.TENANT_STATE_CLOSED
+    assert (await get(vault, tenant, cached.id)).data["who"] == "cached"
+
 
 async def test_transit_frozen_then_back_service_resumes_and_cache_entries_age_out(
     vault_factory: VaultFactory, openbao_private: OpenBaoDev, monkeypatch: pytest.MonkeyPatch
