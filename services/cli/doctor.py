@@ -59,6 +59,8 @@ def _launcher_holds_lock(home: StewardHome) -> bool:
 def check_launcher(home: StewardHome, state: StackState | None) -> Check:
     """Is a ``steward run`` using this home?"""
     start = f"start it with `steward run --home {home.root}`"
+    if state is None and _launcher_holds_lock(home):
+        return Check("stack", "fail", "`steward run` is still starting (no run.json yet); run doctor again shortly")
     if state is None:
         detail = f"no stack state at {home.state_file}: the stack never ran with this home; {start}"
         return Check("stack", "fail", detail)

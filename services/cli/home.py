@@ -84,9 +84,14 @@ class StewardHome:
         return self.data_dir / file_name
 
     def prepare(self) -> None:
-        """Create the folders, private to the current user (they hold keys and customer data)."""
-        for folder in (self.root, self.nats_dir, self.openbao_dir, self.openbao_raft_dir, self.tls_dir, self.data_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        """Create the folders, private to the current user (they hold keys and customer data).
+
+        An existing home folder keeps its permissions (``--home`` might point somewhere shared); the
+        folders inside it are ours and are always made owner-only.
+        """
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for folder in (self.nats_dir, self.openbao_dir, self.openbao_raft_dir, self.tls_dir, self.data_dir):
+            folder.mkdir(exist_ok=True)
             folder.chmod(0o700)
 
 

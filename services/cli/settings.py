@@ -6,9 +6,10 @@ Which fields were set explicitly matters: an explicitly chosen port that is busy
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
 from services.chassis.settings import load_settings, service_settings_config
@@ -39,6 +40,18 @@ class RunSettings(BaseSettings):
     ready_timeout_s: float = Field(default=30.0, gt=0, description="How long a child may take to start listening.")
     stop_grace_s: float = Field(default=10.0, ge=0, description="SIGTERM to SIGKILL delay when stopping a child.")
     restart_backoff_max_s: float = Field(default=30.0, gt=0, description="Cap of the crash-restart backoff.")
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        # OpenBao listens without TLS and its root token sits in a file: never expose that to a network.
+        try:
+            loopback = ipaddress.ip_address(value).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError("the local stack binds a loopback address only (e.g. 127.0.0.1)")
+        return value
 
     def is_explicit(self, field: str) -> bool:
         """True when ``field`` came from a flag or an environment variable rather than its default."""

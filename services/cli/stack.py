@@ -158,10 +158,12 @@ class _Stack:
         settings, home, note = self.settings, self.home, self.supervisor.note
         host = settings.host
         known = {entry.name for entry in SERVICES}
-        unknown = sorted(set(settings.skip_services) - known)
-        if unknown:
-            names, choices = ", ".join(unknown), ", ".join(sorted(known))
-            raise StartupError(f"cannot skip unknown service(s) {names}; known services: {choices}")
+        for option, names in (("--skip", settings.skip_services), ("--service-port", settings.service_ports)):
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise StartupError(
+                    f"{option}: unknown service(s) {', '.join(unknown)}; known services: {', '.join(sorted(known))}"
+                )
         present = [entry for entry in SERVICES if installed(entry)]
         missing = [entry.name for entry in SERVICES if entry not in present]
         skipped = [entry.name for entry in present if entry.name in settings.skip_services]

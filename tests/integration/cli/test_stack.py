@@ -222,3 +222,18 @@ def test_busy_explicit_port_is_refused_naming_it(tmp_path: Path) -> None:
     assert error["event"] == "error"
     assert f"port {port}" in error["message"] and "nats" in error["message"]
     assert "[nats]" not in result.stderr, "nothing was started"
+
+
+def test_children_do_not_outlive_a_killed_launcher(tmp_path: Path, launchers: list[Launcher]) -> None:
+    launcher = new_launcher(launchers, tmp_path / "home", tmp_path / "run.log", *SKIP_ALL_SERVICES)
+    summary = launcher.start()
+    assert launcher.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    deadline = time.monotonic() + 30
+    while alive := [name for name, pid in summary["pids"].items() if pid_alive(pid)]:
+        assert time.monotonic() < deadline, f"orphaned after the launcher was killed: {alive}"
+        time.sleep(0.1)
+
+    code, checks = doctor_report(tmp_path / "home")
+    assert code == 1
+    assert "without stopping cleanly" in checks["stack"]["detail"]
