@@ -129,8 +129,8 @@ def enqueue_many(session: Session, events: Sequence[events_pb2.Event]) -> None:
         return
     headers = json.dumps(inject_headers())
     now = _now()
-    session.execute(
-        insert(OutboxEntry),
+    session.connection().execute(
+        insert(OutboxEntry.__table__),  # type: ignore[arg-type]
         [
             {
                 "id": event.id,

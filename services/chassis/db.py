@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +24,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-__all__ = ["Base", "Database", "make_engine"]
+__all__ = ["Base", "Database", "GroupCommitWriter", "make_engine"]
 
 T = TypeVar("T")
 
@@ -70,14 +73,117 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
     )
 
 
+@dataclass
+class _Unit:
+    work: Callable[[Session], Any]
+    context: contextvars.Context
+    future: asyncio.Future[Any]
+    result: Any = None
+    error: BaseException | None = None
+
+
+class GroupCommitWriter:
+    """One writer thread for SQLite that commits queued units of work together.
+
+    SQLite allows one writer at a time, so concurrent transactions only queue. Here they queue in
+    memory instead: the writer takes everything waiting (up to ``max_batch``), runs each unit inside
+    its own SAVEPOINT of one transaction and commits once. A unit that raises is rolled back to its
+    savepoint and gets its own exception; the others still commit. One commit, one thread hop and
+    one event-loop wake-up serve the whole batch.
+    """
+
+    def __init__(self, database: Database, max_batch: int = 64) -> None:
+        self.database = database
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
+        self._started = False
+        self._start_lock = threading.Lock()
+        self.batches = 0
+        self.units = 0
+
+    def submit(self, work: Callable[[Session], T]) -> asyncio.Future[T]:
+        """Queue ``work``; the future resolves on the caller's loop after the batch commits."""
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    self._thread.start()
+                    self._started = True
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Unit(work, contextvars.copy_context(), future))
+        return future
+
+    def stop(self) -> None:
+        """Finish queued work and end the thread."""
+        if self._started:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    unit = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if unit is None:
+                    self._queue.put(None)
+                    break
+                batch.append(unit)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Unit]) -> None:
+        try:
+            with self.database.transaction() as session:
+                if len(batch) == 1:
+                    unit = batch[0]
+                    unit.result = unit.context.run(unit.work, session)
+                else:
+                    for unit in batch:
+                        try:
+                            with session.begin_nested():
+                                unit.result = unit.context.run(unit.work, session)
+                        except Exception as exc:
+                            unit.error = exc
+        except Exception as exc:
+            for unit in batch:
+                if unit.error is None:
+                    unit.error = exc
+        self.batches += 1
+        self.units += len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Unit]] = {}
+        for unit in batch:
+            by_loop.setdefault(unit.future.get_loop(), []).append(unit)
+        for loop, units in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, units)
+            except RuntimeError:
+                pass  # that loop has closed; nobody is waiting any more
+
+
+def _settle(units: list[_Unit]) -> None:
+    for unit in units:
+        if unit.future.done():
+            continue
+        if unit.error is not None:
+            unit.future.set_exception(unit.error)
+        else:
+            unit.future.set_result(unit.result)
+
+
 class Database:
-    """An engine, a session factory and a small thread pool for transactions."""
+    """An engine, a session factory, a thread pool, and (SQLite) a group-commit writer."""
 
     def __init__(self, url: str, *, workers: int = 8) -> None:
         self.url = url
         self.engine = make_engine(url, pool_size=workers)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
+        self._writer = GroupCommitWriter(self) if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -91,7 +197,13 @@ class Database:
             yield session
 
     async def run(self, work: Callable[[Session], T]) -> T:
-        """Run ``work(session)`` in one transaction on a worker thread (trace context preserved)."""
+        """Run ``work(session)`` in one transaction off the event loop (trace context preserved).
+
+        On SQLite the unit joins the group-commit writer (its own savepoint, shared commit); on
+        PostgreSQL it runs in its own transaction on the thread pool, in parallel with others.
+        """
+        if self._writer is not None:
+            return await self._writer.submit(work)
 
         def unit() -> T:
             with self.transaction() as session:
@@ -102,12 +214,14 @@ class Database:
         return await loop.run_in_executor(self._executor, functools.partial(ctx.run, unit))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking call (no transaction) on the same pool."""
+        """Run a blocking call (no transaction) on the thread pool."""
         ctx = contextvars.copy_context()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(ctx.run, fn, *args))
 
     def close(self) -> None:
-        """Release connections and threads."""
+        """Finish queued work, release connections and threads."""
+        if self._writer is not None:
+            self._writer.stop()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.engine.dispose()

@@ -15,8 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from services.chassis.errors import FailedPrecondition, NotFound
 from services.chassis.identity import CallerIdentity
@@ -28,11 +29,14 @@ GENESIS = "0" * 64
 
 
 def lock_tenant(session: Session, tenant_id: str) -> TenantVault:
-    """Take the tenant's write lock (first statement of the transaction) and return its row."""
-    session.execute(
-        update(TenantVault).where(TenantVault.tenant_id == tenant_id).values(audit_seq=TenantVault.audit_seq)
-    )
-    tenant = session.get(TenantVault, tenant_id, populate_existing=True)
+    """Take the tenant's write lock and read its row in one statement (the first of the transaction)."""
+    tenant = session.scalars(
+        update(TenantVault)
+        .where(TenantVault.tenant_id == tenant_id)
+        .values(audit_seq=TenantVault.audit_seq)
+        .returning(TenantVault),
+        execution_options={"populate_existing": True},
+    ).one_or_none()
     if tenant is None:
         raise NotFound("this tenant has no vault; create it with VaultAdminService.CreateTenant first")
     if tenant.state == "shredded":
@@ -45,23 +49,28 @@ def _utc_naive(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
 
 
+def _hash(prev_hash: str, fields: Sequence[object]) -> str:
+    body = json.dumps(fields, separators=(",", ":"))
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def _fields(entry: AuditEntry) -> list[object]:
+    return [
+        entry.tenant_id,
+        entry.seq,
+        _utc_naive(entry.at).isoformat(timespec="microseconds"),
+        entry.principal,
+        entry.principal_kind,
+        entry.action,
+        entry.target_ids,
+        entry.result,
+        entry.support_grant_id,
+    ]
+
+
 def entry_hash(prev_hash: str, entry: AuditEntry) -> str:
     """SHA-256 over the previous hash and the canonical JSON of the entry's fields."""
-    body = json.dumps(
-        [
-            entry.tenant_id,
-            entry.seq,
-            _utc_naive(entry.at).isoformat(timespec="microseconds"),
-            entry.principal,
-            entry.principal_kind,
-            entry.action,
-            entry.target_ids,
-            entry.result,
-            entry.support_grant_id,
-        ],
-        separators=(",", ":"),
-    )
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+    return _hash(prev_hash, _fields(entry))
 
 
 def append(
@@ -71,26 +80,47 @@ def append(
     action: str,
     target_ids: Sequence[str] = (),
     result: str = "ok",
-) -> AuditEntry:
-    """Append one entry to ``tenant``'s chain (the caller holds the tenant lock)."""
+) -> str:
+    """Append one entry to ``tenant``'s chain (the caller holds the tenant lock); returns its hash.
+
+    Plain Core statements: this runs on every call, so it skips the ORM unit of work.
+    """
     seq = tenant.audit_seq + 1
-    entry = AuditEntry(
-        tenant_id=tenant.tenant_id,
-        seq=seq,
-        at=datetime.now(UTC),
-        principal=identity.principal,
-        principal_kind=identity.principal_kind,
-        action=action,
-        target_ids=" ".join(target_ids),
-        result=result,
-        support_grant_id=identity.support_grant_id,
-        prev_hash=tenant.audit_head or GENESIS,
+    row = {
+        "tenant_id": tenant.tenant_id,
+        "seq": seq,
+        "at": datetime.now(UTC),
+        "principal": identity.principal,
+        "principal_kind": identity.principal_kind,
+        "action": action,
+        "target_ids": " ".join(target_ids),
+        "result": result,
+        "support_grant_id": identity.support_grant_id,
+        "prev_hash": tenant.audit_head or GENESIS,
+    }
+    fields = [
+        row["tenant_id"],
+        seq,
+        _utc_naive(row["at"]).isoformat(timespec="microseconds"),  # type: ignore[arg-type]
+        row["principal"],
+        row["principal_kind"],
+        action,
+        row["target_ids"],
+        result,
+        row["support_grant_id"],
+    ]
+    row["hash"] = _hash(str(row["prev_hash"]), fields)
+    connection = session.connection()
+    connection.execute(insert(AuditEntry.__table__), [row])  # type: ignore[arg-type]
+    connection.execute(
+        update(TenantVault.__table__)  # type: ignore[arg-type]
+        .where(TenantVault.__table__.c.tenant_id == tenant.tenant_id)
+        .values(audit_seq=seq, audit_head=row["hash"])
     )
-    entry.hash = entry_hash(entry.prev_hash, entry)
-    session.add(entry)
-    tenant.audit_seq = seq
-    tenant.audit_head = entry.hash
-    return entry
+    # Keep the in-memory row in step without marking it dirty (the UPDATE above already wrote it).
+    set_committed_value(tenant, "audit_seq", seq)
+    set_committed_value(tenant, "audit_head", row["hash"])
+    return str(row["hash"])
 
 
 @dataclass(frozen=True, slots=True)

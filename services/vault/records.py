@@ -290,7 +290,7 @@ def put_records(
         )
         views.append(RecordView(rid, sid, item.kind, None, 1, now, now))
         events.append(_record_event(ctx, tid, rid, sid, item.kind, 1, 1))
-    session.execute(insert(Record), rows)
+    session.connection().execute(insert(Record.__table__), rows)  # type: ignore[arg-type]
     enqueue_many(session, events)
     audit.append(session, tenant, identity, "records.put", [view.id for view in views])
     return views
