@@ -183,10 +183,10 @@ async def test_canaries_appear_nowhere_but_in_the_callers_reads(
 
     stream = await stream_messages(nats_server.url)
     assert len(stream) > len(expected)
-    for message in stream:
-        blob = message.subject.encode() + message.data + repr(sorted(message.headers.items())).encode()
-        assert not leaks(blob, needles), f"{message.subject} carries plaintext"
-        assert message.event().tenant_id == tenant
+    for published in stream:
+        blob = published.subject.encode() + published.data + repr(sorted(published.headers.items())).encode()
+        assert not leaks(blob, needles), f"{published.subject} carries plaintext"
+        assert published.event().tenant_id == tenant
 
     logged = "\n".join(f"{r.name} {r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert not leaks(logged.encode(), needles), "plaintext in the logs"
