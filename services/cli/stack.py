@@ -155,6 +155,7 @@ class _Stack:
         self.state: StackState | None = None
 
     async def start(self) -> StackState:
+        """Plan ports, issue certificates, start NATS, OpenBao and the services; return the recorded state."""
         settings, home, note = self.settings, self.home, self.supervisor.note
         host = settings.host
         known = {entry.name for entry in SERVICES}

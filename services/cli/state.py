@@ -7,14 +7,13 @@ addresses and file paths only — never the root token or unseal key, which stay
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
 from services.cli.home import write_file_atomically
 
-__all__ = ["ServiceState", "StackState", "launcher_alive"]
+__all__ = ["ServiceState", "StackState"]
 
 
 class ServiceState(BaseModel):
@@ -70,14 +69,3 @@ class StackState(BaseModel):
             return cls.model_validate_json(path.read_bytes())
         except (OSError, ValidationError):
             return None
-
-
-def launcher_alive(pid: int) -> bool:
-    """True when a process with ``pid`` exists (it may in theory be a reused pid; good enough for a hint)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import sys
@@ -78,19 +79,25 @@ class _Child:
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=_RECENT_LINES))
 
 
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: ask the kernel for SIGTERM when the launcher dies."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 _PR_SET_PDEATHSIG = 1
-# Resolved once at import so the pre-exec hook only calls an already-loaded C function.
-_PRCTL: Callable[[int, int], int] | None = None
-if sys.platform == "linux":
-    _libc_name = ctypes.util.find_library("c")
-    if _libc_name:
-        _PRCTL = ctypes.CDLL(_libc_name, use_errno=True).prctl
+
+
+@functools.cache
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A pre-exec hook asking the kernel to SIGTERM the child when the launcher dies (Linux only).
+
+    libc is loaded here, in the launcher, so the hook that runs between fork and exec only calls an
+    already-resolved C function.
+    """
+    libc_name = ctypes.util.find_library("c") if sys.platform == "linux" else None
+    if not libc_name:
+        return None
+    prctl = ctypes.CDLL(libc_name, use_errno=True).prctl
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
 
 
 async def _port_accepts(address: tuple[str, int]) -> bool:
@@ -177,7 +184,7 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if _PRCTL is not None else None,
+            preexec_fn=_die_with_parent_hook(),
             limit=_OUTPUT_LIMIT,
         )
         child.started_at = loop.time()
