@@ -8,8 +8,10 @@ after the publish is acknowledged; while NATS is down it backs off and nothing i
 Consumers are durable pull consumers (:class:`Consumer`). Each message's handler runs in one
 database transaction together with an inbox row keyed by (consumer, event id), so a redelivered
 event has no second effect; the message is acked only after that transaction commits, nak'ed with
-backoff on error, and after ``max_deliveries`` copied to ``steward.dlq.<consumer>`` and terminated
-so the stream keeps flowing. Events carry ids only, never customer data.
+backoff on error. A handler that keeps failing on one message is copied to ``steward.dlq.<consumer>``
+after ``max_deliveries`` and terminated, so the stream keeps flowing; a *transient* failure (a
+dependency down: :data:`TRANSIENT_ERRORS`) is retried with capped backoff for as long as it lasts.
+Events carry ids only, never customer data.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from sqlalchemy import DateTime, Integer, LargeBinary, String, Text, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from steward.events.v1 import events_pb2
 
 from services.chassis.db import Base, Database
+from services.chassis.errors import Unavailable
 from services.chassis.settings import NatsSettings
 from services.chassis.telemetry import extract_context, inject_headers
 
@@ -48,6 +51,7 @@ tracer = trace.get_tracer("steward.bus")
 
 __all__ = [
     "DLQ_PREFIX",
+    "TRANSIENT_ERRORS",
     "Bus",
     "Consumer",
     "InboxEntry",
@@ -60,6 +64,8 @@ __all__ = [
 ]
 
 DLQ_PREFIX = "steward.dlq."
+# Failures that say "try again later", not "this message is bad": retried with backoff, never dead-lettered.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Unavailable, ConnectionError, TimeoutError, OperationalError)
 Handler = Callable[[Session, events_pb2.Event], None]
 
 
@@ -357,6 +363,7 @@ class Consumer:
         ack_wait_s: float | None = None,
         batch: int = 50,
         nak_base_delay_s: float = 0.2,
+        max_backoff_s: float = 30.0,
     ) -> None:
         self.bus = bus
         self.db = db
@@ -367,6 +374,7 @@ class Consumer:
         self.ack_wait_s = ack_wait_s or bus.settings.ack_wait_s
         self.batch = batch
         self.nak_base_delay_s = nak_base_delay_s
+        self.max_backoff_s = max_backoff_s
         self.stats = ConsumerStats()
         self._task: asyncio.Task[None] | None = None
 
@@ -387,7 +395,9 @@ class Consumer:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self.ack_wait_s,
-            max_deliver=self.max_deliveries,
+            # Unlimited at the server: this loop decides. A dependency outage must not exhaust the
+            # deliveries of every message in flight, only a handler that keeps failing on one message.
+            max_deliver=-1,
             max_ack_pending=1000,
         )
         if len(self.subjects) == 1:
@@ -487,6 +497,7 @@ class Consumer:
     async def _failed(self, msg: Msg, event: events_pb2.Event, exc: Exception) -> None:
         self.stats.failures += 1
         delivered = msg.metadata.num_delivered or 1
+        transient = isinstance(exc, TRANSIENT_ERRORS)
         log.warning(
             "event handler failed",
             extra={
@@ -494,8 +505,13 @@ class Consumer:
                 "event_id": event.id,
                 "delivery": delivered,
                 "error_type": type(exc).__name__,
+                "transient": transient,
             },
         )
+        if transient:
+            # A dependency is down (Transit, database): wait for it, however long, rather than dead-letter.
+            await msg.nak(delay=min(self.max_backoff_s, self.nak_base_delay_s * 2 ** min(delivered - 1, 16)))
+            return
         if delivered >= self.max_deliveries:
             await self._dead_letter(msg, type(exc).__name__, event_id=event.id)
             return

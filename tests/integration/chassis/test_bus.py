@@ -174,3 +174,34 @@ async def test_trace_context_crosses_the_nats_hop(db: Database, bus: Bus) -> Non
     assert seen == [publisher_trace]
     await relay.stop()
     await consumer.stop()
+
+
+async def test_transient_failures_retry_past_max_deliveries_and_never_dead_letter(db: Database, bus: Bus) -> None:
+    from services.chassis.errors import Unavailable
+
+    attempts: list[int] = []
+    done: list[str] = []
+
+    def handler(_session: Session, event: events_pb2.Event) -> None:
+        attempts.append(1)
+        if len(attempts) <= 6:  # twice max_deliveries: a dependency that stays down for a while
+            raise Unavailable("transit down")
+        done.append(event.id)
+
+    consumer = Consumer(
+        bus,
+        db,
+        durable="patient",
+        subjects=["steward.test.>"],
+        handler=handler,
+        max_deliveries=3,
+        nak_base_delay_s=0.05,
+        max_backoff_s=0.2,
+    )
+    await consumer.start()
+    event = tenant_event("outage")
+    await bus.js.publish("steward.test.tenant.created", event.SerializeToString(), headers={"Nats-Msg-Id": event.id})
+    await eventually(lambda: done == [event.id], 30)
+    assert consumer.stats.dead_lettered == 0
+    assert len(attempts) == 7
+    await consumer.stop()
