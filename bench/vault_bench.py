@@ -254,6 +254,9 @@ async def run() -> dict[str, Any]:
         )
         app.ctx.keyring.cache.clear()  # export from a cold cache: the one Transit call is counted
         export = await phase("ExportSubject", client_export, port, tenant, export_subject)
+        writer = app.db._writer
+        if writer is not None:
+            print(f"group commit: {writer.units} units in {writer.batches} batches")
     finally:
         await app.stop(0)
     naive_server, naive_port, naive_servicer = await start_naive_vault(bao.url, bao.token, workdir / "naive.db")

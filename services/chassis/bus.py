@@ -36,13 +36,14 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
-from sqlalchemy import DateTime, Integer, LargeBinary, String, Text, delete, insert, select, update
+from sqlalchemy import DateTime, Integer, LargeBinary, String, Text, delete, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from steward.events.v1 import events_pb2
 
 from services.chassis.db import Base, Database
 from services.chassis.errors import Unavailable
+from services.chassis.fastsql import insert_rows
 from services.chassis.settings import NatsSettings
 from services.chassis.telemetry import extract_context, inject_headers
 
@@ -118,14 +119,7 @@ def make_event(*, source: str, event_type: str, tenant_id: str = "", **payload: 
 
 def enqueue(session: Session, event: events_pb2.Event) -> str:
     """Stage ``event`` in the outbox of ``session``'s transaction; it is published after commit."""
-    session.add(
-        OutboxEntry(
-            id=event.id,
-            subject=subject_for(event.type),
-            payload=event.SerializeToString(),
-            headers=json.dumps(inject_headers()),
-        )
-    )
+    enqueue_many(session, [event])
     return event.id
 
 
@@ -135,8 +129,9 @@ def enqueue_many(session: Session, events: Sequence[events_pb2.Event]) -> None:
         return
     headers = json.dumps(inject_headers())
     now = _now()
-    session.connection().execute(
-        insert(OutboxEntry.__table__),  # type: ignore[arg-type]
+    insert_rows(
+        session.connection(),
+        OutboxEntry.__table__,  # type: ignore[arg-type]
         [
             {
                 "id": event.id,
@@ -144,6 +139,7 @@ def enqueue_many(session: Session, events: Sequence[events_pb2.Event]) -> None:
                 "payload": event.SerializeToString(),
                 "headers": headers,
                 "created_at": now,
+                "published_at": None,
                 "attempts": 0,
             }
             for event in events

@@ -149,6 +149,8 @@ class GroupCommitWriter:
                                 unit.result = unit.context.run(unit.work, session)
                         except Exception as exc:
                             unit.error = exc
+                            # The savepoint rolled back; objects it touched may hold its values.
+                            session.expire_all()
         except Exception as exc:
             for unit in batch:
                 if unit.error is None:

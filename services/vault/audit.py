@@ -15,11 +15,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Update, bindparam, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from services.chassis.errors import FailedPrecondition, NotFound
+from services.chassis.fastsql import execute_compiled, insert_rows
 from services.chassis.identity import CallerIdentity
 from services.vault.models import AuditEntry, TenantVault
 
@@ -29,14 +30,23 @@ GENESIS = "0" * 64
 
 
 def lock_tenant(session: Session, tenant_id: str) -> TenantVault:
-    """Take the tenant's write lock and read its row in one statement (the first of the transaction)."""
-    tenant = session.scalars(
-        update(TenantVault)
-        .where(TenantVault.tenant_id == tenant_id)
-        .values(audit_seq=TenantVault.audit_seq)
-        .returning(TenantVault),
-        execution_options={"populate_existing": True},
-    ).one_or_none()
+    """Hold the tenant's write lock and return its row.
+
+    PostgreSQL: an ``UPDATE .. RETURNING`` row lock, the first statement of the transaction, so chain
+    links are assigned one at a time across replicas. SQLite: every transaction already began with
+    ``BEGIN IMMEDIATE`` (the database-wide write lock), so the row is simply read — and units of one
+    group-commit batch reuse it from the session's identity map.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        tenant = session.get(TenantVault, tenant_id)
+    else:
+        tenant = session.scalars(
+            update(TenantVault)
+            .where(TenantVault.tenant_id == tenant_id)
+            .values(audit_seq=TenantVault.audit_seq)
+            .returning(TenantVault),
+            execution_options={"populate_existing": True},
+        ).one_or_none()
     if tenant is None:
         raise NotFound("this tenant has no vault; create it with VaultAdminService.CreateTenant first")
     if tenant.state == "shredded":
@@ -71,6 +81,15 @@ def _fields(entry: AuditEntry) -> list[object]:
 def entry_hash(prev_hash: str, entry: AuditEntry) -> str:
     """SHA-256 over the previous hash and the canonical JSON of the entry's fields."""
     return _hash(prev_hash, _fields(entry))
+
+
+def _head_update() -> Update:
+    table = TenantVault.__table__
+    return (
+        update(table)  # type: ignore[arg-type]
+        .where(table.c.tenant_id == bindparam("tenant"))
+        .values(audit_seq=bindparam("seq"), audit_head=bindparam("head"))
+    )
 
 
 def append(
@@ -111,11 +130,9 @@ def append(
     ]
     row["hash"] = _hash(str(row["prev_hash"]), fields)
     connection = session.connection()
-    connection.execute(insert(AuditEntry.__table__), [row])  # type: ignore[arg-type]
-    connection.execute(
-        update(TenantVault.__table__)  # type: ignore[arg-type]
-        .where(TenantVault.__table__.c.tenant_id == tenant.tenant_id)
-        .values(audit_seq=seq, audit_head=row["hash"])
+    insert_rows(connection, AuditEntry.__table__, [row])  # type: ignore[arg-type]
+    execute_compiled(
+        connection, "vault.audit.head", _head_update, {"tenant": tenant.tenant_id, "seq": seq, "head": row["hash"]}
     )
     # Keep the in-memory row in step without marking it dirty (the UPDATE above already wrote it).
     set_committed_value(tenant, "audit_seq", seq)

@@ -14,12 +14,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, enqueue_many, make_event
 from services.chassis.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from services.chassis.fastsql import insert_rows
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
 from services.vault import audit
@@ -290,7 +291,7 @@ def put_records(
         )
         views.append(RecordView(rid, sid, item.kind, None, 1, now, now))
         events.append(_record_event(ctx, tid, rid, sid, item.kind, 1, 1))
-    session.connection().execute(insert(Record.__table__), rows)  # type: ignore[arg-type]
+    insert_rows(session.connection(), Record.__table__, rows)  # type: ignore[arg-type]
     enqueue_many(session, events)
     audit.append(session, tenant, identity, "records.put", [view.id for view in views])
     return views
