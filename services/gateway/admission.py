@@ -51,7 +51,7 @@ MD_TARGET_TENANT = "x-steward-target-tenant"
 MD_SUPPORT_GRANT = "x-steward-support-grant"
 LOCAL_PREFIX = "/steward.gateway.v1."
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-MAX_TOKEN_LEN = 8192
+MAX_TOKEN_LEN = 4096
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from grpc import aio
@@ -30,6 +31,8 @@ from services.gateway.policy import check_complete
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants import RegistrySealer
+
+log = logging.getLogger("steward.gateway")
 
 __all__ = ["GatewayHandle", "GatewaySettings", "create_server", "main"]
 
@@ -58,19 +61,26 @@ class GatewayHandle:
         await self.close_dependencies()
 
     async def close_dependencies(self) -> None:
-        """Everything but the server (serve_forever stops that itself)."""
-        await self.access_log.stop()
+        """Everything but the server (serve_forever stops that itself); each step bounded in time."""
+        await _bounded(self.access_log.stop(), "access log flush")
         if self.revocations is not None:
-            await self.revocations.stop()
+            await _bounded(self.revocations.stop(), "revocation listener")
         if self.relay is not None:
-            with contextlib.suppress(Exception):
-                await self.relay.drain_once()
-            await self.relay.stop()
+            await _bounded(self.relay.drain_once(), "outbox drain")
+            await _bounded(self.relay.stop(), "outbox relay")
         if self.bus is not None:
-            await self.bus.close()
-        await self.upstreams.close()
+            await _bounded(self.bus.close(), "nats close")
+        await _bounded(self.upstreams.close(), "upstream channels")
         await self.db.call(lambda: None)
         self.db.close()
+
+
+async def _bounded(step: Awaitable[object], what: str, limit_s: float = 5.0) -> None:
+    """Run one shutdown step; a step that fails or hangs is logged and skipped so shutdown always ends."""
+    try:
+        await asyncio.wait_for(step, limit_s)
+    except Exception as exc:
+        log.warning("shutdown step failed", extra={"step": what, "error_type": type(exc).__name__})
 
 
 async def create_server(settings: GatewaySettings) -> tuple[GatewayHandle, int]:

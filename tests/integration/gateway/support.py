@@ -197,6 +197,7 @@ class FakeVaultAdmin(vault_pb2_grpc.VaultAdminServiceServicer):
 
     async def ListAuditEvents(self, request: vault_pb2.ListAuditEventsRequest, context: aio.ServicerContext) -> Any:
         who = require_identity(context)
+        self.state.seen.append(("ListAuditEvents", who))
         events = [
             e
             for t, e in self.state.audit

@@ -91,7 +91,8 @@ async def test_operator_must_name_an_existing_target_tenant(env: GatewayEnv) -> 
     await env.c.vault_admin.ListAuditEvents(
         vault_pb2.ListAuditEventsRequest(), metadata=bearer(oncall, x_steward_target_tenant=env.tenant_b)
     )
-    _, seen = env.vault.seen[-1] if env.vault.seen else ("", None)
+    _method, seen = env.vault.seen[-1]
+    assert seen.tenant_id == env.tenant_b and seen.principal == "operator:bob"
     # the operator may not read customer records at all (no grant, no role on the route)
     code, _ = await status_of(
         env.c.vault.GetRecord(

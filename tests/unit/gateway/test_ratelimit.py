@@ -1,0 +1,65 @@
+"""Token buckets per tenant and operator (fake clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.chassis.errors import ResourceExhausted
+from services.gateway.ratelimit import RateLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limiter(clock: Clock, **kw: object) -> RateLimiter:
+    values: dict[str, object] = {"tenant_rps": 10, "tenant_burst": 5, "operator_rps": 1, "operator_burst": 2}
+    values.update(kw)
+    return RateLimiter(clock=clock, **values)  # type: ignore[arg-type]
+
+
+def test_burst_then_refusal_with_a_retry_hint() -> None:
+    clock = Clock()
+    rl = limiter(clock)
+    for _ in range(5):
+        rl.check("tenant", "a")
+    with pytest.raises(ResourceExhausted) as caught:
+        rl.check("tenant", "a")
+    assert caught.value.retry_after_s == pytest.approx(0.1)
+    assert "retry after 100 ms" in caught.value.message
+    clock.now += 0.1
+    rl.check("tenant", "a")
+
+
+def test_one_tenant_flooding_leaves_another_untouched() -> None:
+    clock = Clock()
+    rl = limiter(clock)
+    for _ in range(5):
+        rl.check("tenant", "a")
+    with pytest.raises(ResourceExhausted):
+        rl.check("tenant", "a")
+    for _ in range(5):
+        rl.check("tenant", "b")
+
+
+def test_per_tenant_override_and_operator_buckets() -> None:
+    clock = Clock()
+    rl = limiter(clock, tenant_overrides_rps={"big": 100})
+    for _ in range(50):
+        rl.check("tenant", "big")
+    rl.check("operator", "alice")
+    rl.check("operator", "alice")
+    with pytest.raises(ResourceExhausted, match="this operator"):
+        rl.check("operator", "alice")
+
+
+def test_bucket_count_is_bounded() -> None:
+    clock = Clock()
+    rl = limiter(clock, max_buckets=10)
+    for index in range(100):
+        rl.check("tenant", f"t{index}")
+    assert len(rl._buckets) == 10
