@@ -39,6 +39,8 @@ def lock_tenant(session: Session, tenant_id: str) -> TenantVault:
     """
     if session.get_bind().dialect.name == "sqlite":
         tenant = session.get(TenantVault, tenant_id)
+        # The identity map holds objects weakly; pin the row so the next unit of a batch reuses it.
+        session.info.setdefault("pinned", {})[("tenant", tenant_id)] = tenant
     else:
         tenant = session.scalars(
             update(TenantVault)

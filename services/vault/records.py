@@ -166,7 +166,15 @@ def _resolve_subjects(
     named = {sid for sid in subject_ids if sid}
     subjects: dict[str, Subject] = {}
     if named:
-        rows = session.scalars(select(Subject).where(Subject.tenant_id == tid, Subject.id.in_(named))).all()
+        if len(named) == 1:
+            # One subject (the common case): a primary-key get, answered from the batch's identity map
+            # when an earlier unit already loaded it.
+            [only] = named
+            found = session.get(Subject, only)
+            rows = [found] if found is not None and found.tenant_id == tid else []
+            session.info.setdefault("pinned", {}).update({("subject", row.id): row for row in rows})
+        else:
+            rows = list(session.scalars(select(Subject).where(Subject.tenant_id == tid, Subject.id.in_(named))))
         subjects = {row.id: row for row in rows}
         for position, sid in enumerate(subject_ids):
             if sid and sid not in subjects:
