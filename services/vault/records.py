@@ -18,7 +18,7 @@ from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
-from services.chassis.bus import enqueue, enqueue_many, make_event
+from services.chassis.bus import enqueue, make_event
 from services.chassis.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from services.chassis.fastsql import insert_rows
 from services.chassis.identity import CallerIdentity
@@ -96,20 +96,20 @@ def _view(row: Record, data: bytes | None) -> RecordView:
 
 
 def _record_event(
-    ctx: VaultContext, tenant_id: str, record_id: str, subject_id: str, kind: int, version: int, change: int
+    ctx: VaultContext, tenant_id: str, change: int, rows: Sequence[RecordView | Record]
 ) -> events_pb2.Event:
     verb = {1: "created", 2: "updated", 3: "deleted"}[change]
+    refs = [
+        events_pb2.RecordRef(
+            record_id=row.id, subject_id=row.subject_id, kind=f"RECORD_KIND_{KIND_NAMES[row.kind]}", version=row.version
+        )
+        for row in rows
+    ]
     return make_event(
         source=ctx.source,
         event_type=f"vault.record.{verb}",
         tenant_id=tenant_id,
-        record_changed=events_pb2.RecordChanged(
-            record_id=record_id,
-            subject_id=subject_id,
-            kind=f"RECORD_KIND_{KIND_NAMES[kind]}",
-            version=version,
-            change=change,  # type: ignore[arg-type]
-        ),
+        record_changed=events_pb2.RecordChanged(change=change, records=refs),  # type: ignore[arg-type]
     )
 
 
@@ -280,7 +280,6 @@ def put_records(
     now = _now()
     rows = []
     views = []
-    events = []
     for item, sid, key_id in zip(items, subject_ids, key_ids, strict=True):
         rid = new_id()
         blob = sealers[key_id].seal(item.data, _aad(tid, rid, item.kind, sid, 1))
@@ -298,9 +297,8 @@ def put_records(
             }
         )
         views.append(RecordView(rid, sid, item.kind, None, 1, now, now))
-        events.append(_record_event(ctx, tid, rid, sid, item.kind, 1, 1))
     insert_rows(session.connection(), Record.__table__, rows)  # type: ignore[arg-type]
-    enqueue_many(session, events)
+    enqueue(session, _record_event(ctx, tid, 1, views))
     audit.append(session, tenant, identity, "records.put", [view.id for view in views])
     return views
 
@@ -426,7 +424,7 @@ def update_record(
     row.key_id = key_id
     row.ciphertext = sealer.seal(data, _aad(tid, row.id, row.kind, row.subject_id, row.version))
     row.updated_at = _now()
-    enqueue(session, _record_event(ctx, tid, row.id, row.subject_id, row.kind, row.version, 2))
+    enqueue(session, _record_event(ctx, tid, 2, [row]))
     audit.append(session, tenant, identity, "record.update", [row.id])
     return _view(row, None)
 
@@ -444,7 +442,7 @@ def delete_record(
     if expected_version and row.version != expected_version:
         raise Aborted(f"record is at version {row.version}, not {expected_version}; re-read it and retry")
     session.delete(row)
-    enqueue(session, _record_event(ctx, tid, row.id, row.subject_id, row.kind, row.version, 3))
+    enqueue(session, _record_event(ctx, tid, 3, [row]))
     audit.append(session, tenant, identity, "record.delete", [row.id])
 
 

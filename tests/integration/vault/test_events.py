@@ -84,9 +84,9 @@ async def test_each_state_change_publishes_one_id_only_event(
     assert {e.tenant_id for e in events} == {tenant} and {e.source for e in events} == {"vault"}
     assert len({e.id for e in events}) == len(events)
     by_type = {e.type: e for e in events}
-    changed = [e.record_changed for e in events if e.type.startswith("vault.record.")]
+    changed = [ref for e in events if e.type.startswith("vault.record.") for ref in e.record_changed.records]
     assert {(c.record_id, c.subject_id) for c in changed} == {(contact.id, sid), (note.id, sid)}
-    assert by_type["vault.record.updated"].record_changed.version == 2
+    assert [ref.version for ref in by_type["vault.record.updated"].record_changed.records] == [2]
     exported = by_type["vault.subject.exported"].subject_exported
     assert (exported.subject_id, exported.request_id, exported.record_count, exported.sha256) == (
         sid,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esteward/events/v1/events.proto\x12\x11steward.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\n\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12:\n\x0etenant_created\x18\n \x01(\x0b\x32 .steward.events.v1.TenantCreatedH\x00\x12\x38\n\rtenant_closed\x18\x0b \x01(\x0b\x32\x1f.steward.events.v1.TenantClosedH\x00\x12<\n\x0ftenant_shredded\x18\x0c \x01(\x0b\x32!.steward.events.v1.TenantShreddedH\x00\x12:\n\x0etenant_updated\x18\r \x01(\x0b\x32 .steward.events.v1.TenantUpdatedH\x00\x12:\n\x0erecord_changed\x18\x14 \x01(\x0b\x32 .steward.events.v1.RecordChangedH\x00\x12>\n\x10subject_exported\x18\x1e \x01(\x0b\x32\".steward.events.v1.SubjectExportedH\x00\x12:\n\x0esubject_erased\x18\x1f \x01(\x0b\x32 .steward.events.v1.SubjectErasedH\x00\x12\x42\n\x12subject_restricted\x18  \x01(\x0b\x32$.steward.events.v1.SubjectRestrictedH\x00\x12\x41\n\x12legal_hold_changed\x18! \x01(\x0b\x32#.steward.events.v1.LegalHoldChangedH\x00\x12\x34\n\x0bkey_rotated\x18( \x01(\x0b\x32\x1d.steward.events.v1.KeyRotatedH\x00\x12\x45\n\x14vault_task_requested\x18\x32 \x01(\x0b\x32%.steward.events.v1.VaultTaskRequestedH\x00\x12\x45\n\x14vault_task_completed\x18\x33 \x01(\x0b\x32%.steward.events.v1.VaultTaskCompletedH\x00\x12;\n\x0f\x61pi_key_created\x18< \x01(\x0b\x32 .steward.events.v1.ApiKeyCreatedH\x00\x12;\n\x0f\x61pi_key_revoked\x18= \x01(\x0b\x32 .steward.events.v1.ApiKeyRevokedH\x00\x12\x38\n\raccess_logged\x18> \x01(\x0b\x32\x1f.steward.events.v1.AccessLoggedH\x00\x12M\n\x18support_access_requested\x18? \x01(\x0b\x32).steward.events.v1.SupportAccessRequestedH\x00\x12I\n\x16support_access_granted\x18@ \x01(\x0b\x32\'.steward.events.v1.SupportAccessGrantedH\x00\x12I\n\x16support_access_revoked\x18\x41 \x01(\x0b\x32\'.steward.events.v1.SupportAccessRevokedH\x00\x42\t\n\x07payload\"\"\n\rTenantCreated\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\"\n\rTenantUpdated\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"P\n\x0cTenantClosed\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\tclosed_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x0eTenantShredded\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x65rtificate_id\x18\x02 \x01(\t\"\x86\x01\n\rRecordChanged\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12/\n\x06\x63hange\x18\x05 \x01(\x0e\x32\x1f.steward.events.v1.RecordChange\"_\n\x0fSubjectExported\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x14\n\x0crecord_count\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"O\n\rSubjectErased\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x16\n\x0erecords_erased\x18\x03 \x01(\x03\"O\n\x11SubjectRestricted\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\nrestricted\x18\x03 \x01(\x08\"G\n\x10LegalHoldChanged\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\"T\n\nKeyRotated\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0bkey_version\x18\x02 \x01(\x03\x12\x1e\n\x16min_decryption_version\x18\x03 \x01(\x03\"\xc7\x01\n\x12VaultTaskRequested\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12.\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1e.steward.events.v1.VaultAction\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x0f\n\x07hold_id\x18\x05 \x01(\t\x12\x37\n\x13request_received_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x02\n\x12VaultTaskCompleted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12.\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1e.steward.events.v1.VaultAction\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x34\n\x07outcome\x18\x05 \x01(\x0e\x32#.steward.events.v1.VaultTaskOutcome\x12\x13\n\x0breason_code\x18\x06 \x01(\t\x12O\n\x0e\x63ounts_by_kind\x18\x07 \x03(\x0b\x32\x37.steward.events.v1.VaultTaskCompleted.CountsByKindEntry\x12\x15\n\rexport_sha256\x18\x08 \x01(\t\x1a\x33\n\x11\x43ountsByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"l\n\rApiKeyCreated\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12\x14\n\x0crotated_from\x18\x05 \x01(\t\"x\n\rApiKeyRevoked\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nrevoked_by\x18\x03 \x01(\t\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd8\x01\n\x0b\x41\x63\x63\x65ssEntry\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x16\n\x0eprincipal_kind\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x15\n\rcredential_id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x12\n\nlatency_us\x18\x07 \x01(\x03\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10support_grant_id\x18\t \x01(\t\"?\n\x0c\x41\x63\x63\x65ssLogged\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.steward.events.v1.AccessEntry\"}\n\x16SupportAccessRequested\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x11\n\tticket_id\x18\x04 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x03\"\xb9\x01\n\x14SupportAccessGranted\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x11\n\tticket_id\x18\x04 \x01(\t\x12\x11\n\temergency\x18\x05 \x01(\x08\x12\x13\n\x0b\x61pproved_by\x18\x06 \x01(\t\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x14SupportAccessRevoked\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nrevoked_by\x18\x03 \x01(\t*~\n\x0cRecordChange\x12\x1d\n\x19RECORD_CHANGE_UNSPECIFIED\x10\x00\x12\x19\n\x15RECORD_CHANGE_CREATED\x10\x01\x12\x19\n\x15RECORD_CHANGE_UPDATED\x10\x02\x12\x19\n\x15RECORD_CHANGE_DELETED\x10\x03*\xf8\x01\n\x0bVaultAction\x12\x1c\n\x18VAULT_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13VAULT_ACTION_EXPORT\x10\x01\x12\x16\n\x12VAULT_ACTION_ERASE\x10\x02\x12\x18\n\x14VAULT_ACTION_RECTIFY\x10\x03\x12\x19\n\x15VAULT_ACTION_RESTRICT\x10\x04\x12!\n\x1dVAULT_ACTION_LIFT_RESTRICTION\x10\x05\x12\x1f\n\x1bVAULT_ACTION_SET_LEGAL_HOLD\x10\x06\x12!\n\x1dVAULT_ACTION_CLEAR_LEGAL_HOLD\x10\x07*\x98\x01\n\x10VaultTaskOutcome\x12\"\n\x1eVAULT_TASK_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cVAULT_TASK_OUTCOME_SUCCEEDED\x10\x01\x12\x1f\n\x1bVAULT_TASK_OUTCOME_REJECTED\x10\x02\x12\x1d\n\x19VAULT_TASK_OUTCOME_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esteward/events/v1/events.proto\x12\x11steward.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\n\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12:\n\x0etenant_created\x18\n \x01(\x0b\x32 .steward.events.v1.TenantCreatedH\x00\x12\x38\n\rtenant_closed\x18\x0b \x01(\x0b\x32\x1f.steward.events.v1.TenantClosedH\x00\x12<\n\x0ftenant_shredded\x18\x0c \x01(\x0b\x32!.steward.events.v1.TenantShreddedH\x00\x12:\n\x0etenant_updated\x18\r \x01(\x0b\x32 .steward.events.v1.TenantUpdatedH\x00\x12:\n\x0erecord_changed\x18\x14 \x01(\x0b\x32 .steward.events.v1.RecordChangedH\x00\x12>\n\x10subject_exported\x18\x1e \x01(\x0b\x32\".steward.events.v1.SubjectExportedH\x00\x12:\n\x0esubject_erased\x18\x1f \x01(\x0b\x32 .steward.events.v1.SubjectErasedH\x00\x12\x42\n\x12subject_restricted\x18  \x01(\x0b\x32$.steward.events.v1.SubjectRestrictedH\x00\x12\x41\n\x12legal_hold_changed\x18! \x01(\x0b\x32#.steward.events.v1.LegalHoldChangedH\x00\x12\x34\n\x0bkey_rotated\x18( \x01(\x0b\x32\x1d.steward.events.v1.KeyRotatedH\x00\x12\x45\n\x14vault_task_requested\x18\x32 \x01(\x0b\x32%.steward.events.v1.VaultTaskRequestedH\x00\x12\x45\n\x14vault_task_completed\x18\x33 \x01(\x0b\x32%.steward.events.v1.VaultTaskCompletedH\x00\x12;\n\x0f\x61pi_key_created\x18< \x01(\x0b\x32 .steward.events.v1.ApiKeyCreatedH\x00\x12;\n\x0f\x61pi_key_revoked\x18= \x01(\x0b\x32 .steward.events.v1.ApiKeyRevokedH\x00\x12\x38\n\raccess_logged\x18> \x01(\x0b\x32\x1f.steward.events.v1.AccessLoggedH\x00\x12M\n\x18support_access_requested\x18? \x01(\x0b\x32).steward.events.v1.SupportAccessRequestedH\x00\x12I\n\x16support_access_granted\x18@ \x01(\x0b\x32\'.steward.events.v1.SupportAccessGrantedH\x00\x12I\n\x16support_access_revoked\x18\x41 \x01(\x0b\x32\'.steward.events.v1.SupportAccessRevokedH\x00\x42\t\n\x07payload\"\"\n\rTenantCreated\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\"\n\rTenantUpdated\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"P\n\x0cTenantClosed\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\tclosed_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x0eTenantShredded\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x65rtificate_id\x18\x02 \x01(\t\"Q\n\tRecordRef\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\"o\n\rRecordChanged\x12/\n\x06\x63hange\x18\x01 \x01(\x0e\x32\x1f.steward.events.v1.RecordChange\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.steward.events.v1.RecordRef\"_\n\x0fSubjectExported\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x14\n\x0crecord_count\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"O\n\rSubjectErased\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x16\n\x0erecords_erased\x18\x03 \x01(\x03\"O\n\x11SubjectRestricted\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\nrestricted\x18\x03 \x01(\x08\"G\n\x10LegalHoldChanged\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\"T\n\nKeyRotated\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0bkey_version\x18\x02 \x01(\x03\x12\x1e\n\x16min_decryption_version\x18\x03 \x01(\x03\"\xc7\x01\n\x12VaultTaskRequested\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12.\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1e.steward.events.v1.VaultAction\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x0f\n\x07hold_id\x18\x05 \x01(\t\x12\x37\n\x13request_received_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x02\n\x12VaultTaskCompleted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12.\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1e.steward.events.v1.VaultAction\x12\x12\n\nsubject_id\x18\x04 \x01(\t\x12\x34\n\x07outcome\x18\x05 \x01(\x0e\x32#.steward.events.v1.VaultTaskOutcome\x12\x13\n\x0breason_code\x18\x06 \x01(\t\x12O\n\x0e\x63ounts_by_kind\x18\x07 \x03(\x0b\x32\x37.steward.events.v1.VaultTaskCompleted.CountsByKindEntry\x12\x15\n\rexport_sha256\x18\x08 \x01(\t\x1a\x33\n\x11\x43ountsByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"l\n\rApiKeyCreated\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12\x14\n\x0crotated_from\x18\x05 \x01(\t\"x\n\rApiKeyRevoked\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nrevoked_by\x18\x03 \x01(\t\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd8\x01\n\x0b\x41\x63\x63\x65ssEntry\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x16\n\x0eprincipal_kind\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x15\n\rcredential_id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x12\n\nlatency_us\x18\x07 \x01(\x03\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10support_grant_id\x18\t \x01(\t\"?\n\x0c\x41\x63\x63\x65ssLogged\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.steward.events.v1.AccessEntry\"}\n\x16SupportAccessRequested\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x11\n\tticket_id\x18\x04 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x03\"\xb9\x01\n\x14SupportAccessGranted\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x11\n\tticket_id\x18\x04 \x01(\t\x12\x11\n\temergency\x18\x05 \x01(\x08\x12\x13\n\x0b\x61pproved_by\x18\x06 \x01(\t\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x14SupportAccessRevoked\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nrevoked_by\x18\x03 \x01(\t*~\n\x0cRecordChange\x12\x1d\n\x19RECORD_CHANGE_UNSPECIFIED\x10\x00\x12\x19\n\x15RECORD_CHANGE_CREATED\x10\x01\x12\x19\n\x15RECORD_CHANGE_UPDATED\x10\x02\x12\x19\n\x15RECORD_CHANGE_DELETED\x10\x03*\xf8\x01\n\x0bVaultAction\x12\x1c\n\x18VAULT_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13VAULT_ACTION_EXPORT\x10\x01\x12\x16\n\x12VAULT_ACTION_ERASE\x10\x02\x12\x18\n\x14VAULT_ACTION_RECTIFY\x10\x03\x12\x19\n\x15VAULT_ACTION_RESTRICT\x10\x04\x12!\n\x1dVAULT_ACTION_LIFT_RESTRICTION\x10\x05\x12\x1f\n\x1bVAULT_ACTION_SET_LEGAL_HOLD\x10\x06\x12!\n\x1dVAULT_ACTION_CLEAR_LEGAL_HOLD\x10\x07*\x98\x01\n\x10VaultTaskOutcome\x12\"\n\x1eVAULT_TASK_OUTCOME_UNSPECIFIED\x10\x00\x12 \n\x1cVAULT_TASK_OUTCOME_SUCCEEDED\x10\x01\x12\x1f\n\x1bVAULT_TASK_OUTCOME_REJECTED\x10\x02\x12\x1d\n\x19VAULT_TASK_OUTCOME_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VAULTTASKCOMPLETED_COUNTSBYKINDENTRY']._loaded_options = None
   _globals['_VAULTTASKCOMPLETED_COUNTSBYKINDENTRY']._serialized_options = b'8\001'
-  _globals['_RECORDCHANGE']._serialized_start=3625
-  _globals['_RECORDCHANGE']._serialized_end=3751
-  _globals['_VAULTACTION']._serialized_start=3754
-  _globals['_VAULTACTION']._serialized_end=4002
-  _globals['_VAULTTASKOUTCOME']._serialized_start=4005
-  _globals['_VAULTTASKOUTCOME']._serialized_end=4157
+  _globals['_RECORDCHANGE']._serialized_start=3684
+  _globals['_RECORDCHANGE']._serialized_end=3810
+  _globals['_VAULTACTION']._serialized_start=3813
+  _globals['_VAULTACTION']._serialized_end=4061
+  _globals['_VAULTTASKOUTCOME']._serialized_start=4064
+  _globals['_VAULTTASKOUTCOME']._serialized_end=4216
   _globals['_EVENT']._serialized_start=87
   _globals['_EVENT']._serialized_end=1379
   _globals['_TENANTCREATED']._serialized_start=1381
@@ -50,36 +50,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANTCLOSED']._serialized_end=1533
   _globals['_TENANTSHREDDED']._serialized_start=1535
   _globals['_TENANTSHREDDED']._serialized_end=1594
-  _globals['_RECORDCHANGED']._serialized_start=1597
-  _globals['_RECORDCHANGED']._serialized_end=1731
-  _globals['_SUBJECTEXPORTED']._serialized_start=1733
-  _globals['_SUBJECTEXPORTED']._serialized_end=1828
-  _globals['_SUBJECTERASED']._serialized_start=1830
-  _globals['_SUBJECTERASED']._serialized_end=1909
-  _globals['_SUBJECTRESTRICTED']._serialized_start=1911
-  _globals['_SUBJECTRESTRICTED']._serialized_end=1990
-  _globals['_LEGALHOLDCHANGED']._serialized_start=1992
-  _globals['_LEGALHOLDCHANGED']._serialized_end=2063
-  _globals['_KEYROTATED']._serialized_start=2065
-  _globals['_KEYROTATED']._serialized_end=2149
-  _globals['_VAULTTASKREQUESTED']._serialized_start=2152
-  _globals['_VAULTTASKREQUESTED']._serialized_end=2351
-  _globals['_VAULTTASKCOMPLETED']._serialized_start=2354
-  _globals['_VAULTTASKCOMPLETED']._serialized_end=2711
-  _globals['_VAULTTASKCOMPLETED_COUNTSBYKINDENTRY']._serialized_start=2660
-  _globals['_VAULTTASKCOMPLETED_COUNTSBYKINDENTRY']._serialized_end=2711
-  _globals['_APIKEYCREATED']._serialized_start=2713
-  _globals['_APIKEYCREATED']._serialized_end=2821
-  _globals['_APIKEYREVOKED']._serialized_start=2823
-  _globals['_APIKEYREVOKED']._serialized_end=2943
-  _globals['_ACCESSENTRY']._serialized_start=2946
-  _globals['_ACCESSENTRY']._serialized_end=3162
-  _globals['_ACCESSLOGGED']._serialized_start=3164
-  _globals['_ACCESSLOGGED']._serialized_end=3227
-  _globals['_SUPPORTACCESSREQUESTED']._serialized_start=3229
-  _globals['_SUPPORTACCESSREQUESTED']._serialized_end=3354
-  _globals['_SUPPORTACCESSGRANTED']._serialized_start=3357
-  _globals['_SUPPORTACCESSGRANTED']._serialized_end=3542
-  _globals['_SUPPORTACCESSREVOKED']._serialized_start=3544
-  _globals['_SUPPORTACCESSREVOKED']._serialized_end=3623
+  _globals['_RECORDREF']._serialized_start=1596
+  _globals['_RECORDREF']._serialized_end=1677
+  _globals['_RECORDCHANGED']._serialized_start=1679
+  _globals['_RECORDCHANGED']._serialized_end=1790
+  _globals['_SUBJECTEXPORTED']._serialized_start=1792
+  _globals['_SUBJECTEXPORTED']._serialized_end=1887
+  _globals['_SUBJECTERASED']._serialized_start=1889
+  _globals['_SUBJECTERASED']._serialized_end=1968
+  _globals['_SUBJECTRESTRICTED']._serialized_start=1970
+  _globals['_SUBJECTRESTRICTED']._serialized_end=2049
+  _globals['_LEGALHOLDCHANGED']._serialized_start=2051
+  _globals['_LEGALHOLDCHANGED']._serialized_end=2122
+  _globals['_KEYROTATED']._serialized_start=2124
+  _globals['_KEYROTATED']._serialized_end=2208
+  _globals['_VAULTTASKREQUESTED']._serialized_start=2211
+  _globals['_VAULTTASKREQUESTED']._serialized_end=2410
+  _globals['_VAULTTASKCOMPLETED']._serialized_start=2413
+  _globals['_VAULTTASKCOMPLETED']._serialized_end=2770
+  _globals['_VAULTTASKCOMPLETED_COUNTSBYKINDENTRY']._serialized_start=2719
+  _globals['_VAULTTASKCOMPLETED_COUNTSBYKINDENTRY']._serialized_end=2770
+  _globals['_APIKEYCREATED']._serialized_start=2772
+  _globals['_APIKEYCREATED']._serialized_end=2880
+  _globals['_APIKEYREVOKED']._serialized_start=2882
+  _globals['_APIKEYREVOKED']._serialized_end=3002
+  _globals['_ACCESSENTRY']._serialized_start=3005
+  _globals['_ACCESSENTRY']._serialized_end=3221
+  _globals['_ACCESSLOGGED']._serialized_start=3223
+  _globals['_ACCESSLOGGED']._serialized_end=3286
+  _globals['_SUPPORTACCESSREQUESTED']._serialized_start=3288
+  _globals['_SUPPORTACCESSREQUESTED']._serialized_end=3413
+  _globals['_SUPPORTACCESSGRANTED']._serialized_start=3416
+  _globals['_SUPPORTACCESSGRANTED']._serialized_end=3601
+  _globals['_SUPPORTACCESSREVOKED']._serialized_start=3603
+  _globals['_SUPPORTACCESSREVOKED']._serialized_end=3682
 # @@protoc_insertion_point(module_scope)

@@ -302,8 +302,8 @@ class TenantShredded(_message.Message):
 Global___TenantShredded: _TypeAlias = TenantShredded  # noqa: Y015
 
 @_typing.final
-class RecordChanged(_message.Message):
-    """RecordChanged: vault.record.created / .updated / .deleted."""
+class RecordRef(_message.Message):
+    """RecordRef identifies one record version, ids only."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -311,13 +311,11 @@ class RecordChanged(_message.Message):
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
-    CHANGE_FIELD_NUMBER: _builtins.int
     record_id: _builtins.str
     subject_id: _builtins.str
     kind: _builtins.str
     """RecordKind name, e.g. "RECORD_KIND_NOTE"."""
     version: _builtins.int
-    change: Global___RecordChange.ValueType
     def __init__(
         self,
         *,
@@ -325,11 +323,37 @@ class RecordChanged(_message.Message):
         subject_id: _builtins.str = ...,
         kind: _builtins.str = ...,
         version: _builtins.int = ...,
-        change: Global___RecordChange.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "kind", b"kind", "record_id", b"record_id", "subject_id", b"subject_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "record_id", b"record_id", "subject_id", b"subject_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRef: _TypeAlias = RecordRef  # noqa: Y015
+
+@_typing.final
+class RecordChanged(_message.Message):
+    """RecordChanged: vault.record.created / .updated / .deleted — every record one call changed
+    (a PutRecords batch is one event, not 500).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    change: Global___RecordChange.ValueType
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordRef]: ...
+    def __init__(
+        self,
+        *,
+        change: Global___RecordChange.ValueType = ...,
+        records: _abc.Iterable[Global___RecordRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
