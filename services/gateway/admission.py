@@ -188,6 +188,10 @@ class Gatekeeper:
                 expires_at=min(claims.expires_at, grant.expires_at) if grant.expires_at else claims.expires_at,
             )
         if not policy.any_caller and not policy.roles.intersection(claims.roles):
+            if grant_id and SUPPORT in claims.roles:
+                raise PermissionDenied(
+                    "a support grant allows reading records only (GetRecord, ListRecords, ResolveSubject)"
+                )
             if policy.support_read and SUPPORT in claims.roles:
                 raise PermissionDenied(f"support access needs a live grant: pass its id in {MD_SUPPORT_GRANT} metadata")
             raise PermissionDenied(f"your operator roles do not allow {method}")
