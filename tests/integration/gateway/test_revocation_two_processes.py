@@ -1,0 +1,132 @@
+"""A revoked API key stops working on every gateway replica within a second: two real gateway processes
+share one database; the key is revoked through one and must be refused by both.
+
+With NATS the revocation event evicts the other replica's cache at once; without NATS the key cache's TTL
+(0.5 s) alone bounds it. Both are exercised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from steward.gateway.v1 import gateway_pb2
+
+from tests.integration.gateway.support import (
+    AUDIENCE,
+    ISSUER,
+    PEPPER,
+    REGISTRY_KEY,
+    FakeVaultState,
+    TestIdP,
+    bearer,
+    clients,
+    sample_details,
+    start_fake_vault,
+    status_of,
+)
+from tests.plugins.infra import free_port, wait_for_port
+
+WHOAMI = gateway_pb2.WhoAmIRequest()
+
+
+def gateway_process(
+    tmp_path: Path, name: str, *, database_url: str, vault_port: int, idp: TestIdP, nats_url: str | None
+):
+    port = free_port()
+    env = {
+        **os.environ,
+        "STEWARD_GATEWAY__DATABASE_URL": database_url,
+        "STEWARD_GATEWAY__API_KEY_PEPPER": PEPPER,
+        "STEWARD_GATEWAY__REGISTRY_KEY": REGISTRY_KEY,
+        "STEWARD_GATEWAY__ENV": "test",
+        "STEWARD_GATEWAY__GRPC__PORT": str(port),
+        "STEWARD_GATEWAY__UPSTREAMS__VAULT__ADDRESS": f"127.0.0.1:{vault_port}",
+        "STEWARD_GATEWAY__JWT__JWKS_FILE": str(idp.jwks_file),
+        "STEWARD_GATEWAY__JWT__ISSUER": ISSUER,
+        "STEWARD_GATEWAY__JWT__AUDIENCE": AUDIENCE,
+        "STEWARD_GATEWAY__NATS__ENABLED": "true" if nats_url else "false",
+        "STEWARD_GATEWAY__NATS__URL": nats_url or "nats://127.0.0.1:1",
+        "STEWARD_GATEWAY__NATS__OUTBOX_POLL_S": "0.05",
+    }
+    log = open(tmp_path / f"{name}.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.gateway.main"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    wait_for_port(port, timeout_s=60, proc=proc)
+    return proc, port
+
+
+@pytest.fixture
+async def vault() -> AsyncIterator[int]:
+    running = await start_fake_vault(FakeVaultState())
+    yield running.port
+    await running.server.stop(0)
+
+
+@pytest.fixture(params=["with NATS events", "cache TTL only"])
+def nats_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    if request.param == "cache TTL only":
+        yield None
+    else:
+        yield request.getfixturevalue("nats_server").url
+
+
+async def test_revoked_key_is_refused_by_both_replicas_within_a_second(
+    tmp_path: Path, sqlite_url: str, vault: int, nats_url: str | None
+) -> None:
+    idp = TestIdP(tmp_path)
+    procs = []
+    try:
+        # one after the other, so only the first runs the migrations
+        first, port_1 = gateway_process(
+            tmp_path, "gw1", database_url=sqlite_url, vault_port=vault, idp=idp, nats_url=nats_url
+        )
+        procs.append(first)
+        second, port_2 = gateway_process(
+            tmp_path, "gw2", database_url=sqlite_url, vault_port=vault, idp=idp, nats_url=nats_url
+        )
+        procs.append(second)
+        one, two = clients(port_1), clients(port_2)
+        admin = bearer(idp.token("alice", ["ops:admin"]))
+        tenant = await one.admin.CreateTenant(gateway_pb2.CreateTenantRequest(details=sample_details()), metadata=admin)
+        key = await one.admin.CreateApiKey(
+            gateway_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant.tenant_id, scopes=["records:read"]), metadata=admin
+        )
+        md = bearer(key.token)
+        for replica in (one, two):  # both replicas have the key verified and cached
+            for _ in range(3):
+                assert (await replica.admin.WhoAmI(WHOAMI, metadata=md)).tenant_id == tenant.tenant.tenant_id
+        if nats_url:
+            await asyncio.sleep(0.5)  # let the second replica's revocation subscription come up
+
+        await one.admin.RevokeApiKey(gateway_pb2.RevokeApiKeyRequest(key_id=key.api_key.key_id), metadata=admin)
+        revoked_at = time.monotonic()
+        refused_after: float | None = None
+        while time.monotonic() - revoked_at < 1.0:  # observe (not assert) how fast the other replica learns
+            if (await status_of(two.admin.WhoAmI(WHOAMI, metadata=md)))[0] == grpc.StatusCode.UNAUTHENTICATED:
+                refused_after = time.monotonic() - revoked_at
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - revoked_at)))
+        for replica in (one, two):
+            code, _ = await status_of(replica.admin.WhoAmI(WHOAMI, metadata=md))
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+        print(f"\nsecond replica refused the revoked key after {refused_after and round(refused_after * 1000)} ms")
+        await one.channel.close()
+        await two.channel.close()
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
