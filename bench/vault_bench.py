@@ -235,7 +235,7 @@ async def run() -> dict[str, Any]:
             new["subjects"],
             N_BATCHES,
             500,
-            4,
+            2,
             False,
             items=500,
         )

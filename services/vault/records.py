@@ -174,7 +174,14 @@ def _resolve_subjects(
             rows = [found] if found is not None and found.tenant_id == tid else []
             session.info.setdefault("pinned", {}).update({("subject", row.id): row for row in rows})
         else:
-            rows = list(session.scalars(select(Subject).where(Subject.tenant_id == tid, Subject.id.in_(named))))
+            # Many subjects: plain rows (id, key_id, restricted) instead of ORM objects, which cost ~50 us each.
+            rows = list(
+                session.execute(  # type: ignore[arg-type]
+                    select(Subject.id, Subject.key_id, Subject.restricted, Subject.tenant_id).where(
+                        Subject.tenant_id == tid, Subject.id.in_(named)
+                    )
+                )
+            )
         subjects = {row.id: row for row in rows}
         for position, sid in enumerate(subject_ids):
             if sid and sid not in subjects:
