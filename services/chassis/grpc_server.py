@@ -4,6 +4,9 @@
 mapping interceptor, OpenTelemetry instrumentation, size and concurrency limits, keepalive and
 TLS/mTLS. :func:`serve_forever` runs it until SIGTERM/SIGINT and shuts down gracefully: health
 flips to NOT_SERVING, new RPCs are refused, in-flight ones get ``shutdown_grace_s`` to finish.
+
+Kubernetes' native gRPC probes cannot speak TLS, so with ``health_port`` set the same health
+servicer is also served alone on a plaintext port (no other service, no reflection).
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
+    health_server: aio.Server | None = None
+    health_port: int | None = None
 
     async def set_serving(self, serving: bool) -> None:
         """Flip overall and per-service health."""
@@ -109,6 +114,9 @@ class RunningServer:
         """Stop taking new RPCs, let in-flight ones finish within ``grace_s``."""
         await self.health.enter_graceful_shutdown()  # type: ignore[attr-defined]
         await self.server.stop(grace_s)
+        if self.health_server is not None:
+            # Last, so probes read NOT_SERVING (not "connection refused") while in-flight calls drain.
+            await self.health_server.stop(0)
 
 
 def _read(path: object) -> bytes:
@@ -164,7 +172,20 @@ async def build_server(
     else:
         bound = server.add_insecure_port(address)
     await server.start()
-    running = RunningServer(server=server, port=bound, health=health_servicer, service_names=names)
+    health_server, health_port = None, None
+    if settings.health_port is not None:
+        health_server = aio.server(options=channel_options(settings), maximum_concurrent_rpcs=16)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        await health_server.start()
+    running = RunningServer(
+        server=server,
+        port=bound,
+        health=health_servicer,
+        service_names=names,
+        health_server=health_server,
+        health_port=health_port,
+    )
     await running.set_serving(True)
     log.info("grpc server listening", extra={"port": bound, "services": list(names), "mtls": mtls})
     return running

@@ -59,6 +59,13 @@ class GrpcSettings(BaseModel):
     keepalive_time_ms: int = Field(default=30_000, ge=1000)
     keepalive_timeout_ms: int = Field(default=10_000, ge=1000)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Plaintext port serving only grpc.health.v1 for Kubernetes gRPC probes, which cannot speak "
+        "TLS; unset = no such port (health stays on the main port only).",
+    )
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
