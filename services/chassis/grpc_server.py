@@ -90,6 +90,25 @@ def _guarded(handler: grpc.RpcMethodHandler, check: Callable[[aio.ServicerContex
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(us, handler.request_deserializer, handler.response_serializer)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def su(requests, context):  # type: ignore[no-untyped-def]
+            if not check(context):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+            return await inner_su(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(su, handler.request_deserializer, handler.response_serializer)
+    if handler.stream_stream:
+        inner_ss = handler.stream_stream
+
+        async def ss(requests, context):  # type: ignore[no-untyped-def]
+            if not check(context):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+            async for item in inner_ss(requests, context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(ss, handler.request_deserializer, handler.response_serializer)
     return handler
 
 

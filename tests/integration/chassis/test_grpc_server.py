@@ -132,3 +132,44 @@ async def test_health_reports_serving_then_not_serving(server: RunningServer) ->
 async def test_without_mtls_the_server_refuses_to_start_unless_told_to_trust_metadata() -> None:
     with pytest.raises(SettingsError, match="GRPC__TLS__CLIENT_CA_FILE"):
         await build_server(GrpcSettings(), register=_register, port=0)
+
+
+async def test_mtls_allowlist_guards_streaming_methods_and_reflection_too(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A peer with a valid certificate but the wrong name is refused on every cardinality, reflection included."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from services.chassis.settings import TlsSettings
+    from services.cli.devca import ensure_dev_pki
+
+    pki, _ = ensure_dev_pki(tmp_path / "tls", ["vault", "gateway", "intruder"])
+    tls = TlsSettings(
+        cert_file=pki["vault"].cert_file,
+        key_file=pki["vault"].key_file,
+        client_ca_file=pki.ca_file,
+        allowed_client_names=["gateway"],
+    )
+    running = await build_server(GrpcSettings(tls=tls), register=_register, port=0)
+
+    def creds(name: str) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            pki.ca_file.read_bytes(), pki[name].key_file.read_bytes(), pki[name].cert_file.read_bytes()
+        )
+
+    async def reflect(name: str) -> list[str]:
+        async with aio.secure_channel(f"localhost:{running.port}", creds(name)) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            return [s.name async for reply in replies for s in reply.list_services_response.service]
+
+    try:
+        assert "test.Probe" in await reflect("gateway")
+        with pytest.raises(aio.AioRpcError) as refused:
+            await reflect("intruder")
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        async with aio.secure_channel(f"localhost:{running.port}", creds("intruder")) as channel:
+            with pytest.raises(aio.AioRpcError) as stream_refused:
+                async for _ in channel.unary_stream("/test.Probe/Stream")(b""):
+                    pass
+        assert stream_refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await running.server.stop(0)
