@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from contextlib import asynccontextmanager
 
 import grpc
 from grpc import aio
+
+from services.chassis.rpc import wrap_rpc_handler
 
 log = logging.getLogger("steward.errors")
 
@@ -133,6 +135,17 @@ def _is_abort(exc: BaseException) -> bool:
     return isinstance(exc, aio.AbortError) or type(exc).__name__ == "AbortError"
 
 
+@asynccontextmanager
+async def _map_errors(context: aio.ServicerContext) -> AsyncIterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        if _is_abort(exc):
+            raise
+        await abort_for(context, exc)
+        raise
+
+
 class ErrorMappingInterceptor(aio.ServerInterceptor):
     """Wraps every handler so domain errors become statuses and unknown errors become INTERNAL."""
 
@@ -144,57 +157,4 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-
-def _wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    async def wrapper(request: Any, context: aio.ServicerContext) -> Any:
-        try:
-            return await behavior(request, context)
-        except BaseException as exc:
-            if _is_abort(exc) or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            if isinstance(exc, Exception):
-                await abort_for(context, exc)
-            raise
-
-    return wrapper
-
-
-def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
-    async def wrapper(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        try:
-            async for item in behavior(request, context):
-                yield item
-        except BaseException as exc:
-            if _is_abort(exc) or isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            if isinstance(exc, Exception):
-                await abort_for(context, exc)
-            raise
-
-    return wrapper
+        return wrap_rpc_handler(handler, _map_errors)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -23,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.chassis.errors import ErrorMappingInterceptor
+from services.chassis.rpc import wrap_rpc_handler
 from services.chassis.settings import GrpcSettings, SettingsError
 
 log = logging.getLogger("steward.grpc")
@@ -61,55 +63,16 @@ class PeerAllowlistInterceptor(aio.ServerInterceptor):
             return handler
         allowed = self._allowed
 
-        def check(context: aio.ServicerContext) -> bool:
-            names = context.peer_identities() or []
-            return any(name in allowed for name in names)
+        @asynccontextmanager
+        async def only_allowed_peers(context: aio.ServicerContext) -> AsyncIterator[None]:
+            if not any(name in allowed for name in context.peer_identities() or ()):
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "caller is not an allowed peer: services accept calls only from the Steward gateway",
+                )
+            yield
 
-        return _guarded(handler, check)
-
-
-def _guarded(handler: grpc.RpcMethodHandler, check: Callable[[aio.ServicerContext], bool]) -> grpc.RpcMethodHandler:
-    message = "caller is not an allowed peer: services accept calls only from the Steward gateway"
-
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
-
-        async def uu(request, context):  # type: ignore[no-untyped-def]
-            if not check(context):
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-            return await inner_uu(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(uu, handler.request_deserializer, handler.response_serializer)
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
-
-        async def us(request, context):  # type: ignore[no-untyped-def]
-            if not check(context):
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-            async for item in inner_us(request, context):
-                yield item
-
-        return grpc.unary_stream_rpc_method_handler(us, handler.request_deserializer, handler.response_serializer)
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-
-        async def su(requests, context):  # type: ignore[no-untyped-def]
-            if not check(context):
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-            return await inner_su(requests, context)
-
-        return grpc.stream_unary_rpc_method_handler(su, handler.request_deserializer, handler.response_serializer)
-    if handler.stream_stream:
-        inner_ss = handler.stream_stream
-
-        async def ss(requests, context):  # type: ignore[no-untyped-def]
-            if not check(context):
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-            async for item in inner_ss(requests, context):
-                yield item
-
-        return grpc.stream_stream_rpc_method_handler(ss, handler.request_deserializer, handler.response_serializer)
-    return handler
+        return wrap_rpc_handler(handler, only_allowed_peers)
 
 
 @dataclass
