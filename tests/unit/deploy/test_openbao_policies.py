@@ -1,0 +1,198 @@
+"""deploy/k8s/openbao against a real OpenBao: the policies, the Kubernetes auth role and the proxy sidecar.
+
+The vault's own :class:`~services.vault.transit.TransitClient` runs every operation it performs in
+production with a token holding exactly the shipped policies, and everything the policies must
+refuse (exportable keys, backups, turning upserts back on, another key prefix) is tried and refused.
+The proxy test runs ``bao proxy`` with the shipped configuration (only the login method and the
+addresses swapped for a local dev server) and the vault's placeholder token.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import hvac
+import pytest
+import requests
+
+from services.chassis.errors import Unavailable
+from services.cli.devca import ensure_dev_pki
+from services.vault.transit import KeyUnavailable, TransitClient
+from tests.plugins.infra import OpenBaoDev, free_port, wait_for_port, which
+from tests.unit.deploy.k8s import K8S, load_docs
+
+POLICIES = ("steward-vault-crypto", "steward-vault-keys", "steward-oncall-read")
+AAD = b"v1|tenant|key"
+
+
+def _root(openbao: OpenBaoDev) -> hvac.Client:
+    return hvac.Client(url=openbao.url, token=openbao.token)
+
+
+@pytest.fixture
+def policies(openbao: OpenBaoDev) -> OpenBaoDev:
+    root = _root(openbao)
+    for name in POLICIES:
+        root.sys.create_or_update_policy(name, (K8S / "openbao" / f"{name}.hcl").read_text())
+    return openbao
+
+
+def _token(openbao: OpenBaoDev, *policy_names: str, default_policy: bool = False) -> str:
+    # Without OpenBao's "default" policy, so only the shipped policies decide (the role keeps it: the
+    # proxy needs its renew-self).
+    reply = _root(openbao).auth.token.create(
+        policies=list(policy_names), ttl="10m", no_default_policy=not default_policy
+    )
+    return str(reply["auth"]["client_token"])
+
+
+def _tenant() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+def _vault_client(openbao: OpenBaoDev, url: str | None = None, token: str | None = None) -> TransitClient:
+    return TransitClient(url or openbao.url, token or _token(openbao, "steward-vault-crypto", "steward-vault-keys"))
+
+
+def test_vault_policies_allow_everything_the_vault_does(policies: OpenBaoDev) -> None:
+    transit = _vault_client(policies)
+    tenant = _tenant()
+    transit.create_tenant_key(tenant)  # also sets disable_upsert on the mount
+    transit.create_tenant_key(tenant)  # idempotent retry of CreateTenant
+    assert transit.key_info(tenant).latest_version == 1
+    (wrapped,) = transit.wrap(tenant, [(b"k" * 32, AAD)])
+    assert transit.unwrap(tenant, [(wrapped, AAD)]) == [b"k" * 32]
+    assert transit.rotate(tenant) == 2
+    (rewrapped,) = transit.rewrap(tenant, [(wrapped, AAD)])
+    assert rewrapped.startswith("vault:v2:")
+    transit.set_min_decryption_version(tenant, 2)
+    assert transit.key_info(tenant).min_decryption_version == 2
+    transit.delete_tenant_key(tenant)  # ShredTenant: allow deletion, then delete
+    with pytest.raises(KeyUnavailable):
+        transit.key_info(tenant)
+
+
+NEVER = [
+    ("exportable key", "post", "transit/keys/steward-tenant-{t}x", {"type": "aes256-gcm96", "exportable": True}),
+    ("backup-able key", "post", "transit/keys/steward-tenant-{t}y", {"allow_plaintext_backup": True}),
+    ("derived key", "post", "transit/keys/steward-tenant-{t}z", {"type": "aes256-gcm96", "derived": True}),
+    ("other key type", "post", "transit/keys/steward-tenant-{t}r", {"type": "rsa-4096"}),
+    ("other key prefix", "post", "transit/keys/other-{t}", {"type": "aes256-gcm96"}),
+    ("make exportable", "post", "transit/keys/steward-tenant-{t}/config", {"exportable": True}),
+    ("allow plaintext backup", "post", "transit/keys/steward-tenant-{t}/config", {"allow_plaintext_backup": True}),
+    ("trim versions", "post", "transit/keys/steward-tenant-{t}/trim", {"min_available_version": 1}),
+    ("upserts back on", "post", "transit/config/keys", {"disable_upsert": False}),
+    ("export", "get", "transit/export/encryption-key/steward-tenant-{t}", None),
+    ("backup", "get", "transit/backup/steward-tenant-{t}", None),
+    ("other mount", "post", "sys/mounts/transit2", {"type": "transit"}),
+]
+
+
+@pytest.mark.parametrize(("label", "method", "path", "body"), NEVER, ids=[n[0] for n in NEVER])
+def test_vault_policies_never_let_key_material_out(
+    policies: OpenBaoDev, label: str, method: str, path: str, body: dict[str, object] | None
+) -> None:
+    token = _token(policies, "steward-vault-crypto", "steward-vault-keys")
+    tenant = _tenant()
+    _vault_client(policies, token=token).create_tenant_key(tenant)
+    reply = requests.request(
+        method, f"{policies.url}/v1/{path.format(t=tenant)}", json=body, headers={"X-Vault-Token": token}, timeout=10
+    )
+    assert reply.status_code == 403, (label, reply.status_code)
+
+
+def test_crypto_policy_alone_wraps_but_manages_no_key(policies: OpenBaoDev) -> None:
+    tenant = _tenant()
+    _vault_client(policies).create_tenant_key(tenant)
+    crypto = _vault_client(policies, token=_token(policies, "steward-vault-crypto"))
+    (wrapped,) = crypto.wrap(tenant, [(b"k" * 32, AAD)])
+    assert crypto.unwrap(tenant, [(wrapped, AAD)]) == [b"k" * 32]
+    for attempt in (
+        lambda: crypto.rotate(tenant),
+        lambda: crypto.key_info(tenant),
+        lambda: crypto.create_tenant_key(_tenant()),
+    ):
+        with pytest.raises(Unavailable):  # 403 is an outage to the vault: UNAVAILABLE, never a key change
+            attempt()
+
+
+def test_oncall_policy_reads_versions_and_nothing_else(policies: OpenBaoDev) -> None:
+    tenant = _tenant()
+    _vault_client(policies).create_tenant_key(tenant)
+    oncall = _vault_client(policies, token=_token(policies, "steward-oncall-read"))
+    info = oncall.key_info(tenant)
+    assert (info.latest_version, info.exportable, info.allow_plaintext_backup) == (1, False, False)
+    with pytest.raises(Unavailable):
+        oncall.wrap(tenant, [(b"k" * 32, AAD)])
+    with pytest.raises(Unavailable):
+        oncall.rotate(tenant)
+
+
+def test_kubernetes_auth_role_file_is_accepted(openbao: OpenBaoDev, tmp_path: Path) -> None:
+    """The role JSON is written exactly as README.md says (``bao write ... @file``), on its own mount."""
+    mount = f"kubernetes-{uuid.uuid4().hex[:8]}"
+    ca = ensure_dev_pki(tmp_path / "tls", [])[0].ca_file  # any CA certificate will do here
+    env = {"BAO_ADDR": openbao.url, "BAO_TOKEN": openbao.token, "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    bao = which("bao")
+
+    def run(*args: str) -> str:
+        return subprocess.run([bao, *args], env=env, check=True, capture_output=True, text=True, timeout=30).stdout
+
+    run("auth", "enable", f"-path={mount}", "kubernetes")
+    # Outside a pod there is no local CA/JWT, so this one call differs from the README's in-cluster one.
+    run("write", f"auth/{mount}/config", "kubernetes_host=https://kubernetes.default.svc",
+        "disable_local_ca_jwt=true", f"kubernetes_ca_cert=@{ca}")  # fmt: skip
+    run("write", f"auth/{mount}/role/steward-vault", f"@{K8S / 'openbao' / 'steward-vault-role.json'}")
+    role = _root(openbao).read(f"auth/{mount}/role/steward-vault")["data"]
+    assert role["bound_service_account_names"] == ["vault"]
+    assert role["bound_service_account_namespaces"] == ["steward"]
+    assert role["audience"] == "openbao"
+    assert sorted(role["token_policies"]) == ["steward-vault-crypto", "steward-vault-keys"]
+
+
+@pytest.fixture
+def proxy(policies: OpenBaoDev, tmp_path: Path) -> Iterator[str]:
+    """``bao proxy`` with the shipped config; a token file stands in for the Kubernetes login."""
+    (cm,) = load_docs(K8S / "base" / "vault" / "openbao-proxy-config.yaml")
+    config = cm["data"]["proxy.hcl"]
+    token_file = tmp_path / "token"
+    token_file.write_text(_token(policies, "steward-vault-crypto", "steward-vault-keys", default_policy=True))
+    port = free_port()
+    config, n_addr = re.subn(r'address = "https://[^"]+"', f'address = "{policies.url}"', config)
+    config, n_ca = re.subn(r'\n\s*ca_cert = "[^"]+"', "", config)
+    config, n_method = re.subn(
+        r'method "kubernetes" \{.*?\n  \}\n',
+        f'method "token_file" {{\n    config = {{\n      token_file_path = "{token_file}"\n    }}\n  }}\n',
+        config,
+        flags=re.S,
+    )
+    config, n_listen = re.subn(r'"127\.0\.0\.1:8100"', f'"127.0.0.1:{port}"', config)
+    assert (n_addr, n_ca, n_method, n_listen) == (1, 1, 1, 1), "the shipped proxy config changed shape"
+    (tmp_path / "proxy.hcl").write_text(config)
+    log = (tmp_path / "proxy.log").open("wb")
+    proc = subprocess.Popen([which("bao"), "proxy", f"-config={tmp_path / 'proxy.hcl'}"], stdout=log, stderr=log)
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_proxy_replaces_the_placeholder_token(policies: OpenBaoDev, proxy: str) -> None:
+    (cm,) = load_docs(K8S / "base" / "vault" / "configmap.yaml")
+    placeholder = cm["data"]["STEWARD_VAULT__TRANSIT__TOKEN"]
+    direct = _vault_client(policies, token=placeholder)
+    with pytest.raises(Unavailable):  # the placeholder is worth nothing on its own
+        direct.create_tenant_key(_tenant())
+    through_proxy = _vault_client(policies, url=proxy, token=placeholder)
+    tenant = _tenant()
+    through_proxy.create_tenant_key(tenant)
+    (wrapped,) = through_proxy.wrap(tenant, [(b"k" * 32, AAD)])
+    assert through_proxy.unwrap(tenant, [(wrapped, AAD)]) == [b"k" * 32]
+    assert through_proxy.healthy()
