@@ -108,10 +108,17 @@ class _Base:
         self.relay = relay
 
     async def _run(
-        self, context: aio.ServicerContext, work: Callable[[Session, CallerIdentity], T], *, writes: bool = True
+        self,
+        context: aio.ServicerContext,
+        work: Callable[[Session, CallerIdentity], T],
+        *,
+        writes: bool = True,
+        isolated: bool = False,
     ) -> T:
+        # isolated: the work has external effects that must not be repeated (Transit key lifecycle,
+        # erasure), so it never shares a group commit that could be replayed.
         identity = require_identity(context)
-        result = await self.db.run(lambda session: work(session, identity))
+        result = await self.db.run(lambda session: work(session, identity), isolated=isolated)
         if writes and self.relay is not None:
             self.relay.wake()
         return result
@@ -223,7 +230,9 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         self, request: pb.EraseSubjectRequest, context: aio.ServicerContext
     ) -> pb.EraseSubjectResponse:
         tomb = await self._run(
-            context, lambda s, who: records.erase_subject(s, self.ctx, who, request.subject_id, request.request_id)
+            context,
+            lambda s, who: records.erase_subject(s, self.ctx, who, request.subject_id, request.request_id),
+            isolated=True,
         )
         return pb.EraseSubjectResponse(
             tombstone=pb.Tombstone(
@@ -275,7 +284,7 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
     async def CreateTenant(
         self, request: pb.CreateTenantRequest, context: aio.ServicerContext
     ) -> pb.CreateTenantResponse:
-        row = await self._run(context, lambda s, who: admin.create_tenant(s, self.ctx, who))
+        row = await self._run(context, lambda s, who: admin.create_tenant(s, self.ctx, who), isolated=True)
         return pb.CreateTenantResponse(tenant=_tenant(row))
 
     async def GetTenant(self, request: pb.GetTenantRequest, context: aio.ServicerContext) -> pb.GetTenantResponse:
@@ -287,7 +296,9 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
         return pb.CloseTenantResponse(tenant=_tenant(row))
 
     async def ShredTenant(self, request: pb.ShredTenantRequest, context: aio.ServicerContext) -> pb.ShredTenantResponse:
-        cert = await self._run(context, lambda s, who: admin.shred_tenant(s, self.ctx, who, request.confirm_tenant_id))
+        cert = await self._run(
+            context, lambda s, who: admin.shred_tenant(s, self.ctx, who, request.confirm_tenant_id), isolated=True
+        )
         return pb.ShredTenantResponse(
             certificate=pb.ShredCertificate(
                 certificate_id=cert.certificate_id,
@@ -303,7 +314,7 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
     async def RotateTenantKey(
         self, request: pb.RotateTenantKeyRequest, context: aio.ServicerContext
     ) -> pb.RotateTenantKeyResponse:
-        version = await self._run(context, lambda s, who: admin.rotate_tenant_key(s, self.ctx, who))
+        version = await self._run(context, lambda s, who: admin.rotate_tenant_key(s, self.ctx, who), isolated=True)
         return pb.RotateTenantKeyResponse(key_version=version)
 
     async def RewrapTenantKeys(

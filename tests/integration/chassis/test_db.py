@@ -1,0 +1,72 @@
+"""The group-commit writer: units share a commit, a failing unit fails alone, isolated units run alone."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy.orm import Session
+
+from services.chassis.db import Database
+from services.chassis.errors import NotFound
+
+_metadata = MetaData()
+_items = Table("items", _metadata, Column("id", Integer, primary_key=True), Column("name", String(20)))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'gc.db'}")
+    _metadata.create_all(database.engine)
+    yield database
+    database.close()
+
+
+def _count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(_items)) or 0)
+
+
+async def test_concurrent_units_commit_together_and_a_failing_unit_fails_alone(db: Database) -> None:
+    calls: dict[int, int] = {}
+
+    def unit(i: int):  # type: ignore[no-untyped-def]
+        def work(session: Session) -> int:
+            calls[i] = calls.get(i, 0) + 1
+            session.execute(insert(_items).values(id=i, name=f"n{i}"))
+            if i == 7:
+                raise NotFound("unit 7 refuses")
+            return i
+
+        return work
+
+    results = await asyncio.gather(*(db.run(unit(i)) for i in range(20)), return_exceptions=True)
+    assert [r for r in results if isinstance(r, Exception)] == [results[7]]
+    assert isinstance(results[7], NotFound)
+    assert [r for r in results if not isinstance(r, Exception)] == [i for i in range(20) if i != 7]
+    assert await db.run(_count) == 19  # unit 7's insert rolled back, everyone else's committed
+    writer = db._writer
+    assert writer is not None and writer.batches < 20  # they really were grouped
+    assert writer.replays >= 1  # the batch with unit 7 was replayed with savepoints
+
+
+async def test_isolated_units_never_share_a_transaction_and_never_replay(db: Database) -> None:
+    runs: list[str] = []
+
+    def isolated(session: Session) -> None:
+        runs.append("isolated")
+        session.execute(insert(_items).values(id=1000, name="iso"))
+
+    def failing(session: Session) -> None:
+        raise NotFound("no")
+
+    results = await asyncio.gather(
+        *(db.run(failing) for _ in range(5)),
+        db.run(isolated, isolated=True),
+        *(db.run(failing) for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert runs == ["isolated"]  # the failures around it caused replays, never of the isolated unit
+    assert results[5] is None
+    assert await db.run(_count) == 1
