@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.cli.devca import DevPki
+from services.cli.devidp import OperatorTrust
 
 __all__ = [
     "CLI_IDENTITY",
@@ -40,6 +41,7 @@ class ServiceEntry:
     keys or operator tokens. ``extra_databases`` maps further ``*_DATABASE_URL`` settings to SQLite
     files; ``generated_secrets`` are settings filled from ``.steward/secrets.json``; ``upstreams``
     are the services it forwards to (given their address and its client certificate when running).
+    ``verifies_operator_tokens`` means it is told to trust the local dev IdP's JWKS (the gateway).
     """
 
     name: str
@@ -49,6 +51,7 @@ class ServiceEntry:
     extra_databases: tuple[tuple[str, str], ...] = ()
     generated_secrets: tuple[str, ...] = ()
     upstreams: tuple[str, ...] = ()
+    verifies_operator_tokens: bool = False
 
     @property
     def module(self) -> str:
@@ -76,7 +79,11 @@ SERVICES: tuple[ServiceEntry, ...] = (
     ServiceEntry("dsr", 50053, allowed_clients=("gateway",)),
     ServiceEntry("notify", 50054, allowed_clients=("gateway",)),
     ServiceEntry(
-        "gateway", 50051, generated_secrets=("API_KEY_PEPPER", "REGISTRY_KEY"), upstreams=("vault", "dsr", "notify")
+        "gateway",
+        50051,
+        generated_secrets=("API_KEY_PEPPER", "REGISTRY_KEY"),
+        upstreams=("vault", "dsr", "notify"),
+        verifies_operator_tokens=True,
     ),
 )
 
@@ -128,6 +135,7 @@ def service_environment(
     transit: TransitAccess | None = None,
     secrets: Mapping[str, str] | None = None,
     running: Mapping[str, RunningUpstream] | None = None,
+    operator_trust: OperatorTrust | None = None,
 ) -> dict[str, str]:
     """The ``STEWARD_<NAME>__*`` variables the launcher sets for ``entry`` (on top of its own environment)."""
     prefix = entry.env_prefix
@@ -152,6 +160,12 @@ def service_environment(
         if secrets is None or name not in secrets:
             raise ValueError(f"{entry.name} needs the generated secret {name} but none was given")
         env[f"{prefix}{name}"] = secrets[name]
+    if entry.verifies_operator_tokens and operator_trust is not None:
+        env |= {
+            f"{prefix}JWT__JWKS_FILE": str(operator_trust.jwks_file),
+            f"{prefix}JWT__ISSUER": operator_trust.issuer,
+            f"{prefix}JWT__AUDIENCE": operator_trust.audience,
+        }
     for upstream in entry.upstreams:
         target = (running or {}).get(upstream)
         if target is None:

@@ -166,6 +166,33 @@ def check_certificates(home: StewardHome, now: dt.datetime) -> list[Check]:
     return checks
 
 
+def check_operator_token(home: StewardHome, now: dt.datetime) -> Check:
+    """The dev IdP's operator token: present, 0600, signed by the key the gateway trusts, not (nearly) expired."""
+    import jwt
+
+    from services.cli.devidp import verify_with_jwks
+
+    token_file, jwks_file = home.idp_dir / "operator.jwt", home.idp_dir / "jwks.json"
+    renew = "run `steward token mint --save` (or restart `steward run`)"
+    if not token_file.exists():
+        return Check("operator-token", "fail", f"no dev operator token at {token_file}; `steward run` mints one")
+    if token_file.stat().st_mode & 0o777 != 0o600:
+        return Check("operator-token", "fail", f"{token_file} must be mode 600 (it is a bearer token): chmod 600 it")
+    try:
+        claims = verify_with_jwks(token_file.read_text().strip(), jwks_file, now=now)
+    except jwt.ExpiredSignatureError:
+        return Check("operator-token", "fail", f"{token_file} has expired; {renew}")
+    except (jwt.PyJWTError, OSError, ValueError) as exc:
+        return Check("operator-token", "fail", f"{token_file} does not verify against {jwks_file} ({exc}); {renew}")
+    left = dt.datetime.fromtimestamp(float(str(claims["exp"])), dt.UTC) - now
+    raw_roles = claims.get("roles")
+    roles = ", ".join(str(role) for role in raw_roles) if isinstance(raw_roles, list) and raw_roles else "no roles"
+    detail = f"{roles} as {claims['sub']}, expires in {left.seconds // 3600}h{left.seconds % 3600 // 60:02d}m (dev IdP)"
+    if left < dt.timedelta(hours=1):
+        return Check("operator-token", "warn", f"{detail}; {renew}")
+    return Check("operator-token", "ok", detail)
+
+
 def check_databases(home: StewardHome, state: StackState | None) -> list[Check]:
     """Every started service's SQLite database(s) exist."""
     if state is None:
@@ -224,6 +251,8 @@ async def run_checks(home: StewardHome, *, now: dt.datetime | None = None) -> li
             init_file = Path(state.openbao_init_file)
             checks.append(await asyncio.to_thread(check_transit, state.openbao_url, init_file, state.transit_mount))
     checks += check_certificates(home, now)
+    if state is not None and state.operator_token_file is not None:
+        checks.append(check_operator_token(home, now))
     checks += check_databases(home, state)
     if state is not None and checks[0].status == "ok":
         probes: list[Awaitable[Check]] = [check_service(name, svc, state) for name, svc in state.services.items()]

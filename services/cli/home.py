@@ -10,6 +10,8 @@
   openbao/init.json     unseal key + root token (0600, dev-only key custody)
   secrets.json          generated service secrets, e.g. the gateway's API-key pepper (0600, dev-only)
   tls/                  dev CA and per-service certificates (keys 0600)
+  idp/                  dev-only operator IdP: signing key (0600), jwks.json, operator.jwt (0600)
+  demo.json             the demo tenant and its API key secret (0600), written by the first start
   data/<service>.db     each service's SQLite database(s)
 ```
 """
@@ -75,6 +77,16 @@ class StewardHome:
         return self.root / "tls"
 
     @property
+    def idp_dir(self) -> Path:
+        """The dev-only identity provider: its signing key, JWKS and the current operator token."""
+        return self.root / "idp"
+
+    @property
+    def demo_file(self) -> Path:
+        """The demo tenant id and its API key (with the secret), kept so later starts print them again."""
+        return self.root / "demo.json"
+
+    @property
     def data_dir(self) -> Path:
         """SQLite databases, one per service."""
         return self.root / "data"
@@ -90,7 +102,8 @@ class StewardHome:
         folders inside it are ours and are always made owner-only.
         """
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for folder in (self.nats_dir, self.openbao_dir, self.openbao_raft_dir, self.tls_dir, self.data_dir):
+        folders = (self.nats_dir, self.openbao_dir, self.openbao_raft_dir, self.tls_dir, self.idp_dir, self.data_dir)
+        for folder in folders:
             folder.mkdir(exist_ok=True)
             folder.chmod(0o700)
 

@@ -2,8 +2,11 @@
 
 Commands:
 
-- ``steward run``: start the whole stack on embedded defaults and supervise it until Ctrl-C/SIGTERM.
+- ``steward run``: start the whole stack on embedded defaults and supervise it until Ctrl-C/SIGTERM; prints
+  the demo tenant's API key and a dev operator token.
 - ``steward doctor``: check the running stack; non-zero exit on any failure.
+- ``steward tenant|apikey|keys|audit|support ...``, ``whoami``, ``demo``: operator calls through the gateway
+  (:mod:`services.cli.operator_commands`); ``steward token mint``: dev-only operator tokens.
 
 Every option of ``run`` also has a ``STEWARD_RUN__<OPTION>`` variable; a flag wins over the variable.
 """
@@ -19,6 +22,7 @@ import click
 from services.chassis.settings import SettingsError
 from services.cli.doctor import exit_code, render_json, render_table, run_checks
 from services.cli.home import StewardHome
+from services.cli.operator_commands import apikey, audit, demo, keys, support, tenant, token, whoami
 from services.cli.settings import load_run_settings
 from services.cli.stack import run_stack
 
@@ -97,6 +101,10 @@ def doctor(home: Path | None, json_output: bool) -> None:
     checks = asyncio.run(run_checks(steward_home))
     click.echo(render_json(steward_home, checks) if json_output else render_table(checks))
     sys.exit(exit_code(checks))
+
+
+for _command in (tenant, apikey, keys, audit, support, whoami, demo, token):
+    cli.add_command(_command)
 
 
 if __name__ == "__main__":

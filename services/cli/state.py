@@ -1,7 +1,8 @@
 """What a running ``steward run`` tells other commands: ``.steward/run.json``.
 
 Written once the stack is up (and again, with ``running: false``, when it stops cleanly). It holds
-addresses and file paths only — never the root token or unseal key, which stay in ``init.json``.
+addresses and file paths only — never the root token or unseal key, which stay in ``init.json``, nor
+the operator token or the demo API key, which stay in ``idp/operator.jwt`` and ``demo.json``.
 ``steward doctor`` reads it to know where to look, since ports may differ from the defaults.
 """
 
@@ -45,6 +46,9 @@ class StackState(BaseModel):
     ca_file: str
     cli_cert_file: str
     cli_key_file: str
+    idp_issuer: str | None = Field(default=None, description="Issuer of the dev IdP the local gateway trusts.")
+    operator_token_file: str | None = Field(default=None, description="The dev ops:admin token (0600, dev-only).")
+    demo_file: str | None = Field(default=None, description="Demo tenant and API key secret (0600, dev-only).")
     services: dict[str, ServiceState] = Field(default_factory=dict)
     not_installed: list[str] = Field(default_factory=list, description="Catalog services with no main.py yet.")
     skipped: list[str] = Field(default_factory=list, description="Installed services left out with --skip.")

@@ -1,0 +1,174 @@
+"""How the CLI reaches a gateway: address, TLS trust and the operator's bearer token, then typed calls.
+
+Resolution, most specific first:
+
+- address: ``--gateway`` (``STEWARD_GATEWAY``), else the local stack's gateway from ``<home>/run.json``;
+- TLS roots: ``--ca-file`` (``STEWARD_CA_FILE``), else the dev CA when the address is the local stack's,
+  else the system's roots (a production gateway);
+- token: ``--token`` (``STEWARD_TOKEN``), else ``<home>/idp/operator.jwt`` (the local dev IdP's ops:admin token).
+
+Every call sends ``authorization: Bearer <token>``; calls the gateway forwards to a tenant's vault also
+send ``x-steward-target-tenant`` (operators must name the tenant; the gateway checks it exists). Failures
+become :class:`GatewayCallError`, whose ``str`` is one line: ``CODE: message``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from steward.gateway.v1 import gateway_pb2_grpc
+from steward.vault.v1 import vault_pb2_grpc
+
+from services.cli.home import StewardHome
+from services.cli.state import StackState
+
+__all__ = [
+    "MD_TARGET_TENANT",
+    "ConfigurationError",
+    "GatewayCallError",
+    "GatewayClient",
+    "GatewayTarget",
+    "resolve_target",
+]
+
+MD_TARGET_TENANT = "x-steward-target-tenant"
+DEFAULT_TIMEOUT_S = 30.0
+LONG_TIMEOUT_S = 3600.0  # the gateway caps RewrapTenantKeys at an hour too
+
+
+class ConfigurationError(RuntimeError):
+    """The CLI cannot tell where the gateway is or which token to use; the message says what to pass."""
+
+
+class GatewayCallError(RuntimeError):
+    """A gRPC call failed: the status code name and the server's message, printable on one line."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class GatewayTarget:
+    """Where to call and as whom."""
+
+    address: str
+    token: str
+    token_source: str
+    ca_file: Path | None = None
+    local_stack: StackState | None = None
+    """The local stack's state when ``address`` is its gateway (used for hints)."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def resolve_target(
+    home: StewardHome, *, gateway: str | None = None, token: str | None = None, ca_file: Path | None = None
+) -> GatewayTarget:
+    """Work out address, trust and token from the options and the local stack (see the module docstring)."""
+    state = StackState.read(home.state_file)
+    local_address = state.services["gateway"].address if state is not None and "gateway" in state.services else None
+    address = gateway or local_address
+    if not address:
+        raise ConfigurationError(
+            f"no gateway address: pass --gateway HOST:PORT (or set STEWARD_GATEWAY), or start the local stack "
+            f"with `steward run` (no gateway in {home.state_file})"
+        )
+    is_local = local_address is not None and address == local_address
+    if ca_file is None and is_local and state is not None:
+        ca_file = Path(state.ca_file)
+    if token:
+        bearer, source = token.strip(), "--token/STEWARD_TOKEN"
+    else:
+        token_file = home.idp_dir / "operator.jwt"
+        try:
+            bearer, source = token_file.read_text().strip(), str(token_file)
+        except FileNotFoundError:
+            raise ConfigurationError(
+                f"no operator token: pass --token (or set STEWARD_TOKEN); the local stack writes one to {token_file}"
+            ) from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {token_file} ({exc.strerror})") from None
+    if not bearer:
+        raise ConfigurationError(f"the operator token from {source} is empty")
+    return GatewayTarget(
+        address=address, token=bearer, token_source=source, ca_file=ca_file, local_stack=state if is_local else None
+    )
+
+
+def _hint(target: GatewayTarget, code: grpc.StatusCode) -> str:
+    """A short "what now" for the failures a local user meets most."""
+    if code == grpc.StatusCode.UNAVAILABLE and target.local_stack is not None:
+        return " (is the local stack running? `steward doctor` checks it)"
+    if code == grpc.StatusCode.UNAUTHENTICATED and target.token_source.endswith("operator.jwt"):
+        return " (local stack: `steward token mint --save` issues a fresh dev token)"
+    return ""
+
+
+class GatewayClient:
+    """Blocking stubs for the gateway's admin API and the vault APIs it forwards, with auth metadata added."""
+
+    def __init__(self, target: GatewayTarget, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        try:
+            roots = target.ca_file.read_bytes() if target.ca_file is not None else None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the CA file {target.ca_file} ({exc.strerror})") from None
+        self.channel = grpc.secure_channel(target.address, grpc.ssl_channel_credentials(root_certificates=roots))
+        self.admin = gateway_pb2_grpc.GatewayAdminServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.vault = vault_pb2_grpc.VaultServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.vault_admin = vault_pb2_grpc.VaultAdminServiceStub(self.channel)  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def metadata(self, tenant_id: str | None = None, *, token: str | None = None) -> list[tuple[str, str]]:
+        """The call metadata: the bearer token, plus the target tenant for forwarded calls."""
+        metadata = [("authorization", f"Bearer {token or self.target.token}")]
+        if tenant_id:
+            metadata.append((MD_TARGET_TENANT, tenant_id))
+        return metadata
+
+    def _error(self, exc: grpc.RpcError) -> GatewayCallError:
+        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        return GatewayCallError(code.name, _one_line(details or "(no message)") + _hint(self.target, code))
+
+    def call(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        tenant_id: str | None = None,
+        token: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """One unary call; raises :class:`GatewayCallError`."""
+        try:
+            return method(request, metadata=self.metadata(tenant_id, token=token), timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def stream(
+        self, method: Callable[..., Any], request: Any, *, tenant_id: str | None = None, timeout_s: float | None = None
+    ) -> Iterator[Any]:
+        """A server-streaming call's messages; raises :class:`GatewayCallError` (also mid-stream)."""
+        try:
+            yield from method(request, metadata=self.metadata(tenant_id), timeout=timeout_s or LONG_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
