@@ -116,10 +116,24 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
         if exc.retry_after_s is not None:
             trailers = (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
         return exc.code, exc.message, trailers
+    if _is_database_outage(exc):
+        log.warning("database unavailable", extra={"error_type": type(exc).__name__})
+        return grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later", ()
     trace_id = uuid.uuid4().hex
     # exc_info keeps the detail in our logs (structured, PII-scrubbed by policy) and out of the reply.
     log.error("unhandled error", extra={"error_id": trace_id, "error_type": type(exc).__name__}, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error; quote error id {trace_id} to on-call", ()
+
+
+def _is_database_outage(exc: BaseException) -> bool:
+    # Connection-level failures (server down, connection lost, SQLite locked past its timeout) mean
+    # "retry later", like any other dependency outage: fail closed with UNAVAILABLE, not INTERNAL.
+    from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, DisconnectionError | OperationalError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 async def abort_for(context: aio.ServicerContext, exc: BaseException) -> None:

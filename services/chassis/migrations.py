@@ -6,12 +6,13 @@ SQLite and PostgreSQL alike. Each service's ``migrations/env.py`` calls :func:`r
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, text
 
 from services.chassis.db import Database
 
@@ -32,6 +33,10 @@ def upgrade(database: Database, service_package: str) -> None:
     """Apply every pending migration of ``service_package`` to ``database``."""
     config = alembic_config(service_package)
     with database.engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas start together: one migrates, the others wait here, then find nothing to do.
+            lock_key = int.from_bytes(hashlib.sha256(service_package.encode()).digest()[:8], "big", signed=True)
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -135,6 +135,11 @@ def shred_tenant(
         raise InvalidArgument("confirm_tenant_id must equal the tenant being shredded")
     if tenant.state != "closed":
         raise FailedPrecondition("close the tenant before shredding it")
+    hold = session.scalar(select(LegalHold.hold_id).where(LegalHold.tenant_id == tid).limit(1))
+    if hold is not None:
+        raise FailedPrecondition(
+            f"subjects of this tenant are under legal hold {hold}; clear every hold before shredding"
+        )
     records = session.scalar(select(func.count()).select_from(Record).where(Record.tenant_id == tid)) or 0
     subjects = session.scalar(select(func.count()).select_from(Subject).where(Subject.tenant_id == tid)) or 0
     head = tenant.audit_head
