@@ -110,6 +110,15 @@ async def test_after_shred_nothing_decrypts_even_through_transit_directly(
     backup = sqlite_backup(url, tmp_path / "before-shred.db")
 
     await vault.admin.CloseTenant(pb.CloseTenantRequest(), metadata=md)
+    # A legal hold blocks deletion (the policy's promise): the shred is refused until it is cleared.
+    await expect(
+        vault.admin.ShredTenant(pb.ShredTenantRequest(confirm_tenant_id=tenant), metadata=md),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "legal hold c-1",
+    )
+    await vault.records.ClearLegalHold(
+        pb.ClearLegalHoldRequest(subject_id=contacts[1].subject_id, hold_id="c-1"), metadata=md
+    )
     head = raw.scalar("SELECT audit_head FROM vault_tenants WHERE tenant_id = :t", t=tenant)
     cert = (await vault.admin.ShredTenant(pb.ShredTenantRequest(confirm_tenant_id=tenant), metadata=md)).certificate
     assert (cert.tenant_id, cert.key_name, cert.records_removed, cert.subjects_removed) == (tenant, key_name, 5, 3)
