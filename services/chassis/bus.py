@@ -187,6 +187,8 @@ class Bus:
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                     error_cb=self._on_error,
+                    user_credentials=str(self.settings.credentials_file) if self.settings.credentials_file else None,
+                    tls=self.settings.tls_context(),
                 )
             except Exception as exc:
                 log.warning("nats connect failed; retrying", extra={"error_type": type(exc).__name__, "delay_s": delay})

@@ -8,6 +8,7 @@ misconfigured dies at start-up with one readable line instead of a stack trace.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import TypeVar
 
@@ -78,6 +79,19 @@ class NatsSettings(BaseModel):
     ack_wait_s: float = Field(default=30.0, gt=0)
     outbox_poll_s: float = Field(default=0.2, gt=0)
     enabled: bool = True
+    credentials_file: Path | None = Field(default=None, description="NATS .creds file (JWT + nkey seed).")
+    tls_ca_file: Path | None = Field(default=None, description="CA that signed the NATS server's certificate.")
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate when NATS requires mTLS.")
+    tls_key_file: Path | None = None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """A client TLS context when a CA is configured (verifying the server, with a client cert if set)."""
+        if self.tls_ca_file is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls_ca_file))
+        if self.tls_cert_file is not None:
+            context.load_cert_chain(str(self.tls_cert_file), str(self.tls_key_file) if self.tls_key_file else None)
+        return context
 
 
 class ServiceSettings(BaseSettings):
