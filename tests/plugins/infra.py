@@ -53,6 +53,7 @@ class NatsServer:
     store_dir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -61,7 +62,17 @@ class NatsServer:
     def start(self) -> None:
         log = open(self.store_dir / "nats.log", "ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+            [
+                str(BIN / "nats-server"),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.store_dir),
+                *self.extra_args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -205,3 +206,29 @@ async def test_transient_failures_retry_past_max_deliveries_and_never_dead_lette
     assert consumer.stats.dead_lettered == 0
     assert len(attempts) == 7
     await consumer.stop()
+
+
+async def test_bus_connects_to_a_tls_only_nats_with_the_configured_ca(tmp_path: Path) -> None:
+    from services.cli.devca import ensure_dev_pki
+
+    pki, _ = ensure_dev_pki(tmp_path / "tls", ["nats"])
+    (tmp_path / "js").mkdir()
+    server = NatsServer(
+        store_dir=tmp_path / "js",
+        extra_args=["--tls", "--tlscert", str(pki["nats"].cert_file), "--tlskey", str(pki["nats"].key_file)],
+    )
+    server.start()
+    try:
+        plain = Bus(NatsSettings(url=server.url), name="no-tls")
+        await plain.start()
+        with pytest.raises(TimeoutError):
+            await plain.wait_connected(2)
+        await plain.close()
+        secured = Bus(NatsSettings(url=f"tls://localhost:{server.port}", tls_ca_file=pki.ca_file), name="tls")
+        await secured.start()
+        await secured.wait_connected(10)
+        ack = await secured.js.publish("steward.test.tls", b"x")
+        assert ack.stream == "STEWARD"
+        await secured.close()
+    finally:
+        server.kill()
