@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from steward.gateway.v1 import gateway_pb2
+from steward.vault.v1 import vault_pb2
 
 from services.cli.client import ConfigurationError, GatewayCallError, GatewayClient, resolve_target
 from services.cli.home import StewardHome
+from services.cli.render import as_json, duration_text, enum_label, fields_text, table, timestamp_text
 from services.cli.settings import DEFAULT_HOME
 from services.gateway.policy import OPERATOR_ROLES, SCOPES
 
@@ -176,20 +179,10 @@ _COMMON_OPTIONS: list[Callable[[Any], Any]] = [
 ]
 
 
-def _pb() -> tuple[Any, Any]:
-    """The generated modules, imported on use so `steward --help` stays quick."""
-    from steward.gateway.v1 import gateway_pb2
-    from steward.vault.v1 import vault_pb2
-
-    return gateway_pb2, vault_pb2
-
-
 # ---------------------------------------------------------------------------------------------- tenant
 
 
 def _tenant_text(tenant: Any) -> str:
-    from services.cli.render import enum_label, fields_text, timestamp_text
-
     details = tenant.details
     reps = [f"{r.name} <{r.email}>" + (f" ({r.role})" if r.role else "") for r in details.representatives]
     prefs = details.communication_preferences
@@ -239,9 +232,6 @@ def tenant_create(
     product_updates: bool,
 ) -> None:
     """Register a business client and create its vault (ops:admin)."""
-    from services.cli.render import as_json
-
-    gateway_pb2, _ = _pb()
     details = gateway_pb2.TenantDetails(
         company_name=company,
         representatives=[
@@ -253,7 +243,7 @@ def tenant_create(
             product_updates=product_updates,
         ),
         industry=industry,
-        size=gateway_pb2.CompanySize.Value(f"COMPANY_SIZE_{size.upper()}") if size else 0,
+        size=gateway_pb2.CompanySize.Value(f"COMPANY_SIZE_{(size or 'unspecified').upper()}"),
     )
     client = run.client
     created = client.call(client.admin.CreateTenant, gateway_pb2.CreateTenantRequest(details=details)).tenant
@@ -264,9 +254,6 @@ def tenant_create(
 @click.argument("tenant_id")
 def tenant_get(run: Invocation, tenant_id: str) -> None:
     """Show a tenant's registry entry."""
-    from services.cli.render import as_json
-
-    gateway_pb2, _ = _pb()
     client = run.client
     found = client.call(client.admin.GetTenant, gateway_pb2.GetTenantRequest(tenant_id=tenant_id)).tenant
     run.emit({"tenant": as_json(found)}, _tenant_text(found))
@@ -277,11 +264,8 @@ def tenant_get(run: Invocation, tenant_id: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def tenant_close(run: Invocation, tenant_id: str, yes: bool) -> None:
     """Close a tenant: its vault refuses writes and the retention clocks start (ops:admin). Idempotent."""
-    from services.cli.render import as_json
-
     if not yes:
         click.confirm(f"Close {tenant_id}? Its vault stops accepting writes.", abort=True, err=True)
-    gateway_pb2, _ = _pb()
     client = run.client
     closed = client.call(client.admin.CloseTenant, gateway_pb2.CloseTenantRequest(tenant_id=tenant_id)).tenant
     run.emit({"tenant": as_json(closed)}, _tenant_text(closed))
@@ -291,8 +275,6 @@ def tenant_close(run: Invocation, tenant_id: str, yes: bool) -> None:
 
 
 def _key_rows(api_keys: Any) -> list[list[object]]:
-    from services.cli.render import enum_label, timestamp_text
-
     return [
         [
             key.key_id,
@@ -310,8 +292,6 @@ _KEY_HEADERS = ("key id", "name", "state", "scopes", "created", "expires")
 
 
 def _new_key_text(key: Any, token_value: str) -> str:
-    from services.cli.render import table
-
     return "\n".join(
         [
             table(_KEY_HEADERS, _key_rows([key])),
@@ -334,9 +314,6 @@ def apikey() -> None:
 @click.option("--ttl", type=DURATION, default=0, help="Lifetime (e.g. 90d) [no expiry].")
 def apikey_create(run: Invocation, tenant_id: str, name: str, scopes: tuple[str, ...], ttl: int) -> None:
     """Issue an API key for a tenant (ops:admin)."""
-    from services.cli.render import as_json
-
-    gateway_pb2, _ = _pb()
     client = run.client
     request = gateway_pb2.CreateApiKeyRequest(tenant_id=tenant_id, name=name, scopes=list(scopes), ttl_seconds=ttl)
     response = client.call(client.admin.CreateApiKey, request)
@@ -351,9 +328,6 @@ def apikey_create(run: Invocation, tenant_id: str, name: str, scopes: tuple[str,
 @click.option("--all", "include_inactive", is_flag=True, help="Include revoked and expired keys.")
 def apikey_list(run: Invocation, tenant_id: str, include_inactive: bool) -> None:
     """List a tenant's API keys (ops:admin, ops:oncall)."""
-    from services.cli.render import as_json, table
-
-    gateway_pb2, _ = _pb()
     client = run.client
     request = gateway_pb2.ListApiKeysRequest(tenant_id=tenant_id, include_inactive=include_inactive)
     found = client.call(client.admin.ListApiKeys, request).api_keys
@@ -364,9 +338,6 @@ def apikey_list(run: Invocation, tenant_id: str, include_inactive: bool) -> None
 @click.argument("key_id")
 def apikey_revoke(run: Invocation, key_id: str) -> None:
     """Revoke a key at once, on every gateway replica (ops:admin, ops:oncall). Idempotent."""
-    from services.cli.render import as_json, table
-
-    gateway_pb2, _ = _pb()
     client = run.client
     revoked = client.call(client.admin.RevokeApiKey, gateway_pb2.RevokeApiKeyRequest(key_id=key_id)).api_key
     run.emit({"api_key": as_json(revoked)}, table(_KEY_HEADERS, _key_rows([revoked])))
@@ -379,9 +350,6 @@ def apikey_revoke(run: Invocation, key_id: str) -> None:
 )
 def apikey_rotate(run: Invocation, key_id: str, grace: int) -> None:
     """Issue a replacement key with the same scopes; the old one stops after --grace (ops:admin)."""
-    from services.cli.render import as_json, timestamp_text
-
-    gateway_pb2, _ = _pb()
     client = run.client
     response = client.call(
         client.admin.RotateApiKey, gateway_pb2.RotateApiKeyRequest(key_id=key_id, grace_seconds=grace)
@@ -406,9 +374,6 @@ def keys() -> None:
 @click.option("--tenant", "tenant_id", required=True)
 def keys_status(run: Invocation, tenant_id: str) -> None:
     """KEK version in use and the oldest version that can still decrypt (ops:admin, ops:oncall)."""
-    from services.cli.render import as_json, enum_label, fields_text
-
-    _, vault_pb2 = _pb()
     client = run.client
     found = client.call(client.vault_admin.GetTenant, vault_pb2.GetTenantRequest(), tenant_id=tenant_id).tenant
     run.emit(
@@ -428,7 +393,6 @@ def keys_status(run: Invocation, tenant_id: str) -> None:
 @click.option("--tenant", "tenant_id", required=True)
 def keys_rotate(run: Invocation, tenant_id: str) -> None:
     """Add a KEK version; new DEKs use it at once. Then run `steward keys rewrap` (ops:admin, ops:oncall)."""
-    _, vault_pb2 = _pb()
     client = run.client
     version = client.call(
         client.vault_admin.RotateTenantKey, vault_pb2.RotateTenantKeyRequest(), tenant_id=tenant_id
@@ -447,7 +411,6 @@ def keys_rewrap(run: Invocation, tenant_id: str, batch_size: int) -> None:
 
     Data is not re-encrypted; progress streams from the vault. Safe to re-run after an interruption.
     """
-    _, vault_pb2 = _pb()
     client = run.client
     last: Any = None
     shown = 0
@@ -498,9 +461,6 @@ def audit_list(
     run: Invocation, tenant_id: str, grant_id: str, page_size: int, page_token: str, all_pages: bool
 ) -> None:
     """List audit entries, oldest first (ops:admin, ops:oncall)."""
-    from services.cli.render import as_json, table, timestamp_text
-
-    _, vault_pb2 = _pb()
     client = run.client
     events: list[Any] = []
     while True:
@@ -525,7 +485,6 @@ def audit_list(
 @click.option("--tenant", "tenant_id", required=True)
 def audit_verify(run: Invocation, tenant_id: str) -> None:
     """Recompute the tenant's hash chain; exit 1 when any entry does not verify (ops:admin, ops:oncall)."""
-    _, vault_pb2 = _pb()
     client = run.client
     report = client.call(client.vault_admin.VerifyAuditChain, vault_pb2.VerifyAuditChainRequest(), tenant_id=tenant_id)
     payload = {
@@ -549,8 +508,6 @@ def audit_verify(run: Invocation, tenant_id: str) -> None:
 
 
 def _grant_rows(grants: Any) -> list[list[object]]:
-    from services.cli.render import duration_text, enum_label, timestamp_text
-
     return [
         [
             g.grant_id,
@@ -581,9 +538,6 @@ def support() -> None:
 @click.option("--duration", type=DURATION, default="1h", show_default=True, help="At most 8h.")
 def support_grant(run: Invocation, tenant_id: str, principal: str, reason: str, ticket_id: str, duration: int) -> None:
     """Emergency grant without the tenant's approval; the tenant is notified at once (ops:admin)."""
-    from services.cli.render import as_json, table
-
-    gateway_pb2, _ = _pb()
     client = run.client
     request = gateway_pb2.GrantEmergencySupportAccessRequest(
         tenant_id=tenant_id, principal=principal, reason=reason, ticket_id=ticket_id, duration_seconds=duration
@@ -599,9 +553,6 @@ def support_grant(run: Invocation, tenant_id: str, principal: str, reason: str, 
 @click.option("--all", "include_inactive", is_flag=True, help="Include expired and revoked grants.")
 def support_list(run: Invocation, tenant_id: str, include_inactive: bool) -> None:
     """List support grants (ops:admin, ops:oncall; support engineers see their own)."""
-    from services.cli.render import as_json, table
-
-    gateway_pb2, _ = _pb()
     client = run.client
     request = gateway_pb2.ListSupportGrantsRequest(tenant_id=tenant_id, include_inactive=include_inactive)
     found = client.call(client.admin.ListSupportGrants, request).grants
@@ -612,9 +563,6 @@ def support_list(run: Invocation, tenant_id: str, include_inactive: bool) -> Non
 @click.argument("grant_id")
 def support_revoke(run: Invocation, grant_id: str) -> None:
     """End a grant now (ops:admin, ops:oncall). Idempotent."""
-    from services.cli.render import as_json, table
-
-    gateway_pb2, _ = _pb()
     client = run.client
     grant = client.call(client.admin.RevokeSupportAccess, gateway_pb2.RevokeSupportAccessRequest(grant_id=grant_id))
     run.emit({"grant": as_json(grant.grant)}, table(_GRANT_HEADERS, _grant_rows([grant.grant])))
@@ -626,9 +574,6 @@ def support_revoke(run: Invocation, grant_id: str) -> None:
 @click.option("--page-token", default="")
 def support_accesses(run: Invocation, grant_id: str, page_size: int, page_token: str) -> None:
     """Every call made under a grant: method, outcome, time (ops:admin, ops:oncall)."""
-    from services.cli.render import as_json, table, timestamp_text
-
-    gateway_pb2, _ = _pb()
     client = run.client
     request = gateway_pb2.ListSupportAccessesRequest(grant_id=grant_id, page_size=page_size, page_token=page_token)
     page = client.call(client.admin.ListSupportAccesses, request)
@@ -645,9 +590,6 @@ def support_accesses(run: Invocation, grant_id: str, page_size: int, page_token:
 @operator_command(None, "whoami")
 def whoami(run: Invocation) -> None:
     """Who the gateway takes you for: principal, roles or scopes, tenant, token expiry."""
-    from services.cli.render import as_json, fields_text, timestamp_text
-
-    gateway_pb2, _ = _pb()
     client = run.client
     me = client.call(client.admin.WhoAmI, gateway_pb2.WhoAmIRequest())
     run.emit(
