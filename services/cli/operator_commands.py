@@ -156,7 +156,7 @@ _COMMON_OPTIONS: list[Callable[[Any], Any]] = [
         "--token",
         envvar="STEWARD_TOKEN",
         metavar="JWT",
-        help="Operator token (JWT from the IdP) [STEWARD_TOKEN, else <home>/idp/operator.jwt].",
+        help="Operator token (JWT from the IdP; a tenant API key for `support approve`) [<home>/idp/operator.jwt].",
     ),
     click.option(
         "--ca-file",
@@ -546,6 +546,32 @@ def support_grant(run: Invocation, tenant_id: str, principal: str, reason: str, 
     text = table(_GRANT_HEADERS, _grant_rows([grant]))
     text += f"\nThe engineer passes x-steward-support-grant: {grant.grant_id} on reads; the tenant has been notified."
     run.emit({"grant": as_json(grant)}, text)
+
+
+@operator_command(support, "request")
+@click.option("--tenant", "tenant_id", required=True)
+@click.option("--reason", required=True, help="Technical need, 10-500 characters, no customer data.")
+@click.option("--ticket", "ticket_id", required=True, help="Incident or ticket id.")
+@click.option("--duration", type=DURATION, default="1h", show_default=True, help="At most 8h, from approval.")
+def support_request(run: Invocation, tenant_id: str, reason: str, ticket_id: str, duration: int) -> None:
+    """Ask for read access to a tenant (support role); it stays pending until the tenant approves."""
+    request = gateway_pb2.RequestSupportAccessRequest(
+        tenant_id=tenant_id, reason=reason, ticket_id=ticket_id, duration_seconds=duration
+    )
+    client = run.client
+    grant = client.call(client.admin.RequestSupportAccess, request).grant
+    text = table(_GRANT_HEADERS, _grant_rows([grant]))
+    text += f"\nPending: the tenant approves it with `steward support approve {grant.grant_id} --token <its key>`."
+    run.emit({"grant": as_json(grant)}, text)
+
+
+@operator_command(support, "approve")
+@click.argument("grant_id")
+def support_approve(run: Invocation, grant_id: str) -> None:
+    """Approve a pending request; needs the tenant's API key with support:approve as --token."""
+    client = run.client
+    grant = client.call(client.admin.ApproveSupportAccess, gateway_pb2.ApproveSupportAccessRequest(grant_id=grant_id))
+    run.emit({"grant": as_json(grant.grant)}, table(_GRANT_HEADERS, _grant_rows([grant.grant])))
 
 
 @operator_command(support, "list")

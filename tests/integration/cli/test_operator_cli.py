@@ -318,7 +318,7 @@ def test_keys_rotate_then_rewrap_completes_and_every_record_stays_readable(stack
 # --------------------------------------------------------------------------------------------- support
 
 
-def test_support_grant_list_and_revoke(stack: Stack) -> None:
+def test_support_grant_request_approve_list_and_revoke(stack: Stack) -> None:
     tenant_id = new_tenant(stack, "Support Drill Co")
     grant = stack.cli_json(
         "support",
@@ -340,6 +340,26 @@ def test_support_grant_list_and_revoke(stack: Stack) -> None:
     assert revoked["state"] == "SUPPORT_GRANT_STATE_REVOKED" and revoked["revoked_by"] == "operator:local-admin"
     assert stack.cli_json("support", "list", f"--tenant={tenant_id}")["grants"] == []
     assert len(stack.cli_json("support", "list", f"--tenant={tenant_id}", "--all")["grants"]) == 1
+
+    # The regular path: support asks, the tenant's own key approves.
+    sam = run_cli("token", "mint", f"--home={stack.home}", "--role=support", "--subject=sam", "--ttl=10m").stdout
+    pending = stack.cli_json(
+        "support",
+        "request",
+        f"--tenant={tenant_id}",
+        "--reason=export job stuck since the last deploy",
+        "--ticket=INC-4712",
+        token=sam.strip(),
+    )["grant"]
+    assert pending["state"] == "SUPPORT_GRANT_STATE_PENDING" and pending["principal"] == "operator:sam"
+    approver = stack.cli_json(
+        "apikey", "create", f"--tenant={tenant_id}", "--name=tenant admin", "--scope=support:approve"
+    )["token"]
+    one_line_error(stack.cli("support", "approve", pending["grant_id"]), "PERMISSION_DENIED")
+    approved = stack.cli_json("support", "approve", pending["grant_id"], token=approver)["grant"]
+    assert approved["state"] == "SUPPORT_GRANT_STATE_ACTIVE" and approved["emergency"] is False
+    mine = stack.cli_json("support", "list", token=sam.strip())["grants"]
+    assert [g["grant_id"] for g in mine] == [pending["grant_id"]], "support engineers see their own grants"
 
 
 # ------------------------------------------------------------------------------------- bad credentials
