@@ -142,6 +142,20 @@ class Forwarder:
     def __init__(self, upstreams: Upstreams, deadlines: DeadlinePolicy) -> None:
         self.upstreams = upstreams
         self.deadlines = deadlines
+        self._callables: dict[str, Any] = {}
+
+    def _unary_callable(self, upstream: str, method: str) -> Any:
+        # Multicallables are reusable; building one per call costs time on the hot path.
+        call = self._callables.get(method)
+        if call is None:
+            call = self._callables[method] = self.upstreams.channel(upstream).unary_unary(method)
+        return call
+
+    def _stream_callable(self, upstream: str, method: str) -> Any:
+        call = self._callables.get(method)
+        if call is None:
+            call = self._callables[method] = self.upstreams.channel(upstream).unary_stream(method)
+        return call
 
     def handler_for(self, service: ForwardedService) -> grpc.GenericRpcHandler:
         """Per-method bytes pass-through handlers for ``service`` with the right cardinality."""
@@ -160,7 +174,7 @@ class Forwarder:
         async def forward(request: bytes, context: aio.ServicerContext) -> bytes:
             caller = current_caller()
             timeout, capped = self.deadlines.timeout(method, context)
-            call = self.upstreams.channel(upstream).unary_unary(method)
+            call = self._unary_callable(upstream, method)
             try:
                 return await call(request, metadata=identity_metadata(caller.identity()), timeout=timeout)  # type: ignore[no-any-return]
             except aio.AioRpcError as err:
@@ -173,7 +187,7 @@ class Forwarder:
         async def forward(request: bytes, context: aio.ServicerContext) -> AsyncIterator[bytes]:
             caller = current_caller()
             timeout, capped = self.deadlines.timeout(method, context)
-            call = self.upstreams.channel(upstream).unary_stream(method)(
+            call = self._stream_callable(upstream, method)(
                 request, metadata=identity_metadata(caller.identity()), timeout=timeout
             )
             try:

@@ -223,3 +223,43 @@ async def test_access_log_events_are_pii_free_and_cover_failures(env: GatewayEnv
     assert anon.principal_kind == "anonymous" and anon.tenant_id == ""
     assert all(b"canary-person" not in e.SerializeToString() for e in events)
     await nc.close()
+
+
+async def test_registry_keys_and_grants_work_on_postgresql(idp, fake_vault, postgres_url: str) -> None:  # type: ignore[no-untyped-def]
+    from steward.vault.v1 import vault_pb2
+
+    from tests.integration.gateway.conftest import start_env
+
+    env = await start_env(idp, fake_vault, postgres_url, None)
+    try:
+        token, key_id = await env.new_key(env.tenant_a, ["records:read"])
+        assert (await env.c.admin.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=bearer(token))).tenant_id == env.tenant_a
+        await env.c.admin.RevokeApiKey(gateway_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=env.admin_md())
+        await asyncio.sleep(1.0)
+        assert (await status_of(env.c.admin.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=bearer(token))))[0] == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+        support = env.idp.token("sam", ["support"])
+        requested = await env.c.admin.RequestSupportAccess(
+            gateway_pb2.RequestSupportAccessRequest(
+                tenant_id=env.tenant_a, reason="checking a broken import job", ticket_id="SUP-2", duration_seconds=60
+            ),
+            metadata=bearer(support),
+        )
+        await env.c.admin.ApproveSupportAccess(
+            gateway_pb2.ApproveSupportAccessRequest(grant_id=requested.grant.grant_id), metadata=bearer(env.key_a)
+        )
+        await env.c.vault.ListRecords(
+            vault_pb2.ListRecordsRequest(kind=vault_pb2.RECORD_KIND_NOTE),
+            metadata=bearer(support, x_steward_support_grant=requested.grant.grant_id),
+        )
+        accesses = await env.c.admin.ListSupportAccesses(
+            gateway_pb2.ListSupportAccessesRequest(grant_id=requested.grant.grant_id), metadata=bearer(env.key_a)
+        )
+        assert [a.status for a in accesses.accesses] == ["OK"]
+        got = await env.c.admin.GetTenant(gateway_pb2.GetTenantRequest(), metadata=bearer(env.key_a))
+        assert got.tenant.details.representatives[0].email == "asha.rao@acme.example"
+        assert got.tenant.created_at.seconds > 0
+    finally:
+        await env.c.channel.close()
+        await env.handle.stop(0)

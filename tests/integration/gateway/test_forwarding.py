@@ -228,3 +228,22 @@ async def test_services_accept_only_the_gateways_certificate(idp: TestIdP, sqlit
     await handle.stop(0)
     await running.server.stop(0)
     _ = build_server  # the fake vault uses the chassis server, exactly like the real services
+
+
+async def test_calls_beyond_the_concurrency_limit_are_refused_not_queued(idp: TestIdP, sqlite_url: str) -> None:
+    from services.chassis.settings import GrpcSettings
+
+    state = FakeVaultState(delay_s=0.5)
+    running = await start_fake_vault(state)
+    env = await start_env(idp, (state, running.port), sqlite_url, None, grpc=GrpcSettings(max_concurrent_rpcs=4))
+    list_req = vault_pb2.ListRecordsRequest(kind=vault_pb2.RECORD_KIND_NOTE)
+    results = await asyncio.gather(
+        *(status_of(env.c.vault.ListRecords(list_req, metadata=bearer(env.key_a), timeout=10)) for _ in range(12))
+    )
+    codes = [code for code, _ in results]
+    assert grpc.StatusCode.OK in codes
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    await env.c.channel.close()
+    await env.handle.stop(0)
+    await running.server.stop(0)
