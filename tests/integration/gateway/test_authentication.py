@@ -150,3 +150,48 @@ async def test_whoami_reports_the_keys_identity(env: GatewayEnv) -> None:
     me = await env.c.admin.WhoAmI(WHOAMI, metadata=bearer(env.key_a))
     assert me.tenant_id == env.tenant_a and me.principal_kind == "api_key"
     assert me.principal == f"apikey:{me.credential_id}" and "records:read" in me.scopes
+
+
+async def test_jwks_is_fetched_from_a_url_and_an_unreachable_idp_fails_closed(
+    idp, fake_vault, sqlite_url: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    import functools
+    import http.server
+    import threading
+
+    from services.gateway.settings import JwtSettings
+    from tests.integration.gateway.conftest import start_env
+    from tests.integration.gateway.support import AUDIENCE, ISSUER
+    from tests.plugins.infra import free_port
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(idp.jwks_file.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{idp.jwks_file.name}"
+    env = await start_env(
+        idp, fake_vault, sqlite_url, None, jwt=JwtSettings(jwks_url=url, issuer=ISSUER, audience=AUDIENCE)
+    )
+    me = await env.c.admin.WhoAmI(WHOAMI, metadata=bearer(idp.token("carol", ["ops:oncall"], alg="ES256")))
+    assert me.principal == "operator:carol"
+    server.shutdown()
+    server.server_close()
+    await env.c.channel.close()
+    await env.handle.stop(0)
+
+    # A gateway whose IdP cannot be reached refuses operators with UNAVAILABLE — never lets them in.
+    down = f"http://127.0.0.1:{free_port()}/jwks.json"
+    from services.gateway.main import create_server
+    from tests.integration.gateway.support import clients, gateway_settings
+
+    settings = gateway_settings(
+        database_url=f"sqlite:///{tmp_path / 'down.db'}",
+        idp=idp,
+        jwt=JwtSettings(jwks_url=down, issuer=ISSUER, audience=AUDIENCE),
+    )
+    handle, port = await create_server(settings)
+    c = clients(port)
+    code, details = await status_of(c.admin.WhoAmI(WHOAMI, metadata=bearer(idp.token("carol", ["ops:oncall"]))))
+    assert code == grpc.StatusCode.UNAVAILABLE and "JWKS" in details
+    await c.channel.close()
+    await handle.stop(0)
