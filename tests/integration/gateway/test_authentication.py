@@ -195,3 +195,21 @@ async def test_jwks_is_fetched_from_a_url_and_an_unreachable_idp_fails_closed(
     assert code == grpc.StatusCode.UNAVAILABLE and "JWKS" in details
     await c.channel.close()
     await handle.stop(0)
+
+
+async def test_rotation_with_grace_keeps_the_old_key_until_the_grace_ends(env: GatewayEnv) -> None:
+    token, key_id = await env.new_key(env.tenant_a, ["records:write"])
+    rotated = await env.c.admin.RotateApiKey(
+        gateway_pb2.RotateApiKeyRequest(key_id=key_id, grace_seconds=1), metadata=env.admin_md()
+    )
+    assert rotated.previous.state == gateway_pb2.API_KEY_STATE_ACTIVE
+    assert rotated.previous.expires_at.seconds > 0
+    await env.c.vault.PutRecord(PUT, metadata=bearer(token))  # still inside the grace period
+    await env.c.vault.PutRecord(PUT, metadata=bearer(rotated.token))
+    await asyncio.sleep(1.6)
+    assert (await status_of(env.c.vault.PutRecord(PUT, metadata=bearer(token))))[0] == grpc.StatusCode.UNAUTHENTICATED
+    await env.c.vault.PutRecord(PUT, metadata=bearer(rotated.token))
+    bad = await status_of(
+        env.c.admin.RotateApiKey(gateway_pb2.RotateApiKeyRequest(key_id=key_id), metadata=env.admin_md())
+    )
+    assert bad[0] == grpc.StatusCode.FAILED_PRECONDITION  # an expired key cannot be rotated
