@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 from grpc import aio
+from sqlalchemy.exc import SQLAlchemyError
 
 from services.chassis.db import Database
 from services.chassis.errors import (
@@ -28,6 +29,7 @@ from services.chassis.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    Unavailable,
 )
 from services.chassis.identity import CallerIdentity
 from services.gateway import grants
@@ -306,6 +308,9 @@ class AdmissionInterceptor(aio.ServerInterceptor):
                     return await inner(request, context)
                 finally:
                     _current.reset(token)
+            except SQLAlchemyError as exc:
+                failure = _database_unavailable()
+                raise failure from exc
             except BaseException as exc:
                 failure = exc
                 raise
@@ -328,6 +333,9 @@ class AdmissionInterceptor(aio.ServerInterceptor):
                         yield item
                 finally:
                     _current.reset(token)
+            except SQLAlchemyError as exc:
+                failure = _database_unavailable()
+                raise failure from exc
             except BaseException as exc:
                 failure = exc
                 raise
@@ -335,6 +343,11 @@ class AdmissionInterceptor(aio.ServerInterceptor):
                 await self._leave(method, caller, seq, _status_name(failure, context), started)
 
         return behavior
+
+
+def _database_unavailable() -> Unavailable:
+    # Fail closed and say so: without its database the gateway can verify no credential and change nothing.
+    return Unavailable("the gateway's database is unavailable; retry with backoff")
 
 
 def _refuse_streaming_requests(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -263,3 +263,28 @@ async def test_registry_keys_and_grants_work_on_postgresql(idp, fake_vault, post
     finally:
         await env.c.channel.close()
         await env.handle.stop(0)
+
+
+async def test_database_loss_fails_closed_with_unavailable(idp, fake_vault, postgres_url: str) -> None:  # type: ignore[no-untyped-def]
+    import sqlalchemy as sa
+
+    from tests.integration.gateway.conftest import start_env
+    from tests.plugins.infra import POSTGRES_ADMIN_URL
+
+    env = await start_env(idp, fake_vault, postgres_url, None)
+    token, _ = await env.new_key(env.tenant_a, ["records:read"])
+    name = sa.engine.make_url(postgres_url).database
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+    await asyncio.sleep(0.6)  # past the key cache's TTL: the key must be read from the database again
+    for call in (
+        env.c.admin.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=bearer(token)),
+        env.c.admin.ListApiKeys(gateway_pb2.ListApiKeysRequest(tenant_id=env.tenant_a), metadata=env.admin_md()),
+    ):
+        code, details = await status_of(call)
+        assert code == grpc.StatusCode.UNAVAILABLE, details
+        assert "database is unavailable" in details
+    await env.c.channel.close()
+    await env.handle.stop(0)
