@@ -302,6 +302,8 @@ class DevCA:
     gateway_key: Path
     other_cert: Path
     other_key: Path
+    app_cert: Path
+    app_key: Path
 
 
 def dev_ca(folder: Path) -> DevCA:
@@ -351,6 +353,7 @@ def dev_ca(folder: Path) -> DevCA:
     server = issue("vault", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     gateway = issue("gateway", [x509.DNSName("gateway")])
     other = issue("intruder", [x509.DNSName("intruder")])
+    app = issue("crm-app", [x509.DNSName("crm-app")])
     return DevCA(
         ca=write("ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM)),
         server_cert=write("server.pem", server[0]),
@@ -359,4 +362,6 @@ def dev_ca(folder: Path) -> DevCA:
         gateway_key=write("gateway.key", gateway[1]),
         other_cert=write("intruder.pem", other[0]),
         other_key=write("intruder.key", other[1]),
+        app_cert=write("crm-app.pem", app[0]),
+        app_key=write("crm-app.key", app[1]),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 from grpc import aio
@@ -247,3 +248,38 @@ async def test_calls_beyond_the_concurrency_limit_are_refused_not_queued(idp: Te
     await env.c.channel.close()
     await env.handle.stop(0)
     await running.server.stop(0)
+
+
+async def test_internal_apps_can_be_required_to_present_a_client_certificate(
+    idp: TestIdP, fake_vault: tuple[FakeVaultState, int], sqlite_url: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from services.chassis.settings import GrpcSettings
+
+    ca = dev_ca(tmp_path)
+    tls = TlsSettings(
+        cert_file=ca.server_cert, key_file=ca.server_key, client_ca_file=ca.ca, allowed_client_names=["crm-app"]
+    )
+    settings = gateway_settings(
+        database_url=sqlite_url,
+        idp=idp,
+        vault_address=f"127.0.0.1:{fake_vault[1]}",
+        grpc=GrpcSettings(tls=tls),
+    )
+    handle, port = await create_server(settings)
+    from steward.gateway.v1 import gateway_pb2_grpc
+
+    def pem(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path is not None else None
+
+    async def whoami(cert: Path | None, key: Path | None) -> grpc.StatusCode:
+        creds = grpc.ssl_channel_credentials(pem(ca.ca), pem(key), pem(cert))
+        async with aio.secure_channel(f"localhost:{port}", creds) as channel:
+            stub = gateway_pb2_grpc.GatewayAdminServiceStub(channel)
+            token = idp.token("carol", ["ops:oncall"])
+            code, _ = await status_of(stub.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=bearer(token), timeout=5))
+            return code
+
+    assert await whoami(ca.app_cert, ca.app_key) == grpc.StatusCode.OK
+    assert await whoami(ca.other_cert, ca.other_key) == grpc.StatusCode.PERMISSION_DENIED
+    assert await whoami(None, None) == grpc.StatusCode.UNAVAILABLE  # no certificate: the TLS handshake fails
+    await handle.stop(0)
