@@ -11,6 +11,7 @@ when it ends. Handlers read the result with :func:`current_caller`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
@@ -20,7 +21,7 @@ from typing import Any
 
 import grpc
 from grpc import aio
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 
 from services.chassis.db import Database
 from services.chassis.errors import (
@@ -29,9 +30,9 @@ from services.chassis.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
-    Unavailable,
 )
 from services.chassis.identity import CallerIdentity
+from services.chassis.rpc import Around, wrap_rpc_handler
 from services.gateway import grants
 from services.gateway.accesslog import AccessLog
 from services.gateway.apikeys import ApiKeyAuthenticator
@@ -230,6 +231,7 @@ class Gatekeeper:
 
 
 def _status_name(exc: BaseException | None, context: aio.ServicerContext) -> str:
+    """The status the caller sees, for the access log (the error mapper turns exceptions into it)."""
     if exc is None:
         code = context.code()
         return code.name if isinstance(code, grpc.StatusCode) else "OK"
@@ -238,7 +240,11 @@ def _status_name(exc: BaseException | None, context: aio.ServicerContext) -> str
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code.name
-    return "CANCELLED" if isinstance(exc, (GeneratorExit, asyncio.CancelledError)) else "INTERNAL"
+    if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):
+        return "CANCELLED"
+    if isinstance(exc, (OperationalError, DisconnectionError)):
+        return "UNAVAILABLE"  # services.chassis.errors maps lost database connections to UNAVAILABLE
+    return "INTERNAL"
 
 
 class AdmissionInterceptor(aio.ServerInterceptor):
@@ -262,29 +268,38 @@ class AdmissionInterceptor(aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._wrap(method, handler)
+        if handler.stream_unary or handler.stream_stream:
+            wrapped = _refuse_streaming_requests(handler)
+        else:
+            wrapped = wrap_rpc_handler(handler, self._around(method))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return _refuse_streaming_requests(handler)
+    def _around(self, method: str) -> Around:
+        """Admission before the handler runs; access logging (and support-access completion) after."""
 
-    async def _enter(self, method: str, context: aio.ServicerContext) -> tuple[Caller, int | None]:
-        caller = await self.gate.admit(method, context.invocation_metadata())
-        seq = await self.gate.open_support_access(caller, method) if caller.support_grant_id else None
-        return caller, seq
+        @contextlib.asynccontextmanager
+        async def around(context: aio.ServicerContext) -> AsyncIterator[None]:
+            started = time.perf_counter()
+            caller: Caller | None = None
+            seq: int | None = None
+            failure: BaseException | None = None
+            try:
+                caller = await self.gate.admit(method, context.invocation_metadata())
+                if caller.support_grant_id:
+                    seq = await self.gate.open_support_access(caller, method)
+                token = _current.set(caller)
+                try:
+                    yield
+                finally:
+                    _current.reset(token)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                await self._leave(method, caller, seq, _status_name(failure, context), started)
+
+        return around
 
     async def _leave(self, method: str, caller: Caller | None, seq: int | None, status: str, started: float) -> None:
         elapsed = time.perf_counter() - started
@@ -294,60 +309,6 @@ class AdmissionInterceptor(aio.ServerInterceptor):
                 await self.gate.close_support_access(seq, status, int(elapsed * 1000))
             except Exception:  # the access row exists already; only its outcome is missing
                 self.access_log.failed_completions += 1
-
-    def _unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-        async def behavior(request: Any, context: aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            caller: Caller | None = None
-            seq: int | None = None
-            failure: BaseException | None = None
-            try:
-                caller, seq = await self._enter(method, context)
-                token = _current.set(caller)
-                try:
-                    return await inner(request, context)
-                finally:
-                    _current.reset(token)
-            except SQLAlchemyError as exc:
-                failure = _database_unavailable()
-                raise failure from exc
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                await self._leave(method, caller, seq, _status_name(failure, context), started)
-
-        return behavior
-
-    def _stream(self, method: str, inner: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-        async def behavior(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            caller: Caller | None = None
-            seq: int | None = None
-            failure: BaseException | None = None
-            try:
-                caller, seq = await self._enter(method, context)
-                token = _current.set(caller)
-                try:
-                    async for item in inner(request, context):
-                        yield item
-                finally:
-                    _current.reset(token)
-            except SQLAlchemyError as exc:
-                failure = _database_unavailable()
-                raise failure from exc
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                await self._leave(method, caller, seq, _status_name(failure, context), started)
-
-        return behavior
-
-
-def _database_unavailable() -> Unavailable:
-    # Fail closed and say so: without its database the gateway can verify no credential and change nothing.
-    return Unavailable("the gateway's database is unavailable; retry with backoff")
 
 
 def _refuse_streaming_requests(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

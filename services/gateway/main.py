@@ -85,8 +85,6 @@ async def _bounded(step: Awaitable[object], what: str, limit_s: float = 5.0) -> 
 
 async def create_server(settings: GatewaySettings) -> tuple[GatewayHandle, int]:
     """Migrate the database, wire every component and start serving on ``settings.grpc.port``."""
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
-
     db = Database(settings.database_url.get_secret_value())
     await db.call(upgrade, db, "services.gateway")
 
@@ -118,7 +116,7 @@ async def create_server(settings: GatewaySettings) -> tuple[GatewayHandle, int]:
         db, flush_s=settings.access_log_flush_s, max_buffer=settings.access_log_buffer, on_flushed=wake
     )
     await access_log.start()
-    upstreams = Upstreams(settings.upstreams, settings.grpc, interceptors=aio_client_interceptors())
+    upstreams = Upstreams(settings.upstreams, settings.grpc)
     deadlines = DeadlinePolicy(
         default_cap_s=settings.default_deadline_cap_s,
         caps_s=settings.deadline_caps_s,

@@ -120,6 +120,7 @@ class FakeVaultState:
     seen: list[tuple[str, CallerIdentity]] = field(default_factory=list)
     audit: list[tuple[str, vault_pb2.AuditEvent]] = field(default_factory=list)
     delay_s: float = 0.0
+    traceparents: list[str] = field(default_factory=list)
 
 
 class FakeVault(vault_pb2_grpc.VaultServiceServicer):
@@ -131,6 +132,7 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
     def _who(self, context: aio.ServicerContext, method: str) -> CallerIdentity:
         identity = require_identity(context)
         self.state.seen.append((method, identity))
+        self.state.traceparents.extend(v for k, v in context.invocation_metadata() or () if k == "traceparent")
         if identity.support_grant_id:
             self.state.audit.append(
                 (

@@ -283,3 +283,18 @@ async def test_internal_apps_can_be_required_to_present_a_client_certificate(
     assert await whoami(ca.other_cert, ca.other_key) == grpc.StatusCode.PERMISSION_DENIED
     assert await whoami(None, None) == grpc.StatusCode.UNAVAILABLE  # no certificate: the TLS handshake fails
     await handle.stop(0)
+
+
+async def test_trace_context_crosses_the_gateway_hop(env: GatewayEnv) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())  # services record spans only with an SDK provider
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{caller_trace}-00f067aa0ba902b7-01"
+    await env.c.vault.PutRecord(PUT, metadata=(*bearer(env.key_a), ("traceparent", traceparent)))
+    assert env.vault.traceparents, "the upstream received no trace context"
+    forwarded = env.vault.traceparents[-1].split("-")
+    assert forwarded[1] == caller_trace  # same trace
+    assert forwarded[2] != "00f067aa0ba902b7"  # a new parent span: the gateway's own
