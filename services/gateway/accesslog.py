@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -45,21 +46,25 @@ class AccessLog:
         self._flush_s = flush_s
         self._max = max_buffer
         self._on_flushed = on_flushed
-        self._buffer: list[events_pb2.AccessEntry] = []
+        self._buffer: list[tuple[float, Caller | None, str, str, int]] = []
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.written = 0
         self.failed_completions = 0
 
     def record(self, caller: Caller | None, method: str, status: str, elapsed_s: float) -> None:
-        """Add one entry (never blocks, never raises)."""
+        """Add one entry (never blocks, never raises). Kept as a tuple: protobufs are built at flush time."""
         if len(self._buffer) >= self._max:
             self.dropped += 1
             return
+        self._buffer.append((time.time(), caller, method, status, int(elapsed_s * 1_000_000)))
+
+    @staticmethod
+    def _entry(at: float, caller: Caller | None, method: str, status: str, latency_us: int) -> events_pb2.AccessEntry:
         stamp = Timestamp()
-        stamp.GetCurrentTime()
+        stamp.FromNanoseconds(int(at * 1e9))
         entry = events_pb2.AccessEntry(
-            method=method, status=status, latency_us=int(elapsed_s * 1_000_000), at=stamp, principal_kind="anonymous"
+            method=method, status=status, latency_us=latency_us, at=stamp, principal_kind="anonymous"
         )
         if caller is not None:
             entry.principal = caller.principal
@@ -67,7 +72,7 @@ class AccessLog:
             entry.tenant_id = caller.tenant_id
             entry.credential_id = caller.credential_id
             entry.support_grant_id = caller.support_grant_id
-        self._buffer.append(entry)
+        return entry
 
     async def flush(self) -> int:
         """Write buffered entries (one event per tenant); returns how many were written."""
@@ -75,7 +80,8 @@ class AccessLog:
             return 0
         batch, self._buffer = self._buffer, []
         by_tenant: dict[str, list[events_pb2.AccessEntry]] = defaultdict(list)
-        for entry in batch:
+        for item in batch:
+            entry = self._entry(*item)
             by_tenant[entry.tenant_id].append(entry)
         events = [
             make_event(
