@@ -71,7 +71,6 @@ class GatewayHandle:
         if self.bus is not None:
             await _bounded(self.bus.close(), "nats close")
         await _bounded(self.upstreams.close(), "upstream channels")
-        await self.db.call(lambda: None)
         self.db.close()
 
 

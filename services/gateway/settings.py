@@ -68,6 +68,15 @@ class JwtSettings(BaseModel):
             raise ValueError(f"only asymmetric algorithms are accepted ({', '.join(sorted(ALLOWED_JWT_ALGORITHMS))})")
         return value
 
+    @model_validator(mode="after")
+    def _complete_or_absent(self) -> JwtSettings:
+        parts = {"jwks_url or jwks_file": bool(self.jwks_url or self.jwks_file), "issuer": bool(self.issuer)}
+        parts["audience"] = bool(self.audience)
+        if any(parts.values()) and not all(parts.values()):
+            missing = ", ".join(name for name, present in parts.items() if not present)
+            raise ValueError(f"operator token trust is half-configured: also set {missing}")
+        return self
+
     @property
     def configured(self) -> bool:
         """True when operator tokens can be verified at all."""

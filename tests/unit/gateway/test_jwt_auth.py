@@ -125,3 +125,9 @@ def test_symmetric_or_none_algorithms_are_refused_in_settings() -> None:
             JwtSettings(algorithms=bad)
     with pytest.raises(ValueError):
         JwtSettings(leeway_s=61)
+
+
+def test_half_configured_operator_trust_fails_at_start_up() -> None:
+    with pytest.raises(ValueError, match="audience"):
+        JwtSettings(jwks_url="https://idp.example/jwks", issuer=ISS)
+    assert not JwtSettings().configured
