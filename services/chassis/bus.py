@@ -10,7 +10,7 @@ database transaction together with an inbox row keyed by (consumer, event id), s
 event has no second effect; the message is acked only after that transaction commits, nak'ed with
 backoff on error. A handler that keeps failing on one message is copied to ``steward.dlq.<consumer>``
 after ``max_deliveries`` and terminated, so the stream keeps flowing; a *transient* failure (a
-dependency down: :data:`TRANSIENT_ERRORS`) is retried with capped backoff for as long as it lasts.
+dependency down: :func:`~services.chassis.errors.is_transient`) is retried with capped backoff for as long as it lasts.
 Events carry ids only, never customer data.
 """
 
@@ -37,12 +37,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from sqlalchemy import DateTime, Integer, LargeBinary, String, Text, delete, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from steward.events.v1 import events_pb2
 
 from services.chassis.db import Base, Database
-from services.chassis.errors import Unavailable
+from services.chassis.errors import is_transient
 from services.chassis.fastsql import insert_rows
 from services.chassis.settings import NatsSettings
 from services.chassis.telemetry import extract_context, inject_headers
@@ -52,7 +52,6 @@ tracer = trace.get_tracer("steward.bus")
 
 __all__ = [
     "DLQ_PREFIX",
-    "TRANSIENT_ERRORS",
     "Bus",
     "Consumer",
     "InboxEntry",
@@ -65,8 +64,7 @@ __all__ = [
 ]
 
 DLQ_PREFIX = "steward.dlq."
-# Failures that say "try again later", not "this message is bad": retried with backoff, never dead-lettered.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Unavailable, ConnectionError, TimeoutError, OperationalError)
+
 Handler = Callable[[Session, events_pb2.Event], None]
 
 
@@ -495,7 +493,7 @@ class Consumer:
     async def _failed(self, msg: Msg, event: events_pb2.Event, exc: Exception) -> None:
         self.stats.failures += 1
         delivered = msg.metadata.num_delivered or 1
-        transient = isinstance(exc, TRANSIENT_ERRORS)
+        transient = is_transient(exc)
         log.warning(
             "event handler failed",
             extra={

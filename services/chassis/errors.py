@@ -34,6 +34,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "abort_for",
+    "is_transient",
     "status_for",
 ]
 
@@ -134,6 +135,11 @@ def _is_database_outage(exc: BaseException) -> bool:
     if isinstance(exc, DisconnectionError | OperationalError | PoolTimeout):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that mean "a dependency is down, try again later" rather than "this request is bad"."""
+    return isinstance(exc, Unavailable | ConnectionError | TimeoutError) or _is_database_outage(exc)
 
 
 async def abort_for(context: aio.ServicerContext, exc: BaseException) -> None:
