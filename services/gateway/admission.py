@@ -139,11 +139,27 @@ class Gatekeeper:
         self.operators = operators
         self.limiter = limiter
 
-    async def admit(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> Caller:
-        """The caller of ``method``, or a DomainError saying what is wrong."""
+    async def admit(self, method: str, metadata: Sequence[tuple[str, Any]] | None, peer: str = "") -> Caller:
+        """The caller of ``method``, or a DomainError saying what is wrong.
+
+        ``peer`` (the client's address without port) limits failed authentications per client, so
+        credential guessing is refused before it costs a database read.
+        """
         policy = policy_for(method)
         if policy is None:  # every served method has one (checked at start-up); deny anything else
             raise PermissionDenied("this method is not open to any caller")
+        if peer:
+            self.limiter.refuse_if_failing(peer)
+        try:
+            return await self._authenticated(method, policy, metadata)
+        except Unauthenticated:
+            if peer:
+                self.limiter.failed_authentication(peer)
+            raise
+
+    async def _authenticated(
+        self, method: str, policy: RoutePolicy, metadata: Sequence[tuple[str, Any]] | None
+    ) -> Caller:
         token = _bearer(metadata)
         if token.startswith("stw_"):
             caller = await self._api_key_caller(token, method, policy)
@@ -230,6 +246,12 @@ class Gatekeeper:
         await self.db.run(lambda s: grants.complete_access(s, seq, status=status, latency_ms=latency_ms))
 
 
+def _peer_host(peer: str) -> str:
+    """``ipv4:10.0.0.7:53122`` -> ``ipv4:10.0.0.7`` (the port changes per connection, the client does not)."""
+    host, _, port = peer.rpartition(":")
+    return host if port.isdigit() and host else peer
+
+
 def _status_name(exc: BaseException | None, context: aio.ServicerContext) -> str:
     """The status the caller sees, for the access log (the error mapper turns exceptions into it)."""
     if exc is None:
@@ -285,7 +307,7 @@ class AdmissionInterceptor(aio.ServerInterceptor):
             seq: int | None = None
             failure: BaseException | None = None
             try:
-                caller = await self.gate.admit(method, context.invocation_metadata())
+                caller = await self.gate.admit(method, context.invocation_metadata(), _peer_host(context.peer()))
                 if caller.support_grant_id:
                     seq = await self.gate.open_support_access(caller, method)
                 token = _current.set(caller)

@@ -108,6 +108,8 @@ async def create_server(settings: GatewaySettings) -> tuple[GatewayHandle, int]:
             tenant_burst=limits.tenant_burst,
             operator_rps=limits.operator_rps,
             operator_burst=limits.operator_burst,
+            auth_failures_per_s=limits.auth_failures_per_s,
+            auth_failures_burst=limits.auth_failures_burst,
             tenant_overrides_rps=limits.tenant_overrides_rps,
         ),
     )

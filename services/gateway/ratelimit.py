@@ -47,12 +47,15 @@ class RateLimiter:
         tenant_burst: int,
         operator_rps: float,
         operator_burst: int,
+        auth_failures_per_s: float = 5.0,
+        auth_failures_burst: int = 50,
         tenant_overrides_rps: dict[str, float] | None = None,
         max_buckets: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tenant = (tenant_rps, float(tenant_burst))
         self._operator = (operator_rps, float(operator_burst))
+        self._peer = (auth_failures_per_s, float(auth_failures_burst))
         self._overrides = dict(tenant_overrides_rps or {})
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._max = max_buckets
@@ -61,16 +64,16 @@ class RateLimiter:
     def _limits(self, kind: str, ident: str) -> tuple[float, float]:
         if kind == "operator":
             return self._operator
+        if kind == "peer":
+            return self._peer
         if ident in self._overrides:
             rate = self._overrides[ident]
             base_rate, base_burst = self._tenant
             return rate, max(1.0, base_burst * rate / base_rate)
         return self._tenant
 
-    def check(self, kind: str, ident: str) -> None:
-        """Spend one token of ``kind``/``ident``; raise ResourceExhausted with the wait when empty."""
+    def _bucket(self, kind: str, ident: str, now: float) -> TokenBucket:
         key = f"{kind}:{ident}"
-        now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
             rate, burst = self._limits(kind, ident)
@@ -80,6 +83,12 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
+        return bucket
+
+    def check(self, kind: str, ident: str) -> None:
+        """Spend one token of ``kind``/``ident``; raise ResourceExhausted with the wait when empty."""
+        now = self._clock()
+        bucket = self._bucket(kind, ident, now)
         wait = bucket.take(now)
         if wait > 0:
             who = "this tenant" if kind == "tenant" else "this operator"
@@ -87,3 +96,27 @@ class RateLimiter:
                 f"rate limit of {bucket.rate:g} calls/s for {who} exceeded; retry after {wait * 1000:.0f} ms",
                 retry_after_s=wait,
             )
+
+    def refuse_if_failing(self, peer: str) -> None:
+        """RESOURCE_EXHAUSTED while ``peer`` has used up its allowance of failed authentications.
+
+        Checked before any credential work, so a client guessing keys stops costing database reads.
+        """
+        now = self._clock()
+        bucket = self._buckets.get(f"peer:{peer}")
+        if bucket is None:
+            return
+        bucket.tokens = min(bucket.burst, bucket.tokens + (now - bucket.updated) * bucket.rate)
+        bucket.updated = now
+        if bucket.tokens < 1.0:
+            wait = (1.0 - bucket.tokens) / bucket.rate
+            raise ResourceExhausted(
+                f"too many failed authentications from this client; fix its credential and retry after "
+                f"{wait * 1000:.0f} ms",
+                retry_after_s=wait,
+            )
+
+    def failed_authentication(self, peer: str) -> None:
+        """Count one failed authentication against ``peer`` (never raises)."""
+        now = self._clock()
+        self._bucket("peer", peer, now).take(now)

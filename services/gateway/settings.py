@@ -90,6 +90,8 @@ class RateLimitSettings(BaseModel):
     tenant_burst: int = Field(default=1000, ge=1)
     operator_rps: float = Field(default=50.0, gt=0)
     operator_burst: int = Field(default=100, ge=1)
+    auth_failures_per_s: float = Field(default=5.0, gt=0, description="Failed authentications per client address.")
+    auth_failures_burst: int = Field(default=50, ge=1)
     tenant_overrides_rps: dict[str, float] = Field(
         default_factory=dict, description="Per-tenant rate (burst scales with it)."
     )

@@ -35,7 +35,7 @@ from services.chassis.errors import NotFound
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.settings import GrpcSettings, NatsSettings, TlsSettings
-from services.gateway.settings import GatewaySettings, JwtSettings, UpstreamSettings
+from services.gateway.settings import GatewaySettings, JwtSettings, RateLimitSettings, UpstreamSettings
 
 ISSUER = "https://idp.test.91leads.example"
 AUDIENCE = "steward-gateway"
@@ -239,6 +239,8 @@ def gateway_settings(
         "jwt": idp.jwt_settings(),
         "nats": NatsSettings(url=nats_url or "nats://127.0.0.1:1", enabled=nats_url is not None, outbox_poll_s=0.05),
         "access_log_flush_s": 0.05,
+        # Tests send hundreds of bad credentials from one address on purpose; the limit has its own test.
+        "rate_limits": RateLimitSettings(auth_failures_burst=100_000),
     }
     values.update(overrides)
     return GatewaySettings(**values)

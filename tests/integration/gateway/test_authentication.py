@@ -213,3 +213,26 @@ async def test_rotation_with_grace_keeps_the_old_key_until_the_grace_ends(env: G
         env.c.admin.RotateApiKey(gateway_pb2.RotateApiKeyRequest(key_id=key_id), metadata=env.admin_md())
     )
     assert bad[0] == grpc.StatusCode.FAILED_PRECONDITION  # an expired key cannot be rotated
+
+
+async def test_a_client_guessing_keys_is_throttled_before_any_lookup(idp, fake_vault, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
+    from services.gateway.apikeys import _checksum
+    from services.gateway.settings import RateLimitSettings
+    from tests.integration.gateway.conftest import start_env
+
+    env = await start_env(
+        idp, fake_vault, sqlite_url, None, rate_limits=RateLimitSettings(auth_failures_per_s=5, auth_failures_burst=5)
+    )
+    guesses = []
+    for i in range(8):
+        body = f"stw_test_{i:016x}_{'b' * 32}"
+        guesses.append(await status_of(env.c.admin.WhoAmI(WHOAMI, metadata=bearer(body + _checksum(body)))))
+    codes = [code for code, _ in guesses]
+    assert codes[:5] == [grpc.StatusCode.UNAUTHENTICATED] * 5
+    assert codes[5:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+    assert "failed authentications" in guesses[-1][1]
+    await asyncio.sleep(0.5)  # the allowance refills at 5 per second
+    me = await env.c.admin.WhoAmI(WHOAMI, metadata=bearer(env.key_a))
+    assert me.tenant_id == env.tenant_a
+    await env.c.channel.close()
+    await env.handle.stop(0)

@@ -63,3 +63,16 @@ def test_bucket_count_is_bounded() -> None:
     for index in range(100):
         rl.check("tenant", f"t{index}")
     assert len(rl._buckets) == 10
+
+
+def test_failed_authentications_block_a_peer_until_they_refill() -> None:
+    clock = Clock()
+    rl = limiter(clock, auth_failures_per_s=1, auth_failures_burst=3)
+    rl.refuse_if_failing("ipv4:10.0.0.9")  # no failures yet
+    for _ in range(3):
+        rl.failed_authentication("ipv4:10.0.0.9")
+    with pytest.raises(ResourceExhausted, match="failed authentications"):
+        rl.refuse_if_failing("ipv4:10.0.0.9")
+    rl.refuse_if_failing("ipv4:10.0.0.10")  # another client is unaffected
+    clock.now += 1.0
+    rl.refuse_if_failing("ipv4:10.0.0.9")
