@@ -73,8 +73,13 @@ class Row:
 
 def _rows() -> list[Row]:
     return [
-        Row(V + "PutRecord", lambda o: vault_pb2.PutRecordRequest(record=_note()), OK, False),
-        Row(V + "PutRecords", lambda o: vault_pb2.PutRecordsRequest(records=[_note(), _note()]), OK, False),
+        Row(V + "PutRecord", lambda o: vault_pb2.PutRecordRequest(record=_note(o.subject)), OK, True),
+        Row(
+            V + "PutRecords",
+            lambda o: vault_pb2.PutRecordsRequest(records=[_note(o.subject), _note(o.subject)]),
+            OK,
+            True,
+        ),
         Row(V + "GetRecord", lambda o: vault_pb2.GetRecordRequest(record_id=o.record), OK, True),
         Row(V + "ListRecords", lambda o: vault_pb2.ListRecordsRequest(subject_id=o.subject), OK, True),
         Row(
