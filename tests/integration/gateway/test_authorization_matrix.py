@@ -378,3 +378,20 @@ async def test_the_tenant_sees_every_access_made_under_a_grant_in_both_audits(st
         vault_pb2.ListAuditEventsRequest(support_grant_id=stack.live_grant), metadata=bearer(stack.key_b)
     )
     assert not [e for e in other.events if e.principal == "operator:sam"]
+
+
+async def test_closing_a_tenant_closes_its_real_vault_and_can_be_repeated(stack: Stack) -> None:
+    admin = bearer(stack.idp.token("alice", ["ops:admin"]))
+    md_b = bearer(stack.key_b)
+    stored = await stack.c.vault.PutRecord(vault_pb2.PutRecordRequest(record=_note()), metadata=md_b)
+    for _ in range(2):  # a retried close (e.g. after a timeout) must not fail
+        closed = await stack.c.admin.CloseTenant(
+            gateway_pb2.CloseTenantRequest(tenant_id=stack.tenant_b), metadata=admin
+        )
+        assert closed.tenant.state == gateway_pb2.TENANT_STATE_CLOSED
+    vault_tenant = await stack.c.vault_admin.GetTenant(vault_pb2.GetTenantRequest(), metadata=md_b)
+    assert vault_tenant.tenant.state == vault_pb2.TENANT_STATE_CLOSED
+    code, _ = await call(stack.c.channel, _rows()[0], vault_pb2.PutRecordRequest(record=_note()), md_b)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION  # writes refused, reads still served
+    got = await stack.c.vault.GetRecord(vault_pb2.GetRecordRequest(record_id=stored.record.id), metadata=md_b)
+    assert got.record.id == stored.record.id
