@@ -21,6 +21,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 __all__ = ["JsonLogFormatter", "extract_context", "inject_headers", "setup_logging", "setup_telemetry"]
 
@@ -81,9 +82,12 @@ def setup_logging(service: str, level: str = "INFO") -> None:
 def setup_telemetry(service: str) -> TracerProvider:
     """Install tracer and meter providers for ``service`` according to ``OTEL_*`` variables."""
     resource = Resource.create({"service.name": f"steward-{service}", "service.namespace": "steward"})
-    provider = TracerProvider(resource=resource)
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "otlp" if endpoint else "none")
+    exporting = (exporter_name == "otlp" and bool(endpoint)) or exporter_name == "console"
+    # With nowhere to send spans, record none (ALWAYS_OFF): trace ids are still created and propagated,
+    # so logs and downstream hops keep them, but no per-call span bookkeeping is paid for nothing.
+    provider = TracerProvider(resource=resource, sampler=None if exporting else ALWAYS_OFF)
     if exporter_name == "otlp" and endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
