@@ -74,7 +74,9 @@ class Upstreams:
         for name, upstream in self._settings.items():
             if not upstream.address:
                 continue
-            options: list[tuple[str, Any]] = list(base)
+            # round_robin: with a headless Service (dns:///vault-headless:50051) every pod gets calls,
+            # including pods the HPA adds; pick_first would pin all traffic to one of them.
+            options: list[tuple[str, Any]] = [*base, ("grpc.lb_policy_name", "round_robin")]
             if upstream.server_name:
                 options.append(("grpc.ssl_target_name_override", upstream.server_name))
             if upstream.tls:

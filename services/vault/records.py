@@ -65,7 +65,9 @@ def _writable(tenant: TenantVault) -> None:
 
 
 def _subject(session: Session, tenant_id: str, subject_id: str) -> Subject:
-    subject = session.get(Subject, subject_id) if subject_id else None
+    if not subject_id:
+        raise InvalidArgument("subject_id is empty; send the subject's id (ResolveSubject finds it by identifier)")
+    subject = session.get(Subject, subject_id)
     if subject is None or subject.tenant_id != tenant_id:
         raise NotFound("subject not found")
     return subject
