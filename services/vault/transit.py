@@ -33,7 +33,7 @@ import requests
 from hvac.adapters import RawAdapter
 
 from services.chassis.circuit import CircuitBreaker
-from services.chassis.errors import Unavailable
+from services.chassis.errors import FailedPrecondition, Unavailable
 
 __all__ = ["DEK_BYTES", "UNAVAILABLE_MESSAGE", "KeyInfo", "KeyUnavailable", "TransitClient", "TransitRejected"]
 
@@ -48,8 +48,10 @@ _TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _UNAVAILABLE_STATUSES = frozenset({401, 403, 412, 429})
 
 
-class KeyUnavailable(Exception):
+class KeyUnavailable(FailedPrecondition):
     """Transit cannot decrypt (or encrypt) with the tenant key, and retrying will not change that.
+
+    A FAILED_PRECONDITION where it is not handled more specifically (the messages name no data).
 
     ``reason`` is one of :attr:`KEY_MISSING`, :attr:`VERSION_RETIRED`, :attr:`DOES_NOT_VERIFY`;
     ``failed`` holds the indexes of the batch items that failed (all of them when the key is gone).
@@ -68,7 +70,7 @@ class KeyUnavailable(Exception):
     }
 
     def __init__(self, reason: str, failed: Sequence[int] = ()) -> None:
-        super().__init__(self._MESSAGES[reason])
+        super().__init__(self._MESSAGES[reason] + "; call on-call")
         self.reason = reason
         self.failed = tuple(failed)
 

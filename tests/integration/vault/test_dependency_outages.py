@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 import sqlalchemy as sa
 from steward.vault.v1 import vault_pb2 as pb
 
-from tests.integration.vault.helpers import expect, get, lead, new_subject, put
+from tests.integration.vault.helpers import expect, get, lead, new_subject, put, sqlite_backup
 from tests.plugins.infra import POSTGRES_ADMIN_URL
 from tests.plugins.stack import VaultFactory
 
@@ -53,3 +55,23 @@ async def test_a_legal_hold_blocks_shredding_the_tenant(vault_factory: VaultFact
     await vault.records.ClearLegalHold(pb.ClearLegalHoldRequest(subject_id=subject, hold_id="case-42"), metadata=md)
     reply = await vault.admin.ShredTenant(pb.ShredTenantRequest(confirm_tenant_id=tenant), metadata=md)
     assert reply.certificate.subjects_removed == 1
+
+
+async def test_a_database_restored_after_a_shred_fails_precondition_not_internal(
+    vault_factory: VaultFactory, tmp_path: Path
+) -> None:
+    live = await vault_factory()
+    tenant = await live.new_tenant()
+    md = live.md(tenant)
+    record = await put(live, tenant, lead({"n": 1}, email="restored@example.com"))
+    backup = sqlite_backup(live.settings.database_url.get_secret_value(), tmp_path / "before-shred.db")
+    await live.admin.CloseTenant(pb.CloseTenantRequest(), metadata=md)
+    await live.admin.ShredTenant(pb.ShredTenantRequest(confirm_tenant_id=tenant), metadata=md)
+
+    restored = await vault_factory(database_url=backup, key_prefix=live.settings.transit.key_prefix)
+    for call in (
+        restored.admin.RotateTenantKey(pb.RotateTenantKeyRequest(), metadata=md),
+        restored.records.GetRecord(pb.GetRecordRequest(record_id=record.id), metadata=md),
+    ):
+        message = await expect(call, grpc.StatusCode.FAILED_PRECONDITION, "key")
+        assert "restored@" not in message
