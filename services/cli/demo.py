@@ -19,21 +19,14 @@ from steward.gateway.v1 import gateway_pb2
 
 from services.cli.client import GatewayCallError, GatewayClient
 from services.cli.home import write_file_atomically
+from services.gateway.policy import SCOPES
 
 __all__ = ["DEMO_COMPANY", "DEMO_SCOPES", "DemoCredentials", "ensure_demo"]
 
 DEMO_COMPANY = "Demo CRM Client"
 DEMO_KEY_NAME = "demo app"
-DEMO_SCOPES: tuple[str, ...] = (
-    "records:read",
-    "records:write",
-    "subjects:export",
-    "subjects:erase",
-    "dsr:submit",
-    "dsr:manage",
-    "notify:send",
-    "audit:read",
-)
+# Everything an application key needs; key management and support approval stay with the tenant admin.
+DEMO_SCOPES: tuple[str, ...] = tuple(sorted(SCOPES - {"keys:manage", "support:approve"}))
 """What a tenant's CRM app uses; key management and support approval stay with operators."""
 
 

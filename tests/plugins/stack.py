@@ -18,22 +18,11 @@ from grpc import aio
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from services.chassis.identity import CallerIdentity, identity_metadata
+from services.gateway.policy import SCOPES
 from services.vault.main import VaultApp, VaultSettings, create_server
 from tests.plugins.infra import OpenBaoDev
 
-ALL_SCOPES = frozenset(
-    {
-        "records:read",
-        "records:write",
-        "subjects:export",
-        "subjects:erase",
-        "dsr:submit",
-        "dsr:manage",
-        "notify:send",
-        "audit:read",
-        "keys:manage",
-    }
-)
+ALL_SCOPES = SCOPES  # every scope an API key can carry
 
 
 @dataclass
