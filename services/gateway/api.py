@@ -9,10 +9,8 @@ transaction each.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from steward.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
@@ -20,6 +18,7 @@ from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.chassis.db import Database
 from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services.chassis.identity import CallerIdentity, identity_metadata
+from services.chassis.timestamps import to_timestamp
 from services.gateway import apikeys, grants, tenants
 from services.gateway.admission import Caller, current_caller
 from services.gateway.forwarding import DeadlinePolicy, Upstreams
@@ -40,14 +39,6 @@ _GRANT_STATES = {
     "revoked": gateway_pb2.SUPPORT_GRANT_STATE_REVOKED,
 }
 _VAULT_ADMIN = "/steward.vault.v1.VaultAdminService/"
-
-
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _details_from_proto(message: gateway_pb2.TenantDetails) -> tenants.TenantDetails:
@@ -74,9 +65,9 @@ def _key_to_proto(row: ApiKeyRow) -> gateway_pb2.ApiKey:
         scopes=row.scopes.split(),
         env=row.env,
         state=_KEY_STATES[apikeys.key_state(row, utcnow())],
-        created_at=_ts(row.created_at),
-        expires_at=_ts(row.expires_at),
-        revoked_at=_ts(row.revoked_at),
+        created_at=to_timestamp(row.created_at),
+        expires_at=to_timestamp(row.expires_at),
+        revoked_at=to_timestamp(row.revoked_at),
         created_by=row.created_by,
         rotated_from=row.rotated_from,
     )
@@ -92,11 +83,11 @@ def _grant_to_proto(row: SupportGrantRow) -> gateway_pb2.SupportGrant:
         duration_seconds=row.duration_s,
         state=_GRANT_STATES[grants.grant_state(row, utcnow())],
         emergency=row.emergency,
-        requested_at=_ts(row.requested_at),
-        approved_at=_ts(row.approved_at),
+        requested_at=to_timestamp(row.requested_at),
+        approved_at=to_timestamp(row.approved_at),
         approved_by=row.approved_by,
-        expires_at=_ts(row.expires_at),
-        revoked_at=_ts(row.revoked_at),
+        expires_at=to_timestamp(row.expires_at),
+        revoked_at=to_timestamp(row.revoked_at),
         revoked_by=row.revoked_by,
     )
 
@@ -108,7 +99,7 @@ def _access_to_proto(row: SupportAccessRow) -> gateway_pb2.SupportAccess:
         principal=row.principal,
         method=row.method,
         status=row.status,
-        at=_ts(row.at),
+        at=to_timestamp(row.at),
         latency_ms=row.latency_ms,
     )
 
@@ -173,9 +164,9 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             details=details,
             state=gateway_pb2.TENANT_STATE_CLOSED if row.state == "closed" else gateway_pb2.TENANT_STATE_ACTIVE,
             version=row.version,
-            created_at=_ts(row.created_at),
-            updated_at=_ts(row.updated_at),
-            closed_at=_ts(row.closed_at),
+            created_at=to_timestamp(row.created_at),
+            updated_at=to_timestamp(row.updated_at),
+            closed_at=to_timestamp(row.closed_at),
         )
 
     async def _vault_admin(self, rpc: str, tenant_id: str, caller: Caller, request: Any) -> Any:
@@ -431,5 +422,5 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             scopes=sorted(caller.scopes),
             roles=sorted(caller.roles),
             support_grant_id=caller.support_grant_id,
-            credential_expires_at=_ts(caller.expires_at),
+            credential_expires_at=to_timestamp(caller.expires_at),
         )

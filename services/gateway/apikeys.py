@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
@@ -29,6 +28,7 @@ from steward.events.v1 import events_pb2
 from services.chassis.bus import enqueue, make_event
 from services.chassis.db import Database
 from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from services.chassis.timestamps import to_timestamp
 from services.gateway.models import ApiKeyRow, TenantRow, utcnow
 from services.gateway.policy import SCOPES
 
@@ -208,12 +208,6 @@ def key_state(row: ApiKeyRow, now: datetime) -> str:
     return "active"
 
 
-def _ts(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def _validate_scopes(scopes: Iterable[str]) -> list[str]:
     wanted = sorted(set(scopes))
     if not wanted:
@@ -301,7 +295,7 @@ def _revoked_event(row: ApiKeyRow, by: str, effective_at: datetime) -> events_pb
         event_type="gateway.apikey.revoked",
         tenant_id=row.tenant_id,
         api_key_revoked=events_pb2.ApiKeyRevoked(
-            key_id=row.id, tenant_id=row.tenant_id, revoked_by=by, effective_at=_ts(effective_at)
+            key_id=row.id, tenant_id=row.tenant_id, revoked_by=by, effective_at=to_timestamp(effective_at)
         ),
     )
 

@@ -13,13 +13,13 @@ import re
 import uuid
 from datetime import datetime, timedelta
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
 from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.chassis.timestamps import to_timestamp
 from services.gateway.models import SupportAccessRow, SupportGrantRow, TenantRow, utcnow
 
 __all__ = [
@@ -69,14 +69,6 @@ def _validate(reason: str, ticket_id: str, duration_s: int) -> str:
     if not 1 <= duration_s <= MAX_GRANT_S:
         raise InvalidArgument(f"duration_seconds must be between 1 and {MAX_GRANT_S} (8 hours)")
     return text
-
-
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _require_active_tenant(session: Session, tenant_id: str) -> None:
@@ -138,7 +130,7 @@ def _granted_event(row: SupportGrantRow) -> events_pb2.Event:
             ticket_id=row.ticket_id,
             emergency=row.emergency,
             approved_by=row.approved_by,
-            expires_at=_ts(row.expires_at),
+            expires_at=to_timestamp(row.expires_at),
         ),
     )
 

@@ -4,13 +4,10 @@ and admin.py; each call is one transaction on a worker thread)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from typing import TypeVar
 
 from google.protobuf.struct_pb2 import Struct
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from sqlalchemy.orm import Session
 from steward.vault.v1 import vault_pb2 as pb
@@ -20,6 +17,7 @@ from services.chassis.bus import OutboxRelay
 from services.chassis.db import Database
 from services.chassis.errors import InvalidArgument, NotFound
 from services.chassis.identity import CallerIdentity, require_identity
+from services.chassis.timestamps import to_timestamp
 from services.vault import admin, records
 from services.vault.domain import RecordInput, RecordView, VaultContext
 from services.vault.models import AuditEntry, TenantVault
@@ -35,17 +33,6 @@ _TENANT_STATES = {
 EXPORT_CHUNK = 500
 
 
-@functools.lru_cache(maxsize=256)
-def _stamp(at: datetime | None) -> Timestamp | None:
-    # Cached: a batch's records share one timestamp, and converting it 1,000 times per PutRecords showed
-    # up in profiles. Callers only pass the result to message constructors, which copy it.
-    if at is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(at)
-    return stamp
-
-
 def _data_bytes(data: Struct) -> bytes:
     return data.SerializeToString(deterministic=True)
 
@@ -56,8 +43,8 @@ def _record(view: RecordView) -> pb.Record:
         subject_id=view.subject_id,
         kind=view.kind,  # type: ignore[arg-type]
         version=view.version,
-        created_at=_stamp(view.created_at),
-        updated_at=_stamp(view.updated_at),
+        created_at=to_timestamp(view.created_at),
+        updated_at=to_timestamp(view.updated_at),
     )
     if view.data is not None:
         message.data.MergeFromString(view.data)
@@ -82,15 +69,15 @@ def _tenant(row: TenantVault) -> pb.Tenant:
         state=_TENANT_STATES[row.state],
         key_version=row.key_version,
         min_decryption_version=row.min_decryption_version,
-        created_at=_stamp(row.created_at),
-        closed_at=_stamp(row.closed_at),
+        created_at=to_timestamp(row.created_at),
+        closed_at=to_timestamp(row.closed_at),
     )
 
 
 def _audit(row: AuditEntry) -> pb.AuditEvent:
     return pb.AuditEvent(
         seq=row.seq,
-        at=_stamp(row.at),
+        at=to_timestamp(row.at),
         principal=row.principal,
         action=row.action,
         target_ids=row.target_ids.split(),
@@ -237,7 +224,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         return pb.EraseSubjectResponse(
             tombstone=pb.Tombstone(
                 subject_id=tomb.subject_id,
-                erased_at=_stamp(tomb.erased_at),
+                erased_at=to_timestamp(tomb.erased_at),
                 request_id=tomb.request_id,
                 records_erased=tomb.records_erased,
             )
@@ -304,7 +291,7 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
                 certificate_id=cert.certificate_id,
                 tenant_id=cert.tenant_id,
                 key_name=cert.key_name,
-                shredded_at=_stamp(cert.shredded_at),
+                shredded_at=to_timestamp(cert.shredded_at),
                 records_removed=cert.records_removed,
                 subjects_removed=cert.subjects_removed,
                 audit_head=cert.audit_head,
