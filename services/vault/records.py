@@ -409,6 +409,17 @@ def list_records(
     return views, token
 
 
+def _record_to_change(session: Session, tenant_id: str, record_id: str, expected_version: int) -> Record:
+    """The record a write targets: it exists for this tenant, its subject is not restricted, and it is at
+    ``expected_version`` (0 = any version)."""
+    row = _record(session, tenant_id, record_id)
+    if row.subject_id:
+        _not_restricted(session.get(Subject, row.subject_id))
+    if expected_version and row.version != expected_version:
+        raise Aborted(f"record is at version {row.version}, not {expected_version}; re-read it and retry")
+    return row
+
+
 def update_record(
     session: Session, ctx: VaultContext, identity: CallerIdentity, record_id: str, data: bytes, expected_version: int
 ) -> RecordView:
@@ -422,11 +433,7 @@ def update_record(
     if len(data) > ctx.policy.max_record_bytes:
         raise InvalidArgument(f"data is larger than {ctx.policy.max_record_bytes} bytes; split or trim it")
     tid = tenant.tenant_id
-    row = _record(session, tid, record_id)
-    if row.subject_id:
-        _not_restricted(session.get(Subject, row.subject_id))
-    if row.version != expected_version:
-        raise Aborted(f"record is at version {row.version}, not {expected_version}; re-read it and retry")
+    row = _record_to_change(session, tid, record_id, expected_version)
     key_id = row.key_id if row.subject_id else _epoch_key(session, ctx, tenant, 1)
     sealer = ctx.keyring.sealer(session, tid, key_id)
     row.version += 1
@@ -445,11 +452,7 @@ def delete_record(
     tenant = audit.lock_tenant(session, identity.tenant_id)
     _writable(tenant)
     tid = tenant.tenant_id
-    row = _record(session, tid, record_id)
-    if row.subject_id:
-        _not_restricted(session.get(Subject, row.subject_id))
-    if expected_version and row.version != expected_version:
-        raise Aborted(f"record is at version {row.version}, not {expected_version}; re-read it and retry")
+    row = _record_to_change(session, tid, record_id, expected_version)
     session.delete(row)
     enqueue(session, _record_event(ctx, tid, 3, [row]))
     audit.append(session, tenant, identity, "record.delete", [row.id])
