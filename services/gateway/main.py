@@ -25,7 +25,7 @@ from services.gateway.admission import AdmissionInterceptor, Gatekeeper
 from services.gateway.api import GatewayAdminServicer
 from services.gateway.apikeys import ApiKeyAuthenticator
 from services.gateway.forwarding import FORWARDED_SERVICES, DeadlinePolicy, Forwarder, Upstreams, method_names
-from services.gateway.handlers import RevocationListener
+from services.gateway.events import RevocationListener
 from services.gateway.jwt_auth import OperatorVerifier
 from services.gateway.policy import check_complete
 from services.gateway.ratelimit import RateLimiter

@@ -23,7 +23,7 @@ from services.chassis.settings import ServiceSettings, SettingsError, load_setti
 from services.chassis.telemetry import setup_logging, setup_telemetry
 from services.vault.api import VaultAdminServicer, VaultServicer
 from services.vault.domain import VaultContext, VaultPolicy
-from services.vault.handlers import DSR_TASK_SUBJECT, VaultTaskHandler
+from services.vault.events import DSR_TASK_SUBJECT, VaultTaskHandler
 from services.vault.keycache import DekCache
 from services.vault.keyring import KeyRing
 from services.vault.tombstones import TombstoneLedger

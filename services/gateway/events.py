@@ -18,7 +18,7 @@ from steward.events.v1 import events_pb2
 from services.chassis.bus import Bus, subject_for
 from services.gateway.apikeys import ApiKeyAuthenticator
 
-log = logging.getLogger("steward.gateway.handlers")
+log = logging.getLogger("steward.gateway.events")
 
 __all__ = ["REVOCATION_SUBJECT", "RevocationListener"]
 
