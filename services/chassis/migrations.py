@@ -1,7 +1,13 @@
 """Alembic migrations, run programmatically: each service has ``services/<svc>/migrations``.
 
-``upgrade(database, "services.vault")`` brings the schema to head at start-up (and in tests), on
-SQLite and PostgreSQL alike. Each service's ``migrations/env.py`` calls :func:`run_env`.
+``upgrade(database, "services.vault")`` brings the schema to head, on SQLite and PostgreSQL alike.
+A service does that at start-up (``migrate_on_start``, the default) or, with
+``STEWARD_<SVC>__MIGRATE_ON_START=false``, only checks its databases are at head
+(:func:`require_head`) and refuses to start otherwise; the migrations then run as a Kubernetes Job,
+``steward db upgrade --service <svc>``, which calls :func:`migrate_service_from_settings`.
+Every setting of a service named ``*database_url`` is a database the service owns (the vault's main
+database and its tombstone ledger both carry the vault's schema). Each service's ``migrations/env.py``
+calls :func:`run_env`.
 """
 
 from __future__ import annotations
@@ -12,11 +18,29 @@ from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from pydantic import SecretStr
 from sqlalchemy import MetaData, text
 
 from services.chassis.db import Database
+from services.chassis.settings import ServiceSettings, SettingsError, load_settings, variable_name
 
-__all__ = ["alembic_config", "run_env", "upgrade"]
+__all__ = [
+    "DatabaseNotMigrated",
+    "alembic_config",
+    "current_revisions",
+    "migrate_service_from_settings",
+    "require_head",
+    "run_env",
+    "service_databases",
+    "upgrade",
+    "upgrade_service",
+]
+
+
+class DatabaseNotMigrated(SettingsError):
+    """A service told not to migrate found its database behind the code; it refuses to start (exit 2)."""
 
 
 def alembic_config(service_package: str) -> Config:
@@ -41,11 +65,100 @@ def upgrade(database: Database, service_package: str) -> None:
         command.upgrade(config, "head")
 
 
+def current_revisions(database: Database) -> set[str]:
+    """The revisions the database is at (empty for an un-migrated database)."""
+    with database.engine.connect() as connection:
+        return set(MigrationContext.configure(connection).get_current_heads())
+
+
+def head_revisions(service_package: str) -> set[str]:
+    """The revisions the code of ``service_package`` expects."""
+    return set(ScriptDirectory.from_config(alembic_config(service_package)).get_heads())
+
+
+def require_head(database: Database, service: str, variable: str) -> None:
+    """Raise :class:`DatabaseNotMigrated` unless ``database`` is at the head of ``service``'s migrations."""
+    current, head = current_revisions(database), head_revisions(f"services.{service}")
+    if current != head:
+        raise DatabaseNotMigrated(
+            f"database not migrated; run `steward db upgrade --service {service}` "
+            f"({variable} is at {_names(current)}, the code needs {_names(head)})"
+        )
+
+
+def upgrade_service(service: str, database_url: str, *more_database_urls: str) -> None:
+    """Bring each given database of ``service`` (``"vault"``, ``"gateway"``) to head.
+
+    Pass every database the service owns: for the vault its main database *and* its tombstone ledger
+    (:func:`service_databases` lists them from the service's settings).
+    """
+    for url in (database_url, *more_database_urls):
+        _upgrade_url(service, url)
+
+
+def _upgrade_url(service: str, url: str) -> tuple[set[str], set[str]]:
+    database = Database(url, workers=1)
+    try:
+        before = current_revisions(database)
+        upgrade(database, f"services.{service}")
+        return before, current_revisions(database)
+    finally:
+        database.close()
+
+
+def service_databases(settings: ServiceSettings) -> dict[str, str]:
+    """Every database a service owns, by environment variable: each ``*database_url`` setting."""
+    found: dict[str, str] = {}
+    for field in type(settings).model_fields:
+        if field.endswith("database_url"):
+            value = getattr(settings, field)
+            url = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            found[variable_name(type(settings), (field,))] = url
+    return found
+
+
+def migrate_service_from_settings(service: str) -> list[str]:
+    """Upgrade every database ``service`` owns, read from its ``STEWARD_<SERVICE>__*`` settings.
+
+    This is ``steward db upgrade --service <service>`` (a Kubernetes Job before the Deployment rolls).
+    The settings class is ``services.<service>.settings.<Service>Settings``. Returns one line per
+    database, ``STEWARD_VAULT__DATABASE_URL: none -> 0001`` (never the URL, which may hold a password).
+    Raises SettingsError when the settings are invalid, ValueError for an unknown service.
+    """
+    settings = load_settings(_settings_class(service))
+    done = []
+    for variable, url in service_databases(settings).items():
+        before, after = _upgrade_url(service, url)
+        done.append(f"{variable}: {_names(before)} -> {_names(after)}")
+    return done
+
+
+def _settings_class(service: str) -> type[ServiceSettings]:
+    class_name = f"{service.capitalize()}Settings"
+    try:
+        module = importlib.import_module(f"services.{service}.settings")
+    except ModuleNotFoundError as exc:
+        if exc.name not in (f"services.{service}", f"services.{service}.settings"):
+            raise  # the settings module exists but one of its imports is missing
+        module = None
+    settings_cls = getattr(module, class_name, None)
+    if not (isinstance(settings_cls, type) and issubclass(settings_cls, ServiceSettings)):
+        raise ValueError(f"unknown service {service!r}: no services/{service}/settings.py defining {class_name}")
+    return settings_cls
+
+
+def _names(revisions: set[str]) -> str:
+    return ",".join(sorted(revisions)) or "none"
+
+
 def run_env(target_metadata: MetaData) -> None:
     """Body of every service's ``env.py``: online migrations on the connection ``upgrade`` passed in."""
     connection = context.config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError("run migrations through services.chassis.migrations.upgrade (or steward db upgrade)")
+        raise RuntimeError(
+            "run migrations with `steward db upgrade --service <name>` "
+            "(in code: services.chassis.migrations.upgrade_service), not with the alembic command"
+        )
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -8,7 +8,6 @@ transaction each.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from grpc import aio
@@ -131,7 +130,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         env: str,
         upstreams: Upstreams,
         deadlines: DeadlinePolicy,
-        events_committed: Callable[[], None],
     ) -> None:
         self.db = db
         self.sealer = sealer
@@ -139,7 +137,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         self.env = env
         self.upstreams = upstreams
         self.deadlines = deadlines
-        self.events_committed = events_committed
 
     # ----------------------------------------------------------------- tenants
 
@@ -198,7 +195,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         row = await self.db.run(
             lambda s: tenants.create_tenant(s, tenant_id=tenant_id, details=details, sealer=self.sealer)
         )
-        self.events_committed()
         return gateway_pb2.CreateTenantResponse(tenant=self._tenant_to_proto(row))
 
     async def _support_may_see(self, caller: Caller, tenant_id: str) -> None:
@@ -229,14 +225,12 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 sealer=self.sealer,
             )
         )
-        self.events_committed()
         return gateway_pb2.UpdateTenantResponse(tenant=self._tenant_to_proto(row))
 
     async def CloseTenant(self, request: gateway_pb2.CloseTenantRequest, context: aio.ServicerContext) -> Any:
         caller = current_caller()
         tenant_id = _tenant_for(caller, request.tenant_id)
         row, _changed = await self.db.run(lambda s: tenants.close_tenant(s, tenant_id))
-        self.events_committed()
         # Closing again re-sends the vault call, so a failed first attempt is fixed by retrying.
         await self._vault_admin("CloseTenant", tenant_id, caller, vault_pb2.CloseTenantRequest())
         return gateway_pb2.CloseTenantResponse(tenant=self._tenant_to_proto(row))
@@ -261,7 +255,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 pepper=self.pepper,
             )
         )
-        self.events_committed()
         return gateway_pb2.CreateApiKeyResponse(api_key=_key_to_proto(row), token=token)
 
     async def ListApiKeys(self, request: gateway_pb2.ListApiKeysRequest, context: aio.ServicerContext) -> Any:
@@ -283,7 +276,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             )
 
         new_row, token, old_row = await self.db.run(rotate)
-        self.events_committed()
         return gateway_pb2.RotateApiKeyResponse(
             api_key=_key_to_proto(new_row), token=token, previous=_key_to_proto(old_row)
         )
@@ -296,7 +288,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             return apikeys.revoke_key(session, row, by=caller.principal)
 
         row = await self.db.run(revoke)
-        self.events_committed()
         return gateway_pb2.RevokeApiKeyResponse(api_key=_key_to_proto(row))
 
     # ---------------------------------------------------------- support access
@@ -315,7 +306,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 duration_s=request.duration_seconds,
             )
         )
-        self.events_committed()
         return gateway_pb2.RequestSupportAccessResponse(grant=_grant_to_proto(row))
 
     async def ApproveSupportAccess(
@@ -328,7 +318,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             return grants.approve(session, row, approved_by=caller.principal)
 
         row = await self.db.run(approve)
-        self.events_committed()
         return gateway_pb2.ApproveSupportAccessResponse(grant=_grant_to_proto(row))
 
     async def GrantEmergencySupportAccess(
@@ -346,7 +335,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 granted_by=caller.principal,
             )
         )
-        self.events_committed()
         return gateway_pb2.GrantEmergencySupportAccessResponse(grant=_grant_to_proto(row))
 
     def _grant_visibility(self, caller: Caller) -> tuple[str | None, str | None]:
@@ -368,7 +356,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             return grants.revoke(session, row, by=caller.principal)
 
         row = await self.db.run(revoke)
-        self.events_committed()
         return gateway_pb2.RevokeSupportAccessResponse(grant=_grant_to_proto(row))
 
     async def ListSupportGrants(
