@@ -346,11 +346,12 @@ class OutboxRelay(BackgroundTask):
             try:
                 if not self.bus.connected.is_set():
                     await asyncio.wait_for(self.bus.connected.wait(), timeout=5.0)
+                # Cleared before reading, so a commit that lands while this batch is read still wakes the next.
+                self._wake.clear()
                 count = await self.drain_once()
                 failures = 0
                 if count:
                     continue
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=poll)
             except asyncio.CancelledError:

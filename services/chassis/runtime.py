@@ -206,8 +206,12 @@ class ServiceRuntime(Generic[SettingsT]):
         # The handlers stay installed while stopping: a second signal must not kill the drain halfway.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        await self._stop_requested.wait()
-        await self.stop()
+        try:
+            await self._stop_requested.wait()
+            await self.stop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
         return 1 if self.crashed else 0
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -218,12 +222,14 @@ class ServiceRuntime(Generic[SettingsT]):
         self._stop_requested.set()
         if grace_s is not None:
             self._grace_s = grace_s
-        log.info("shutting down", extra={"service": self.service, "grace_s": self._grace_s})
+        # A start that failed before serving says why in one line (run_service); no shutdown chatter then.
+        level = logging.INFO if self.server is not None else logging.DEBUG
+        log.log(level, "shutting down", extra={"service": self.service, "grace_s": self._grace_s})
         while self._steps:
             step = self._steps.pop()
             limit = step.timeout_s + (self._grace_s if step.adds_grace else 0.0)
             await _bounded(step, limit)
-        log.info("stopped", extra={"service": self.service})
+        log.log(level, "stopped", extra={"service": self.service})
 
     def _task_crashed(self, task: BackgroundTask, _exc: BaseException) -> None:
         self.crashed.append(task)
