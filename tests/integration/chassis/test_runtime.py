@@ -428,17 +428,18 @@ async def test_a_crashing_background_task_is_reported_by_name_and_ends_serving_w
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = ServiceSettings(database_url=f"sqlite:///{tmp_path / 'x.db'}", nats=NatsSettings(enabled=False))
-    runtime = ServiceRuntime("probe", settings, port=0)
-    await runtime.serve_grpc(_health_only, trust_identity_metadata=True)
-    with caplog.at_level(logging.ERROR, logger="steward.tasks"):
-        task = await runtime.task(Exploding("exploding-task"))
-        await eventually(lambda: _async(task.crash is not None), 10, "the task crashed")
+    async with ServiceRuntime("probe", settings, port=0) as runtime:
+        await runtime.serve_grpc(_health_only, trust_identity_metadata=True)
+        with caplog.at_level(logging.ERROR, logger="steward.tasks"):
+            task = await runtime.task(Exploding("exploding-task"))
+            await eventually(lambda: _async(task.crash is not None), 10, "the task crashed")
 
-    crash_logs = [r for r in caplog.records if r.getMessage() == "background task crashed"]
-    assert [getattr(r, "task", None) for r in crash_logs] == ["exploding-task"]
-    assert runtime.crashed == [task]
-    await eventually(lambda: _health_is(runtime.port, health_pb2.HealthCheckResponse.NOT_SERVING), 10, "NOT_SERVING")
-    assert await asyncio.wait_for(runtime.serve(), 30) == 1  # the orchestrator restarts the process
+        crash_logs = [r for r in caplog.records if r.getMessage() == "background task crashed"]
+        assert [getattr(r, "task", None) for r in crash_logs] == ["exploding-task"]
+        assert runtime.crashed == [task]
+        serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        await eventually(lambda: _health_is(runtime.port, serving), 10, "health NOT_SERVING")
+        assert await asyncio.wait_for(runtime.serve(), 30) == 1  # the orchestrator restarts the process
 
 
 async def _async(value: bool) -> bool:
@@ -487,8 +488,10 @@ async def test_a_commit_that_staged_events_wakes_the_relay_without_waiting_for_t
                 session, events_pb2.Event(id=str(uuid.uuid4()), type="gateway.tenant.created", tenant_created=created)
             )
 
+        await db.run(write)  # published by the relay's first pass, after which it waits for a wake-up or the poll
+        await eventually(lambda: _async(relay.published == 1), 15, "first event published")
         await db.run(write)
-        await eventually(lambda: _async(relay.published == 1), 15, "event published after commit")
+        await eventually(lambda: _async(relay.published == 2), 15, "event published after its commit")
     finally:
         await relay.stop()
         await bus.close()
