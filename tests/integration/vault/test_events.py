@@ -12,7 +12,6 @@ from steward.vault.v1 import vault_pb2 as pb
 from tests.integration.vault.helpers import (
     RawDatabase,
     canary_email,
-    eventually,
     expect,
     export,
     lead,
@@ -24,6 +23,7 @@ from tests.integration.vault.helpers import (
 )
 from tests.plugins.infra import NatsServer
 from tests.plugins.stack import VaultFactory
+from tests.plugins.waiting import eventually
 
 
 async def test_each_state_change_publishes_one_id_only_event(

@@ -21,7 +21,6 @@ from services.vault.handlers import DSR_TASK_SUBJECT
 from tests.integration.vault.helpers import (
     RawDatabase,
     canary_email,
-    eventually,
     expect,
     export,
     get,
@@ -34,6 +33,7 @@ from tests.integration.vault.helpers import (
 )
 from tests.plugins.infra import NatsServer
 from tests.plugins.stack import VaultFactory, VaultHarness
+from tests.plugins.waiting import eventually
 
 COMPLETED = "steward.vault.task.completed"
 DLQ = f"{DLQ_PREFIX}vault-dsr-tasks"
@@ -71,7 +71,7 @@ class Dsr:
         async def arrived() -> bool:
             return bool(await self.completions(task_id))
 
-        await eventually(arrived, 30, f"completion of task {task_id}")
+        await eventually(arrived, 30, what=f"completion of task {task_id}")
         [result] = await self.completions(task_id)
         return result
 
@@ -129,7 +129,7 @@ async def test_export_task_reports_counts_and_the_same_digest_as_the_rpc(dsr: Ds
     async def announced() -> bool:
         return bool(await exported())
 
-    await eventually(announced, 20, "vault.subject.exported")
+    await eventually(announced, 20, what="vault.subject.exported")
     assert await exported() == [(result.request_id, 3, summary.sha256)]
 
 
@@ -220,7 +220,7 @@ async def test_a_task_delivered_twice_has_one_effect(dsr: Dsr) -> None:
     async def both_seen() -> bool:
         return consumer.stats.handled + consumer.stats.duplicates >= 2
 
-    await eventually(both_seen, 30, "both copies consumed")
+    await eventually(both_seen, 30, what="both copies consumed")
     result = await dsr.completion(erase.vault_task_requested.task_id)  # exactly one completion
     assert result.outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED
     assert consumer.stats.duplicates == 1
@@ -255,7 +255,7 @@ async def test_malformed_and_foreign_events_end_in_the_dead_letter_subject_and_t
     async def all_three() -> bool:
         return len(await dead_lettered()) == 3
 
-    await eventually(all_three, 30, "three dead letters")
+    await eventually(all_three, 30, what="three dead letters")
     letters = await dead_lettered()
     assert garbage in letters
     assert no_tenant.SerializeToString() in letters and wrong_payload.SerializeToString() in letters

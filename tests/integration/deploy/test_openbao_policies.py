@@ -23,7 +23,7 @@ from services.chassis.errors import Unavailable
 from services.cli.devca import ensure_dev_pki
 from services.vault.transit import KeyUnavailable, TransitClient
 from tests.plugins.infra import OpenBaoDev, free_port, wait_for_port, which
-from tests.unit.deploy.k8s import K8S, load_docs
+from tests.plugins.k8s import K8S, load_docs
 
 POLICIES = ("steward-vault-crypto", "steward-vault-keys", "steward-oncall-read")
 AAD = b"v1|tenant|key"
