@@ -302,6 +302,15 @@ async def key_refused(c: Clients, token: str) -> bool:
     return code == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def grant_expired(c: Clients, tenant_md: Any, grant_id: str) -> bool:
+    """True once the tenant reads ``grant_id`` as expired (computed from its stored times on every read, the
+    same rule that refuses calls under it)."""
+    listed = await c.admin.ListSupportGrants(
+        gateway_pb2.ListSupportGrantsRequest(include_inactive=True), metadata=tenant_md
+    )
+    return [g.state for g in listed.grants if g.grant_id == grant_id] == [gateway_pb2.SUPPORT_GRANT_STATE_EXPIRED]
+
+
 # The API-key cache TTL of a gateway whose refusal of a revoked key must come from the revocation event: far
 # longer than any wait in the tests (settings cap the TTL at 0.9 s, so this is set past them, see below).
 LONG_KEY_CACHE_TTL_S = 60.0

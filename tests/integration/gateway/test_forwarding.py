@@ -25,6 +25,7 @@ from tests.integration.gateway.support import (
     start_fake_vault,
     status_of,
 )
+from tests.plugins.waiting import eventually
 
 PUT = vault_pb2.PutRecordRequest(record=vault_pb2.NewRecord(kind=vault_pb2.RECORD_KIND_NOTE))
 
@@ -116,7 +117,7 @@ async def test_upstream_down_is_a_clear_unavailable(idp: TestIdP, sqlite_url: st
 
 
 async def test_deadline_is_the_route_cap_when_the_caller_sends_none(idp: TestIdP, sqlite_url: str) -> None:
-    state = FakeVaultState(delay_s=2.0)
+    state = FakeVaultState(hold_list_records=asyncio.Event())  # ListRecords never answers in time
     running = await start_fake_vault(state)
     env = await start_env(
         idp,
@@ -132,6 +133,7 @@ async def test_deadline_is_the_route_cap_when_the_caller_sends_none(idp: TestIdP
     # the caller's own shorter deadline wins and is reported by gRPC as the caller's
     code, _ = await status_of(env.c.vault.ListRecords(list_req, metadata=bearer(env.key_a), timeout=0.1))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    state.hold_list_records.set()
     await env.c.channel.close()
     await env.handle.stop(0)
     await running.server.stop(0)
@@ -234,17 +236,19 @@ async def test_services_accept_only_the_gateways_certificate(idp: TestIdP, sqlit
 async def test_calls_beyond_the_concurrency_limit_are_refused_not_queued(idp: TestIdP, sqlite_url: str) -> None:
     from services.chassis.settings import GrpcSettings
 
-    state = FakeVaultState(delay_s=0.5)
+    state = FakeVaultState(hold_list_records=asyncio.Event())  # calls stay in flight until released
     running = await start_fake_vault(state)
     env = await start_env(idp, (state, running.port), sqlite_url, None, grpc=GrpcSettings(max_concurrent_rpcs=4))
     list_req = vault_pb2.ListRecordsRequest(kind=vault_pb2.RECORD_KIND_NOTE)
-    results = await asyncio.gather(
-        *(status_of(env.c.vault.ListRecords(list_req, metadata=bearer(env.key_a), timeout=10)) for _ in range(12))
-    )
-    codes = [code for code, _ in results]
-    assert grpc.StatusCode.OK in codes
-    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
-    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    calls = [
+        asyncio.ensure_future(status_of(env.c.vault.ListRecords(list_req, metadata=bearer(env.key_a), timeout=20)))
+        for _ in range(12)
+    ]
+    await eventually(lambda: sum(c.done() for c in calls) == 8, what="the 8 calls beyond the limit answered")
+    state.hold_list_records.set()
+    codes = [code for code, _ in await asyncio.gather(*calls)]
+    assert codes.count(grpc.StatusCode.OK) == 4
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 8
     await env.c.channel.close()
     await env.handle.stop(0)
     await running.server.stop(0)
