@@ -80,13 +80,15 @@ class Reason(StrEnum):
     # Request problems a client can fix by itself.
     RECORD_TOO_LARGE = "RECORD_TOO_LARGE"
     BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
-    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"  # noqa: S105 - a reason name, not a secret
     DEADLINE_REQUIRED = "DEADLINE_REQUIRED"
     # Missing objects, by kind (also the answer for another tenant's objects).
     TENANT_NOT_FOUND = "TENANT_NOT_FOUND"
     SUBJECT_NOT_FOUND = "SUBJECT_NOT_FOUND"
     RECORD_NOT_FOUND = "RECORD_NOT_FOUND"
     LEGAL_HOLD_NOT_FOUND = "LEGAL_HOLD_NOT_FOUND"
+    API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
+    GRANT_NOT_FOUND = "GRANT_NOT_FOUND"
     # State refusals: retrying is pointless until someone changes the state.
     LEGAL_HOLD = "LEGAL_HOLD"
     TENANT_CLOSED = "TENANT_CLOSED"
@@ -97,7 +99,7 @@ class Reason(StrEnum):
     API_KEY_NOT_ACTIVE = "API_KEY_NOT_ACTIVE"
     GRANT_NOT_PENDING = "GRANT_NOT_PENDING"
     # Authentication and admission.
-    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"  # noqa: S105 - a reason name, not a secret
     AUTH_RATE_LIMITED = "AUTH_RATE_LIMITED"
     PEER_NOT_ALLOWED = "PEER_NOT_ALLOWED"
     # Outages: retry later.
