@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,32 +13,30 @@ import pytest
 from steward.gateway.v1 import gateway_pb2
 from steward.vault.v1 import vault_pb2
 
-from services.gateway.main import GatewayHandle, create_server
-from tests.integration.gateway.support import (
-    Clients,
-    TestIdP,
-    bearer,
-    clients,
-    gateway_settings,
-    refusal_of,
-    sample_details,
-)
+from tests.integration.gateway.conftest import GatewayEnv, start_env
+from tests.integration.gateway.support import Clients, FakeVaultState, TestIdP, bearer, refusal_of
 from tests.plugins.stack import VaultFactory, VaultHarness
-
-SCOPES = ["records:read", "records:write", "subjects:export", "subjects:erase", "dsr:manage"]
 
 
 @dataclass
 class Stack:
     vault: VaultHarness
-    gateway: GatewayHandle
-    c: Clients
-    idp: TestIdP
-    tenant: str
-    key: str
+    env: GatewayEnv
+
+    @property
+    def c(self) -> Clients:
+        return self.env.c
+
+    @property
+    def tenant(self) -> str:
+        return self.env.tenant_a
+
+    @property
+    def key(self) -> str:
+        return self.env.key_a
 
     def admin(self, **extra: str) -> tuple[tuple[str, str], ...]:
-        return bearer(self.idp.token("alice", ["ops:admin"]), **extra)
+        return self.env.admin_md(**extra)  # type: ignore[no-any-return]
 
     def direct(self) -> tuple[tuple[str, str], ...]:
         """Identity metadata for calling the vault itself, as the gateway would for this tenant."""
@@ -47,23 +44,13 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(vault_factory: VaultFactory, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(vault_factory: VaultFactory, idp: TestIdP, sqlite_url: str) -> AsyncIterator[Stack]:
     vault = await vault_factory()
-    idp = TestIdP(tmp_path)
-    settings = gateway_settings(
-        database_url=f"sqlite:///{tmp_path / 'gateway.db'}", idp=idp, vault_address=f"127.0.0.1:{vault.port}"
-    )
-    handle, port = await create_server(settings)
-    c = clients(port)
-    admin = bearer(idp.token("alice", ["ops:admin"]))
-    created = await c.admin.CreateTenant(gateway_pb2.CreateTenantRequest(details=sample_details()), metadata=admin)
-    tenant = created.tenant.tenant_id
-    made = await c.admin.CreateApiKey(
-        gateway_pb2.CreateApiKeyRequest(tenant_id=tenant, name="errors", scopes=SCOPES), metadata=admin
-    )
-    yield Stack(vault, handle, c, idp, tenant, made.token)
-    await c.channel.close()
-    await handle.stop(0)
+    # The usual gateway test environment, but its upstream is the real vault (the fake's state stays unused).
+    env = await start_env(idp, (FakeVaultState(), vault.port), sqlite_url, None)
+    yield Stack(vault, env)
+    await env.c.channel.close()
+    await env.handle.stop(0)
 
 
 async def _lead(stack: Stack) -> vault_pb2.Record:

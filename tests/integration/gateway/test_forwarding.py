@@ -23,8 +23,8 @@ from tests.integration.gateway.support import (
     clients,
     dev_ca,
     gateway_settings,
-    start_fake_vault,
     refusal_of,
+    start_fake_vault,
     status_of,
 )
 
