@@ -332,7 +332,9 @@ def _is_database_outage(exc: BaseException) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that mean "a dependency is down, try again later" rather than "this request is bad"."""
-    return isinstance(exc, Unavailable | ConnectionError | TimeoutError) or _is_database_outage(exc)
+    if isinstance(exc, DomainError):  # a relayed upstream UNAVAILABLE is as transient as our own
+        return exc.code == grpc.StatusCode.UNAVAILABLE
+    return isinstance(exc, ConnectionError | TimeoutError) or _is_database_outage(exc)
 
 
 async def abort_for(context: aio.ServicerContext, exc: BaseException) -> None:

@@ -150,3 +150,11 @@ def test_an_upstream_refusal_is_passed_on_byte_for_byte_and_drops_other_trailers
     relayed = errors.UpstreamRefusal(upstream)
     assert (relayed.code, relayed.reason, relayed.metadata) == (sent.code, "TENANT_SHREDDED", {})
     assert errors.status_for(relayed) == sent
+
+
+def test_an_upstream_unavailable_is_transient_and_an_upstream_refusal_is_not() -> None:
+    outage = FakeCall(errors.status_for(errors.Unavailable("Transit is down; retry later")))
+    refusal = FakeCall(errors.status_for(errors.FailedPrecondition("closed", reason=Reason.TENANT_CLOSED)))
+    assert errors.is_transient(errors.UpstreamRefusal(outage))
+    assert not errors.is_transient(errors.UpstreamRefusal(refusal))
+    assert errors.is_transient(errors.Unavailable("down")) and not errors.is_transient(errors.NotFound("gone"))
