@@ -29,6 +29,7 @@ from services.chassis.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Reason,
     Unauthenticated,
 )
 from services.chassis.identity import CallerIdentity
@@ -221,7 +222,7 @@ class Gatekeeper:
                 raise InvalidArgument(f"operators must name the tenant in {MD_TARGET_TENANT} metadata")
             exists = await self.db.run(lambda s: s.get(TenantRow, tenant_id) is not None)
             if not exists:
-                raise NotFound(f"no such tenant: check {MD_TARGET_TENANT}")
+                raise NotFound(f"no such tenant: check {MD_TARGET_TENANT}", reason=Reason.TENANT_NOT_FOUND)
         return Caller(
             kind="operator",
             principal=principal,

@@ -16,12 +16,12 @@ from steward.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from services.chassis.db import Database
-from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied, Reason
 from services.chassis.identity import CallerIdentity, identity_metadata
 from services.chassis.timestamps import to_timestamp
 from services.gateway import apikeys, grants, tenants
 from services.gateway.admission import Caller, current_caller
-from services.gateway.forwarding import DeadlinePolicy, Upstreams
+from services.gateway.forwarding import DeadlinePolicy, Upstreams, upstream_error
 from services.gateway.models import ApiKeyRow, SupportAccessRow, SupportGrantRow, TenantRow, utcnow
 from services.gateway.policy import OPS_ADMIN, OPS_ONCALL, SUPPORT
 
@@ -108,7 +108,7 @@ def _tenant_for(caller: Caller, requested: str) -> str:
     """An API key acts on its own tenant only; operators must name one."""
     if caller.kind == "api_key":
         if requested and requested != caller.tenant_id:
-            raise NotFound("no such tenant: check tenant_id")
+            raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
         return caller.tenant_id
     if not requested:
         raise InvalidArgument("tenant_id is required: operators must name the tenant")
@@ -178,16 +178,13 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             principal_kind=caller.kind,
             credential_id=caller.credential_id,
         )
+        timeout = self.deadlines.cap_for(_VAULT_ADMIN + rpc)
         try:
-            return await getattr(stub, rpc)(
-                request,
-                metadata=identity_metadata(identity),
-                timeout=self.deadlines.cap_for(_VAULT_ADMIN + rpc),
-            )
+            return await getattr(stub, rpc)(request, metadata=identity_metadata(identity), timeout=timeout)
         except aio.AioRpcError as err:
-            raise Unavailable(
-                f"the vault refused or could not complete {rpc} ({err.code().name}); retry — nothing is half-done"
-            ) from None
+            # The vault's own refusal (e.g. a shredded tenant) reaches the caller as the vault sent it; only
+            # an unreachable or slow vault becomes the gateway's UNAVAILABLE / DEADLINE_EXCEEDED.
+            raise upstream_error(err, upstream="vault", cap=timeout) from None
 
     async def CreateTenant(self, request: gateway_pb2.CreateTenantRequest, context: aio.ServicerContext) -> Any:
         caller = current_caller()
@@ -207,7 +204,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 lambda s: grants.list_grants(s, tenant_id=tenant_id, principal=caller.principal, include_inactive=False)
             )
             if not any(grants.grant_state(g, utcnow()) == "active" for g in live):
-                raise NotFound("no such tenant: check tenant_id")
+                raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
 
     async def GetTenant(self, request: gateway_pb2.GetTenantRequest, context: aio.ServicerContext) -> Any:
         caller = current_caller()

@@ -27,7 +27,7 @@ from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
 from services.chassis.db import Database
-from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, Reason, Unauthenticated
 from services.chassis.timestamps import to_timestamp
 from services.gateway.models import ApiKeyRow, TenantRow, utcnow
 from services.gateway.policy import SCOPES
@@ -238,9 +238,11 @@ def create_key(
         raise InvalidArgument(f"ttl_seconds must be between 0 (no expiry) and {MAX_TTL_S}")
     tenant = session.get(TenantRow, tenant_id)
     if tenant is None:
-        raise NotFound("no such tenant: check tenant_id")
+        raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
     if tenant.state != "active":
-        raise FailedPrecondition("the tenant is closed: no new API keys can be issued for it")
+        raise FailedPrecondition(
+            "the tenant is closed: no new API keys can be issued for it", reason=Reason.TENANT_CLOSED
+        )
     key_id, secret, token = _new_token(env)
     now = utcnow()
     row = ApiKeyRow(
@@ -276,7 +278,7 @@ def find_key(session: Session, key_id: str, *, tenant_id: str | None) -> ApiKeyR
     """The key ``key_id``; NOT_FOUND when it does not exist or belongs to another tenant than ``tenant_id``."""
     row = session.get(ApiKeyRow, key_id) if key_id else None
     if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
-        raise NotFound("no such API key: check key_id")
+        raise NotFound("no such API key: check key_id", reason=Reason.API_KEY_NOT_FOUND)
     return row
 
 
@@ -318,7 +320,9 @@ def rotate_key(
         raise InvalidArgument(f"grace_seconds must be between 0 and {MAX_GRACE_S}")
     now = utcnow()
     if key_state(row, now) != "active":
-        raise FailedPrecondition("only an active key can be rotated; create a new key instead")
+        raise FailedPrecondition(
+            "only an active key can be rotated; create a new key instead", reason=Reason.API_KEY_NOT_ACTIVE
+        )
     remaining_ttl = 0
     if row.expires_at is not None:
         remaining_ttl = max(1, int((row.expires_at - now).total_seconds()))

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
-from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Reason
 from services.chassis.timestamps import to_timestamp
 from services.gateway.models import SupportAccessRow, SupportGrantRow, TenantRow, utcnow
 
@@ -74,9 +74,9 @@ def _validate(reason: str, ticket_id: str, duration_s: int) -> str:
 def _require_active_tenant(session: Session, tenant_id: str) -> None:
     tenant = session.get(TenantRow, tenant_id) if tenant_id else None
     if tenant is None:
-        raise NotFound("no such tenant: check tenant_id")
+        raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
     if tenant.state != "active":
-        raise FailedPrecondition("the tenant is closed: support access cannot be granted")
+        raise FailedPrecondition("the tenant is closed: support access cannot be granted", reason=Reason.TENANT_CLOSED)
 
 
 def request_access(
@@ -145,7 +145,7 @@ def find_grant(
         or (tenant_id is not None and row.tenant_id != tenant_id)
         or (principal is not None and row.principal != principal)
     ):
-        raise NotFound("no such support grant: check grant_id")
+        raise NotFound("no such support grant: check grant_id", reason=Reason.GRANT_NOT_FOUND)
     return row
 
 
@@ -153,7 +153,10 @@ def approve(session: Session, row: SupportGrantRow, *, approved_by: str) -> Supp
     """Start a PENDING grant's clock (event gateway.support.granted)."""
     now = utcnow()
     if grant_state(row, now) != "pending":
-        raise FailedPrecondition("only a pending support request can be approved; ask support to request again")
+        raise FailedPrecondition(
+            "only a pending support request can be approved; ask support to request again",
+            reason=Reason.GRANT_NOT_PENDING,
+        )
     row.status = "active"
     row.approved_at = now
     row.approved_by = approved_by

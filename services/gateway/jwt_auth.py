@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import jwt
 from jwt import PyJWK
 
-from services.chassis.errors import Unauthenticated, Unavailable
+from services.chassis.errors import Reason, Unauthenticated, Unavailable
 from services.gateway.policy import OPERATOR_ROLES
 from services.gateway.settings import JwtSettings
 
@@ -159,7 +159,7 @@ class OperatorVerifier:
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("operator token expired: sign in again") from None
+            raise Unauthenticated("operator token expired: sign in again", reason=Reason.TOKEN_EXPIRED) from None
         except jwt.InvalidAudienceError:
             raise Unauthenticated("operator token is meant for another audience than this gateway") from None
         except jwt.InvalidIssuerError:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.chassis.errors import ResourceExhausted
+from services.chassis.errors import Reason, ResourceExhausted
 
 __all__ = ["RateLimiter", "TokenBucket"]
 
@@ -94,6 +94,8 @@ class RateLimiter:
             who = "this tenant" if kind == "tenant" else "this operator"
             raise ResourceExhausted(
                 f"rate limit of {bucket.rate:g} calls/s for {who} exceeded; retry after {wait * 1000:.0f} ms",
+                reason=Reason.RATE_LIMITED,
+                metadata={"limit": kind},
                 retry_after_s=wait,
             )
 
@@ -113,6 +115,7 @@ class RateLimiter:
             raise ResourceExhausted(
                 f"too many failed authentications from this client; fix its credential and retry after "
                 f"{wait * 1000:.0f} ms",
+                reason=Reason.AUTH_RATE_LIMITED,
                 retry_after_s=wait,
             )
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
-from services.chassis.errors import Aborted, InvalidArgument, NotFound
+from services.chassis.errors import Aborted, InvalidArgument, NotFound, Reason
 from services.gateway.models import TenantRow, utcnow
 
 __all__ = [
@@ -210,7 +210,7 @@ def get_tenant(session: Session, tenant_id: str) -> TenantRow:
     """The tenant, or NOT_FOUND."""
     row = session.get(TenantRow, tenant_id) if tenant_id else None
     if row is None:
-        raise NotFound("no such tenant: check tenant_id")
+        raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
     return row
 
 
@@ -220,7 +220,11 @@ def update_tenant(
     """Replace the details when ``expected_version`` matches (ABORTED otherwise) and emit TenantUpdated."""
     row = get_tenant(session, tenant_id)
     if expected_version != row.version:
-        raise Aborted(f"tenant changed since you read it (version {row.version}); re-read and retry")
+        raise Aborted(
+            f"tenant changed since you read it (version {row.version}); re-read and retry",
+            reason=Reason.VERSION_CONFLICT,
+            metadata={"current_version": str(row.version)},
+        )
     _apply(row, details, sealer)
     row.version += 1
     row.updated_at = utcnow()

@@ -14,7 +14,7 @@ from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
 from services.chassis.db import Database
-from services.chassis.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from services.chassis.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Reason
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
 from services.vault import audit
@@ -134,11 +134,13 @@ def shred_tenant(
     if confirm_tenant_id != tid:
         raise InvalidArgument("confirm_tenant_id must equal the tenant being shredded")
     if tenant.state != "closed":
-        raise FailedPrecondition("close the tenant before shredding it")
+        raise FailedPrecondition("close the tenant before shredding it", reason=Reason.TENANT_NOT_CLOSED)
     hold = session.scalar(select(LegalHold.hold_id).where(LegalHold.tenant_id == tid).limit(1))
     if hold is not None:
         raise FailedPrecondition(
-            f"subjects of this tenant are under legal hold {hold}; clear every hold before shredding"
+            f"subjects of this tenant are under legal hold {hold}; clear every hold before shredding",
+            reason=Reason.LEGAL_HOLD,
+            metadata={"hold_id": hold},
         )
     records = session.scalar(select(func.count()).select_from(Record).where(Record.tenant_id == tid)) or 0
     subjects = session.scalar(select(func.count()).select_from(Subject).where(Subject.tenant_id == tid)) or 0
@@ -284,7 +286,9 @@ def _read_seq_token(token: str) -> int:
             raise ValueError
         return int(value)
     except ValueError:
-        raise InvalidArgument("page_token is invalid; repeat the query without it") from None
+        raise InvalidArgument(
+            "page_token is invalid; repeat the query without it", reason=Reason.INVALID_PAGE_TOKEN
+        ) from None
 
 
 def verify_audit(session: Session, ctx: VaultContext, identity: CallerIdentity) -> audit.ChainReport:

@@ -15,7 +15,7 @@ from steward.vault.v1 import vault_pb2_grpc
 
 from services.chassis.bus import OutboxRelay
 from services.chassis.db import Database
-from services.chassis.errors import InvalidArgument, NotFound
+from services.chassis.errors import InvalidArgument, NotFound, Reason
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.timestamps import to_timestamp
 from services.vault import admin, records
@@ -125,7 +125,10 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def PutRecords(self, request: pb.PutRecordsRequest, context: aio.ServicerContext) -> pb.PutRecordsResponse:
         require_identity(context)
         if len(request.records) > self.ctx.policy.max_batch:
-            raise InvalidArgument(f"too many records: at most {self.ctx.policy.max_batch} per call; split the batch")
+            raise InvalidArgument(
+                f"too many records: at most {self.ctx.policy.max_batch} per call; split the batch",
+                reason=Reason.BATCH_TOO_LARGE,
+            )
         items = [_input(message) for message in request.records]
         views = await self._run(context, lambda s, who: records.put_records(s, self.ctx, who, items))
         return pb.PutRecordsResponse(records=[_record(view) for view in views])
@@ -179,7 +182,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
             context, lambda s, who: records.resolve_subject(s, self.ctx, who, field, raw), writes=False
         )
         if not subject_id:
-            raise NotFound("no subject matches that identifier")
+            raise NotFound("no subject matches that identifier", reason=Reason.SUBJECT_NOT_FOUND)
         return pb.ResolveSubjectResponse(subject_id=subject_id)
 
     async def ExportSubject(

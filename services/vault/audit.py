@@ -19,7 +19,7 @@ from sqlalchemy import Update, bindparam, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from services.chassis.errors import FailedPrecondition, NotFound
+from services.chassis.errors import FailedPrecondition, NotFound, Reason
 from services.chassis.fastsql import execute_compiled, insert_rows
 from services.chassis.identity import CallerIdentity
 from services.vault.models import AuditEntry, TenantVault
@@ -50,9 +50,14 @@ def lock_tenant(session: Session, tenant_id: str) -> TenantVault:
             execution_options={"populate_existing": True},
         ).one_or_none()
     if tenant is None:
-        raise NotFound("this tenant has no vault; create it with VaultAdminService.CreateTenant first")
+        raise NotFound(
+            "this tenant has no vault; create it with VaultAdminService.CreateTenant first",
+            reason=Reason.TENANT_NOT_FOUND,
+        )
     if tenant.state == "shredded":
-        raise FailedPrecondition("this tenant's data was shredded; nothing can be served")
+        raise FailedPrecondition(
+            "this tenant's data was shredded; nothing can be served", reason=Reason.TENANT_SHREDDED
+        )
     return tenant
 
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.chassis.errors import FailedPrecondition
+from services.chassis.errors import FailedPrecondition, Reason
 from services.chassis.ids import new_id
 from services.vault.blind_index import BlindIndex
 from services.vault.keycache import DekCache
@@ -84,13 +84,17 @@ class KeyRing:
             select(DataKey.id, DataKey.wrapped).where(DataKey.tenant_id == tenant_id, DataKey.id.in_(key_ids))
         ).all()
         if len(rows) != len(set(key_ids)):
-            raise FailedPrecondition("a data key is missing for this tenant; call on-call")
+            raise FailedPrecondition(
+                "a data key is missing for this tenant; call on-call", reason=Reason.KEY_UNAVAILABLE
+            )
         try:
             raws = _in_batches(
                 self.transit.unwrap, tenant_id, [(wrapped, key_aad(tenant_id, key_id)) for key_id, wrapped in rows]
             )
         except KeyUnavailable:
-            raise FailedPrecondition("this tenant's key can no longer decrypt its data keys") from None
+            raise FailedPrecondition(
+                "this tenant's key can no longer decrypt its data keys", reason=Reason.KEY_UNAVAILABLE
+            ) from None
         return {key_id: raw for (key_id, _), raw in zip(rows, raws, strict=True)}
 
     def create_keys(self, session: Session, tenant_id: str, kek_version: int, purposes: Sequence[str]) -> list[NewKey]:

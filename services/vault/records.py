@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
-from services.chassis.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from services.chassis.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, NotFound, Reason
 from services.chassis.fastsql import insert_rows
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
@@ -61,7 +61,9 @@ def _now() -> datetime:
 
 def _writable(tenant: TenantVault) -> None:
     if tenant.state != "active":
-        raise FailedPrecondition("this tenant is closed; writes are refused (reads and exports still work)")
+        raise FailedPrecondition(
+            "this tenant is closed; writes are refused (reads and exports still work)", reason=Reason.TENANT_CLOSED
+        )
 
 
 def _subject(session: Session, tenant_id: str, subject_id: str) -> Subject:
@@ -69,14 +71,15 @@ def _subject(session: Session, tenant_id: str, subject_id: str) -> Subject:
         raise InvalidArgument("subject_id is empty; send the subject's id (ResolveSubject finds it by identifier)")
     subject = session.get(Subject, subject_id)
     if subject is None or subject.tenant_id != tenant_id:
-        raise NotFound("subject not found")
+        raise NotFound("subject not found", reason=Reason.SUBJECT_NOT_FOUND)
     return subject
 
 
 def _not_restricted(subject: Subject | None) -> None:
     if subject is not None and subject.restricted:
         raise FailedPrecondition(
-            "processing restricted: this subject's data may only be exported or erased until the restriction is lifted"
+            "processing restricted: this subject's data may only be exported or erased until the restriction is lifted",
+            reason=Reason.SUBJECT_RESTRICTED,
         )
 
 
@@ -137,14 +140,19 @@ def _validate(ctx: VaultContext, items: Sequence[RecordInput]) -> None:
     if not items:
         raise InvalidArgument("no records sent; send at least one")
     if len(items) > ctx.policy.max_batch:
-        raise InvalidArgument(f"too many records: at most {ctx.policy.max_batch} per call; split the batch")
+        raise InvalidArgument(
+            f"too many records: at most {ctx.policy.max_batch} per call; split the batch", reason=Reason.BATCH_TOO_LARGE
+        )
     for position, item in enumerate(items):
         where = f"records[{position}]: " if len(items) > 1 else ""
         check_kind(item.kind, where)
         if not item.data:
             raise InvalidArgument(f"{where}data is empty; send the record's fields in data")
         if len(item.data) > ctx.policy.max_record_bytes:
-            raise InvalidArgument(f"{where}data is larger than {ctx.policy.max_record_bytes} bytes; split or trim it")
+            raise InvalidArgument(
+                f"{where}data is larger than {ctx.policy.max_record_bytes} bytes; split or trim it",
+                reason=Reason.RECORD_TOO_LARGE,
+            )
         if item.kind == LEAD_CONTACT and not item.subject_id and not item.has_identifiers:
             raise InvalidArgument(
                 f"{where}a LEAD_CONTACT needs subject_id or at least one of email, phone, external_id"
@@ -187,7 +195,10 @@ def _resolve_subjects(
         subjects = {row.id: row for row in rows}
         for position, sid in enumerate(subject_ids):
             if sid and sid not in subjects:
-                raise NotFound(f"records[{position}]: subject not found" if len(items) > 1 else "subject not found")
+                raise NotFound(
+                    f"records[{position}]: subject not found" if len(items) > 1 else "subject not found",
+                    reason=Reason.SUBJECT_NOT_FOUND,
+                )
     wanting = [i for i, item in enumerate(items) if item.has_identifiers and not item.subject_id]
     if wanting:
         index = blind_index(session, ctx, tenant)
@@ -280,7 +291,8 @@ def put_records(
         if sid and subjects[sid].restricted:
             raise FailedPrecondition(
                 (f"records[{position}]: " if len(items) > 1 else "")
-                + "processing restricted: this subject's data may only be exported or erased"
+                + "processing restricted: this subject's data may only be exported or erased",
+                reason=Reason.SUBJECT_RESTRICTED,
             )
     subjectless = sum(1 for sid in subject_ids if not sid)
     epoch = _epoch_key(session, ctx, tenant, subjectless) if subjectless else ""
@@ -328,7 +340,7 @@ def _record(session: Session, tenant_id: str, record_id: str) -> Record:
         raise InvalidArgument("record_id is empty; send the id PutRecord returned")
     row = session.get(Record, record_id)
     if row is None or row.tenant_id != tenant_id:
-        raise NotFound("record not found")
+        raise NotFound("record not found", reason=Reason.RECORD_NOT_FOUND)
     return row
 
 
@@ -351,7 +363,10 @@ def _page_token(index: BlindIndex, query: list[object]) -> str:
 
 
 def _read_page_token(index: BlindIndex, token: str, subject_id: str, kind: int) -> str:
-    invalid = InvalidArgument("page_token is invalid or belongs to another query; repeat the query without it")
+    invalid = InvalidArgument(
+        "page_token is invalid or belongs to another query; repeat the query without it",
+        reason=Reason.INVALID_PAGE_TOKEN,
+    )
     try:
         body_part, mac_part = token.split(".", 1)
         body = base64.urlsafe_b64decode(body_part + "=" * (-len(body_part) % 4))
@@ -416,7 +431,11 @@ def _record_to_change(session: Session, tenant_id: str, record_id: str, expected
     if row.subject_id:
         _not_restricted(session.get(Subject, row.subject_id))
     if expected_version and row.version != expected_version:
-        raise Aborted(f"record is at version {row.version}, not {expected_version}; re-read it and retry")
+        raise Aborted(
+            f"record is at version {row.version}, not {expected_version}; re-read it and retry",
+            reason=Reason.VERSION_CONFLICT,
+            metadata={"current_version": str(row.version)},
+        )
     return row
 
 
@@ -431,7 +450,9 @@ def update_record(
     if not data:
         raise InvalidArgument("data is empty; send the record's corrected fields in data")
     if len(data) > ctx.policy.max_record_bytes:
-        raise InvalidArgument(f"data is larger than {ctx.policy.max_record_bytes} bytes; split or trim it")
+        raise InvalidArgument(
+            f"data is larger than {ctx.policy.max_record_bytes} bytes; split or trim it", reason=Reason.RECORD_TOO_LARGE
+        )
     tid = tenant.tenant_id
     row = _record_to_change(session, tid, record_id, expected_version)
     key_id = row.key_id if row.subject_id else _epoch_key(session, ctx, tenant, 1)
@@ -581,7 +602,11 @@ def erase_subject(
         select(LegalHold.hold_id).where(LegalHold.tenant_id == tid, LegalHold.subject_id == subject.id).limit(1)
     )
     if hold is not None:
-        raise FailedPrecondition(f"subject is under legal hold {hold}; clear the hold before erasing")
+        raise FailedPrecondition(
+            f"subject is under legal hold {hold}; clear the hold before erasing",
+            reason=Reason.LEGAL_HOLD,
+            metadata={"hold_id": hold},
+        )
     digests = tuple(
         f"{f}:{d.hex()}"
         for f, d in session.execute(
@@ -724,7 +749,7 @@ def clear_legal_hold(
     subject = _subject(session, tenant.tenant_id, subject_id)
     hold = session.get(LegalHold, (tenant.tenant_id, subject.id, hold_id))
     if hold is None:
-        raise NotFound("no such legal hold on this subject")
+        raise NotFound("no such legal hold on this subject", reason=Reason.LEGAL_HOLD_NOT_FOUND)
     session.delete(hold)
     _hold_event(session, ctx, tenant.tenant_id, subject.id, hold_id, False)
     audit.append(session, tenant, identity, "subject.clear_legal_hold", [subject.id, hold_id])

@@ -33,7 +33,7 @@ import requests
 from hvac.adapters import RawAdapter
 
 from services.chassis.circuit import CircuitBreaker
-from services.chassis.errors import FailedPrecondition, Unavailable
+from services.chassis.errors import FailedPrecondition, Reason, Unavailable
 
 __all__ = ["DEK_BYTES", "UNAVAILABLE_MESSAGE", "KeyInfo", "KeyUnavailable", "TransitClient", "TransitRejected"]
 
@@ -53,8 +53,9 @@ class KeyUnavailable(FailedPrecondition):
 
     A FAILED_PRECONDITION where it is not handled more specifically (the messages name no data).
 
-    ``reason`` is one of :attr:`KEY_MISSING`, :attr:`VERSION_RETIRED`, :attr:`DOES_NOT_VERIFY`;
-    ``failed`` holds the indexes of the batch items that failed (all of them when the key is gone).
+    ``cause`` is one of :attr:`KEY_MISSING`, :attr:`VERSION_RETIRED`, :attr:`DOES_NOT_VERIFY` (also sent as
+    ``key_problem`` in the ErrorInfo metadata); ``failed`` holds the indexes of the batch items that failed
+    (all of them when the key is gone).
     """
 
     KEY_MISSING = "key_missing"
@@ -69,9 +70,11 @@ class KeyUnavailable(FailedPrecondition):
         "between rows, or the wrong tenant/key id)",
     }
 
-    def __init__(self, reason: str, failed: Sequence[int] = ()) -> None:
-        super().__init__(self._MESSAGES[reason] + "; call on-call")
-        self.reason = reason
+    def __init__(self, cause: str, failed: Sequence[int] = ()) -> None:
+        super().__init__(
+            self._MESSAGES[cause] + "; call on-call", reason=Reason.KEY_UNAVAILABLE, metadata={"key_problem": cause}
+        )
+        self.cause = cause
         self.failed = tuple(failed)
 
 

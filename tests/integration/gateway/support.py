@@ -31,7 +31,7 @@ from grpc import aio
 from steward.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
-from services.chassis.errors import NotFound
+from services.chassis.errors import NotFound, error_info
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.settings import GrpcSettings, NatsSettings, TlsSettings
@@ -330,6 +330,30 @@ def with_long_key_cache(init: Callable[..., None]) -> Callable[..., None]:
         init(self, *args, **{**kwargs, "ttl_s": LONG_KEY_CACHE_TTL_S})
 
     return init_with_long_ttl
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Everything a client can branch on in a failed call: code, message, and the ErrorInfo reason/metadata."""
+
+    code: grpc.StatusCode
+    details: str
+    reason: str | None
+    metadata: dict[str, str]
+
+
+async def refusal_of(awaitable: Any) -> Refusal:
+    """The refusal a call ends with (fails the test if it succeeds); streaming calls are drained."""
+    try:
+        if hasattr(awaitable, "__aiter__"):
+            async for _ in awaitable:
+                pass
+        else:
+            await awaitable
+    except aio.AioRpcError as err:
+        info = error_info(err)
+        return Refusal(err.code(), err.details() or "", info[0] if info else None, info[1] if info else {})
+    raise AssertionError("the call succeeded; a refusal was expected")
 
 
 @dataclass

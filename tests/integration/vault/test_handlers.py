@@ -142,7 +142,8 @@ async def test_erase_task_erases_and_a_legal_hold_rejects_it_naming_the_hold(dsr
     held = await dsr.send(tenant, ev.VAULT_ACTION_SET_LEGAL_HOLD, sid, hold_id="case-2026-5")
     assert held.outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED
     refused = await dsr.send(tenant, ev.VAULT_ACTION_ERASE, sid)
-    assert (refused.outcome, refused.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "legal_hold:case-2026-5")
+    assert (refused.outcome, refused.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "LEGAL_HOLD")
+    assert dict(refused.reason_metadata) == {"hold_id": "case-2026-5"}
     assert (await get(vault, tenant, contact.id)).id == contact.id  # nothing erased
     ledger = RawDatabase(vault.settings.tombstone_database_url.get_secret_value())
     assert ledger.scalar("SELECT count(*) FROM vault_tombstones") == 0
@@ -172,10 +173,10 @@ async def test_unknown_or_foreign_subject_is_rejected(dsr: Dsr) -> None:
     for subject_id in (unknown_id(), theirs.subject_id):
         for action in (ev.VAULT_ACTION_EXPORT, ev.VAULT_ACTION_ERASE, ev.VAULT_ACTION_RESTRICT):
             result = await dsr.send(tenant, action, subject_id)
-            assert (result.outcome, result.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "subject_not_found")
+            assert (result.outcome, result.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "SUBJECT_NOT_FOUND")
     assert (await get(vault, other, theirs.id)).id == theirs.id
     unknown = await dsr.send(tenant, 99, theirs.subject_id)
-    assert (unknown.outcome, unknown.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "invalid_task")
+    assert (unknown.outcome, unknown.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "INVALID_ARGUMENT")
 
 
 async def test_restrict_lift_and_rectify_tasks(dsr: Dsr) -> None:

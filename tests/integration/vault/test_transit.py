@@ -95,7 +95,7 @@ def test_swapped_associated_data_does_not_unwrap_and_leaks_no_key_material(trans
     swapped = [(wrapped[0], items[0][1]), (wrapped[1], items[1][1]), (wrapped[2], items[1][1])]
     with pytest.raises(KeyUnavailable) as caught:
         transit.unwrap(tenant, swapped)
-    assert caught.value.reason == KeyUnavailable.DOES_NOT_VERIFY
+    assert caught.value.cause == KeyUnavailable.DOES_NOT_VERIFY
     assert caught.value.failed == (2,)
     text = f"{caught.value!s} {caught.value!r}"
     for dek, _ in items:
@@ -110,7 +110,7 @@ def test_one_tenants_wrapped_dek_does_not_unwrap_under_another_tenants_key(trans
     wrapped = transit.wrap(tenant, items)
     with pytest.raises(KeyUnavailable) as caught:
         transit.unwrap(other, [(wrapped[0], items[0][1])])
-    assert caught.value.reason == KeyUnavailable.DOES_NOT_VERIFY
+    assert caught.value.cause == KeyUnavailable.DOES_NOT_VERIFY
 
 
 def test_rotation_with_rewrap_then_min_decryption_version_retires_only_old_ciphertexts(
@@ -129,7 +129,7 @@ def test_rotation_with_rewrap_then_min_decryption_version_retires_only_old_ciphe
     assert transit.key_info(tenant).min_decryption_version == 2
     with pytest.raises(KeyUnavailable) as caught:
         transit.unwrap(tenant, [(old[0], items[0][1])])
-    assert caught.value.reason == KeyUnavailable.VERSION_RETIRED
+    assert caught.value.cause == KeyUnavailable.VERSION_RETIRED
     assert transit.unwrap(tenant, [(c, aad) for c, (_, aad) in zip(rewrapped, items, strict=True)]) == [
         dek for dek, _ in items
     ]
@@ -159,7 +159,7 @@ def test_shredded_tenant_key_makes_its_deks_undecryptable_even_directly(
 
     with pytest.raises(KeyUnavailable) as caught:
         transit.unwrap(tenant, [(c, aad) for c, (_, aad) in zip(wrapped, items, strict=True)])
-    assert caught.value.reason == KeyUnavailable.KEY_MISSING
+    assert caught.value.cause == KeyUnavailable.KEY_MISSING
     assert caught.value.failed == (0, 1)
 
     direct = raw_hvac(openbao).secrets.transit
@@ -175,7 +175,7 @@ def test_shredded_tenant_key_makes_its_deks_undecryptable_even_directly(
     # Wrapping for a shredded tenant must fail, not quietly create a fresh key under the old name.
     with pytest.raises(KeyUnavailable) as caught:
         transit.wrap(tenant, deks_with_aad(tenant, 1))
-    assert caught.value.reason == KeyUnavailable.KEY_MISSING
+    assert caught.value.cause == KeyUnavailable.KEY_MISSING
     with pytest.raises(KeyUnavailable):
         transit.key_info(tenant)
 

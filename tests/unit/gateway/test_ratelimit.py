@@ -31,6 +31,7 @@ def test_burst_then_refusal_with_a_retry_hint() -> None:
         rl.check("tenant", "a")
     assert caught.value.retry_after_s == pytest.approx(0.1)
     assert "retry after 100 ms" in caught.value.message
+    assert (caught.value.reason, caught.value.metadata) == ("RATE_LIMITED", {"limit": "tenant"})
     clock.now += 0.1
     rl.check("tenant", "a")
 
@@ -71,8 +72,9 @@ def test_failed_authentications_block_a_peer_until_they_refill() -> None:
     rl.refuse_if_failing("ipv4:10.0.0.9")  # no failures yet
     for _ in range(3):
         rl.failed_authentication("ipv4:10.0.0.9")
-    with pytest.raises(ResourceExhausted, match="failed authentications"):
+    with pytest.raises(ResourceExhausted, match="failed authentications") as caught:
         rl.refuse_if_failing("ipv4:10.0.0.9")
+    assert caught.value.reason == "AUTH_RATE_LIMITED" and caught.value.retry_after_s
     rl.refuse_if_failing("ipv4:10.0.0.10")  # another client is unaffected
     clock.now += 1.0
     rl.refuse_if_failing("ipv4:10.0.0.9")

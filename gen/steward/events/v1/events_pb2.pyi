@@ -561,6 +561,26 @@ class VaultTaskCompleted(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ReasonMetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TASK_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
@@ -569,17 +589,24 @@ class VaultTaskCompleted(_message.Message):
     REASON_CODE_FIELD_NUMBER: _builtins.int
     COUNTS_BY_KIND_FIELD_NUMBER: _builtins.int
     EXPORT_SHA256_FIELD_NUMBER: _builtins.int
+    REASON_METADATA_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     request_id: _builtins.str
     action: Global___VaultAction.ValueType
     subject_id: _builtins.str
     outcome: Global___VaultTaskOutcome.ValueType
     reason_code: _builtins.str
-    """Machine-readable reason for REJECTED/FAILED, e.g. "legal_hold:<hold id>", "subject_not_found"."""
+    """Machine-readable reason for REJECTED/FAILED: the refusal's ErrorInfo reason (services.chassis.errors.Reason),
+    e.g. "LEGAL_HOLD", "SUBJECT_NOT_FOUND", "TENANT_CLOSED".
+    """
     export_sha256: _builtins.str
     """Hex SHA-256 of the export, for EXPORT."""
     @_builtins.property
     def counts_by_kind(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def reason_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The refusal's ErrorInfo metadata, e.g. {"hold_id": ...} for LEGAL_HOLD; never customer data."""
+
     def __init__(
         self,
         *,
@@ -591,10 +618,11 @@ class VaultTaskCompleted(_message.Message):
         reason_code: _builtins.str = ...,
         counts_by_kind: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         export_sha256: _builtins.str = ...,
+        reason_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "counts_by_kind", b"counts_by_kind", "export_sha256", b"export_sha256", "outcome", b"outcome", "reason_code", b"reason_code", "request_id", b"request_id", "subject_id", b"subject_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "counts_by_kind", b"counts_by_kind", "export_sha256", b"export_sha256", "outcome", b"outcome", "reason_code", b"reason_code", "reason_metadata", b"reason_metadata", "request_id", b"request_id", "subject_id", b"subject_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
