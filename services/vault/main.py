@@ -42,6 +42,7 @@ class TransitSettings(BaseModel):
     token: SecretStr
     mount: str = "transit"
     key_prefix: str = "steward-tenant-"
+    audit_signing_key: str = "steward-audit-signing"
     connect_timeout_s: float = Field(default=2.0, gt=0)
     read_timeout_s: float = Field(default=5.0, gt=0)
     breaker_failures: int = Field(default=5, ge=1)
@@ -110,6 +111,7 @@ async def create_server(settings: VaultSettings, *, port: int | None = None) -> 
         settings.transit.token.get_secret_value(),
         mount=settings.transit.mount,
         key_prefix=settings.transit.key_prefix,
+        signing_key=settings.transit.audit_signing_key,
         connect_timeout_s=settings.transit.connect_timeout_s,
         read_timeout_s=settings.transit.read_timeout_s,
         breaker=CircuitBreaker(settings.transit.breaker_failures, settings.transit.breaker_reset_s),

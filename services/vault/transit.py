@@ -52,9 +52,6 @@ UNAVAILABLE_MESSAGE = "key service (Transit) is unavailable; retry later"
 DEK_BYTES = 32
 KEY_TYPE = "aes256-gcm96"
 SIGNING_KEY_TYPE = "ed25519"
-# Appended to the key prefix. Tenant ids start with a letter or digit, so no tenant key name can equal it
-# (a tenant called "audit-signing" cannot take, or shred, the signing key).
-SIGNING_KEY_SUFFIX = "_audit-signing"
 _TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Statuses meaning "Transit cannot serve us right now": 401/403 (token expired or policy missing) are an
 # outage from the caller's point of view, and 412 is Vault's "not yet consistent, retry".
@@ -163,7 +160,8 @@ def _item_failure_reason(errors: Sequence[str]) -> str:
 class TransitClient:
     """Per-tenant key operations on Transit, with bounded timeouts and a circuit breaker.
 
-    ``url``/``token`` address the server; keys are named ``key_prefix + tenant_id`` under ``mount``.
+    ``url``/``token`` address the server; keys are named ``key_prefix + tenant_id`` under ``mount``, and
+    ``signing_key`` (Ed25519, one per deployment) signs every tenant's audit checkpoints.
     ``breaker`` may be shared with other clients of the same server; a private one is made if omitted.
     """
 
@@ -174,6 +172,7 @@ class TransitClient:
         *,
         mount: str = "transit",
         key_prefix: str = "steward-tenant-",
+        signing_key: str = "steward-audit-signing",
         connect_timeout_s: float = 2.0,
         read_timeout_s: float = 5.0,
         breaker: CircuitBreaker | None = None,
@@ -181,6 +180,11 @@ class TransitClient:
     ) -> None:
         self.mount = mount.strip("/")
         self.key_prefix = key_prefix
+        if not _TENANT_ID.fullmatch(signing_key) or signing_key.startswith(key_prefix):
+            # Outside the tenant-key namespace: no tenant id can name it, so no shred can delete it, and the
+            # tenant-key policy (transit/keys/<prefix>*, aes256-gcm96 only) does not cover it.
+            raise ValueError("the audit-signing key name must be a plain key name that does not start with key_prefix")
+        self.signing_key_name = signing_key
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self._session = requests.Session()
         self._client = hvac.Client(
@@ -315,11 +319,6 @@ class TransitClient:
             return  # deleted by someone else between our two calls
 
     # -- audit signing -----------------------------------------------------------------------------------
-
-    @property
-    def signing_key_name(self) -> str:
-        """Name of the vault's audit-signing key (one per deployment, shared by every tenant's checkpoints)."""
-        return self.key_prefix + SIGNING_KEY_SUFFIX
 
     def create_signing_key(self) -> None:
         """Create the Ed25519 audit-signing key (not exportable, not deletable). Idempotent."""
