@@ -20,6 +20,7 @@ from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.timestamps import to_timestamp
 from services.vault import admin, records
 from services.vault.audit import Fault
+from services.vault.checkpoints import signed_fields
 from services.vault.domain import RecordInput, RecordView, VaultContext
 from services.vault.models import AuditEntry, TenantVault
 
@@ -371,15 +372,9 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
         self, request: pb.GetAuditCheckpointRequest, context: aio.ServicerContext
     ) -> pb.GetAuditCheckpointResponse:
         signed = await self._run(context, lambda s, who: admin.get_audit_checkpoint(s, self.ctx, who), isolated=True)
-        row = signed.checkpoint
         return pb.GetAuditCheckpointResponse(
             checkpoint=pb.AuditCheckpoint(
-                tenant_id=row.tenant_id,
-                seq=row.seq,
-                head_hash=row.head_hash,
-                signed_at=to_timestamp(row.signed_at),
-                signature=row.signature,
-                key_version=row.key_version,
+                **signed_fields(signed.checkpoint),
                 message=signed.message,
                 public_key=signed.public_key,
                 key_name=signed.key_name,

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -45,6 +46,7 @@ __all__ = [
     "checkpoint_now",
     "due_heads",
     "signature_verifies",
+    "signed_fields",
     "verify_chain",
 ]
 
@@ -103,6 +105,18 @@ def _sign(transit: TransitClient, heads: Sequence[Head], signed_at: datetime) ->
     ]
 
 
+def signed_fields(row: AuditCheckpoint) -> dict[str, Any]:
+    """The checkpoint's fields as the event and the API carry them (both messages share these names)."""
+    return {
+        "tenant_id": row.tenant_id,
+        "seq": row.seq,
+        "head_hash": row.head_hash,
+        "signed_at": to_timestamp(row.signed_at),
+        "signature": row.signature,
+        "key_version": row.key_version,
+    }
+
+
 def _store(session: Session, ctx: VaultContext, rows: Sequence[AuditCheckpoint], reason: str) -> None:
     """Insert the checkpoints not stored yet, move each tenant's checkpoint mark, and publish each as an event."""
     for row in rows:
@@ -122,14 +136,7 @@ def _store(session: Session, ctx: VaultContext, rows: Sequence[AuditCheckpoint],
                 source=ctx.source,
                 event_type="vault.audit.checkpointed",
                 tenant_id=row.tenant_id,
-                audit_checkpointed=events_pb2.AuditCheckpointed(
-                    tenant_id=row.tenant_id,
-                    seq=row.seq,
-                    head_hash=row.head_hash,
-                    signed_at=to_timestamp(row.signed_at),
-                    signature=row.signature,
-                    key_version=row.key_version,
-                ),
+                audit_checkpointed=events_pb2.AuditCheckpointed(**signed_fields(row)),
             ),
         )
     session.flush()
