@@ -21,7 +21,6 @@ from services.vault.models import AuditEntry
 from tests.integration.vault.helpers import (
     RawDatabase,
     canary_email,
-    eventually,
     lead,
     new_record,
     put,
@@ -29,6 +28,7 @@ from tests.integration.vault.helpers import (
 )
 from tests.plugins.infra import NatsServer, OpenBaoDev
 from tests.plugins.stack import VaultFactory, VaultHarness
+from tests.plugins.waiting import eventually
 
 ENTRY_COLUMNS = "tenant_id, seq, at, principal, principal_kind, action, target_ids, result, support_grant_id"
 
