@@ -88,9 +88,9 @@ async def tenant_with_a_checkpoint_at_every_entry(vault: VaultHarness) -> tuple[
 
 
 async def test_a_rewrite_with_every_later_hash_recomputed_is_caught_at_the_rewritten_entry(
-    vault_factory: VaultFactory,
+    vault_factory: VaultFactory, database_url: str
 ) -> None:
-    vault = await vault_factory(audit_checkpoint_every_entries=1)
+    vault = await vault_factory(database_url=database_url, audit_checkpoint_every_entries=1)
     tenant, last = await tenant_with_a_checkpoint_at_every_entry(vault)
     before = await verify(vault, tenant)
     assert (before.intact, before.checkpoints_verified, before.anchored_seq) == (True, last, last)
