@@ -17,9 +17,10 @@ from services.chassis.db import Database
 from services.chassis.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Reason
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
-from services.vault import audit
+from services.vault import audit, checkpoints
 from services.vault.domain import VaultContext
 from services.vault.models import (
+    AuditCheckpoint,
     AuditEntry,
     DataKey,
     LegalHold,
@@ -37,6 +38,7 @@ __all__ = [
     "apply_tombstones",
     "close_tenant",
     "create_tenant",
+    "get_audit_checkpoint",
     "get_tenant",
     "list_audit",
     "rewrap_tenant_keys",
@@ -145,6 +147,11 @@ def shred_tenant(
     records = session.scalar(select(func.count()).select_from(Record).where(Record.tenant_id == tid)) or 0
     subjects = session.scalar(select(func.count()).select_from(Subject).where(Subject.tenant_id == tid)) or 0
     head = tenant.audit_head
+    certificate_id = new_id()
+    # The shred's own entry and the final signed checkpoint come first: if Transit cannot sign, nothing
+    # irreversible has happened yet. The signed head outlives the data (VerifyAuditChain still works).
+    audit.append(session, tenant, identity, "tenant.shred", [tid, certificate_id])
+    checkpoints.checkpoint_now(session, ctx, tenant, "shred")
     ctx.keyring.transit.delete_tenant_key(tid)  # the irreversible step; everything after is tidying
     ctx.keyring.forget_tenant(tenant)
     for model in (Record, SubjectIdentifier, LegalHold, Subject, DataKey):
@@ -152,7 +159,7 @@ def shred_tenant(
     tenant.state = "shredded"
     tenant.shredded_at = _now()
     certificate = ShredCertificate(
-        new_id(), tid, tenant.key_name, tenant.shredded_at, int(records), int(subjects), head
+        certificate_id, tid, tenant.key_name, tenant.shredded_at, int(records), int(subjects), head
     )
     enqueue(
         session,
@@ -163,7 +170,6 @@ def shred_tenant(
             tenant_shredded=events_pb2.TenantShredded(tenant_id=tid, certificate_id=certificate.certificate_id),
         ),
     )
-    audit.append(session, tenant, identity, "tenant.shred", [tid, certificate.certificate_id])
     return certificate
 
 
@@ -292,12 +298,47 @@ def _read_seq_token(token: str) -> int:
 
 
 def verify_audit(session: Session, ctx: VaultContext, identity: CallerIdentity) -> audit.ChainReport:
-    """Verify the tenant's chain (the verification itself is appended after checking)."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    report = audit.verify(session, tenant.tenant_id)
-    if report.intact:
+    """Verify the tenant's chain against its signed checkpoints (the verification itself is appended after
+    checking). A shredded tenant's chain is still verified -- evidence outlives data -- but no longer extended:
+    its final checkpoint seals it."""
+    tenant = audit.lock_tenant(session, identity.tenant_id, shredded_ok=True)
+    report = checkpoints.verify_chain(session, ctx.keyring.transit, tenant.tenant_id)
+    if report.intact and tenant.state != "shredded":
         audit.append(session, tenant, identity, "audit.verify", [], "intact")
     return report
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHead:
+    """A checkpoint plus what a tenant needs to verify it offline."""
+
+    checkpoint: AuditCheckpoint
+    message: bytes
+    public_key: bytes
+    key_name: str
+
+
+def get_audit_checkpoint(session: Session, ctx: VaultContext, identity: CallerIdentity) -> SignedHead:
+    """Append the read, sign the head that includes it, and return it with the public key (external anchoring).
+
+    A shredded tenant gets its final checkpoint (signed at the shred); its sealed chain is not extended.
+    """
+    tenant = audit.lock_tenant(session, identity.tenant_id, shredded_ok=True)
+    if tenant.state != "shredded":
+        audit.append(session, tenant, identity, "audit.checkpoint", [])
+    latest = checkpoints.checkpoint_now(session, ctx, tenant, "requested")
+    transit = ctx.keyring.transit
+    public_key = transit.signing_public_key(latest.key_version)
+    if public_key is None:
+        raise FailedPrecondition(
+            "the audit-signing key version of this checkpoint is missing from Transit; call on-call"
+        )
+    return SignedHead(
+        latest,
+        checkpoints.checkpoint_message(latest.tenant_id, latest.seq, latest.head_hash, latest.signed_at),
+        public_key,
+        transit.signing_key_name,
+    )
 
 
 def apply_tombstones(session: Session, ctx: VaultContext, identity: CallerIdentity) -> tuple[int, int]:

@@ -19,6 +19,8 @@ from services.chassis.errors import InvalidArgument, NotFound, Reason
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.timestamps import to_timestamp
 from services.vault import admin, records
+from services.vault.audit import Fault
+from services.vault.checkpoints import signed_fields
 from services.vault.domain import RecordInput, RecordView, VaultContext
 from services.vault.models import AuditEntry, TenantVault
 
@@ -31,6 +33,13 @@ _TENANT_STATES = {
     "shredded": pb.TENANT_STATE_SHREDDED,
 }
 EXPORT_CHUNK = 500
+_AUDIT_FAULTS = {
+    Fault.NONE: pb.AUDIT_FAULT_UNSPECIFIED,
+    Fault.ENTRY_MISMATCH: pb.AUDIT_FAULT_ENTRY_MISMATCH,
+    Fault.ENTRIES_MISSING: pb.AUDIT_FAULT_ENTRIES_MISSING,
+    Fault.CHECKPOINT_CONTRADICTED: pb.AUDIT_FAULT_CHECKPOINT_CONTRADICTED,
+    Fault.CHECKPOINT_SIGNATURE_INVALID: pb.AUDIT_FAULT_CHECKPOINT_SIGNATURE_INVALID,
+}
 
 
 def _data_bytes(data: Struct) -> bytes:
@@ -347,7 +356,13 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
     ) -> pb.VerifyAuditChainResponse:
         report = await self._run(context, lambda s, who: admin.verify_audit(s, self.ctx, who), writes=False)
         return pb.VerifyAuditChainResponse(
-            intact=report.intact, entries_checked=report.entries_checked, first_broken_seq=report.first_broken_seq
+            intact=report.intact,
+            entries_checked=report.entries_checked,
+            first_broken_seq=report.first_broken_seq,
+            fault=_AUDIT_FAULTS[report.fault],
+            checkpoints_verified=report.checkpoints_verified,
+            anchored_seq=report.anchored_seq,
+            bad_checkpoint_seq=report.bad_checkpoint_seq,
         )
 
     async def ApplyTombstones(
@@ -355,3 +370,16 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
     ) -> pb.ApplyTombstonesResponse:
         checked, reerased = await self._run(context, lambda s, who: admin.apply_tombstones(s, self.ctx, who))
         return pb.ApplyTombstonesResponse(tombstones_checked=checked, subjects_reerased=reerased)
+
+    async def GetAuditCheckpoint(
+        self, request: pb.GetAuditCheckpointRequest, context: aio.ServicerContext
+    ) -> pb.GetAuditCheckpointResponse:
+        signed = await self._run(context, lambda s, who: admin.get_audit_checkpoint(s, self.ctx, who), isolated=True)
+        return pb.GetAuditCheckpointResponse(
+            checkpoint=pb.AuditCheckpoint(
+                **signed_fields(signed.checkpoint),
+                message=signed.message,
+                public_key=signed.public_key,
+                key_name=signed.key_name,
+            )
+        )
