@@ -63,7 +63,6 @@ __all__ = [
     "enqueue",
     "enqueue_many",
     "make_event",
-    "subject_for",
 ]
 
 DLQ_PREFIX = "steward.dlq."

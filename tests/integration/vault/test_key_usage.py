@@ -8,7 +8,6 @@ import math
 
 from steward.vault.v1 import vault_pb2 as pb
 
-from services.chassis.clock import ManualClock
 from services.vault.keyring import TRANSIT_BATCH
 from tests.integration.vault.helpers import (
     RawDatabase,
@@ -111,45 +110,3 @@ async def test_the_epoch_key_is_replaced_after_its_encryption_budget(vault_facto
     assert (await get(vault, tenant, notes[0].id)).data == struct({"i": 0, "fixed": True})
     for i, note in enumerate(notes[1:], start=1):
         assert (await get(vault, tenant, note.id)).data == struct({"i": i})
-
-
-async def test_the_epoch_key_is_replaced_once_the_clock_says_it_is_too_old(
-    vault_factory: VaultFactory, manual_clock: ManualClock
-) -> None:
-    vault = await vault_factory(epoch_max_age_s=3600.0, clock=manual_clock)
-    tenant = await vault.new_tenant()
-    raw = RawDatabase(vault.settings.database_url.get_secret_value())
-
-    def epoch_keys() -> int:
-        return int(
-            raw.scalar("SELECT count(*) FROM vault_data_keys WHERE tenant_id = :t AND purpose = 'epoch'", t=tenant)
-        )
-
-    first = await put(vault, tenant, new_record(pb.RECORD_KIND_NOTE, {"i": 1}))
-    manual_clock.advance(3600)
-    await put(vault, tenant, new_record(pb.RECORD_KIND_NOTE, {"i": 2}))
-    assert epoch_keys() == 1  # exactly at the limit: still young enough
-    manual_clock.advance(1)
-    await put(vault, tenant, new_record(pb.RECORD_KIND_NOTE, {"i": 3}))
-    assert epoch_keys() == 2
-    raw.close()
-    cold_cache(vault)
-    assert (await get(vault, tenant, first.id)).data == struct({"i": 1})
-
-
-async def test_cached_data_keys_age_out_by_the_clock_and_are_unwrapped_again(
-    vault_factory: VaultFactory, manual_clock: ManualClock
-) -> None:
-    vault = await vault_factory(dek_cache_max_age_s=900.0, clock=manual_clock)
-    tenant = await vault.new_tenant()
-    contact = await put(vault, tenant, lead({"i": 1}, email=canary_email()))
-    transit = vault.app.transit
-
-    manual_clock.advance(899)
-    before = transit.calls
-    await get(vault, tenant, contact.id)
-    assert transit.calls == before  # still cached
-    manual_clock.advance(1)
-    before = transit.calls
-    assert (await get(vault, tenant, contact.id)).data == struct({"i": 1})
-    assert transit.calls - before == 1  # aged out: one unwrap
