@@ -128,8 +128,11 @@ def append(
     action: str,
     target_ids: Sequence[str] = (),
     result: str = "ok",
+    *,
+    at: datetime,
 ) -> str:
-    """Append one entry to ``tenant``'s chain (the caller holds the tenant lock); returns its hash.
+    """Append one entry, made ``at`` (the rule's clock), to ``tenant``'s chain (the caller holds the tenant lock);
+    returns its hash.
 
     Plain Core statements: this runs on every call, so it skips the ORM unit of work.
     """
@@ -137,7 +140,7 @@ def append(
     row = {
         "tenant_id": tenant.tenant_id,
         "seq": seq,
-        "at": datetime.now(UTC),
+        "at": at,
         "principal": identity.principal,
         "principal_kind": identity.principal_kind,
         "action": action,

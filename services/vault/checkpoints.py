@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -53,10 +53,6 @@ __all__ = [
 log = logging.getLogger("steward.vault.checkpoints")
 
 MESSAGE_FORMAT = "steward.audit.checkpoint.v1"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +128,7 @@ def _store(session: Session, ctx: VaultContext, rows: Sequence[AuditCheckpoint],
         )
         enqueue(
             session,
-            make_event(
-                source=ctx.source,
-                event_type="vault.audit.checkpointed",
-                tenant_id=row.tenant_id,
-                audit_checkpointed=events_pb2.AuditCheckpointed(**signed_fields(row)),
-            ),
+            make_event(events_pb2.AuditCheckpointed(**signed_fields(row)), source=ctx.source, tenant_id=row.tenant_id),
         )
     session.flush()
 
@@ -151,7 +142,7 @@ def checkpoint_now(session: Session, ctx: VaultContext, tenant: TenantVault, rea
     existing = session.get(AuditCheckpoint, (head.tenant_id, head.seq))
     if existing is not None:
         return existing
-    [row] = _sign(ctx.keyring.transit, [head], _now())
+    [row] = _sign(ctx.keyring.transit, [head], ctx.clock.now())
     _store(session, ctx, [row], reason)
     return row
 
@@ -200,7 +191,8 @@ class AuditCheckpointer:
     """Background task: every ``poll_s``, sign the heads that are due (:func:`due_heads`) in one Transit call.
 
     Signing never runs in a request's transaction; the write path only moves ``audit_seq``, which the due
-    query compares with the last checkpoint. ``clock`` is injected so tests move time instead of sleeping.
+    query compares with the last checkpoint. Time comes from the vault's injected clock, so tests move it
+    instead of sleeping.
     """
 
     def __init__(
@@ -211,7 +203,6 @@ class AuditCheckpointer:
         every_entries: int,
         interval_s: float,
         poll_s: float = 1.0,
-        clock: Callable[[], datetime] = _now,
         on_stored: Callable[[], None] | None = None,
         batch: int = 200,
     ) -> None:
@@ -220,7 +211,6 @@ class AuditCheckpointer:
         self.every_entries = every_entries
         self.interval_s = interval_s
         self.poll_s = min(poll_s, interval_s)
-        self.clock = clock
         self.on_stored = on_stored
         self.batch = batch
         self.signed = 0
@@ -243,7 +233,7 @@ class AuditCheckpointer:
 
     async def run_once(self) -> int:
         """Sign and store every due head; returns how many were signed."""
-        now = self.clock()
+        now = self.ctx.clock.now()
         heads = await self.db.run(
             lambda s: due_heads(s, every_entries=self.every_entries, interval_s=self.interval_s, now=now)
         )

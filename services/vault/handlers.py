@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
+from services.chassis.catalog import subject_of
 from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.chassis.identity import CallerIdentity
 from services.vault import records
@@ -24,7 +25,7 @@ from services.vault.models import Record
 
 __all__ = ["DSR_TASK_SUBJECT", "VaultTaskHandler"]
 
-DSR_TASK_SUBJECT = "steward.dsr.task.requested"
+DSR_TASK_SUBJECT = subject_of(events_pb2.VaultTaskRequested)
 A = events_pb2
 
 
@@ -52,12 +53,7 @@ class VaultTaskHandler:
             result.reason_metadata.update(exc.metadata)
         enqueue(
             session,
-            make_event(
-                source=self.ctx.source,
-                event_type="vault.task.completed",
-                tenant_id=event.tenant_id,
-                vault_task_completed=result,
-            ),
+            make_event(result, source=self.ctx.source, tenant_id=event.tenant_id, occurred_at=self.ctx.clock.now()),
         )
 
     def _perform(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import select
@@ -62,7 +62,7 @@ class KeyRing:
         self.cache = cache
         # Blind-index objects keyed by their root key id, with the same bounds and max age as DEKs.
         self.blind_cache: DekCache[BlindIndex] = blind_cache or DekCache(
-            max_entries=cache.max_entries, max_age_s=cache.max_age_s
+            max_entries=cache.max_entries, max_age_s=cache.max_age_s, clock=cache.clock
         )
 
     def blind_index(self, session: Session, tenant_id: str, key_id: str) -> BlindIndex:
@@ -97,15 +97,17 @@ class KeyRing:
             ) from None
         return {key_id: raw for (key_id, _), raw in zip(rows, raws, strict=True)}
 
-    def create_keys(self, session: Session, tenant_id: str, kek_version: int, purposes: Sequence[str]) -> list[NewKey]:
-        """Generate one DEK per purpose, wrap them all in one Transit call, store them wrapped, cache them."""
+    def create_keys(
+        self, session: Session, tenant_id: str, kek_version: int, purposes: Sequence[str], *, now: datetime
+    ) -> list[NewKey]:
+        """Generate one DEK per purpose, wrap them all in one Transit call, store them wrapped (created ``now``),
+        cache them."""
         if not purposes:
             return []
         fresh = [NewKey(new_id(), Sealer(raw), raw) for raw in (new_key() for _ in purposes)]
         wrapped = _in_batches(
             self.transit.wrap, tenant_id, [(key.raw, key_aad(tenant_id, key.key_id)) for key in fresh]
         )
-        now = datetime.now(UTC)
         session.add_all(
             DataKey(
                 id=key.key_id,

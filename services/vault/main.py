@@ -16,6 +16,7 @@ from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from services.chassis.bus import Bus, Consumer, OutboxRelay
 from services.chassis.circuit import CircuitBreaker
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.grpc_server import RunningServer, build_server, serve_forever
 from services.chassis.migrations import upgrade
@@ -98,8 +99,10 @@ class VaultApp:
         self.ledger_db.close()
 
 
-async def create_server(settings: VaultSettings, *, port: int | None = None) -> tuple[VaultApp, int]:
-    """Build, migrate and start the vault; returns the app and the bound port."""
+async def create_server(
+    settings: VaultSettings, *, port: int | None = None, clock: Clock = SYSTEM_CLOCK
+) -> tuple[VaultApp, int]:
+    """Build, migrate and start the vault on ``clock``; returns the app and the bound port."""
     if settings.database_url.get_secret_value() == settings.tombstone_database_url.get_secret_value():
         raise SettingsError("STEWARD_VAULT__TOMBSTONE_DATABASE_URL must differ from STEWARD_VAULT__DATABASE_URL")
     db = Database(settings.database_url.get_secret_value(), workers=settings.db_workers)
@@ -114,15 +117,15 @@ async def create_server(settings: VaultSettings, *, port: int | None = None) -> 
         signing_key=settings.transit.audit_signing_key,
         connect_timeout_s=settings.transit.connect_timeout_s,
         read_timeout_s=settings.transit.read_timeout_s,
-        breaker=CircuitBreaker(settings.transit.breaker_failures, settings.transit.breaker_reset_s),
+        breaker=CircuitBreaker(settings.transit.breaker_failures, settings.transit.breaker_reset_s, clock=clock),
     )
-    keyring = KeyRing(transit, DekCache(settings.dek_cache_max_entries, settings.dek_cache_max_age_s))
+    keyring = KeyRing(transit, DekCache(settings.dek_cache_max_entries, settings.dek_cache_max_age_s, clock=clock))
     policy = VaultPolicy(
         max_record_bytes=settings.max_record_bytes,
         epoch_max_encryptions=settings.epoch_max_encryptions,
         epoch_max_age_s=settings.epoch_max_age_s,
     )
-    ctx = VaultContext(keyring=keyring, ledger=TombstoneLedger(ledger_db), policy=policy)
+    ctx = VaultContext(keyring=keyring, ledger=TombstoneLedger(ledger_db), policy=policy, clock=clock)
     bus = relay = consumer = None
     if settings.nats.enabled:
         bus = Bus(settings.nats, name="vault")

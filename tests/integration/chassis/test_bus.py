@@ -18,14 +18,11 @@ from services.chassis.settings import NatsSettings
 from tests.plugins.infra import NatsServer
 from tests.plugins.waiting import eventually
 
+SUBJECT = "steward.vault.tenant.created"
+
 
 def tenant_event(tenant: str) -> events_pb2.Event:
-    return make_event(
-        source="test",
-        event_type="test.tenant.created",
-        tenant_id=tenant,
-        tenant_created=events_pb2.TenantCreated(tenant_id=tenant),
-    )
+    return make_event(events_pb2.TenantCreated(tenant_id=tenant), source="vault", tenant_id=tenant)
 
 
 @pytest.fixture
@@ -49,9 +46,7 @@ async def test_events_written_while_nats_is_down_are_published_once_after_restar
     db: Database, bus: Bus, nats_server: NatsServer
 ) -> None:
     received: list[str] = []
-    consumer = Consumer(
-        bus, db, durable="collector", subjects=["steward.test.>"], handler=lambda _s, e: received.append(e.id)
-    )
+    consumer = Consumer(bus, db, durable="collector", subjects=[SUBJECT], handler=lambda _s, e: received.append(e.id))
     await consumer.start()
     relay = OutboxRelay(db, bus)
     await relay.start()
@@ -84,16 +79,12 @@ async def test_events_written_while_nats_is_down_are_published_once_after_restar
 
 async def test_same_event_delivered_twice_has_one_effect(db: Database, bus: Bus) -> None:
     effects: list[str] = []
-    consumer = Consumer(
-        bus, db, durable="dedupe", subjects=["steward.test.>"], handler=lambda _s, e: effects.append(e.id)
-    )
+    consumer = Consumer(bus, db, durable="dedupe", subjects=[SUBJECT], handler=lambda _s, e: effects.append(e.id))
     await consumer.start()
     event = tenant_event("t1")
     # Published twice with different Nats-Msg-Ids so JetStream's own dedupe cannot hide the second copy.
     for copy in ("a", "b"):
-        await bus.js.publish(
-            "steward.test.tenant.created", event.SerializeToString(), headers={"Nats-Msg-Id": f"{event.id}-{copy}"}
-        )
+        await bus.js.publish(SUBJECT, event.SerializeToString(), headers={"Nats-Msg-Id": f"{event.id}-{copy}"})
     await eventually(lambda: consumer.stats.handled + consumer.stats.duplicates == 2, what="both copies consumed")
     assert effects == [event.id]
     assert consumer.stats.duplicates == 1
@@ -112,13 +103,13 @@ async def test_failing_handler_ends_in_dead_letter_and_stream_keeps_flowing(db: 
         good.append(event.id)
 
     consumer = Consumer(
-        bus, db, durable="flaky", subjects=["steward.test.>"], handler=handler, max_deliveries=3, nak_base_delay_s=0.05
+        bus, db, durable="flaky", subjects=[SUBJECT], handler=handler, max_deliveries=3, nak_base_delay_s=0.05
     )
     dlq = await bus.js.pull_subscribe(f"{DLQ_PREFIX}flaky", durable="dlq-watch")
     await consumer.start()
-    await bus.js.publish("steward.test.tenant.created", poison.SerializeToString(), headers={"Nats-Msg-Id": poison.id})
+    await bus.js.publish(SUBJECT, poison.SerializeToString(), headers={"Nats-Msg-Id": poison.id})
     after = tenant_event("after")
-    await bus.js.publish("steward.test.tenant.created", after.SerializeToString(), headers={"Nats-Msg-Id": after.id})
+    await bus.js.publish(SUBJECT, after.SerializeToString(), headers={"Nats-Msg-Id": after.id})
 
     await eventually(lambda: consumer.stats.dead_lettered == 1, what="the poison event dead-lettered")
     await eventually(lambda: after.id in good, what="the event after the poison one handled")
@@ -133,12 +124,10 @@ async def test_failing_handler_ends_in_dead_letter_and_stream_keeps_flowing(db: 
 
 async def test_durable_consumer_survives_nats_kill_and_restart(db: Database, bus: Bus, nats_server: NatsServer) -> None:
     received: list[str] = []
-    consumer = Consumer(
-        bus, db, durable="survivor", subjects=["steward.test.>"], handler=lambda _s, e: received.append(e.id)
-    )
+    consumer = Consumer(bus, db, durable="survivor", subjects=[SUBJECT], handler=lambda _s, e: received.append(e.id))
     await consumer.start()
     first = tenant_event("before")
-    await bus.js.publish("steward.test.tenant.created", first.SerializeToString(), headers={"Nats-Msg-Id": first.id})
+    await bus.js.publish(SUBJECT, first.SerializeToString(), headers={"Nats-Msg-Id": first.id})
     await eventually(lambda: first.id in received, what="the event before the restart")
 
     nats_server.restart()
@@ -148,9 +137,7 @@ async def test_durable_consumer_survives_nats_kill_and_restart(db: Database, bus
 
     async def published() -> bool:
         try:
-            await bus.js.publish(
-                "steward.test.tenant.created", second.SerializeToString(), headers={"Nats-Msg-Id": second.id}
-            )
+            await bus.js.publish(SUBJECT, second.SerializeToString(), headers={"Nats-Msg-Id": second.id})
         except Exception:  # the restarted server may still be recovering its JetStream store
             return False
         return True
@@ -169,7 +156,7 @@ async def test_trace_context_crosses_the_nats_hop(db: Database, bus: Bus) -> Non
     def handler(_session: Session, _event: events_pb2.Event) -> None:
         seen.append(trace.get_current_span().get_span_context().trace_id)
 
-    consumer = Consumer(bus, db, durable="traced", subjects=["steward.test.>"], handler=handler)
+    consumer = Consumer(bus, db, durable="traced", subjects=[SUBJECT], handler=handler)
     await consumer.start()
     relay = OutboxRelay(db, bus)
     await relay.start()
@@ -199,7 +186,7 @@ async def test_transient_failures_retry_past_max_deliveries_and_never_dead_lette
         bus,
         db,
         durable="patient",
-        subjects=["steward.test.>"],
+        subjects=[SUBJECT],
         handler=handler,
         max_deliveries=3,
         nak_base_delay_s=0.05,
@@ -207,7 +194,7 @@ async def test_transient_failures_retry_past_max_deliveries_and_never_dead_lette
     )
     await consumer.start()
     event = tenant_event("outage")
-    await bus.js.publish("steward.test.tenant.created", event.SerializeToString(), headers={"Nats-Msg-Id": event.id})
+    await bus.js.publish(SUBJECT, event.SerializeToString(), headers={"Nats-Msg-Id": event.id})
     await eventually(lambda: done == [event.id], 30, what="the event handled once")
     assert consumer.stats.dead_lettered == 0
     assert len(attempts) == 7

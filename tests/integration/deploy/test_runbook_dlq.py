@@ -73,12 +73,7 @@ async def test_dlq_script_lists_and_replays_a_dead_letter(bus: Bus, sqlite_url: 
     consumer = Consumer(bus, db, durable=CONSUMER, subjects=[SUBJECT], handler=handler, nak_base_delay_s=0.05)
     await consumer.start()
     try:
-        event = make_event(
-            source="dsr",
-            event_type="dsr.task.requested",
-            tenant_id="t-dlq",
-            tenant_created=events_pb2.TenantCreated(tenant_id="t-dlq"),
-        )
+        event = make_event(events_pb2.VaultTaskRequested(task_id="task-dlq"), source="dsr", tenant_id="t-dlq")
         await bus.js.publish(SUBJECT, event.SerializeToString(), headers={"Nats-Msg-Id": event.id})
         await eventually(lambda: consumer.stats.dead_lettered == 1, what="the refused event dead-lettered")
 

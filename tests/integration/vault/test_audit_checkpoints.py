@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 from steward.vault.v1 import vault_pb2 as pb
 
+from services.chassis.clock import ManualClock
 from services.vault import audit
 from services.vault.checkpoints import AuditCheckpointer, checkpoint_message
 from services.vault.models import AuditEntry
@@ -249,19 +250,17 @@ async def test_the_signed_head_verifies_offline_with_the_public_key_and_one_chan
 
 
 async def test_heads_are_signed_every_n_entries_or_after_the_interval_by_the_injected_clock(
-    vault: VaultHarness,
+    vault_factory: VaultFactory, manual_clock: ManualClock
 ) -> None:
-    now = [datetime.now(UTC)]
-    checkpointer = AuditCheckpointer(
-        vault.app.db, vault.app.ctx, every_entries=4, interval_s=300.0, clock=lambda: now[0]
-    )
+    vault = await vault_factory(clock=manual_clock)
+    checkpointer = AuditCheckpointer(vault.app.db, vault.app.ctx, every_entries=4, interval_s=300.0)
     tenant = await vault.new_tenant()
     contact = await put(vault, tenant, lead(email=canary_email()))
     calls = vault.app.transit.calls
     assert await checkpointer.run_once() == 0  # two entries, just created: nothing due, no Transit call
     assert vault.app.transit.calls == calls
 
-    now[0] += timedelta(seconds=301)
+    manual_clock.advance(timedelta(seconds=301))
     assert await checkpointer.run_once() == 1  # never signed, created over interval_s ago
     assert await checkpointer.run_once() == 0  # nothing new
     for _ in range(3):
@@ -270,7 +269,7 @@ async def test_heads_are_signed_every_n_entries_or_after_the_interval_by_the_inj
     await read(vault, tenant, contact.id)
     assert await checkpointer.run_once() == 1  # the fourth
     await read(vault, tenant, contact.id)
-    now[0] += timedelta(seconds=301)
+    manual_clock.advance(timedelta(seconds=301))
     assert await checkpointer.run_once() == 1  # one new entry, but interval_s passed
 
     raw = RawDatabase(vault.settings.database_url.get_secret_value())

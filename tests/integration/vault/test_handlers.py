@@ -85,7 +85,7 @@ def task(tenant: str, action: int, subject_id: str, **fields: object) -> ev.Even
         subject_id=subject_id,
         **fields,  # type: ignore[arg-type]
     )
-    return make_event(source="dsr", event_type="dsr.task.requested", tenant_id=tenant, vault_task_requested=request)
+    return make_event(request, source="dsr", tenant_id=tenant)
 
 
 @pytest.fixture
@@ -240,9 +240,11 @@ async def test_malformed_and_foreign_events_end_in_the_dead_letter_subject_and_t
     await dsr.publish(ev.Event(id=str(uuid.uuid4())), data=garbage)
     no_tenant = task("", ev.VAULT_ACTION_EXPORT, contact.subject_id)
     await dsr.publish(no_tenant)
-    wrong_payload = make_event(
+    # Built by hand: make_event would never put a TenantCreated under a task's type.
+    wrong_payload = ev.Event(
+        id=str(uuid.uuid4()),
+        type="dsr.task.requested",
         source="dsr",
-        event_type="dsr.task.requested",
         tenant_id=tenant,
         tenant_created=ev.TenantCreated(tenant_id=tenant),
     )
