@@ -19,8 +19,8 @@ import pytest
 from google.protobuf.struct_pb2 import Struct
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
-from services.cli.catalog import SERVICES, installed
-from services.cli.devidp import AUDIENCE, ISSUER, ensure_dev_idp, load_dev_idp
+from services.devstack.catalog import SERVICES, installed
+from services.devstack.devidp import AUDIENCE, ISSUER, ensure_dev_idp, load_dev_idp
 from tests.integration.cli.launcher import Launcher, run_cli
 
 pytestmark = pytest.mark.skipif(
@@ -194,9 +194,9 @@ def test_restart_prints_the_same_demo_key_and_a_fresh_token_and_steward_demo_rep
 
 
 def test_format_summary_shows_the_demo_key_and_the_dev_operator_token(stack: Stack) -> None:
-    from services.cli.demo import DemoCredentials
-    from services.cli.stack import LocalCredentials, format_summary
     from services.cli.state import StackState
+    from services.devstack.demo import DemoCredentials
+    from services.devstack.stack import LocalCredentials, format_summary
 
     state = StackState.read(stack.home / "run.json")
     assert state is not None
