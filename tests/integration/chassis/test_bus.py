@@ -202,7 +202,7 @@ async def test_transient_failures_retry_past_max_deliveries_and_never_dead_lette
 
 
 async def test_bus_connects_to_a_tls_only_nats_with_the_configured_ca(tmp_path: Path) -> None:
-    from services.cli.devca import ensure_dev_pki
+    from services.devstack.devca import ensure_dev_pki
 
     pki, _ = ensure_dev_pki(tmp_path / "tls", ["nats"])
     (tmp_path / "js").mkdir()

@@ -161,7 +161,7 @@ async def test_mtls_allowlist_guards_streaming_methods_and_reflection_too(tmp_pa
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     from services.chassis.settings import TlsSettings
-    from services.cli.devca import ensure_dev_pki
+    from services.devstack.devca import ensure_dev_pki
 
     pki, _ = ensure_dev_pki(tmp_path / "tls", ["vault", "gateway", "intruder"])
     tls = TlsSettings(

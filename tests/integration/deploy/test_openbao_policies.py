@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from services.chassis.errors import Unavailable
-from services.cli.devca import ensure_dev_pki
+from services.devstack.devca import ensure_dev_pki
 from services.vault.checkpoints import signature_verifies
 from services.vault.transit import KeyUnavailable, TransitClient
 from tests.plugins.infra import OpenBaoDev, free_port, wait_for_port, which
