@@ -24,12 +24,11 @@ import random
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import nats
 from google.protobuf.message import DecodeError, Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -42,18 +41,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from steward.events.v1 import events_pb2
 
+from services.chassis.catalog import kind_of, subject_for
+from services.chassis.clock import SYSTEM_CLOCK
 from services.chassis.db import Base, Database
 from services.chassis.errors import is_transient
 from services.chassis.fastsql import insert_rows
 from services.chassis.settings import NatsSettings
 from services.chassis.tasks import BackgroundTask
 from services.chassis.telemetry import extract_context, inject_headers
+from services.chassis.timestamps import to_timestamp
 
 log = logging.getLogger("steward.bus")
 tracer = trace.get_tracer("steward.bus")
 
 __all__ = [
     "DLQ_PREFIX",
+    "STREAM_SUBJECTS",
     "Bus",
     "Consumer",
     "InboxEntry",
@@ -62,19 +65,16 @@ __all__ = [
     "enqueue",
     "enqueue_many",
     "make_event",
-    "subject_for",
 ]
 
 DLQ_PREFIX = "steward.dlq."
+# What the STEWARD stream holds: every subject of the event catalog, and the dead letters.
+STREAM_SUBJECTS = ("steward.>",)
 
 Handler = Callable[[Session, events_pb2.Event], None]
 
 _STAGED = "steward.outbox_staged"
 """``Session.info`` key set by :func:`enqueue_many`: this transaction's commit should wake the relay."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class OutboxEntry(Base):
@@ -86,7 +86,7 @@ class OutboxEntry(Base):
     subject: Mapped[str] = mapped_column(String(200))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     headers: Mapped[str] = mapped_column(Text, default="{}")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=SYSTEM_CLOCK.now, index=True)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -98,25 +98,26 @@ class InboxEntry(Base):
 
     consumer: Mapped[str] = mapped_column(String(100), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=SYSTEM_CLOCK.now)
 
 
-def subject_for(event_type: str) -> str:
-    """``vault.subject.erased`` -> ``steward.vault.subject.erased``."""
-    return f"steward.{event_type}"
+def make_event(
+    payload: Message, *, source: str, tenant_id: str = "", occurred_at: datetime | None = None
+) -> events_pb2.Event:
+    """A new envelope around ``payload`` with a fresh id; its type and field come from the event catalog.
 
-
-def make_event(*, source: str, event_type: str, tenant_id: str = "", **payload: Message) -> events_pb2.Event:
-    """A new envelope with a fresh id and timestamp; ``payload`` names one oneof field."""
-    if len(payload) != 1:
-        raise ValueError("an event carries exactly one payload")
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
+    ``occurred_at`` is the producer's clock reading (domain code passes its injected clock's ``now()``);
+    without it the system clock stamps the event.
+    """
+    kind = kind_of(payload)
     event = events_pb2.Event(
-        id=str(uuid.uuid4()), type=event_type, occurred_at=stamp, tenant_id=tenant_id, source=source
+        id=str(uuid.uuid4()),
+        type=kind.type_for(payload, source),
+        occurred_at=to_timestamp(occurred_at or SYSTEM_CLOCK.now()),
+        tenant_id=tenant_id,
+        source=source,
     )
-    ((field, message),) = payload.items()
-    getattr(event, field).CopyFrom(message)
+    getattr(event, kind.field).CopyFrom(payload)
     return event
 
 
@@ -132,7 +133,9 @@ def enqueue_many(session: Session, events: Sequence[events_pb2.Event]) -> None:
         return
     session.info[_STAGED] = True
     headers = json.dumps(inject_headers())
-    now = _now()
+    # The outbox is a queue ordered by when rows were written, so this is the machine's time, not the
+    # (possibly test-driven) domain clock that stamped the events.
+    now = SYSTEM_CLOCK.now()
     insert_rows(
         session.connection(),
         OutboxEntry.__table__,  # type: ignore[arg-type]
@@ -216,7 +219,7 @@ class Bus:
         """Create (or update) the ``STEWARD`` stream over ``steward.>``."""
         config = StreamConfig(
             name=self.settings.stream,
-            subjects=["steward.>"],
+            subjects=list(STREAM_SUBJECTS),
             duplicate_window=120.0,
         )
         js = self.js
@@ -311,7 +314,7 @@ class OutboxRelay(BackgroundTask):
         return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
 
     def _mark(self, session: Session, ids: Sequence[str]) -> None:
-        now = _now()
+        now = SYSTEM_CLOCK.now()
         session.execute(update(OutboxEntry).where(OutboxEntry.id.in_(ids)).values(published_at=now))
         session.execute(
             delete(OutboxEntry).where(

@@ -4,10 +4,9 @@
 A service does that at start-up (``migrate_on_start``, the default) or, with
 ``STEWARD_<SVC>__MIGRATE_ON_START=false``, only checks its databases are at head
 (:func:`require_head`) and refuses to start otherwise; the migrations then run as a Kubernetes Job,
-``steward db upgrade --service <svc>``, which calls :func:`migrate_service_from_settings`.
-Every setting of a service named ``*database_url`` is a database the service owns (the vault's main
-database and its tombstone ledger both carry the vault's schema). Each service's ``migrations/env.py``
-calls :func:`run_env`.
+``steward db upgrade --service <svc>``, which calls :func:`migrate_service_from_settings` for every
+database the service owns (:data:`SERVICE_DATABASES`: the vault's main database and its tombstone ledger
+both carry the vault's schema). Each service's ``migrations/env.py`` calls :func:`run_env`.
 """
 
 from __future__ import annotations
@@ -20,23 +19,29 @@ from alembic import command, context
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from pydantic import SecretStr
 from sqlalchemy import MetaData, text
 
 from services.chassis.db import Database
-from services.chassis.settings import ServiceSettings, SettingsError, load_settings, variable_name
+from services.chassis.settings import SettingsError, load_settings
 
 __all__ = [
+    "SERVICE_DATABASES",
     "DatabaseNotMigrated",
     "alembic_config",
     "current_revisions",
     "migrate_service_from_settings",
     "require_head",
     "run_env",
-    "service_databases",
     "upgrade",
     "upgrade_service",
 ]
+
+SERVICE_DATABASES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "vault": ("services.vault.settings:VaultSettings", ("database_url", "tombstone_database_url")),
+    "gateway": ("services.gateway.settings:GatewaySettings", ("database_url",)),
+}
+"""Per service: its settings class (``module:Class``, imported only when needed) and the settings fields
+holding the URL of each database it owns."""
 
 
 class DatabaseNotMigrated(SettingsError):
@@ -90,61 +95,29 @@ def upgrade_service(service: str, database_url: str, *more_database_urls: str) -
     """Bring each given database of ``service`` (``"vault"``, ``"gateway"``) to head.
 
     Pass every database the service owns: for the vault its main database *and* its tombstone ledger
-    (:func:`service_databases` lists them from the service's settings).
+    (:data:`SERVICE_DATABASES`; :func:`migrate_service_from_settings` reads them from the settings).
     """
     for url in (database_url, *more_database_urls):
-        _upgrade_url(service, url)
-
-
-def _upgrade_url(service: str, url: str) -> tuple[set[str], set[str]]:
-    database = Database(url, workers=1)
-    try:
-        before = current_revisions(database)
-        upgrade(database, f"services.{service}")
-        return before, current_revisions(database)
-    finally:
-        database.close()
-
-
-def service_databases(settings: ServiceSettings) -> dict[str, str]:
-    """Every database a service owns, by environment variable: each ``*database_url`` setting."""
-    found: dict[str, str] = {}
-    for field in type(settings).model_fields:
-        if field.endswith("database_url"):
-            value = getattr(settings, field)
-            url = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-            found[variable_name(type(settings), (field,))] = url
-    return found
+        database = Database(url, workers=1)
+        try:
+            upgrade(database, f"services.{service}")
+        finally:
+            database.close()
 
 
 def migrate_service_from_settings(service: str) -> list[str]:
-    """Upgrade every database ``service`` owns, read from its ``STEWARD_<SERVICE>__*`` settings.
+    """Upgrade every database of ``service`` (a :data:`SERVICE_DATABASES` key) to head, with the URLs from
+    its settings; returns what was upgraded, as ``<service>.<field>`` (never the URL, which may hold a password).
 
     This is ``steward db upgrade --service <service>`` (a Kubernetes Job before the Deployment rolls).
-    The settings class is ``services.<service>.settings.<Service>Settings``. Returns one line per
-    database, ``STEWARD_VAULT__DATABASE_URL: none -> 0001`` (never the URL, which may hold a password).
-    Raises SettingsError when the settings are invalid, ValueError for an unknown service.
+    Raises :class:`~services.chassis.settings.SettingsError` naming the variable to fix when the settings
+    do not load, and ``KeyError`` for an unknown service.
     """
-    settings = load_settings(_settings_class(service))
-    done = []
-    for variable, url in service_databases(settings).items():
-        before, after = _upgrade_url(service, url)
-        done.append(f"{variable}: {_names(before)} -> {_names(after)}")
-    return done
-
-
-def _settings_class(service: str) -> type[ServiceSettings]:
-    class_name = f"{service.capitalize()}Settings"
-    try:
-        module = importlib.import_module(f"services.{service}.settings")
-    except ModuleNotFoundError as exc:
-        if exc.name not in (f"services.{service}", f"services.{service}.settings"):
-            raise  # the settings module exists but one of its imports is missing
-        module = None
-    settings_cls = getattr(module, class_name, None)
-    if not (isinstance(settings_cls, type) and issubclass(settings_cls, ServiceSettings)):
-        raise ValueError(f"unknown service {service!r}: no services/{service}/settings.py defining {class_name}")
-    return settings_cls
+    settings_path, fields = SERVICE_DATABASES[service]
+    module_name, _, class_name = settings_path.partition(":")
+    settings = load_settings(getattr(importlib.import_module(module_name), class_name))
+    upgrade_service(service, *(getattr(settings, name).get_secret_value() for name in fields))
+    return [f"{service}.{name}" for name in fields]
 
 
 def _names(revisions: set[str]) -> str:

@@ -36,6 +36,7 @@ from grpc import aio
 from pydantic import SecretStr
 
 from services.chassis.bus import Bus, Consumer, OutboxRelay
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.migrations import require_head, upgrade
@@ -75,7 +76,8 @@ class ServiceRuntime(Generic[SettingsT]):
 
     Use as ``async with ServiceRuntime("vault", settings) as runtime:`` (stops on exit) or through
     :meth:`start` (tests and benchmarks keep the runtime and call :meth:`stop`). ``port`` overrides
-    ``settings.grpc.port`` (0 = any free port).
+    ``settings.grpc.port`` (0 = any free port); ``clock`` is the one every part of the service reads
+    (tests hand in a ManualClock).
     """
 
     def __init__(
@@ -84,10 +86,12 @@ class ServiceRuntime(Generic[SettingsT]):
         settings: SettingsT,
         *,
         port: int | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
     ) -> None:
         self.service = service
         self.settings = settings
+        self.clock = clock
         self.step_timeout_s = step_timeout_s
         self.server: RunningServer | None = None
         self.bus: Bus | None = None

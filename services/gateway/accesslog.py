@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import defaultdict
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.tasks import BackgroundTask
 
@@ -34,12 +35,13 @@ __all__ = ["AccessLog"]
 class AccessLog(BackgroundTask):
     """Buffers access entries and flushes them to the outbox in batches (and once more on stop)."""
 
-    def __init__(self, db: Database, *, flush_s: float, max_buffer: int) -> None:
+    def __init__(self, db: Database, *, flush_s: float, max_buffer: int, clock: Clock = SYSTEM_CLOCK) -> None:
         super().__init__("access-log-flush")
         self._db = db
         self._flush_s = flush_s
         self._max = max_buffer
-        self._buffer: list[tuple[float, Caller | None, str, str, int]] = []
+        self._clock = clock
+        self._buffer: list[tuple[datetime, Caller | None, str, str, int]] = []
         self.dropped = 0
         self.written = 0
         self.failed_completions = 0
@@ -49,12 +51,14 @@ class AccessLog(BackgroundTask):
         if len(self._buffer) >= self._max:
             self.dropped += 1
             return
-        self._buffer.append((time.time(), caller, method, status, int(elapsed_s * 1_000_000)))
+        self._buffer.append((self._clock.now(), caller, method, status, int(elapsed_s * 1_000_000)))
 
     @staticmethod
-    def _entry(at: float, caller: Caller | None, method: str, status: str, latency_us: int) -> events_pb2.AccessEntry:
+    def _entry(
+        at: datetime, caller: Caller | None, method: str, status: str, latency_us: int
+    ) -> events_pb2.AccessEntry:
         stamp = Timestamp()
-        stamp.FromNanoseconds(int(at * 1e9))
+        stamp.FromDatetime(at)
         entry = events_pb2.AccessEntry(
             method=method, status=status, latency_us=latency_us, at=stamp, principal_kind="anonymous"
         )
@@ -75,12 +79,13 @@ class AccessLog(BackgroundTask):
         for item in batch:
             entry = self._entry(*item)
             by_tenant[entry.tenant_id].append(entry)
+        now = self._clock.now()
         events = [
             make_event(
+                events_pb2.AccessLogged(entries=entries),
                 source="gateway",
-                event_type="gateway.access.logged",
                 tenant_id=tenant,
-                access_logged=events_pb2.AccessLogged(entries=entries),
+                occurred_at=now,
             )
             for tenant, entries in by_tenant.items()
         ]

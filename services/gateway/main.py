@@ -14,6 +14,7 @@ from grpc import aio
 from steward.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.chassis.bus import Bus, OutboxRelay
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.runtime import ServiceRuntime, run_service
 from services.gateway.accesslog import AccessLog
@@ -56,16 +57,17 @@ class GatewayHandle:
 
 async def assemble(runtime: ServiceRuntime[GatewaySettings]) -> GatewayHandle:
     """Start the gateway's resources on ``runtime``, in the runtime's order."""
-    settings = runtime.settings
+    settings, clock = runtime.settings, runtime.clock
     db = await runtime.database()
     upstreams = runtime.client("upstream channels", Upstreams(settings.upstreams, settings.grpc))
     bus = await runtime.start_bus(db)
     pepper = settings.api_key_pepper.get_secret_value().encode()
-    keys = ApiKeyAuthenticator(db, pepper, ttl_s=settings.api_key_cache_ttl_s)
-    gate = Gatekeeper(db=db, keys=keys, operators=OperatorVerifier(settings.jwt), limiter=_rate_limiter(settings))
+    keys = ApiKeyAuthenticator(db, pepper, ttl_s=settings.api_key_cache_ttl_s, clock=clock)
+    operators = OperatorVerifier(settings.jwt)
+    gate = Gatekeeper(db=db, keys=keys, operators=operators, limiter=_rate_limiter(settings, clock), clock=clock)
     # Started before the server and so stopped after it: calls still draining are logged too.
     access_log = await runtime.task(
-        AccessLog(db, flush_s=settings.access_log_flush_s, max_buffer=settings.access_log_buffer)
+        AccessLog(db, flush_s=settings.access_log_flush_s, max_buffer=settings.access_log_buffer, clock=clock)
     )
     deadlines = DeadlinePolicy(
         default_cap_s=settings.default_deadline_cap_s,
@@ -80,6 +82,7 @@ async def assemble(runtime: ServiceRuntime[GatewaySettings]) -> GatewayHandle:
         env=settings.env,
         upstreams=upstreams,
         deadlines=deadlines,
+        clock=clock,
     )
 
     def register(server: aio.Server) -> list[str]:
@@ -104,7 +107,7 @@ async def assemble(runtime: ServiceRuntime[GatewaySettings]) -> GatewayHandle:
     return GatewayHandle(runtime, db, bus, runtime.relay, access_log, upstreams, revocations, keys)
 
 
-def _rate_limiter(settings: GatewaySettings) -> RateLimiter:
+def _rate_limiter(settings: GatewaySettings, clock: Clock) -> RateLimiter:
     limits = settings.rate_limits
     return RateLimiter(
         tenant_rps=limits.tenant_rps,
@@ -114,12 +117,15 @@ def _rate_limiter(settings: GatewaySettings) -> RateLimiter:
         auth_failures_per_s=limits.auth_failures_per_s,
         auth_failures_burst=limits.auth_failures_burst,
         tenant_overrides_rps=limits.tenant_overrides_rps,
+        clock=clock,
     )
 
 
-async def create_server(settings: GatewaySettings, *, port: int | None = None) -> tuple[GatewayHandle, int]:
-    """Start a gateway (``port`` overrides ``settings.grpc.port``); returns the handle and the bound port."""
-    runtime = ServiceRuntime("gateway", settings, port=port)
+async def create_server(
+    settings: GatewaySettings, *, port: int | None = None, clock: Clock = SYSTEM_CLOCK
+) -> tuple[GatewayHandle, int]:
+    """Start a gateway on ``clock`` (``port`` overrides ``settings.grpc.port``); returns the handle and the port."""
+    runtime = ServiceRuntime("gateway", settings, port=port, clock=clock)
     handle = await runtime.start(assemble)
     return handle, runtime.port
 

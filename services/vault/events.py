@@ -2,7 +2,8 @@
 
 Each task runs inside the consumer's transaction (inbox row + effect + result event commit together).
 A task the rules refuse (legal hold, unknown subject) is a business outcome, not a failure: it is
-rolled back to a savepoint and answered with ``REJECTED`` and a machine-readable reason. A dependency
+rolled back to a savepoint and answered with ``REJECTED`` and the refusal's ``reason`` (the same
+:class:`~services.chassis.errors.Reason` a gRPC caller gets in its ErrorInfo). A dependency
 outage (Transit down) propagates, so the message is retried with backoff.
 """
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
+from services.chassis.catalog import subject_of
 from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.chassis.identity import CallerIdentity
 from services.vault import records
@@ -23,7 +25,7 @@ from services.vault.models import Record
 
 __all__ = ["DSR_TASK_SUBJECT", "VaultTaskHandler"]
 
-DSR_TASK_SUBJECT = "steward.dsr.task.requested"
+DSR_TASK_SUBJECT = subject_of(events_pb2.VaultTaskRequested)
 A = events_pb2
 
 
@@ -45,23 +47,13 @@ class VaultTaskHandler:
             with session.begin_nested():
                 self._perform(session, identity, task, result)
             result.outcome = A.VAULT_TASK_OUTCOME_SUCCEEDED
-        except NotFound:
+        except (NotFound, FailedPrecondition, InvalidArgument) as exc:
             result.outcome = A.VAULT_TASK_OUTCOME_REJECTED
-            result.reason_code = "subject_not_found"
-        except FailedPrecondition as exc:
-            result.outcome = A.VAULT_TASK_OUTCOME_REJECTED
-            result.reason_code = _reason(exc.message)
-        except InvalidArgument:
-            result.outcome = A.VAULT_TASK_OUTCOME_REJECTED
-            result.reason_code = "invalid_task"
+            result.reason_code = exc.reason
+            result.reason_metadata.update(exc.metadata)
         enqueue(
             session,
-            make_event(
-                source=self.ctx.source,
-                event_type="vault.task.completed",
-                tenant_id=event.tenant_id,
-                vault_task_completed=result,
-            ),
+            make_event(result, source=self.ctx.source, tenant_id=event.tenant_id, occurred_at=self.ctx.clock.now()),
         )
 
     def _perform(
@@ -104,14 +96,3 @@ class VaultTaskHandler:
             result.counts_by_kind["records_corrected"] = int(changed or 0)
         else:
             raise InvalidArgument("unknown vault action")
-
-
-def _reason(message: str) -> str:
-    if "legal hold" in message:
-        # "subject is under legal hold <id>; ..." -> "legal_hold:<id>"
-        return "legal_hold:" + message.split("legal hold ", 1)[1].split(";", 1)[0]
-    if "closed" in message:
-        return "tenant_closed"
-    if "shredded" in message:
-        return "tenant_shredded"
-    return "failed_precondition"

@@ -15,9 +15,11 @@ from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from services.chassis.bus import Bus, Consumer, OutboxRelay
 from services.chassis.circuit import CircuitBreaker
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.runtime import ServiceRuntime, run_service
 from services.vault.api import VaultAdminServicer, VaultServicer
+from services.vault.checkpoints import AuditCheckpointer
 from services.vault.domain import VaultContext, VaultPolicy
 from services.vault.events import DSR_TASK_SUBJECT, VaultTaskHandler
 from services.vault.keycache import DekCache
@@ -41,6 +43,7 @@ class VaultApp:
     bus: Bus | None
     relay: OutboxRelay | None
     consumer: Consumer | None
+    checkpointer: AuditCheckpointer
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Refuse new RPCs, let in-flight ones finish within ``grace_s``, stop everything else in reverse."""
@@ -49,17 +52,17 @@ class VaultApp:
 
 async def assemble(runtime: ServiceRuntime[VaultSettings]) -> VaultApp:
     """Start the vault's resources on ``runtime``, in the runtime's order."""
-    settings = runtime.settings
+    settings, clock = runtime.settings, runtime.clock
     db = await runtime.database("database_url", workers=settings.db_workers)
     ledger_db = await runtime.database("tombstone_database_url", workers=2)
-    transit = runtime.client("transit", _transit_client(settings))
-    keyring = KeyRing(transit, DekCache(settings.dek_cache_max_entries, settings.dek_cache_max_age_s))
+    transit = runtime.client("transit", _transit_client(settings, clock))
+    keyring = KeyRing(transit, DekCache(settings.dek_cache_max_entries, settings.dek_cache_max_age_s, clock=clock))
     policy = VaultPolicy(
         max_record_bytes=settings.max_record_bytes,
         epoch_max_encryptions=settings.epoch_max_encryptions,
         epoch_max_age_s=settings.epoch_max_age_s,
     )
-    ctx = VaultContext(keyring=keyring, ledger=TombstoneLedger(ledger_db), policy=policy)
+    ctx = VaultContext(keyring=keyring, ledger=TombstoneLedger(ledger_db), policy=policy, clock=clock)
     bus = await runtime.start_bus(db)
     consumer = await runtime.consume(
         db, durable="vault-dsr-tasks", subjects=[DSR_TASK_SUBJECT], handler=VaultTaskHandler(ctx)
@@ -71,25 +74,36 @@ async def assemble(runtime: ServiceRuntime[VaultSettings]) -> VaultApp:
         return [service.full_name for service in vault_pb2.DESCRIPTOR.services_by_name.values()]
 
     await runtime.serve_grpc(register, trust_identity_metadata=settings.trust_identity_metadata)
-    return VaultApp(runtime, db, ledger_db, transit, ctx, bus, runtime.relay, consumer)
+    checkpointer = await runtime.task(
+        AuditCheckpointer(
+            db,
+            ctx,
+            every_entries=settings.audit_checkpoint_every_entries,
+            interval_s=settings.audit_checkpoint_interval_s,
+        )
+    )
+    return VaultApp(runtime, db, ledger_db, transit, ctx, bus, runtime.relay, consumer, checkpointer)
 
 
-def _transit_client(settings: VaultSettings) -> TransitClient:
+def _transit_client(settings: VaultSettings, clock: Clock) -> TransitClient:
     transit = settings.transit
     return TransitClient(
         transit.url,
         transit.token.get_secret_value(),
         mount=transit.mount,
         key_prefix=transit.key_prefix,
+        signing_key=transit.audit_signing_key,
         connect_timeout_s=transit.connect_timeout_s,
         read_timeout_s=transit.read_timeout_s,
-        breaker=CircuitBreaker(transit.breaker_failures, transit.breaker_reset_s),
+        breaker=CircuitBreaker(transit.breaker_failures, transit.breaker_reset_s, clock=clock),
     )
 
 
-async def create_server(settings: VaultSettings, *, port: int | None = None) -> tuple[VaultApp, int]:
-    """Start a vault (``port`` overrides ``settings.grpc.port``); returns the app and the bound port."""
-    runtime = ServiceRuntime("vault", settings, port=port)
+async def create_server(
+    settings: VaultSettings, *, port: int | None = None, clock: Clock = SYSTEM_CLOCK
+) -> tuple[VaultApp, int]:
+    """Start a vault on ``clock`` (``port`` overrides ``settings.grpc.port``); returns the app and the bound port."""
+    runtime = ServiceRuntime("vault", settings, port=port, clock=clock)
     app = await runtime.start(assemble)
     return app, runtime.port
 

@@ -2,7 +2,7 @@
 
 Where Transit is and the token to reach it (``SecretStr``, never printed), the main database and the
 tombstone ledger (two databases, restored separately, so they must differ), record size limit, DEK
-cache bounds and tenant-level DEK rotation thresholds.
+cache bounds, tenant-level DEK rotation thresholds and how often audit chain heads are signed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class TransitSettings(BaseModel):
     token: SecretStr
     mount: str = "transit"
     key_prefix: str = "steward-tenant-"
+    audit_signing_key: str = "steward-audit-signing"
     connect_timeout_s: float = Field(default=2.0, gt=0)
     read_timeout_s: float = Field(default=5.0, gt=0)
     breaker_failures: int = Field(default=5, ge=1)
@@ -45,6 +46,8 @@ class VaultSettings(ServiceSettings):
     epoch_max_age_s: float = Field(default=30 * 24 * 3600.0, gt=0)
     trust_identity_metadata: bool = False
     db_workers: int = Field(default=8, ge=1)
+    audit_checkpoint_every_entries: int = Field(default=1000, ge=1)
+    audit_checkpoint_interval_s: float = Field(default=300.0, gt=0)
 
     @field_validator("tombstone_database_url")
     @classmethod

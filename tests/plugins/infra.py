@@ -8,12 +8,14 @@ When it is unreachable the PostgreSQL tests skip locally and *fail* under ``CI=t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ class NatsServer:
 
     store_dir: Path
     port: int = field(default_factory=free_port)
+    monitor_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
 
@@ -71,12 +74,21 @@ class NatsServer:
                 "-js",
                 "-sd",
                 str(self.store_dir),
+                "-m",
+                str(self.monitor_port),
                 *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, proc=self.proc)
+
+    def subscribers(self, subject: str) -> int:
+        """How many connections subscribe to exactly ``subject`` now (the server's monitoring endpoint)."""
+        url = f"http://127.0.0.1:{self.monitor_port}/subsz?subs=1&test={subject}"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            subscriptions = json.load(reply).get("subscriptions_list", [])
+        return len({sub["cid"] for sub in subscriptions if sub["subject"] == subject})
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -17,6 +17,7 @@ import pytest
 from grpc import aio
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
+from services.chassis.clock import SYSTEM_CLOCK, Clock, ManualClock
 from services.chassis.identity import CallerIdentity, identity_metadata
 from services.gateway.policy import SCOPES
 from services.vault.main import VaultApp, create_server
@@ -64,7 +65,8 @@ VaultFactory = Callable[..., Awaitable[VaultHarness]]
 
 @pytest.fixture
 async def vault_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[VaultFactory]:
-    """Start vaults: ``await vault_factory(database_url=..., transit=other_openbao, nats_url=..., **overrides)``."""
+    """Start vaults: ``await vault_factory(database_url=..., transit=other_openbao, nats_url=..., **overrides)``;
+    ``clock=manual_clock`` runs the vault's rules on a clock the test moves."""
     started: list[VaultHarness] = []
 
     async def start(
@@ -73,6 +75,7 @@ async def vault_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[Va
         nats_url: str | None = None,
         ledger_url: str | None = None,
         key_prefix: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         **overrides: object,
     ) -> VaultHarness:
         bao = transit or openbao
@@ -90,7 +93,7 @@ async def vault_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[Va
             trust_identity_metadata=True,
             **overrides,
         )
-        app, port = await create_server(settings, port=0)
+        app, port = await create_server(settings, port=0, clock=clock)
         channel = aio.insecure_channel(f"127.0.0.1:{port}")
         harness = VaultHarness(
             app,
@@ -107,6 +110,12 @@ async def vault_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[Va
     for harness in started:
         await harness.channel.close()
         await harness.app.stop(0)
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    """A clock that moves only when the test says so: pass it to ``vault_factory(clock=...)`` or ``start_env``."""
+    return ManualClock()
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from services.chassis.bus import Bus, OutboxRelay, enqueue
 from services.chassis.db import Database
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.identity import CallerIdentity, identity_metadata
-from services.chassis.migrations import current_revisions, migrate_service_from_settings, upgrade, upgrade_service
+from services.chassis.migrations import upgrade, upgrade_service
 from services.chassis.runtime import BackgroundTask, ServiceRuntime
 from services.chassis.settings import GrpcSettings, NatsSettings, ServiceSettings
 from tests.integration.gateway.support import (
@@ -51,17 +51,9 @@ from tests.integration.gateway.support import (
     sample_details,
 )
 from tests.plugins.infra import NatsServer, OpenBaoDev, free_port, wait_for_port
+from tests.plugins.waiting import eventually
 
 SERVICES = ("vault", "gateway")
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0, what: str = "condition") -> None:
-    """Poll ``check`` until it is true; fail after ``timeout_s`` (a safety net, not a timing assertion)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not met within {timeout_s}s")
-        await asyncio.sleep(0.05)
 
 
 def clean_environment() -> dict[str, str]:
@@ -225,32 +217,6 @@ async def test_migrate_on_start_off_refuses_an_empty_database_and_starts_after_u
     assert "Traceback" not in process.stderr()
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_db_upgrade_from_settings_migrates_every_database_the_service_owns(
-    service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env = service_environment(service, tmp_path, transit_url="http://127.0.0.1:1", transit_token="t")
-    for key in list(os.environ):
-        if key.startswith("STEWARD_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    variables = [key for key in env if key.endswith("DATABASE_URL")]
-
-    done = migrate_service_from_settings(service)
-
-    assert sorted(line.split(":")[0] for line in done) == sorted(variables)
-    assert all(line.endswith("-> 0001") or "none ->" in line for line in done), done
-    for variable in variables:
-        database = Database(env[variable], workers=1)
-        try:
-            assert current_revisions(database), f"{variable} was not migrated"
-        finally:
-            database.close()
-    again = migrate_service_from_settings(service)  # idempotent: a Job may run twice
-    assert all("none" not in line for line in again), again
-
-
 # ------------------------------------------------------------------------------- SIGTERM with calls in flight
 
 
@@ -344,7 +310,7 @@ async def sigterm_with_a_call_in_flight(
     """SIGTERM while ``in_flight`` is inside the service: new calls refused, it still finishes, exit 0."""
     await asyncio.wait_for(entered.wait(), 30)  # the call is inside the service, waiting on its dependency
     process.proc.send_signal(signal.SIGTERM)
-    await eventually(lambda: refused_as_unavailable(process.port), 30, "new calls refused while draining")
+    await eventually(lambda: refused_as_unavailable(process.port), 30, what="new calls refused while draining")
     assert not in_flight.done(), "the in-flight call must not be cut off by the shutdown"
     release()
     reply = await asyncio.wait_for(in_flight, 30)
@@ -432,18 +398,14 @@ async def test_a_crashing_background_task_is_reported_by_name_and_ends_serving_w
         await runtime.serve_grpc(_health_only, trust_identity_metadata=True)
         with caplog.at_level(logging.ERROR, logger="steward.tasks"):
             task = await runtime.task(Exploding("exploding-task"))
-            await eventually(lambda: _async(task.crash is not None), 10, "the task crashed")
+            await eventually(lambda: task.crash is not None, 10, what="the task crashed")
 
         crash_logs = [r for r in caplog.records if r.getMessage() == "background task crashed"]
         assert [getattr(r, "task", None) for r in crash_logs] == ["exploding-task"]
         assert runtime.crashed == [task]
         serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        await eventually(lambda: _health_is(runtime.port, serving), 10, "health NOT_SERVING")
+        await eventually(lambda: _health_is(runtime.port, serving), 10, what="health NOT_SERVING")
         assert await asyncio.wait_for(runtime.serve(), 30) == 1  # the orchestrator restarts the process
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 async def _health_is(port: int, status: int) -> bool:
@@ -489,9 +451,9 @@ async def test_a_commit_that_staged_events_wakes_the_relay_without_waiting_for_t
             )
 
         await db.run(write)  # published by the relay's first pass, after which it waits for a wake-up or the poll
-        await eventually(lambda: _async(relay.published == 1), 15, "first event published")
+        await eventually(lambda: relay.published == 1, 15, what="first event published")
         await db.run(write)
-        await eventually(lambda: _async(relay.published == 2), 15, "event published after its commit")
+        await eventually(lambda: relay.published == 2, 15, what="event published after its commit")
     finally:
         await relay.stop()
         await bus.close()

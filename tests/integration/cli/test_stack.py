@@ -18,7 +18,7 @@ import hvac
 import nats
 import pytest
 
-from services.cli.catalog import SERVICES, installed
+from services.devstack.catalog import SERVICES, installed
 from tests.integration.cli.launcher import Launcher, pid_alive, run_cli
 from tests.plugins.infra import free_port
 

@@ -2,8 +2,8 @@
 
 Start order: dev PKI and dev IdP (a fresh ops:admin operator token on every start), ``nats-server``
 (JetStream), OpenBao (raft storage; initialised on the first start, unsealed on every start, Transit
-mounted), then each Steward service that has a ``main.py`` (see :mod:`services.cli.catalog`); last,
-through the gateway, the demo tenant and its API key (:mod:`services.cli.demo`). Stop order is the
+mounted), then each Steward service that has a ``main.py`` (see :mod:`services.devstack.catalog`); last,
+through the gateway, the demo tenant and its API key (:mod:`services.devstack.demo`). Stop order is the
 reverse. Everything is kept under the home folder (:mod:`services.cli.home`), so a second start sees
 the same Transit keys, databases and demo key.
 
@@ -26,7 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from services.cli.catalog import (
+from services.cli.client import GatewayCallError, GatewayClient, GatewayTarget
+from services.cli.home import StewardHome
+from services.cli.state import ServiceState, StackState
+from services.devstack.catalog import (
     CLI_IDENTITY,
     SERVICES,
     RunningUpstream,
@@ -35,13 +38,11 @@ from services.cli.catalog import (
     installed,
     service_environment,
 )
-from services.cli.client import GatewayCallError, GatewayClient, GatewayTarget
-from services.cli.demo import DemoCredentials, ensure_demo
-from services.cli.devca import DevPki, ensure_dev_pki
-from services.cli.devidp import DEV_IDP_WARNING, ISSUER, IssuedToken, ensure_dev_idp
-from services.cli.devsecrets import ensure_dev_secrets
-from services.cli.home import StewardHome
-from services.cli.openbao import (
+from services.devstack.demo import DemoCredentials, ensure_demo
+from services.devstack.devca import DevPki, ensure_dev_pki
+from services.devstack.devidp import DEV_IDP_WARNING, ISSUER, IssuedToken, ensure_dev_idp
+from services.devstack.devsecrets import ensure_dev_secrets
+from services.devstack.openbao import (
     KEY_CUSTODY_WARNING,
     TRANSIT_MOUNT,
     InitMaterial,
@@ -50,10 +51,9 @@ from services.cli.openbao import (
     bring_up,
     write_server_config,
 )
-from services.cli.ports import PortChoice, PortUnavailable, choose_port
-from services.cli.settings import RunSettings
-from services.cli.state import ServiceState, StackState
-from services.cli.supervisor import Backoff, ChildFailedToStart, ChildSpec, Supervisor, inherited_environment
+from services.devstack.ports import PortChoice, PortUnavailable, choose_port
+from services.devstack.settings import RunSettings
+from services.devstack.supervisor import Backoff, ChildFailedToStart, ChildSpec, Supervisor, inherited_environment
 
 __all__ = ["LocalCredentials", "StackAlreadyRunning", "StartupError", "format_summary", "run_stack"]
 

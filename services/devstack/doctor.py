@@ -22,11 +22,11 @@ import hvac
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.cli.catalog import CLI_IDENTITY, SERVICES
-from services.cli.devca import RENEW_BEFORE, inspect_certificate
 from services.cli.home import StewardHome
-from services.cli.openbao import InitMaterial, OpenBaoSetupError, read_health
 from services.cli.state import ServiceState, StackState
+from services.devstack.catalog import CLI_IDENTITY, SERVICES
+from services.devstack.devca import RENEW_BEFORE, inspect_certificate
+from services.devstack.openbao import InitMaterial, OpenBaoSetupError, read_health
 
 __all__ = ["Check", "exit_code", "render_json", "render_table", "run_checks"]
 
@@ -170,7 +170,7 @@ def check_operator_token(home: StewardHome, now: dt.datetime) -> Check:
     """The dev IdP's operator token: present, 0600, signed by the key the gateway trusts, not (nearly) expired."""
     import jwt
 
-    from services.cli.devidp import verify_with_jwks
+    from services.devstack.devidp import verify_with_jwks
 
     token_file, jwks_file = home.idp_dir / "operator.jwt", home.idp_dir / "jwks.json"
     renew = "run `steward token mint --save` (or restart `steward run`)"
