@@ -35,7 +35,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from grpc import aio
 from pydantic import SecretStr
 
-from services.chassis.bus import Bus, Consumer, OutboxRelay
+from services.chassis.bus import Bus, Consumer, Handler, OutboxRelay
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.grpc_server import RunningServer, build_server
@@ -102,6 +102,7 @@ class ServiceRuntime(Generic[SettingsT]):
         self._stop_requested = asyncio.Event()
         self._stopping = False
         self._grace_s = settings.grpc.shutdown_grace_s
+        self._health_update: asyncio.Task[None] | None = None  # kept referenced until it ran
 
     async def __aenter__(self) -> ServiceRuntime[SettingsT]:
         return self
@@ -162,7 +163,9 @@ class ServiceRuntime(Generic[SettingsT]):
         self.relay = await self.task(OutboxRelay(outbox_db, bus))
         return bus
 
-    async def consume(self, db: Database, *, durable: str, subjects: Sequence[str], handler: Any) -> Consumer | None:
+    async def consume(
+        self, db: Database, *, durable: str, subjects: Sequence[str], handler: Handler
+    ) -> Consumer | None:
         """Start a durable consumer on the bus (:meth:`start_bus` first); ``None`` when NATS is disabled."""
         if self.bus is None:
             return None
@@ -239,7 +242,7 @@ class ServiceRuntime(Generic[SettingsT]):
         self.crashed.append(task)
         if self.server is not None and not self._stopping:
             # Probes see it at once; serve() then exits non-zero so the process is restarted.
-            asyncio.get_running_loop().create_task(self.server.set_serving(False))
+            self._health_update = asyncio.get_running_loop().create_task(self.server.set_serving(False))
         self._stop_requested.set()
 
 
