@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from hvac.adapters import RawAdapter
 
 from services.chassis.circuit import CircuitBreaker
 from services.chassis.errors import FailedPrecondition, Unavailable
+from services.chassis.ids import is_tenant_id
 
 __all__ = ["DEK_BYTES", "UNAVAILABLE_MESSAGE", "KeyInfo", "KeyUnavailable", "TransitClient", "TransitRejected"]
 
@@ -42,7 +42,6 @@ log = logging.getLogger("steward.vault.transit")
 UNAVAILABLE_MESSAGE = "key service (Transit) is unavailable; retry later"
 DEK_BYTES = 32
 KEY_TYPE = "aes256-gcm96"
-_TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Statuses meaning "Transit cannot serve us right now": 401/403 (token expired or policy missing) are an
 # outage from the caller's point of view, and 412 is Vault's "not yet consistent, retry".
 _UNAVAILABLE_STATUSES = frozenset({401, 403, 412, 429})
@@ -175,7 +174,7 @@ class TransitClient:
 
     def key_name(self, tenant_id: str) -> str:
         """Name of the tenant's Transit key."""
-        if not isinstance(tenant_id, str) or not _TENANT_ID.fullmatch(tenant_id):
+        if not is_tenant_id(tenant_id):
             # The name becomes part of a URL path; anything else could address another key or endpoint.
             raise ValueError("tenant_id must be 1-128 letters, digits, '_', '-' or '.', starting alphanumeric")
         return self.key_prefix + tenant_id
