@@ -97,6 +97,26 @@ class SecuredNats:
     def url(self) -> str:
         return self.server.url
 
+    async def connect(self, user: str, errors: list[str]) -> Any:
+        """A raw nats-py client as ``user`` over TLS; errors the server reports (permissions) go to ``errors``."""
+        import ssl
+
+        import nats
+
+        from services.chassis.nats_permissions import inbox_prefix
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        return await nats.connect(
+            self.url,
+            nkeys_seed=str(self.seed_files[user]),
+            tls=ssl.create_default_context(cafile=str(self.ca_file)),
+            inbox_prefix=inbox_prefix(user),
+            allow_reconnect=False,
+            error_cb=on_error,
+        )
+
     def settings(self, user: str, **fields: Any) -> Any:
         """``NatsSettings`` connecting as ``user`` (its seed, TLS against the dev CA)."""
         from services.chassis.settings import NatsSettings

@@ -61,19 +61,8 @@ async def connect(secured_nats: SecuredNats) -> AsyncIterator[Callable[[str], An
     opened: list[NatsClient] = []
 
     async def as_user(user: str) -> Client:
-        client = Client(nc=NatsClient())
-
-        async def on_error(exc: Exception) -> None:
-            client.errors.append(str(exc))
-
-        await client.nc.connect(
-            secured_nats.url,
-            nkeys_seed=str(secured_nats.seed_files[user]),
-            tls=ssl.create_default_context(cafile=str(secured_nats.ca_file)),
-            inbox_prefix=inbox_prefix(user),
-            allow_reconnect=False,
-            error_cb=on_error,
-        )
+        errors: list[str] = []
+        client = Client(nc=await secured_nats.connect(user, errors), errors=errors)
         opened.append(client.nc)
         return client
 

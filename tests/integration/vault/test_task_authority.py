@@ -8,7 +8,6 @@ dsr, or names a malformed tenant or subject, is dead-lettered with a reason and 
 
 from __future__ import annotations
 
-import ssl
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from steward.events.v1 import events_pb2 as ev
 from steward.vault.v1 import vault_pb2 as pb
 
 from services.chassis.bus import DLQ_PREFIX, make_event
-from services.chassis.nats_permissions import DSR_TASK_SUBJECT, STREAM, inbox_prefix
+from services.chassis.nats_permissions import DSR_TASK_SUBJECT, STREAM
 from tests.integration.vault.helpers import canary_email, eventually, expect, get, lead, put
 from tests.plugins.infra import SecuredNats
 from tests.plugins.stack import VaultFactory, VaultHarness
@@ -39,20 +38,8 @@ class NatsUserClient:
 
 
 async def connect_as(secured: SecuredNats, user: str) -> NatsUserClient:
-    client = NatsUserClient(NatsClient())
-
-    async def on_error(exc: Exception) -> None:
-        client.errors.append(str(exc))
-
-    await client.nc.connect(
-        secured.url,
-        nkeys_seed=str(secured.seed_files[user]),
-        tls=ssl.create_default_context(cafile=str(secured.ca_file)),
-        inbox_prefix=inbox_prefix(user),
-        allow_reconnect=False,
-        error_cb=on_error,
-    )
-    return client
+    errors: list[str] = []
+    return NatsUserClient(await secured.connect(user, errors), errors)
 
 
 @dataclass
