@@ -45,6 +45,7 @@ from services.chassis.clock import SYSTEM_CLOCK
 from services.chassis.db import Base, Database
 from services.chassis.errors import is_transient
 from services.chassis.fastsql import insert_rows
+from services.chassis.nats_permissions import inbox_prefix
 from services.chassis.settings import NatsSettings
 from services.chassis.telemetry import extract_context, inject_headers
 from services.chassis.timestamps import to_timestamp
@@ -60,6 +61,7 @@ __all__ = [
     "InboxEntry",
     "OutboxEntry",
     "OutboxRelay",
+    "RefusedEvent",
     "enqueue",
     "enqueue_many",
     "make_event",
@@ -70,6 +72,18 @@ DLQ_PREFIX = "steward.dlq."
 STREAM_SUBJECTS = ("steward.>",)
 
 Handler = Callable[[Session, events_pb2.Event], None]
+
+
+class RefusedEvent(Exception):
+    """A handler refuses an event for good: malformed, or from a producer that may not send it.
+
+    :class:`Consumer` dead-letters it at once, with ``reason`` in the ``Steward-Reason`` header, and never
+    retries it (retrying cannot make it acceptable). ``reason`` is a stable code, never customer data.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class OutboxEntry(Base):
@@ -189,6 +203,10 @@ class Bus:
                     reconnected_cb=self._on_reconnected,
                     error_cb=self._on_error,
                     user_credentials=str(self.settings.credentials_file) if self.settings.credentials_file else None,
+                    nkeys_seed=str(self.settings.nkey_seed_file) if self.settings.nkey_seed_file else None,
+                    # Replies and JetStream deliveries land under the service's own inbox prefix, the only
+                    # inboxes its NATS user may subscribe to (services.chassis.nats_permissions).
+                    inbox_prefix=inbox_prefix(self.name),
                     tls=self.settings.tls_context(),
                 )
             except Exception as exc:
@@ -390,6 +408,8 @@ class Consumer:
 
     def _config(self) -> ConsumerConfig:
         config = ConsumerConfig(
+            # A name puts the filter into the create subject, which the NATS permissions pin per durable.
+            name=self.durable,
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
@@ -507,6 +527,9 @@ class Consumer:
                 "transient": transient,
             },
         )
+        if isinstance(exc, RefusedEvent):
+            await self._dead_letter(msg, type(exc).__name__, event_id=event.id, reason=exc.reason)
+            return
         if transient:
             # A dependency is down (Transit, database): wait for it, however long, rather than dead-letter.
             await msg.nak(delay=min(self.max_backoff_s, self.nak_base_delay_s * 2 ** min(delivered - 1, 16)))
@@ -516,12 +539,14 @@ class Consumer:
             return
         await msg.nak(delay=self.nak_base_delay_s * 2 ** (delivered - 1))
 
-    async def _dead_letter(self, msg: Msg, error_type: str, *, event_id: str) -> None:
+    async def _dead_letter(self, msg: Msg, error_type: str, *, event_id: str, reason: str = "") -> None:
         headers = {
             "Steward-Original-Subject": msg.subject,
             "Steward-Consumer": self.durable,
             "Steward-Error-Type": error_type,
         }
+        if reason:
+            headers["Steward-Reason"] = reason
         if event_id:
             headers["Nats-Msg-Id"] = f"dlq:{self.durable}:{event_id}"
         await self.bus.js.publish(

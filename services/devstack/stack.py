@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
+from services.chassis.nats_config import ServerTls, ensure_embedded_nats
 from services.cli.client import GatewayCallError, GatewayClient, GatewayTarget
 from services.cli.home import StewardHome
 from services.cli.state import ServiceState, StackState
@@ -204,7 +205,7 @@ class _Stack:
         for line in plan.notes:
             note(line)
 
-        pki, actions = ensure_dev_pki(home.tls_dir, [entry.name for entry in SERVICES] + [CLI_IDENTITY])
+        pki, actions = ensure_dev_pki(home.tls_dir, [entry.name for entry in SERVICES] + [CLI_IDENTITY, "nats"])
         note("; ".join(actions) if actions else f"reusing dev certificates in {home.tls_dir}")
         idp, idp_actions = ensure_dev_idp(home.idp_dir)
         for line in idp_actions:
@@ -215,14 +216,15 @@ class _Stack:
         self.credentials.operator_token_file = idp.save_operator_token(self.credentials.operator_token)
 
         nats_url = f"nats://{host}:{plan.nats}"
+        # nkey users with per-service permissions and TLS (services.chassis.nats_config): nobody connects anonymously.
+        nats_tls = ServerTls(cert_file=pki["nats"].cert_file, key_file=pki["nats"].key_file, ca_file=pki.ca_file)
+        nats_auth = ensure_embedded_nats(
+            home.nats_dir, host=host, port=plan.nats, store_dir=home.nats_dir, tls=nats_tls
+        )
         await self.supervisor.start(
             ChildSpec(
                 name="nats",
-                argv=[
-                    str(nats_server_binary()),
-                    *("-a", host, "-p", str(plan.nats), "-n", "steward-local"),
-                    *("-js", "-sd", str(home.nats_dir)),
-                ],
+                argv=[str(nats_server_binary()), "-c", str(nats_auth.config_file)],
                 env=inherited_environment({}),
                 ready_port=(host, plan.nats),
                 ready_line=NATS_READY_LINE,
@@ -270,6 +272,7 @@ class _Stack:
                         running=upstreams,
                         operator_trust=idp.trust,
                     )
+                    | nats_auth.service_environment(entry.name)
                 ),
                 ready_port=(host, plan.services[entry.name]),
             )
