@@ -113,6 +113,7 @@ async def create_server(settings: VaultSettings, *, port: int | None = None) -> 
     keyring = KeyRing(transit, DekCache(settings.dek_cache_max_entries, settings.dek_cache_max_age_s))
     policy = VaultPolicy(
         max_record_bytes=settings.max_record_bytes,
+        max_message_bytes=settings.grpc.max_message_bytes,
         epoch_max_encryptions=settings.epoch_max_encryptions,
         epoch_max_age_s=settings.epoch_max_age_s,
     )

@@ -22,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "AuditEntry",
     "DataKey",
+    "IdempotencyKey",
     "LegalHold",
     "Record",
     "Subject",
@@ -163,3 +164,20 @@ class AuditEntry(VaultBase):
     support_grant_id: Mapped[str] = mapped_column(String(64), default="", index=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class IdempotencyKey(VaultBase):
+    """The outcome of a keyed write (PutRecord/PutRecords), so a retry returns it instead of writing again.
+
+    ``request_digest`` is a keyed HMAC (the tenant's blind-index key) of the request, never the request;
+    ``result`` is JSON of the stored records' ids, kinds, versions and times — no customer data.
+    """
+
+    __tablename__ = "vault_idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_tenant_created", "tenant_id", "created_at"),)
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    request_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    result: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
