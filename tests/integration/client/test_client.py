@@ -36,7 +36,7 @@ class Attempt:
 
 
 @dataclass
-class Recorder(aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class Recorder(aio.UnaryUnaryClientInterceptor):
     """Records every attempt; ``lose`` answers the first attempt of a method with an error AFTER the server
     handled it, as if the response had been lost on the way back."""
 
