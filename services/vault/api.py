@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from google.protobuf.struct_pb2 import Struct
 from grpc import aio
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from steward.vault.v1 import vault_pb2 as pb
 from steward.vault.v1 import vault_pb2_grpc
@@ -114,7 +115,10 @@ class _Base:
         # isolated: the work has external effects that must not be repeated (Transit key lifecycle,
         # erasure), so it never shares a group commit that could be replayed.
         identity = require_identity(context)
-        result = await self.db.run(lambda session: work(session, identity), isolated=isolated)
+        # A caller whose deadline has passed gets DEADLINE_EXCEEDED and nothing is committed for it.
+        result = await self.db.run(
+            lambda session: work(session, identity), isolated=isolated, timeout_s=context.time_remaining()
+        )
         if writes and self.relay is not None:
             self.relay.wake()
         return result
@@ -128,7 +132,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         if not request.HasField("record"):
             raise InvalidArgument("record is missing; send the record to store")
         item = _input(request.record)
-        [view] = await self._run(context, lambda s, who: records.put_records(s, self.ctx, who, [item]))
+        key = request.idempotency_key
+        [view] = await self._put(context, lambda s, who: records.put_records(s, self.ctx, who, [item], key), key)
         return pb.PutRecordResponse(record=_record(view))
 
     async def PutRecords(self, request: pb.PutRecordsRequest, context: aio.ServicerContext) -> pb.PutRecordsResponse:
@@ -139,8 +144,21 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
                 reason=Reason.BATCH_TOO_LARGE,
             )
         items = [_input(message) for message in request.records]
-        views = await self._run(context, lambda s, who: records.put_records(s, self.ctx, who, items))
+        key = request.idempotency_key
+        views = await self._put(context, lambda s, who: records.put_records(s, self.ctx, who, items, key), key)
         return pb.PutRecordsResponse(records=[_record(view) for view in views])
+
+    async def _put(
+        self, context: aio.ServicerContext, work: Callable[[Session, CallerIdentity], T], idempotency_key: str
+    ) -> T:
+        try:
+            return await self._run(context, work)
+        except IntegrityError:
+            if not idempotency_key:
+                raise
+            # Another call with this key committed first (the unique key refused ours): run again to
+            # return its result, or refuse if its request differed.
+            return await self._run(context, work)
 
     async def GetRecord(self, request: pb.GetRecordRequest, context: aio.ServicerContext) -> pb.GetRecordResponse:
         view = await self._run(
