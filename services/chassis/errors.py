@@ -120,6 +120,13 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
     if _is_database_outage(exc):
         log.warning("database unavailable", extra={"error_type": type(exc).__name__})
         return grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later", ()
+    if _is_rejected_value(exc):
+        log.warning("database refused a value", extra={"error_type": type(exc).__name__})
+        return (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "a value in the request cannot be stored (e.g. a NUL character in text); remove it and retry",
+            (),
+        )
     trace_id = uuid.uuid4().hex
     # exc_info keeps the detail in our logs (structured, PII-scrubbed by policy) and out of the reply.
     log.error("unhandled error", extra={"error_id": trace_id, "error_type": type(exc).__name__}, exc_info=exc)
@@ -135,6 +142,17 @@ def _is_database_outage(exc: BaseException) -> bool:
     if isinstance(exc, DisconnectionError | OperationalError | PoolTimeout):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _is_rejected_value(exc: BaseException) -> bool:
+    # Defence in depth behind the id check at the edge: PostgreSQL refuses some values SQLite stores or
+    # matches (a NUL in text, an out-of-range number). That is the request's fault, not an internal error.
+    from sqlalchemy.exc import DataError
+
+    if isinstance(exc, DataError):
+        return True
+    # psycopg's own DataError (and its subclasses), when raised outside SQLAlchemy's wrapping.
+    return any(cls.__name__ == "DataError" and cls.__module__.startswith("psycopg") for cls in type(exc).__mro__)
 
 
 def is_transient(exc: BaseException) -> bool:
