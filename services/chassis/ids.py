@@ -23,8 +23,9 @@ __all__ = ["ID_ALPHABET", "ID_MAX_LENGTH", "PAGE_TOKEN_MAX_LENGTH", "new_id", "v
 ID_MAX_LENGTH = 128
 # Page tokens are ids too (base64url parts joined by "."), only longer: they carry a query and a MAC.
 PAGE_TOKEN_MAX_LENGTH = 512
-ID_ALPHABET = "letters, digits and . _ : -"
-_ID = re.compile(r"[A-Za-z0-9._:-]*")
+# "=" because page tokens are base64url, padded.
+ID_ALPHABET = "letters, digits and . _ : - ="
+_ID = re.compile(r"[A-Za-z0-9._:=-]*")
 
 
 def new_id() -> str:
