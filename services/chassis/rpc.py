@@ -40,7 +40,7 @@ Behaviour = Callable[..., Any]
 
 # protobuf (upb) refuses to decode messages nested deeper than this many message levels. A
 # google.protobuf.Struct spends three per level of JSON (Struct, its map entry, Value), so record data
-# can nest about 30 objects or lists deep, the exact figure depending on where the Struct sits.
+# can nest about 33 objects or lists deep (33 in PutRecord), the figure depending on where the Struct sits.
 PROTOBUF_DEPTH_LIMIT = 100
 
 _FACTORIES = {
@@ -108,7 +108,7 @@ def _reason(exc: Exception) -> str:
     if "MaxDepth" in text or "recursion" in text.lower():
         return (
             f"it nests more than {PROTOBUF_DEPTH_LIMIT} messages deep (protobuf's decoding limit; a Struct such as "
-            "record data may nest about 30 objects or lists deep); flatten the data"
+            "record data may nest about 33 objects or lists deep); flatten the data"
         )
     return "the bytes are not a protobuf encoding of it (corrupt wire format); send a serialised message"
 

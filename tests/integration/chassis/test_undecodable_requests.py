@@ -131,9 +131,9 @@ async def test_an_undecodable_body_is_invalid_argument_saying_which_message(
 
 
 async def test_data_nested_as_deep_as_protobuf_allows_is_accepted(server: RunningServer) -> None:
-    # The limit is protobuf's (100 message levels); 32 levels of JSON objects in record data fit under it.
+    # The limit is protobuf's (100 message levels): record data in PutRecord may nest 33 objects deep, not 34.
     async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        assert await _call(channel, "Unary", raw_put(32)) == [str(pb.RECORD_KIND_NOTE).encode()]
+        assert await _call(channel, "Unary", raw_put(33)) == [str(pb.RECORD_KIND_NOTE).encode()]
         with pytest.raises(aio.AioRpcError) as caught:
             await _call(channel, "Unary", raw_put(34))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
