@@ -19,7 +19,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
-## run: the whole stack on embedded defaults (NATS, OpenBao, SQLite, SMTP sink, services)
+## run: the whole stack on embedded defaults (NATS, OpenBao, SQLite, the installed services; no SMTP sink yet)
 run: $(STAMP)
 	$(BIN)/steward run
 

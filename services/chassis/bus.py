@@ -24,12 +24,11 @@ import random
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import nats
 from google.protobuf.message import DecodeError, Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -41,35 +40,50 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from steward.events.v1 import events_pb2
 
+from services.chassis.catalog import kind_of, subject_for
+from services.chassis.clock import SYSTEM_CLOCK
 from services.chassis.db import Base, Database
 from services.chassis.errors import is_transient
 from services.chassis.fastsql import insert_rows
+from services.chassis.nats_permissions import inbox_prefix
 from services.chassis.settings import NatsSettings
 from services.chassis.telemetry import extract_context, inject_headers
+from services.chassis.timestamps import to_timestamp
 
 log = logging.getLogger("steward.bus")
 tracer = trace.get_tracer("steward.bus")
 
 __all__ = [
     "DLQ_PREFIX",
+    "STREAM_SUBJECTS",
     "Bus",
     "Consumer",
     "InboxEntry",
     "OutboxEntry",
     "OutboxRelay",
+    "RefusedEvent",
     "enqueue",
     "enqueue_many",
     "make_event",
-    "subject_for",
 ]
 
 DLQ_PREFIX = "steward.dlq."
+# What the STEWARD stream holds: every subject of the event catalog, and the dead letters.
+STREAM_SUBJECTS = ("steward.>",)
 
 Handler = Callable[[Session, events_pb2.Event], None]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+class RefusedEvent(Exception):
+    """A handler refuses an event for good: malformed, or from a producer that may not send it.
+
+    :class:`Consumer` dead-letters it at once, with ``reason`` in the ``Steward-Reason`` header, and never
+    retries it (retrying cannot make it acceptable). ``reason`` is a stable code, never customer data.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class OutboxEntry(Base):
@@ -81,7 +95,7 @@ class OutboxEntry(Base):
     subject: Mapped[str] = mapped_column(String(200))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     headers: Mapped[str] = mapped_column(Text, default="{}")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=SYSTEM_CLOCK.now, index=True)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -93,25 +107,26 @@ class InboxEntry(Base):
 
     consumer: Mapped[str] = mapped_column(String(100), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=SYSTEM_CLOCK.now)
 
 
-def subject_for(event_type: str) -> str:
-    """``vault.subject.erased`` -> ``steward.vault.subject.erased``."""
-    return f"steward.{event_type}"
+def make_event(
+    payload: Message, *, source: str, tenant_id: str = "", occurred_at: datetime | None = None
+) -> events_pb2.Event:
+    """A new envelope around ``payload`` with a fresh id; its type and field come from the event catalog.
 
-
-def make_event(*, source: str, event_type: str, tenant_id: str = "", **payload: Message) -> events_pb2.Event:
-    """A new envelope with a fresh id and timestamp; ``payload`` names one oneof field."""
-    if len(payload) != 1:
-        raise ValueError("an event carries exactly one payload")
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
+    ``occurred_at`` is the producer's clock reading (domain code passes its injected clock's ``now()``);
+    without it the system clock stamps the event.
+    """
+    kind = kind_of(payload)
     event = events_pb2.Event(
-        id=str(uuid.uuid4()), type=event_type, occurred_at=stamp, tenant_id=tenant_id, source=source
+        id=str(uuid.uuid4()),
+        type=kind.type_for(payload, source),
+        occurred_at=to_timestamp(occurred_at or SYSTEM_CLOCK.now()),
+        tenant_id=tenant_id,
+        source=source,
     )
-    ((field, message),) = payload.items()
-    getattr(event, field).CopyFrom(message)
+    getattr(event, kind.field).CopyFrom(payload)
     return event
 
 
@@ -126,7 +141,9 @@ def enqueue_many(session: Session, events: Sequence[events_pb2.Event]) -> None:
     if not events:
         return
     headers = json.dumps(inject_headers())
-    now = _now()
+    # The outbox is a queue ordered by when rows were written, so this is the machine's time, not the
+    # (possibly test-driven) domain clock that stamped the events.
+    now = SYSTEM_CLOCK.now()
     insert_rows(
         session.connection(),
         OutboxEntry.__table__,  # type: ignore[arg-type]
@@ -186,6 +203,10 @@ class Bus:
                     reconnected_cb=self._on_reconnected,
                     error_cb=self._on_error,
                     user_credentials=str(self.settings.credentials_file) if self.settings.credentials_file else None,
+                    nkeys_seed=str(self.settings.nkey_seed_file) if self.settings.nkey_seed_file else None,
+                    # Replies and JetStream deliveries land under the service's own inbox prefix, the only
+                    # inboxes its NATS user may subscribe to (services.chassis.nats_permissions).
+                    inbox_prefix=inbox_prefix(self.name),
                     tls=self.settings.tls_context(),
                 )
             except Exception as exc:
@@ -210,7 +231,7 @@ class Bus:
         """Create (or update) the ``STEWARD`` stream over ``steward.>``."""
         config = StreamConfig(
             name=self.settings.stream,
-            subjects=["steward.>"],
+            subjects=list(STREAM_SUBJECTS),
             duplicate_window=120.0,
         )
         js = self.js
@@ -280,7 +301,7 @@ class OutboxRelay:
         return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
 
     def _mark(self, session: Session, ids: Sequence[str]) -> None:
-        now = _now()
+        now = SYSTEM_CLOCK.now()
         session.execute(update(OutboxEntry).where(OutboxEntry.id.in_(ids)).values(published_at=now))
         session.execute(
             delete(OutboxEntry).where(
@@ -390,6 +411,8 @@ class Consumer:
 
     def _config(self) -> ConsumerConfig:
         config = ConsumerConfig(
+            # A name puts the filter into the create subject, which the NATS permissions pin per durable.
+            name=self.durable,
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
@@ -511,6 +534,9 @@ class Consumer:
                 "transient": transient,
             },
         )
+        if isinstance(exc, RefusedEvent):
+            await self._dead_letter(msg, type(exc).__name__, event_id=event.id, reason=exc.reason)
+            return
         if transient:
             # A dependency is down (Transit, database): wait for it, however long, rather than dead-letter.
             await msg.nak(delay=min(self.max_backoff_s, self.nak_base_delay_s * 2 ** min(delivered - 1, 16)))
@@ -520,12 +546,14 @@ class Consumer:
             return
         await msg.nak(delay=self.nak_base_delay_s * 2 ** (delivered - 1))
 
-    async def _dead_letter(self, msg: Msg, error_type: str, *, event_id: str) -> None:
+    async def _dead_letter(self, msg: Msg, error_type: str, *, event_id: str, reason: str = "") -> None:
         headers = {
             "Steward-Original-Subject": msg.subject,
             "Steward-Consumer": self.durable,
             "Steward-Error-Type": error_type,
         }
+        if reason:
+            headers["Steward-Reason"] = reason
         if event_id:
             headers["Nats-Msg-Id"] = f"dlq:{self.durable}:{event_id}"
         await self.bus.js.publish(

@@ -12,8 +12,8 @@ request the dependency answered and refused (a 4xx) proves it is alive and count
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
+
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["CLOSED", "HALF_OPEN", "OPEN", "CircuitBreaker"]
 
@@ -29,7 +29,7 @@ class CircuitBreaker:
         self,
         failure_threshold: int = 5,
         reset_after_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
@@ -64,7 +64,7 @@ class CircuitBreaker:
                 return True
             if state == OPEN:
                 return False
-            now = self._clock()
+            now = self._clock.monotonic()
             # A probe whose outcome never arrives (its thread died) must not wedge the breaker half-open
             # forever, so a probe older than reset_after_s is presumed lost and another one may go.
             if self._probe_started_at is None or now - self._probe_started_at >= self.reset_after_s:
@@ -91,7 +91,7 @@ class CircuitBreaker:
             self._failures += 1
             if state == HALF_OPEN or self._failures >= self.failure_threshold:
                 self._state = OPEN
-                self._opened_at = self._clock()
+                self._opened_at = self._clock.monotonic()
                 self._probe_started_at = None
 
     def retry_after_s(self) -> float:
@@ -99,11 +99,11 @@ class CircuitBreaker:
         with self._lock:
             if self._current_state() != OPEN:
                 return 0.0
-            return max(0.0, self.reset_after_s - (self._clock() - self._opened_at))
+            return max(0.0, self.reset_after_s - (self._clock.monotonic() - self._opened_at))
 
     def _current_state(self) -> str:
         # Caller holds the lock. Open -> half-open is time-driven, so it is evaluated lazily on every read.
-        if self._state == OPEN and self._clock() - self._opened_at >= self.reset_after_s:
+        if self._state == OPEN and self._clock.monotonic() - self._opened_at >= self.reset_after_s:
             self._state = HALF_OPEN
             self._probe_started_at = None
         return self._state

@@ -1,52 +1,139 @@
 """Typed domain errors and the one place they become gRPC statuses.
 
 Domain code raises these; :class:`ErrorMappingInterceptor` turns them into ``context.abort`` with the
-matching status code. Anything else becomes INTERNAL with a generic message and a trace id that
-on-call can grep for in the logs — the exception text never reaches the caller, because it could
-hold customer data.
+matching status code, the human message, and a ``google.rpc.Status`` in the ``grpc-status-details-bin``
+trailer carrying a ``google.rpc.ErrorInfo`` (a stable :class:`Reason`, domain :data:`ERROR_DOMAIN`, and
+PII-free metadata) plus a ``google.rpc.RetryInfo`` where a retry makes sense. Clients branch on the
+reason (:func:`error_info` reads it back), never on the message. Anything else becomes INTERNAL with a
+generic message and an error id that on-call can grep for in the logs — the exception text never reaches
+the caller, because it could hold customer data.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
+from grpc_status import rpc_status
 
 from services.chassis.rpc import wrap_rpc_handler
 
 log = logging.getLogger("steward.errors")
 
 __all__ = [
+    "ERROR_DOMAIN",
+    "RETRY_AFTER_TRAILER",
+    "STATUS_DETAILS_TRAILER",
     "Aborted",
     "AlreadyExists",
     "DataLoss",
+    "DeadlineExceeded",
     "DomainError",
     "ErrorMappingInterceptor",
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "Reason",
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "UpstreamRefusal",
     "abort_for",
+    "error_info",
+    "error_reason",
     "is_transient",
     "status_for",
 ]
 
+ERROR_DOMAIN = "steward.dev"
+STATUS_DETAILS_TRAILER = "grpc-status-details-bin"
+RETRY_AFTER_TRAILER = "retry-after-ms"  # older clients read the retry hint here; RetryInfo carries it too
+DEFAULT_RETRY_AFTER_S = 1.0  # the hint for UNAVAILABLE when nothing better is known; clients back off from it
+
+
+class Reason(StrEnum):
+    """Stable, machine-readable reasons, sent as ``ErrorInfo.reason``. Never rename one: clients branch on them.
+
+    The first group are the defaults of the :class:`DomainError` subclasses; the rest name a specific refusal.
+    """
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    VERSION_CONFLICT = "VERSION_CONFLICT"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    RATE_LIMITED = "RATE_LIMITED"
+    INTEGRITY_CHECK_FAILED = "INTEGRITY_CHECK_FAILED"
+    DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    INTERNAL = "INTERNAL"
+    # Request problems a client can fix by itself.
+    RECORD_TOO_LARGE = "RECORD_TOO_LARGE"
+    BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
+    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"  # noqa: S105 - a reason name, not a secret
+    DEADLINE_REQUIRED = "DEADLINE_REQUIRED"
+    UNDECODABLE_REQUEST = "UNDECODABLE_REQUEST"  # the body does not parse as the method's request message
+    MALFORMED_ID = "MALFORMED_ID"  # an id field breaks the id grammar; ErrorInfo.metadata["field"] names it
+    # Missing objects, by kind (also the answer for another tenant's objects).
+    TENANT_NOT_FOUND = "TENANT_NOT_FOUND"
+    SUBJECT_NOT_FOUND = "SUBJECT_NOT_FOUND"
+    RECORD_NOT_FOUND = "RECORD_NOT_FOUND"
+    LEGAL_HOLD_NOT_FOUND = "LEGAL_HOLD_NOT_FOUND"
+    API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
+    GRANT_NOT_FOUND = "GRANT_NOT_FOUND"
+    # State refusals: retrying is pointless until someone changes the state.
+    LEGAL_HOLD = "LEGAL_HOLD"
+    TENANT_CLOSED = "TENANT_CLOSED"
+    TENANT_NOT_CLOSED = "TENANT_NOT_CLOSED"
+    TENANT_SHREDDED = "TENANT_SHREDDED"
+    SUBJECT_RESTRICTED = "SUBJECT_RESTRICTED"
+    KEY_UNAVAILABLE = "KEY_UNAVAILABLE"
+    API_KEY_NOT_ACTIVE = "API_KEY_NOT_ACTIVE"
+    GRANT_NOT_PENDING = "GRANT_NOT_PENDING"
+    # Authentication and admission.
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"  # noqa: S105 - a reason name, not a secret
+    AUTH_RATE_LIMITED = "AUTH_RATE_LIMITED"
+    PEER_NOT_ALLOWED = "PEER_NOT_ALLOWED"
+    # Outages: retry later.
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
+
 
 class DomainError(Exception):
-    """Base of every error a caller may see. The message must say what to fix and hold no customer data."""
+    """Base of every error a caller may see. The message must say what to fix and hold no customer data.
+
+    ``reason`` defaults to the subclass's; pass a specific one for a refusal a client should tell apart.
+    ``metadata`` goes into ``ErrorInfo.metadata``: identifiers a client can act on (a hold id, a current
+    version), never customer data. ``retry_after_s`` becomes ``RetryInfo`` and the ``retry-after-ms`` trailer.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    reason: str = Reason.INTERNAL
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: Reason | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata = dict(metadata or {})
         self.retry_after_s = retry_after_s
 
 
@@ -54,83 +141,193 @@ class InvalidArgument(DomainError):
     """The request itself is wrong; retrying it unchanged will fail again."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = Reason.INVALID_ARGUMENT
 
 
 class NotFound(DomainError):
     """No such object for this caller (also the answer for another tenant's objects)."""
 
     code = grpc.StatusCode.NOT_FOUND
+    reason = Reason.NOT_FOUND
 
 
 class AlreadyExists(DomainError):
     """The object the caller tried to create exists."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
+    reason = Reason.ALREADY_EXISTS
 
 
 class FailedPrecondition(DomainError):
     """The system is not in a state that allows this operation (restricted, on legal hold, closed)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = Reason.FAILED_PRECONDITION
 
 
 class Aborted(DomainError):
     """A concurrency conflict, e.g. a stale ``expected_version``; re-read and retry."""
 
     code = grpc.StatusCode.ABORTED
+    reason = Reason.VERSION_CONFLICT
 
 
 class PermissionDenied(DomainError):
     """The caller is known but may not do this."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
+    reason = Reason.PERMISSION_DENIED
 
 
 class Unauthenticated(DomainError):
     """No valid credential."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
+    reason = Reason.UNAUTHENTICATED
 
 
 class ResourceExhausted(DomainError):
     """A quota or rate limit was hit; ``retry_after_s`` says when to come back."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = Reason.RATE_LIMITED
 
 
 class DataLoss(DomainError):
     """Stored data failed an integrity check (tampered or corrupted); on-call must look."""
 
     code = grpc.StatusCode.DATA_LOSS
+    reason = Reason.INTEGRITY_CHECK_FAILED
 
 
 class Unavailable(DomainError):
     """A dependency (Transit, NATS, database) is down; safe to retry later."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    reason = Reason.DEPENDENCY_UNAVAILABLE
 
 
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
-    """Map any exception to (code, caller-safe message, trailing metadata)."""
+class DeadlineExceeded(DomainError):
+    """A dependency did not answer in the time allowed; the outcome is unknown, so retry only idempotent calls."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = Reason.DEADLINE_EXCEEDED
+
+
+class UpstreamRefusal(DomainError):
+    """A status from a Steward service this one called, passed to our caller unchanged.
+
+    Code, message and the ``google.rpc.Status`` details (ErrorInfo, RetryInfo) stay exactly as the upstream
+    sent them (its messages are caller-safe by the same contract as ours); other trailers stay inside.
+    """
+
+    def __init__(self, err: grpc.RpcError) -> None:
+        call: Any = err  # grpc.RpcError raised by a call is also a grpc.Call (aio.AioRpcError included)
+        info = error_info(err)
+        super().__init__(call.details() or "", metadata=info[1] if info else None)
+        self.code = call.code()
+        self.reason = info[0] if info else self.code.name
+        self.trailers = tuple(
+            (key, value)
+            for key, value in (call.trailing_metadata() or ())
+            if (key == STATUS_DETAILS_TRAILER and isinstance(value, bytes))
+            or (key == RETRY_AFTER_TRAILER and isinstance(value, str))
+        )
+
+
+class _Status(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+class RichStatus(_Status, grpc.Status):
+    """A ``grpc.Status`` whose trailers carry the ``google.rpc.Status`` details (for ``abort_with_status``)."""
+
+
+def _rich_status(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: Mapping[str, str],
+    retry_after_s: float | None,
+) -> RichStatus:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))
+    trailers: list[tuple[str, str | bytes]] = []
+    if retry_after_s is None and code == grpc.StatusCode.UNAVAILABLE:
+        retry_after_s = DEFAULT_RETRY_AFTER_S
+    elif retry_after_s is not None:
+        trailers.append((RETRY_AFTER_TRAILER, str(int(retry_after_s * 1000))))
+    if retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(retry_after_s * 1e9))
+        status.details.add().Pack(retry)
+    details = rpc_status.to_status(status)
+    return RichStatus(code, message, (*details.trailing_metadata, *trailers))
+
+
+def status_for(exc: BaseException) -> RichStatus:
+    """Map any exception to the status the caller gets: code, caller-safe message, and detail trailers."""
+    if isinstance(exc, UpstreamRefusal):
+        return RichStatus(exc.code, exc.message, exc.trailers)
     if isinstance(exc, DomainError):
-        trailers: tuple[tuple[str, str], ...] = ()
-        if exc.retry_after_s is not None:
-            trailers = (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
-        return exc.code, exc.message, trailers
+        return _rich_status(exc.code, exc.message, exc.reason, exc.metadata, exc.retry_after_s)
     if _is_database_outage(exc):
         log.warning("database unavailable", extra={"error_type": type(exc).__name__})
-        return grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later", ()
+        return _rich_status(
+            grpc.StatusCode.UNAVAILABLE,
+            "the database is unavailable; retry later",
+            Reason.DATABASE_UNAVAILABLE,
+            {},
+            None,
+        )
     if _is_rejected_value(exc):
         log.warning("database refused a value", extra={"error_type": type(exc).__name__})
-        return (
+        return _rich_status(
             grpc.StatusCode.INVALID_ARGUMENT,
             "a value in the request cannot be stored (e.g. a NUL character in text); remove it and retry",
-            (),
+            Reason.INVALID_ARGUMENT,
+            {},
+            None,
         )
-    trace_id = uuid.uuid4().hex
+    error_id = uuid.uuid4().hex
     # exc_info keeps the detail in our logs (structured, PII-scrubbed by policy) and out of the reply.
-    log.error("unhandled error", extra={"error_id": trace_id, "error_type": type(exc).__name__}, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error; quote error id {trace_id} to on-call", ()
+    log.error("unhandled error", extra={"error_id": error_id, "error_type": type(exc).__name__}, exc_info=exc)
+    return _rich_status(
+        grpc.StatusCode.INTERNAL,
+        f"internal error; quote error id {error_id} to on-call",
+        Reason.INTERNAL,
+        {"error_id": error_id},
+        None,
+    )
+
+
+def error_info(err: grpc.RpcError) -> tuple[str, dict[str, str]] | None:
+    """``(reason, metadata)`` of a failed call's ErrorInfo, or None when the status carries none.
+
+    Works for sync and aio calls alike. A details trailer that does not match the call's code and message
+    (tampered in transit, or a proxy rewrote the message) is ignored rather than trusted.
+    """
+    call: Any = err
+    try:
+        status = rpc_status.from_call(call)
+    except ValueError:
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, dict(info.metadata)
+    return None
+
+
+def error_reason(err: grpc.RpcError) -> str | None:
+    """The ``ErrorInfo.reason`` of a failed call, or None."""
+    info = error_info(err)
+    return info[0] if info else None
 
 
 def _is_database_outage(exc: BaseException) -> bool:
@@ -157,15 +354,14 @@ def _is_rejected_value(exc: BaseException) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that mean "a dependency is down, try again later" rather than "this request is bad"."""
-    return isinstance(exc, Unavailable | ConnectionError | TimeoutError) or _is_database_outage(exc)
+    if isinstance(exc, DomainError):  # a relayed upstream UNAVAILABLE is as transient as our own
+        return exc.code == grpc.StatusCode.UNAVAILABLE
+    return isinstance(exc, ConnectionError | TimeoutError) or _is_database_outage(exc)
 
 
 async def abort_for(context: aio.ServicerContext, exc: BaseException) -> None:
     """Abort the RPC with the status ``exc`` maps to."""
-    code, message, trailers = status_for(exc)
-    if trailers:
-        context.set_trailing_metadata(trailers)
-    await context.abort(code, message)
+    await context.abort_with_status(status_for(exc))
 
 
 def _is_abort(exc: BaseException) -> bool:

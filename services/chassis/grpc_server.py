@@ -23,7 +23,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.chassis.errors import ErrorMappingInterceptor
+from services.chassis.errors import ErrorMappingInterceptor, PermissionDenied, Reason, abort_for
 from services.chassis.rpc import DecodeFailureLog, refuse_undecodable_requests, wrap_rpc_handler
 from services.chassis.settings import GrpcSettings, SettingsError
 
@@ -73,10 +73,8 @@ class PeerAllowlistInterceptor(aio.ServerInterceptor):
         @asynccontextmanager
         async def only_allowed_peers(context: aio.ServicerContext) -> AsyncIterator[None]:
             if not any(name in allowed for name in context.peer_identities() or ()):
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    "caller is not an allowed peer: services accept calls only from the Steward gateway",
-                )
+                refusal = "caller is not an allowed peer: services accept calls only from the Steward gateway"
+                await abort_for(context, PermissionDenied(refusal, reason=Reason.PEER_NOT_ALLOWED))
             yield
 
         return wrap_rpc_handler(handler, only_allowed_peers)

@@ -2,6 +2,8 @@
 
 ``upgrade(database, "services.vault")`` brings the schema to head at start-up (and in tests), on
 SQLite and PostgreSQL alike. Each service's ``migrations/env.py`` calls :func:`run_env`.
+:func:`migrate_service_from_settings` does the same for every database a service owns, configured from
+its ``STEWARD_<SVC>__*`` variables: what ``steward db upgrade`` (a Kubernetes Job) runs.
 """
 
 from __future__ import annotations
@@ -15,8 +17,16 @@ from alembic.config import Config
 from sqlalchemy import MetaData, text
 
 from services.chassis.db import Database
+from services.chassis.settings import load_settings
 
-__all__ = ["alembic_config", "run_env", "upgrade"]
+__all__ = ["SERVICE_DATABASES", "alembic_config", "migrate_service_from_settings", "run_env", "upgrade"]
+
+SERVICE_DATABASES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "vault": ("services.vault.main:VaultSettings", ("database_url", "tombstone_database_url")),
+    "gateway": ("services.gateway.settings:GatewaySettings", ("database_url",)),
+}
+"""Per service: its settings class (``module:Class``, imported only when needed) and the settings fields
+holding the URL of each database it owns."""
 
 
 def alembic_config(service_package: str) -> Config:
@@ -39,6 +49,27 @@ def upgrade(database: Database, service_package: str) -> None:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def migrate_service_from_settings(service: str) -> list[str]:
+    """Upgrade every database of ``service`` (a :data:`SERVICE_DATABASES` key) to head, with the URLs from
+    its settings; returns what was upgraded, as ``<service>.<field>`` (never the URL, which may hold a password).
+
+    Raises :class:`~services.chassis.settings.SettingsError` naming the variable to fix when the settings
+    do not load, and ``KeyError`` for an unknown service.
+    """
+    settings_path, fields = SERVICE_DATABASES[service]
+    module_name, _, class_name = settings_path.partition(":")
+    settings = load_settings(getattr(importlib.import_module(module_name), class_name))
+    upgraded = []
+    for name in fields:
+        database = Database(getattr(settings, name).get_secret_value(), workers=1)
+        try:
+            upgrade(database, f"services.{service}")
+        finally:
+            database.close()
+        upgraded.append(f"{service}.{name}")
+    return upgraded
 
 
 def run_env(target_metadata: MetaData) -> None:

@@ -171,8 +171,11 @@ def refuse_undecodable_requests(
 
     async def check(request: Any, context: aio.ServicerContext) -> Any:
         if isinstance(request, UndecodableRequest):
+            # Imported here: errors wraps its handlers with this module, so it cannot be imported at the top.
+            from services.chassis.errors import InvalidArgument, Reason, abort_for
+
             failures.record(method, request)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            await abort_for(context, InvalidArgument(request.message, reason=Reason.UNDECODABLE_REQUEST))
         return request
 
     async def checked(requests: AsyncIterator[Any], context: aio.ServicerContext) -> AsyncIterator[Any]:

@@ -1,10 +1,10 @@
-"""The ``steward`` command line: ``steward run`` (the whole stack on embedded defaults), ``steward doctor``
-and the operator commands (tenants, API keys, tenant keys, audit, support access) through the gateway.
+"""The ``steward`` command line: ``steward run`` (the whole stack on embedded defaults), ``steward doctor``,
+``steward db upgrade`` and the operator commands (tenants, API keys, tenant keys, audit, support access)
+through the gateway.
 
-One module per role: :mod:`.settings` (flags and ``STEWARD_RUN__*`` variables), :mod:`.home` (what lives
-under ``.steward/``), :mod:`.ports`, :mod:`.devca`, :mod:`.devidp` (dev-only operator tokens),
-:mod:`.openbao`, :mod:`.catalog` (the service table), :mod:`.supervisor` (child processes), :mod:`.stack`
-(wiring it together), :mod:`.demo` (the demo tenant), :mod:`.state` (what a running stack tells other
-commands), :mod:`.doctor`, :mod:`.client` (calling the gateway), :mod:`.render` (output),
-:mod:`.operator_commands` and :mod:`.main` (click).
+One module per role: :mod:`.home` (what lives under ``.steward/``), :mod:`.state` (what a running stack
+tells other commands), :mod:`.client` (calling the gateway: target, errors and exit codes), :mod:`.render`
+(output), :mod:`.ops` (the operator commands, one module per noun) and :mod:`.main` (click). The embedded
+dev stack itself (launcher, supervisor, dev CA, dev IdP, OpenBao bootstrap) is :mod:`services.devstack`,
+which this package imports only inside ``steward run``, ``doctor``, ``demo`` and ``token mint``.
 """

@@ -9,7 +9,9 @@ Resolution, most specific first:
 
 Every call sends ``authorization: Bearer <token>``; calls the gateway forwards to a tenant's vault also
 send ``x-steward-target-tenant`` (operators must name the tenant; the gateway checks it exists). Failures
-become :class:`GatewayCallError`, whose ``str`` is one line: ``CODE: message``.
+become :class:`GatewayCallError`: the status code, the server's machine-readable reason (``google.rpc.ErrorInfo``
+in the ``grpc-status-details-bin`` trailer, when it sent one) and its message, printable on one line
+(``CODE REASON: message``), with the exit code the CLI ends with (:data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
@@ -23,15 +25,24 @@ import grpc
 from steward.gateway.v1 import gateway_pb2_grpc
 from steward.vault.v1 import vault_pb2_grpc
 
+from services.chassis.errors import error_info
 from services.cli.home import StewardHome
 from services.cli.state import StackState
 
 __all__ = [
+    "EXIT_CODES",
+    "EXIT_DENIED",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_RETRYABLE",
+    "EXIT_USAGE",
     "MD_TARGET_TENANT",
     "ConfigurationError",
     "GatewayCallError",
     "GatewayClient",
     "GatewayTarget",
+    "call_error",
+    "exit_code_for",
     "resolve_target",
 ]
 
@@ -40,17 +51,67 @@ DEFAULT_TIMEOUT_S = 30.0
 LONG_TIMEOUT_S = 3600.0  # the gateway caps RewrapTenantKeys at an hour too
 
 
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_RETRYABLE = 3
+EXIT_DENIED = 4
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "ok"),
+    (EXIT_REFUSED, "refused for good (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION, ...): fix first"),
+    (EXIT_USAGE, "usage: a bad flag or setting, no gateway address or token"),
+    (EXIT_RETRYABLE, "retryable (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED): try again later"),
+    (EXIT_DENIED, "credentials (UNAUTHENTICATED, PERMISSION_DENIED): sign in again or get the role"),
+)
+"""Exit status of every ``steward`` command and what it means (shown by ``steward --help``)."""
+
+_RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
+_DENIED = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+
+
+def exit_code_for(code: str) -> int:
+    """The exit status for a failed call with gRPC status ``code`` (its name, e.g. ``NOT_FOUND``)."""
+    if code == "OK":
+        return EXIT_OK
+    if code in _RETRYABLE:
+        return EXIT_RETRYABLE
+    if code in _DENIED:
+        return EXIT_DENIED
+    return EXIT_REFUSED
+
+
 class ConfigurationError(RuntimeError):
     """The CLI cannot tell where the gateway is or which token to use; the message says what to pass."""
 
 
 class GatewayCallError(RuntimeError):
-    """A gRPC call failed: the status code name and the server's message, printable on one line."""
+    """A gRPC call failed: status code name, the server's reason (``""`` when it sent none), its metadata and
+    message; ``str`` is one line, ``CODE REASON: message``."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
+    def __init__(self, code: str, message: str, *, reason: str = "", metadata: dict[str, str] | None = None) -> None:
+        super().__init__(f"{code} {reason}: {message}" if reason else f"{code}: {message}")
         self.code = code
         self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+    @property
+    def exit_code(self) -> int:
+        """What the CLI exits with after this failure (see :data:`EXIT_CODES`)."""
+        return exit_code_for(self.code)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def call_error(err: grpc.RpcError, *, hint: str = "") -> GatewayCallError:
+    """A failed call as a :class:`GatewayCallError`: code, reason and metadata, message on one line (+ ``hint``)."""
+    code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = err.details() if isinstance(err, grpc.Call) else str(err)
+    reason, metadata = (error_info(err) if isinstance(err, grpc.Call) else None) or ("", {})
+    return GatewayCallError(code.name, _one_line(details or "(no message)") + hint, reason=reason, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -63,10 +124,6 @@ class GatewayTarget:
     ca_file: Path | None = None
     local_stack: StackState | None = None
     """The local stack's state when ``address`` is its gateway (used for hints)."""
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def resolve_target(
@@ -146,8 +203,7 @@ class GatewayClient:
 
     def _error(self, exc: grpc.RpcError) -> GatewayCallError:
         code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        return GatewayCallError(code.name, _one_line(details or "(no message)") + _hint(self.target, code))
+        return call_error(exc, hint=_hint(self.target, code))
 
     def call(
         self,

@@ -22,7 +22,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["StewardHome", "write_file_atomically"]
+__all__ = ["DEFAULT_HOME", "StewardHome", "write_file_atomically"]
+
+DEFAULT_HOME = Path(".steward")
+"""Where the local stack lives unless ``--home`` or ``STEWARD_RUN__HOME`` says otherwise."""
 
 
 @dataclass(frozen=True)

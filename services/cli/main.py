@@ -6,9 +6,13 @@ Commands:
   the demo tenant's API key and a dev operator token.
 - ``steward doctor``: check the running stack; non-zero exit on any failure.
 - ``steward tenant|apikey|keys|audit|support ...``, ``whoami``, ``demo``: operator calls through the gateway
-  (:mod:`services.cli.operator_commands`); ``steward token mint``: dev-only operator tokens.
+  (:mod:`services.cli.ops`); ``steward token mint``: dev-only operator tokens.
+- ``steward db upgrade``: apply the services' database migrations from their own settings.
 
 Every option of ``run`` also has a ``STEWARD_RUN__<OPTION>`` variable; a flag wins over the variable.
+
+``run`` and ``doctor`` import the embedded dev stack (:mod:`services.devstack`: dev CA, dev IdP, OpenBao
+bootstrap, supervisor) only when they run, so the operator commands work in an image without it.
 """
 
 from __future__ import annotations
@@ -20,11 +24,16 @@ from pathlib import Path
 import click
 
 from services.chassis.settings import SettingsError
-from services.cli.doctor import exit_code, render_json, render_table, run_checks
+from services.cli.client import EXIT_CODES
 from services.cli.home import StewardHome
-from services.cli.operator_commands import apikey, audit, demo, keys, support, tenant, token, whoami
-from services.cli.settings import load_run_settings
-from services.cli.stack import run_stack
+from services.cli.ops.apikey import apikey
+from services.cli.ops.audit import audit
+from services.cli.ops.db import db
+from services.cli.ops.keys import keys
+from services.cli.ops.local import demo, token
+from services.cli.ops.support import support
+from services.cli.ops.tenant import tenant
+from services.cli.ops.whoami import whoami
 
 __all__ = ["cli"]
 
@@ -40,9 +49,19 @@ def _service_ports(values: tuple[str, ...]) -> dict[str, int] | None:
     return ports or None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_HELP = "\n\n".join(
+    [
+        "Steward: the data-processor platform behind the CRM. Local stack and operator commands.",
+        "A failed call prints one line on stderr, `steward: <gRPC status> <reason>: <message>` (the reason is "
+        "the server's machine-readable ErrorInfo reason; absent when it sent none). Exit status:",
+        "\b\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES),
+    ]
+)
+
+
+@click.group(help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """Steward: the data-processor platform behind the CRM. Local stack and operator commands."""
+    """The ``steward`` command group (help text: ``_HELP``)."""
 
 
 @cli.command()
@@ -72,6 +91,9 @@ def run(
     free one and the summary says so. Dev-only: OpenBao's unseal key and root token are kept in
     <home>/openbao/init.json.
     """
+    from services.devstack.settings import load_run_settings
+    from services.devstack.stack import run_stack
+
     try:
         settings = load_run_settings(
             home=home,
@@ -96,6 +118,9 @@ def doctor(home: Path | None, json_output: bool) -> None:
 
     Exit status 1 when any check fails (warnings do not fail), so runbooks can gate on it.
     """
+    from services.devstack.doctor import exit_code, render_json, render_table, run_checks
+    from services.devstack.settings import load_run_settings
+
     try:
         settings = load_run_settings(home=home)
     except SettingsError as exc:
@@ -106,7 +131,7 @@ def doctor(home: Path | None, json_output: bool) -> None:
     sys.exit(exit_code(checks))
 
 
-for _command in (tenant, apikey, keys, audit, support, whoami, demo, token):
+for _command in (tenant, apikey, keys, audit, support, whoami, demo, token, db):
     cli.add_command(_command)
 
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 
 if TYPE_CHECKING:
@@ -41,12 +42,14 @@ class AccessLog:
         flush_s: float,
         max_buffer: int,
         on_flushed: Callable[[], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._db = db
         self._flush_s = flush_s
         self._max = max_buffer
         self._on_flushed = on_flushed
-        self._buffer: list[tuple[float, Caller | None, str, str, int]] = []
+        self._clock = clock
+        self._buffer: list[tuple[datetime, Caller | None, str, str, int]] = []
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.written = 0
@@ -57,12 +60,14 @@ class AccessLog:
         if len(self._buffer) >= self._max:
             self.dropped += 1
             return
-        self._buffer.append((time.time(), caller, method, status, int(elapsed_s * 1_000_000)))
+        self._buffer.append((self._clock.now(), caller, method, status, int(elapsed_s * 1_000_000)))
 
     @staticmethod
-    def _entry(at: float, caller: Caller | None, method: str, status: str, latency_us: int) -> events_pb2.AccessEntry:
+    def _entry(
+        at: datetime, caller: Caller | None, method: str, status: str, latency_us: int
+    ) -> events_pb2.AccessEntry:
         stamp = Timestamp()
-        stamp.FromNanoseconds(int(at * 1e9))
+        stamp.FromDatetime(at)
         entry = events_pb2.AccessEntry(
             method=method, status=status, latency_us=latency_us, at=stamp, principal_kind="anonymous"
         )
@@ -83,12 +88,13 @@ class AccessLog:
         for item in batch:
             entry = self._entry(*item)
             by_tenant[entry.tenant_id].append(entry)
+        now = self._clock.now()
         events = [
             make_event(
+                events_pb2.AccessLogged(entries=entries),
                 source="gateway",
-                event_type="gateway.access.logged",
                 tenant_id=tenant,
-                access_logged=events_pb2.AccessLogged(entries=entries),
+                occurred_at=now,
             )
             for tenant, entries in by_tenant.items()
         ]

@@ -23,12 +23,14 @@ import grpc
 from grpc import aio
 from sqlalchemy.exc import DisconnectionError, OperationalError
 
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.errors import (
     DomainError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Reason,
     Unauthenticated,
 )
 from services.chassis.identity import CallerIdentity
@@ -134,11 +136,13 @@ class Gatekeeper:
         keys: ApiKeyAuthenticator,
         operators: OperatorVerifier,
         limiter: RateLimiter,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.db = db
         self.keys = keys
         self.operators = operators
         self.limiter = limiter
+        self.clock = clock
 
     async def admit(self, method: str, metadata: Sequence[tuple[str, Any]] | None, peer: str = "") -> Caller:
         """The caller of ``method``, or a DomainError saying what is wrong.
@@ -196,7 +200,8 @@ class Gatekeeper:
         if grant_id and policy.support_read:
             if SUPPORT not in claims.roles:
                 raise PermissionDenied(grants.GRANT_DENIED)
-            grant = await self.db.run(lambda s: grants.live_grant(s, grant_id, principal=principal))
+            now = self.clock.now()
+            grant = await self.db.run(lambda s: grants.live_grant(s, grant_id, principal=principal, now=now))
             return Caller(
                 kind="support",
                 principal=principal,
@@ -222,7 +227,7 @@ class Gatekeeper:
                 raise InvalidArgument(f"operators must name the tenant in {MD_TARGET_TENANT} metadata")
             exists = await self.db.run(lambda s: s.get(TenantRow, tenant_id) is not None)
             if not exists:
-                raise NotFound(f"no such tenant: check {MD_TARGET_TENANT}")
+                raise NotFound(f"no such tenant: check {MD_TARGET_TENANT}", reason=Reason.TENANT_NOT_FOUND)
         return Caller(
             kind="operator",
             principal=principal,
@@ -237,8 +242,9 @@ class Gatekeeper:
         """Record a call under a grant before it is forwarded; returns its sequence number."""
 
         def write(session: Any) -> int:
-            grant = grants.live_grant(session, caller.support_grant_id, principal=caller.principal)
-            return grants.record_access(session, grant=grant, method=method)
+            now = self.clock.now()
+            grant = grants.live_grant(session, caller.support_grant_id, principal=caller.principal, now=now)
+            return grants.record_access(session, grant=grant, method=method, now=now)
 
         return await self.db.run(write)
 

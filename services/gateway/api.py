@@ -9,21 +9,23 @@ transaction each.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from grpc import aio
 from steward.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
-from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied, Reason
 from services.chassis.identity import CallerIdentity, identity_metadata
 from services.chassis.ids import valid_id
 from services.chassis.timestamps import to_timestamp
 from services.gateway import apikeys, grants, tenants
 from services.gateway.admission import Caller, current_caller
-from services.gateway.forwarding import DeadlinePolicy, Upstreams
-from services.gateway.models import ApiKeyRow, SupportAccessRow, SupportGrantRow, TenantRow, utcnow
+from services.gateway.forwarding import DeadlinePolicy, Upstreams, upstream_error
+from services.gateway.models import ApiKeyRow, SupportAccessRow, SupportGrantRow, TenantRow
 from services.gateway.policy import OPS_ADMIN, OPS_ONCALL, SUPPORT
 
 __all__ = ["GatewayAdminServicer"]
@@ -58,14 +60,14 @@ def _details_from_proto(message: gateway_pb2.TenantDetails) -> tenants.TenantDet
     )
 
 
-def _key_to_proto(row: ApiKeyRow) -> gateway_pb2.ApiKey:
+def _key_to_proto(row: ApiKeyRow, now: datetime) -> gateway_pb2.ApiKey:
     return gateway_pb2.ApiKey(
         key_id=row.id,
         tenant_id=row.tenant_id,
         name=row.name,
         scopes=row.scopes.split(),
         env=row.env,
-        state=_KEY_STATES[apikeys.key_state(row, utcnow())],
+        state=_KEY_STATES[apikeys.key_state(row, now)],
         created_at=to_timestamp(row.created_at),
         expires_at=to_timestamp(row.expires_at),
         revoked_at=to_timestamp(row.revoked_at),
@@ -74,7 +76,7 @@ def _key_to_proto(row: ApiKeyRow) -> gateway_pb2.ApiKey:
     )
 
 
-def _grant_to_proto(row: SupportGrantRow) -> gateway_pb2.SupportGrant:
+def _grant_to_proto(row: SupportGrantRow, now: datetime) -> gateway_pb2.SupportGrant:
     return gateway_pb2.SupportGrant(
         grant_id=row.id,
         tenant_id=row.tenant_id,
@@ -82,7 +84,7 @@ def _grant_to_proto(row: SupportGrantRow) -> gateway_pb2.SupportGrant:
         reason=row.reason,
         ticket_id=row.ticket_id,
         duration_seconds=row.duration_s,
-        state=_GRANT_STATES[grants.grant_state(row, utcnow())],
+        state=_GRANT_STATES[grants.grant_state(row, now)],
         emergency=row.emergency,
         requested_at=to_timestamp(row.requested_at),
         approved_at=to_timestamp(row.approved_at),
@@ -110,7 +112,7 @@ def _tenant_for(caller: Caller, requested: str) -> str:
     valid_id("tenant_id", requested)
     if caller.kind == "api_key":
         if requested and requested != caller.tenant_id:
-            raise NotFound("no such tenant: check tenant_id")
+            raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
         return caller.tenant_id
     if not requested:
         raise InvalidArgument("tenant_id is required: operators must name the tenant")
@@ -134,6 +136,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         upstreams: Upstreams,
         deadlines: DeadlinePolicy,
         events_committed: Callable[[], None],
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.db = db
         self.sealer = sealer
@@ -142,6 +145,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         self.upstreams = upstreams
         self.deadlines = deadlines
         self.events_committed = events_committed
+        self.clock = clock
 
     # ----------------------------------------------------------------- tenants
 
@@ -180,16 +184,13 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             principal_kind=caller.kind,
             credential_id=caller.credential_id,
         )
+        timeout = self.deadlines.cap_for(_VAULT_ADMIN + rpc)
         try:
-            return await getattr(stub, rpc)(
-                request,
-                metadata=identity_metadata(identity),
-                timeout=self.deadlines.cap_for(_VAULT_ADMIN + rpc),
-            )
+            return await getattr(stub, rpc)(request, metadata=identity_metadata(identity), timeout=timeout)
         except aio.AioRpcError as err:
-            raise Unavailable(
-                f"the vault refused or could not complete {rpc} ({err.code().name}); retry — nothing is half-done"
-            ) from None
+            # The vault's own refusal (e.g. a shredded tenant) reaches the caller as the vault sent it; only
+            # an unreachable or slow vault becomes the gateway's UNAVAILABLE / DEADLINE_EXCEEDED.
+            raise upstream_error(err, upstream="vault", cap=timeout) from None
 
     async def CreateTenant(self, request: gateway_pb2.CreateTenantRequest, context: aio.ServicerContext) -> Any:
         caller = current_caller()
@@ -198,18 +199,23 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         # The vault first: the registry entry (and its TenantCreated event) exists only once the vault does.
         await self._vault_admin("CreateTenant", tenant_id, caller, vault_pb2.CreateTenantRequest())
         row = await self.db.run(
-            lambda s: tenants.create_tenant(s, tenant_id=tenant_id, details=details, sealer=self.sealer)
+            lambda s: tenants.create_tenant(
+                s, tenant_id=tenant_id, details=details, sealer=self.sealer, now=self.clock.now()
+            )
         )
         self.events_committed()
         return gateway_pb2.CreateTenantResponse(tenant=self._tenant_to_proto(row))
 
     async def _support_may_see(self, caller: Caller, tenant_id: str) -> None:
         if caller.kind == "operator" and not _is_ops(caller) and caller.has_role(SUPPORT):
+            now = self.clock.now()
             live = await self.db.run(
-                lambda s: grants.list_grants(s, tenant_id=tenant_id, principal=caller.principal, include_inactive=False)
+                lambda s: grants.list_grants(
+                    s, tenant_id=tenant_id, principal=caller.principal, include_inactive=False, now=now
+                )
             )
-            if not any(grants.grant_state(g, utcnow()) == "active" for g in live):
-                raise NotFound("no such tenant: check tenant_id")
+            if not any(grants.grant_state(g, now) == "active" for g in live):
+                raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
 
     async def GetTenant(self, request: gateway_pb2.GetTenantRequest, context: aio.ServicerContext) -> Any:
         caller = current_caller()
@@ -229,6 +235,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 details=details,
                 expected_version=request.expected_version,
                 sealer=self.sealer,
+                now=self.clock.now(),
             )
         )
         self.events_committed()
@@ -237,7 +244,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
     async def CloseTenant(self, request: gateway_pb2.CloseTenantRequest, context: aio.ServicerContext) -> Any:
         caller = current_caller()
         tenant_id = _tenant_for(caller, request.tenant_id)
-        row, _changed = await self.db.run(lambda s: tenants.close_tenant(s, tenant_id))
+        row, _changed = await self.db.run(lambda s: tenants.close_tenant(s, tenant_id, now=self.clock.now()))
         self.events_committed()
         # Closing again re-sends the vault call, so a failed first attempt is fixed by retrying.
         await self._vault_admin("CloseTenant", tenant_id, caller, vault_pb2.CloseTenantRequest())
@@ -261,16 +268,20 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 env=self.env,
                 created_by=caller.principal,
                 pepper=self.pepper,
+                now=self.clock.now(),
             )
         )
         self.events_committed()
-        return gateway_pb2.CreateApiKeyResponse(api_key=_key_to_proto(row), token=token)
+        return gateway_pb2.CreateApiKeyResponse(api_key=_key_to_proto(row, self.clock.now()), token=token)
 
     async def ListApiKeys(self, request: gateway_pb2.ListApiKeysRequest, context: aio.ServicerContext) -> Any:
         caller = current_caller()
         tenant_id = _tenant_for(caller, request.tenant_id)
-        rows = await self.db.run(lambda s: apikeys.list_keys(s, tenant_id, include_inactive=request.include_inactive))
-        return gateway_pb2.ListApiKeysResponse(api_keys=[_key_to_proto(r) for r in rows])
+        now = self.clock.now()
+        rows = await self.db.run(
+            lambda s: apikeys.list_keys(s, tenant_id, include_inactive=request.include_inactive, now=now)
+        )
+        return gateway_pb2.ListApiKeysResponse(api_keys=[_key_to_proto(r, now) for r in rows])
 
     def _key_scope(self, caller: Caller) -> str | None:
         return caller.tenant_id if caller.kind == "api_key" else None
@@ -283,13 +294,20 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         def rotate(session: Any) -> tuple[ApiKeyRow, str, ApiKeyRow]:
             row = apikeys.find_key(session, request.key_id, tenant_id=self._key_scope(caller))
             return apikeys.rotate_key(
-                session, row, grace_s=request.grace_seconds, by=caller.principal, env=self.env, pepper=self.pepper
+                session,
+                row,
+                grace_s=request.grace_seconds,
+                by=caller.principal,
+                env=self.env,
+                pepper=self.pepper,
+                now=now,
             )
 
+        now = self.clock.now()
         new_row, token, old_row = await self.db.run(rotate)
         self.events_committed()
         return gateway_pb2.RotateApiKeyResponse(
-            api_key=_key_to_proto(new_row), token=token, previous=_key_to_proto(old_row)
+            api_key=_key_to_proto(new_row, now), token=token, previous=_key_to_proto(old_row, now)
         )
 
     async def RevokeApiKey(self, request: gateway_pb2.RevokeApiKeyRequest, context: aio.ServicerContext) -> Any:
@@ -299,11 +317,12 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
         def revoke(session: Any) -> ApiKeyRow:
             row = apikeys.find_key(session, request.key_id, tenant_id=self._key_scope(caller))
-            return apikeys.revoke_key(session, row, by=caller.principal)
+            return apikeys.revoke_key(session, row, by=caller.principal, now=now)
 
+        now = self.clock.now()
         row = await self.db.run(revoke)
         self.events_committed()
-        return gateway_pb2.RevokeApiKeyResponse(api_key=_key_to_proto(row))
+        return gateway_pb2.RevokeApiKeyResponse(api_key=_key_to_proto(row, now))
 
     # ---------------------------------------------------------- support access
 
@@ -312,6 +331,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
     ) -> Any:
         caller = current_caller()
         valid_id("tenant_id", request.tenant_id)
+        now = self.clock.now()
         row = await self.db.run(
             lambda s: grants.request_access(
                 s,
@@ -320,10 +340,11 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 reason=request.reason,
                 ticket_id=request.ticket_id,
                 duration_s=request.duration_seconds,
+                now=now,
             )
         )
         self.events_committed()
-        return gateway_pb2.RequestSupportAccessResponse(grant=_grant_to_proto(row))
+        return gateway_pb2.RequestSupportAccessResponse(grant=_grant_to_proto(row, now))
 
     async def ApproveSupportAccess(
         self, request: gateway_pb2.ApproveSupportAccessRequest, context: aio.ServicerContext
@@ -334,17 +355,19 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
         def approve(session: Any) -> SupportGrantRow:
             row = grants.find_grant(session, request.grant_id, tenant_id=caller.tenant_id)
-            return grants.approve(session, row, approved_by=caller.principal)
+            return grants.approve(session, row, approved_by=caller.principal, now=now)
 
+        now = self.clock.now()
         row = await self.db.run(approve)
         self.events_committed()
-        return gateway_pb2.ApproveSupportAccessResponse(grant=_grant_to_proto(row))
+        return gateway_pb2.ApproveSupportAccessResponse(grant=_grant_to_proto(row, now))
 
     async def GrantEmergencySupportAccess(
         self, request: gateway_pb2.GrantEmergencySupportAccessRequest, context: aio.ServicerContext
     ) -> Any:
         caller = current_caller()
         valid_id("tenant_id", request.tenant_id)
+        now = self.clock.now()
         row = await self.db.run(
             lambda s: grants.grant_emergency(
                 s,
@@ -354,10 +377,11 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 ticket_id=request.ticket_id,
                 duration_s=request.duration_seconds,
                 granted_by=caller.principal,
+                now=now,
             )
         )
         self.events_committed()
-        return gateway_pb2.GrantEmergencySupportAccessResponse(grant=_grant_to_proto(row))
+        return gateway_pb2.GrantEmergencySupportAccessResponse(grant=_grant_to_proto(row, now))
 
     def _grant_visibility(self, caller: Caller) -> tuple[str | None, str | None]:
         """(tenant filter, principal filter) for the grants this caller may see or act on."""
@@ -377,11 +401,12 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
         def revoke(session: Any) -> SupportGrantRow:
             row = grants.find_grant(session, request.grant_id, tenant_id=tenant_filter, principal=principal_filter)
-            return grants.revoke(session, row, by=caller.principal)
+            return grants.revoke(session, row, by=caller.principal, now=now)
 
+        now = self.clock.now()
         row = await self.db.run(revoke)
         self.events_committed()
-        return gateway_pb2.RevokeSupportAccessResponse(grant=_grant_to_proto(row))
+        return gateway_pb2.RevokeSupportAccessResponse(grant=_grant_to_proto(row, now))
 
     async def ListSupportGrants(
         self, request: gateway_pb2.ListSupportGrantsRequest, context: aio.ServicerContext
@@ -393,12 +418,17 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             tenant_filter = _tenant_for(caller, request.tenant_id)
         elif request.tenant_id:
             tenant_filter = request.tenant_id
+        now = self.clock.now()
         rows = await self.db.run(
             lambda s: grants.list_grants(
-                s, tenant_id=tenant_filter, principal=principal_filter, include_inactive=request.include_inactive
+                s,
+                tenant_id=tenant_filter,
+                principal=principal_filter,
+                include_inactive=request.include_inactive,
+                now=now,
             )
         )
-        return gateway_pb2.ListSupportGrantsResponse(grants=[_grant_to_proto(r) for r in rows])
+        return gateway_pb2.ListSupportGrantsResponse(grants=[_grant_to_proto(r, now) for r in rows])
 
     async def ListSupportAccesses(
         self, request: gateway_pb2.ListSupportAccessesRequest, context: aio.ServicerContext

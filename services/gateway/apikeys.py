@@ -15,9 +15,8 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,10 +25,11 @@ from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
-from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, Reason, Unauthenticated
 from services.chassis.timestamps import to_timestamp
-from services.gateway.models import ApiKeyRow, TenantRow, utcnow
+from services.gateway.models import ApiKeyRow, TenantRow
 from services.gateway.policy import SCOPES
 
 __all__ = [
@@ -147,7 +147,7 @@ class ApiKeyAuthenticator:
         pepper: bytes,
         *,
         ttl_s: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
         max_entries: int = 50_000,
     ) -> None:
         self._db = db
@@ -166,7 +166,7 @@ class ApiKeyAuthenticator:
 
     async def _lookup(self, key_id: str) -> VerifiedKey | None:
         cached = self._cache.get(key_id)
-        if cached is not None and self._clock() - cached[1] < self._ttl:
+        if cached is not None and self._clock.monotonic() - cached[1] < self._ttl:
             return cached[0]
         pending = self._loading.get(key_id)
         if pending is not None:
@@ -174,7 +174,7 @@ class ApiKeyAuthenticator:
         future: asyncio.Future[VerifiedKey | None] = asyncio.get_running_loop().create_future()
         self._loading[key_id] = future
         try:
-            loaded_at = self._clock()
+            loaded_at = self._clock.monotonic()
             entry = await self._db.run(lambda s: _load(s, key_id))
             if len(self._cache) >= self._max:
                 self._cache.clear()  # crude but bounded; entries live < 1 s anyway
@@ -194,7 +194,7 @@ class ApiKeyAuthenticator:
         entry = await self._lookup(parsed.key_id)
         presented = hash_secret(self._pepper, parsed.key_id, parsed.secret)
         matches = hmac.compare_digest(presented, entry.secret_hash if entry is not None else self._dummy)
-        if entry is None or not matches or not entry.usable(utcnow()):
+        if entry is None or not matches or not entry.usable(self._clock.now()):
             raise Unauthenticated(INVALID_KEY_MESSAGE)
         return entry
 
@@ -228,9 +228,11 @@ def create_key(
     env: str,
     created_by: str,
     pepper: bytes,
+    now: datetime,
     rotated_from: str = "",
 ) -> tuple[ApiKeyRow, str]:
-    """Store a new key (hash only) with its ApiKeyCreated event; returns the row and the one-time token."""
+    """Store a new key (hash only), created ``now``, with its ApiKeyCreated event; returns the row and the one-time
+    token."""
     wanted = _validate_scopes(scopes)
     if not _NAME.match(name):
         raise InvalidArgument("key name: use at most 100 letters, digits, spaces, '.', '-' or '_'")
@@ -238,11 +240,12 @@ def create_key(
         raise InvalidArgument(f"ttl_seconds must be between 0 (no expiry) and {MAX_TTL_S}")
     tenant = session.get(TenantRow, tenant_id)
     if tenant is None:
-        raise NotFound("no such tenant: check tenant_id")
+        raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
     if tenant.state != "active":
-        raise FailedPrecondition("the tenant is closed: no new API keys can be issued for it")
+        raise FailedPrecondition(
+            "the tenant is closed: no new API keys can be issued for it", reason=Reason.TENANT_CLOSED
+        )
     key_id, secret, token = _new_token(env)
-    now = utcnow()
     row = ApiKeyRow(
         id=key_id,
         tenant_id=tenant_id,
@@ -261,12 +264,12 @@ def create_key(
     enqueue(
         session,
         make_event(
-            source="gateway",
-            event_type="gateway.apikey.created",
-            tenant_id=tenant_id,
-            api_key_created=events_pb2.ApiKeyCreated(
+            events_pb2.ApiKeyCreated(
                 key_id=key_id, tenant_id=tenant_id, scopes=wanted, created_by=created_by, rotated_from=rotated_from
             ),
+            source="gateway",
+            tenant_id=tenant_id,
+            occurred_at=now,
         ),
     )
     return row, token
@@ -276,49 +279,48 @@ def find_key(session: Session, key_id: str, *, tenant_id: str | None) -> ApiKeyR
     """The key ``key_id``; NOT_FOUND when it does not exist or belongs to another tenant than ``tenant_id``."""
     row = session.get(ApiKeyRow, key_id) if key_id else None
     if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
-        raise NotFound("no such API key: check key_id")
+        raise NotFound("no such API key: check key_id", reason=Reason.API_KEY_NOT_FOUND)
     return row
 
 
-def list_keys(session: Session, tenant_id: str, *, include_inactive: bool) -> list[ApiKeyRow]:
-    """The tenant's keys, newest first."""
+def list_keys(session: Session, tenant_id: str, *, include_inactive: bool, now: datetime) -> list[ApiKeyRow]:
+    """The tenant's keys, newest first (without those inactive at ``now`` unless ``include_inactive``)."""
     rows = session.scalars(
         select(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant_id).order_by(ApiKeyRow.created_at.desc())
     ).all()
-    now = utcnow()
     return [row for row in rows if include_inactive or key_state(row, now) == "active"]
 
 
-def _revoked_event(row: ApiKeyRow, by: str, effective_at: datetime) -> events_pb2.Event:
+def _revoked_event(row: ApiKeyRow, by: str, effective_at: datetime, now: datetime) -> events_pb2.Event:
     return make_event(
-        source="gateway",
-        event_type="gateway.apikey.revoked",
-        tenant_id=row.tenant_id,
-        api_key_revoked=events_pb2.ApiKeyRevoked(
+        events_pb2.ApiKeyRevoked(
             key_id=row.id, tenant_id=row.tenant_id, revoked_by=by, effective_at=to_timestamp(effective_at)
         ),
+        source="gateway",
+        tenant_id=row.tenant_id,
+        occurred_at=now,
     )
 
 
-def revoke_key(session: Session, row: ApiKeyRow, *, by: str) -> ApiKeyRow:
-    """Revoke now (idempotent: a revoked key stays revoked and no second event is written)."""
-    now = utcnow()
+def revoke_key(session: Session, row: ApiKeyRow, *, by: str, now: datetime) -> ApiKeyRow:
+    """Revoke at ``now`` (idempotent: a revoked key stays revoked and no second event is written)."""
     if row.revoked_at is not None:
         return row
     row.revoked_at = now
-    enqueue(session, _revoked_event(row, by, now))
+    enqueue(session, _revoked_event(row, by, now, now))
     return row
 
 
 def rotate_key(
-    session: Session, row: ApiKeyRow, *, grace_s: int, by: str, env: str, pepper: bytes
+    session: Session, row: ApiKeyRow, *, grace_s: int, by: str, env: str, pepper: bytes, now: datetime
 ) -> tuple[ApiKeyRow, str, ApiKeyRow]:
-    """Issue a replacement with the same scopes; the old key stops now or at the end of ``grace_s``."""
+    """Issue a replacement with the same scopes; the old key stops ``now`` or at the end of ``grace_s``."""
     if not 0 <= grace_s <= MAX_GRACE_S:
         raise InvalidArgument(f"grace_seconds must be between 0 and {MAX_GRACE_S}")
-    now = utcnow()
     if key_state(row, now) != "active":
-        raise FailedPrecondition("only an active key can be rotated; create a new key instead")
+        raise FailedPrecondition(
+            "only an active key can be rotated; create a new key instead", reason=Reason.API_KEY_NOT_ACTIVE
+        )
     remaining_ttl = 0
     if row.expires_at is not None:
         remaining_ttl = max(1, int((row.expires_at - now).total_seconds()))
@@ -331,13 +333,14 @@ def rotate_key(
         env=env,
         created_by=by,
         pepper=pepper,
+        now=now,
         rotated_from=row.id,
     )
     if grace_s == 0:
-        revoke_key(session, row, by=by)
+        revoke_key(session, row, by=by, now=now)
     else:
         stop_at = now + timedelta(seconds=grace_s)
         if row.expires_at is None or row.expires_at > stop_at:
             row.expires_at = stop_at
-        enqueue(session, _revoked_event(row, by, stop_at))
+        enqueue(session, _revoked_event(row, by, stop_at, now))
     return new_row, token, row

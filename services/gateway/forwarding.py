@@ -21,7 +21,15 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from steward.vault.v1 import vault_pb2
 
-from services.chassis.errors import InvalidArgument, Unavailable
+from services.chassis.errors import (
+    DeadlineExceeded,
+    DomainError,
+    InvalidArgument,
+    Reason,
+    Unavailable,
+    UpstreamRefusal,
+    error_info,
+)
 from services.chassis.grpc_server import channel_options
 from services.chassis.identity import identity_metadata
 from services.chassis.settings import GrpcSettings
@@ -32,10 +40,15 @@ from services.gateway.settings import UpstreamSettings
 
 log = logging.getLogger("steward.gateway.forwarding")
 
-__all__ = ["FORWARDED_SERVICES", "DeadlinePolicy", "ForwardedService", "Forwarder", "Upstreams", "method_names"]
-
-# Trailers worth passing back to the caller (retry hints); everything else stays inside.
-_PASSED_TRAILERS = frozenset({"retry-after-ms"})
+__all__ = [
+    "FORWARDED_SERVICES",
+    "DeadlinePolicy",
+    "ForwardedService",
+    "Forwarder",
+    "Upstreams",
+    "method_names",
+    "upstream_error",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +110,10 @@ class Upstreams:
         """The channel to ``name``; UNAVAILABLE when that service is not configured."""
         channel = self._channels.get(name)
         if channel is None:
-            raise Unavailable(f"the {name} service is not reachable through this gateway (no address configured)")
+            raise Unavailable(
+                f"the {name} service is not reachable through this gateway (no address configured)",
+                reason=Reason.UPSTREAM_UNAVAILABLE,
+            )
         return channel
 
     async def close(self) -> None:
@@ -132,7 +148,10 @@ class DeadlinePolicy:
         remaining = context.time_remaining()
         if remaining is None or remaining > 10**8:  # no deadline sent (gRPC reports None or "infinite")
             if self.require_client_deadline:
-                raise InvalidArgument(f"set a deadline on the call (this gateway requires one; at most {cap:g} s)")
+                raise InvalidArgument(
+                    f"set a deadline on the call (this gateway requires one; at most {cap:g} s)",
+                    reason=Reason.DEADLINE_REQUIRED,
+                )
             return cap, True
         if remaining >= cap:
             return cap, True
@@ -181,8 +200,7 @@ class Forwarder:
             try:
                 return await call(request, metadata=_outbound_metadata(caller), timeout=timeout)  # type: ignore[no-any-return]
             except aio.AioRpcError as err:
-                await _relay(context, err, upstream=upstream, cap=timeout if capped else None)
-                raise  # unreachable: _relay aborts
+                raise upstream_error(err, upstream=upstream, cap=timeout if capped else None) from None
 
         return forward
 
@@ -197,7 +215,7 @@ class Forwarder:
                 async for item in call:
                     yield item
             except aio.AioRpcError as err:
-                await _relay(context, err, upstream=upstream, cap=timeout if capped else None)
+                raise upstream_error(err, upstream=upstream, cap=timeout if capped else None) from None
             finally:
                 call.cancel()
 
@@ -214,29 +232,21 @@ def _outbound_metadata(caller: Caller) -> tuple[tuple[str, str], ...]:
     return identity_metadata(caller.identity()) + tuple(inject_headers().items())
 
 
-def _is_transport_failure(details: str) -> bool:
-    lowered = details.lower()
-    return not details or any(
-        marker in lowered for marker in ("failed to connect", "connection refused", "connections to all backends")
-    )
-
-
-async def _relay(context: aio.ServicerContext, err: aio.AioRpcError, *, upstream: str, cap: float | None) -> None:
-    """Give the caller the upstream's status (its messages are caller-safe by contract) with clearer wording
-    for the failures the gateway itself causes or observes."""
+def upstream_error(err: aio.AioRpcError, *, upstream: str, cap: float | None) -> DomainError:
+    """What the caller gets for a failed upstream call: the upstream's status, message and details unchanged
+    (its messages are caller-safe by contract, and its ErrorInfo reason is what clients act on), except for
+    the failures the gateway itself observes: its own deadline cap, and an upstream it cannot reach."""
     code = err.code()
-    details = err.details() or ""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and cap is not None:
-        details = f"the {upstream} service did not answer within {cap:g} s (the gateway's cap for this method)"
-    elif code == grpc.StatusCode.UNAVAILABLE and _is_transport_failure(details):
-        # The channel could not reach the service: say which service, not which socket address.
+        return DeadlineExceeded(
+            f"the {upstream} service did not answer within {cap:g} s (the gateway's cap for this method)",
+            reason=Reason.UPSTREAM_TIMEOUT,
+        )
+    if code == grpc.StatusCode.UNAVAILABLE and error_info(err) is None:
+        # Every Steward service sends an ErrorInfo with its statuses; an UNAVAILABLE without one came from the
+        # channel (connection refused, TLS failure, server shutting down). Say which service, not which address.
         log.warning("upstream unreachable", extra={"upstream": upstream})
-        details = f"the {upstream} service is unavailable; retry with backoff"
-    trailers = tuple(
-        (key, value)
-        for key, value in (err.trailing_metadata() or ())
-        if key in _PASSED_TRAILERS and isinstance(value, str)
-    )
-    if trailers:
-        context.set_trailing_metadata(trailers)
-    await context.abort(code, details)
+        return Unavailable(
+            f"the {upstream} service is unavailable; retry with backoff", reason=Reason.UPSTREAM_UNAVAILABLE
+        )
+    return UpstreamRefusal(err)

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
-from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Reason
 from services.chassis.timestamps import to_timestamp
-from services.gateway.models import SupportAccessRow, SupportGrantRow, TenantRow, utcnow
+from services.gateway.models import SupportAccessRow, SupportGrantRow, TenantRow
 
 __all__ = [
     "MAX_GRANT_S",
@@ -74,15 +74,15 @@ def _validate(reason: str, ticket_id: str, duration_s: int) -> str:
 def _require_active_tenant(session: Session, tenant_id: str) -> None:
     tenant = session.get(TenantRow, tenant_id) if tenant_id else None
     if tenant is None:
-        raise NotFound("no such tenant: check tenant_id")
+        raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
     if tenant.state != "active":
-        raise FailedPrecondition("the tenant is closed: support access cannot be granted")
+        raise FailedPrecondition("the tenant is closed: support access cannot be granted", reason=Reason.TENANT_CLOSED)
 
 
 def request_access(
-    session: Session, *, tenant_id: str, principal: str, reason: str, ticket_id: str, duration_s: int
+    session: Session, *, tenant_id: str, principal: str, reason: str, ticket_id: str, duration_s: int, now: datetime
 ) -> SupportGrantRow:
-    """A PENDING grant for ``principal`` on ``tenant_id`` (event gateway.support.requested)."""
+    """A PENDING grant for ``principal`` on ``tenant_id``, requested ``now`` (event gateway.support.requested)."""
     text = _validate(reason, ticket_id, duration_s)
     _require_active_tenant(session, tenant_id)
     row = SupportGrantRow(
@@ -94,7 +94,7 @@ def request_access(
         duration_s=duration_s,
         status="pending",
         emergency=False,
-        requested_at=utcnow(),
+        requested_at=now,
         approved_by="",
         revoked_by="",
     )
@@ -103,27 +103,24 @@ def request_access(
     enqueue(
         session,
         make_event(
-            source="gateway",
-            event_type="gateway.support.requested",
-            tenant_id=tenant_id,
-            support_access_requested=events_pb2.SupportAccessRequested(
+            events_pb2.SupportAccessRequested(
                 grant_id=row.id,
                 tenant_id=tenant_id,
                 principal=principal,
                 ticket_id=ticket_id,
                 duration_seconds=duration_s,
             ),
+            source="gateway",
+            tenant_id=tenant_id,
+            occurred_at=now,
         ),
     )
     return row
 
 
-def _granted_event(row: SupportGrantRow) -> events_pb2.Event:
+def _granted_event(row: SupportGrantRow, now: datetime) -> events_pb2.Event:
     return make_event(
-        source="gateway",
-        event_type="gateway.support.granted",
-        tenant_id=row.tenant_id,
-        support_access_granted=events_pb2.SupportAccessGranted(
+        events_pb2.SupportAccessGranted(
             grant_id=row.id,
             tenant_id=row.tenant_id,
             principal=row.principal,
@@ -132,6 +129,9 @@ def _granted_event(row: SupportGrantRow) -> events_pb2.Event:
             approved_by=row.approved_by,
             expires_at=to_timestamp(row.expires_at),
         ),
+        source="gateway",
+        tenant_id=row.tenant_id,
+        occurred_at=now,
     )
 
 
@@ -145,20 +145,22 @@ def find_grant(
         or (tenant_id is not None and row.tenant_id != tenant_id)
         or (principal is not None and row.principal != principal)
     ):
-        raise NotFound("no such support grant: check grant_id")
+        raise NotFound("no such support grant: check grant_id", reason=Reason.GRANT_NOT_FOUND)
     return row
 
 
-def approve(session: Session, row: SupportGrantRow, *, approved_by: str) -> SupportGrantRow:
-    """Start a PENDING grant's clock (event gateway.support.granted)."""
-    now = utcnow()
+def approve(session: Session, row: SupportGrantRow, *, approved_by: str, now: datetime) -> SupportGrantRow:
+    """Start a PENDING grant's clock at ``now`` (event gateway.support.granted)."""
     if grant_state(row, now) != "pending":
-        raise FailedPrecondition("only a pending support request can be approved; ask support to request again")
+        raise FailedPrecondition(
+            "only a pending support request can be approved; ask support to request again",
+            reason=Reason.GRANT_NOT_PENDING,
+        )
     row.status = "active"
     row.approved_at = now
     row.approved_by = approved_by
     row.expires_at = now + timedelta(seconds=row.duration_s)
-    enqueue(session, _granted_event(row))
+    enqueue(session, _granted_event(row, now))
     return row
 
 
@@ -171,13 +173,13 @@ def grant_emergency(
     ticket_id: str,
     duration_s: int,
     granted_by: str,
+    now: datetime,
 ) -> SupportGrantRow:
     """An ACTIVE grant without tenant approval; its event tells notify to warn the tenant at once."""
     text = _validate(reason, ticket_id, duration_s)
     if not _PRINCIPAL.match(principal):
         raise InvalidArgument("principal: the support engineer's operator subject (as in their token's sub claim)")
     _require_active_tenant(session, tenant_id)
-    now = utcnow()
     row = SupportGrantRow(
         id=f"sg_{uuid.uuid4().hex}",
         tenant_id=tenant_id,
@@ -195,57 +197,55 @@ def grant_emergency(
     )
     session.add(row)
     session.flush()
-    enqueue(session, _granted_event(row))
+    enqueue(session, _granted_event(row, now))
     return row
 
 
-def revoke(session: Session, row: SupportGrantRow, *, by: str) -> SupportGrantRow:
-    """End a grant now (idempotent: no second event)."""
+def revoke(session: Session, row: SupportGrantRow, *, by: str, now: datetime) -> SupportGrantRow:
+    """End a grant at ``now`` (idempotent: no second event)."""
     if row.status == "revoked":
         return row
     row.status = "revoked"
-    row.revoked_at = utcnow()
+    row.revoked_at = now
     row.revoked_by = by
     enqueue(
         session,
         make_event(
+            events_pb2.SupportAccessRevoked(grant_id=row.id, tenant_id=row.tenant_id, revoked_by=by),
             source="gateway",
-            event_type="gateway.support.revoked",
             tenant_id=row.tenant_id,
-            support_access_revoked=events_pb2.SupportAccessRevoked(
-                grant_id=row.id, tenant_id=row.tenant_id, revoked_by=by
-            ),
+            occurred_at=now,
         ),
     )
     return row
 
 
 def list_grants(
-    session: Session, *, tenant_id: str | None, principal: str | None, include_inactive: bool
+    session: Session, *, tenant_id: str | None, principal: str | None, include_inactive: bool, now: datetime
 ) -> list[SupportGrantRow]:
-    """Grants filtered by tenant and/or principal, newest first."""
+    """Grants filtered by tenant and/or principal, newest first (only those live at ``now`` unless
+    ``include_inactive``)."""
     query = select(SupportGrantRow).order_by(SupportGrantRow.requested_at.desc())
     if tenant_id is not None:
         query = query.where(SupportGrantRow.tenant_id == tenant_id)
     if principal is not None:
         query = query.where(SupportGrantRow.principal == principal)
-    now = utcnow()
     rows = session.scalars(query.limit(1000)).all()
     return [row for row in rows if include_inactive or grant_state(row, now) in ("pending", "active")]
 
 
-def live_grant(session: Session, grant_id: str, *, principal: str) -> SupportGrantRow:
-    """The ACTIVE grant ``grant_id`` of ``principal``; PERMISSION_DENIED (one answer) otherwise."""
+def live_grant(session: Session, grant_id: str, *, principal: str, now: datetime) -> SupportGrantRow:
+    """The grant ``grant_id`` of ``principal`` if ACTIVE at ``now``; PERMISSION_DENIED (one answer) otherwise."""
     row = session.get(SupportGrantRow, grant_id)
-    if row is None or row.principal != principal or grant_state(row, utcnow()) != "active":
+    if row is None or row.principal != principal or grant_state(row, now) != "active":
         raise PermissionDenied(GRANT_DENIED)
     return row
 
 
-def record_access(session: Session, *, grant: SupportGrantRow, method: str) -> int:
-    """Write the access before the call is forwarded (so no call under a grant goes unrecorded)."""
+def record_access(session: Session, *, grant: SupportGrantRow, method: str, now: datetime) -> int:
+    """Write the access, made ``now``, before the call is forwarded (so no call under a grant goes unrecorded)."""
     row = SupportAccessRow(
-        grant_id=grant.id, tenant_id=grant.tenant_id, principal=grant.principal, method=method, at=utcnow()
+        grant_id=grant.id, tenant_id=grant.tenant_id, principal=grant.principal, method=method, at=now
     )
     session.add(row)
     session.flush()

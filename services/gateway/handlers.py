@@ -15,14 +15,15 @@ from typing import Any
 from google.protobuf.message import DecodeError
 from steward.events.v1 import events_pb2
 
-from services.chassis.bus import Bus, subject_for
+from services.chassis.bus import Bus
+from services.chassis.catalog import subject_of
 from services.gateway.apikeys import ApiKeyAuthenticator
 
 log = logging.getLogger("steward.gateway.handlers")
 
 __all__ = ["REVOCATION_SUBJECT", "RevocationListener"]
 
-REVOCATION_SUBJECT = subject_for("gateway.apikey.revoked")
+REVOCATION_SUBJECT = subject_of(events_pb2.ApiKeyRevoked)
 
 
 class RevocationListener:

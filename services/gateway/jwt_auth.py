@@ -14,16 +14,15 @@ import asyncio
 import hashlib
 import json
 import logging
-import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import jwt
 from jwt import PyJWK
 
-from services.chassis.errors import Unauthenticated, Unavailable
+from services.chassis.clock import SYSTEM_CLOCK, Clock
+from services.chassis.errors import Reason, Unauthenticated, Unavailable
 from services.gateway.policy import OPERATOR_ROLES
 from services.gateway.settings import JwtSettings
 
@@ -63,7 +62,7 @@ class SigningKey:
 class JwksSource:
     """The IdP's signing keys by ``kid``, from a URL or a file, refreshed with rate-limited refetches."""
 
-    def __init__(self, settings: JwtSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: JwtSettings, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._settings = settings
         self._clock = clock
         self._keys: dict[str, SigningKey] = {}
@@ -82,7 +81,7 @@ class JwksSource:
             return bytes(response.read())
 
     async def _refresh(self) -> None:
-        self._attempted_at = self._clock()
+        self._attempted_at = self._clock.monotonic()
         self.fetches += 1
         try:
             raw = await asyncio.to_thread(self._read)
@@ -98,18 +97,18 @@ class JwksSource:
                 except jwt.PyJWTError:
                     log.warning("skipping unusable JWKS key", extra={"kid": kid})
             self._keys = keys
-            self._fetched_at = self._clock()
+            self._fetched_at = self._clock.monotonic()
         except Exception as exc:
             log.warning("JWKS fetch failed", extra={"error_type": type(exc).__name__})
 
     async def key_for(self, kid: str) -> SigningKey:
         """The key ``kid``; UNAUTHENTICATED if the IdP does not have it, UNAVAILABLE if no JWKS can be read."""
-        now = self._clock()
+        now = self._clock.monotonic()
         stale = self._fetched_at is None or now - self._fetched_at > self._settings.jwks_max_age_s
         if kid in self._keys and not stale:
             return self._keys[kid]
         async with self._lock:
-            now = self._clock()
+            now = self._clock.monotonic()
             may_refetch = (
                 self._attempted_at is None or now - self._attempted_at >= self._settings.jwks_refetch_interval_s
             )
@@ -159,7 +158,7 @@ class OperatorVerifier:
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("operator token expired: sign in again") from None
+            raise Unauthenticated("operator token expired: sign in again", reason=Reason.TOKEN_EXPIRED) from None
         except jwt.InvalidAudienceError:
             raise Unauthenticated("operator token is meant for another audience than this gateway") from None
         except jwt.InvalidIssuerError:

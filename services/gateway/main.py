@@ -15,6 +15,7 @@ from grpc import aio
 from steward.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.chassis.bus import Bus, OutboxRelay
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.grpc_server import RunningServer, build_server, serve_forever
 from services.chassis.migrations import upgrade
@@ -82,8 +83,8 @@ async def _bounded(step: Awaitable[object], what: str, limit_s: float = 5.0) -> 
         log.warning("shutdown step failed", extra={"step": what, "error_type": type(exc).__name__})
 
 
-async def create_server(settings: GatewaySettings) -> tuple[GatewayHandle, int]:
-    """Migrate the database, wire every component and start serving on ``settings.grpc.port``."""
+async def create_server(settings: GatewaySettings, *, clock: Clock = SYSTEM_CLOCK) -> tuple[GatewayHandle, int]:
+    """Migrate the database, wire every component on ``clock`` and start serving on ``settings.grpc.port``."""
     db = Database(settings.database_url.get_secret_value())
     await db.call(upgrade, db, "services.gateway")
 
@@ -97,7 +98,7 @@ async def create_server(settings: GatewaySettings) -> tuple[GatewayHandle, int]:
     wake = relay.wake if relay is not None else (lambda: None)
 
     pepper = settings.api_key_pepper.get_secret_value().encode()
-    keys = ApiKeyAuthenticator(db, pepper, ttl_s=settings.api_key_cache_ttl_s)
+    keys = ApiKeyAuthenticator(db, pepper, ttl_s=settings.api_key_cache_ttl_s, clock=clock)
     limits = settings.rate_limits
     gate = Gatekeeper(
         db=db,
@@ -111,10 +112,12 @@ async def create_server(settings: GatewaySettings) -> tuple[GatewayHandle, int]:
             auth_failures_per_s=limits.auth_failures_per_s,
             auth_failures_burst=limits.auth_failures_burst,
             tenant_overrides_rps=limits.tenant_overrides_rps,
+            clock=clock,
         ),
+        clock=clock,
     )
     access_log = AccessLog(
-        db, flush_s=settings.access_log_flush_s, max_buffer=settings.access_log_buffer, on_flushed=wake
+        db, flush_s=settings.access_log_flush_s, max_buffer=settings.access_log_buffer, on_flushed=wake, clock=clock
     )
     await access_log.start()
     upstreams = Upstreams(settings.upstreams, settings.grpc)
@@ -132,6 +135,7 @@ async def create_server(settings: GatewaySettings) -> tuple[GatewayHandle, int]:
         upstreams=upstreams,
         deadlines=deadlines,
         events_committed=wake,
+        clock=clock,
     )
 
     def register(server: aio.Server) -> list[str]:

@@ -13,12 +13,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["ApiKeyRow", "GatewayBase", "SupportAccessRow", "SupportGrantRow", "TenantRow", "UtcDateTime", "utcnow"]
+from services.chassis.clock import SYSTEM_CLOCK
 
+__all__ = ["ApiKeyRow", "GatewayBase", "SupportAccessRow", "SupportGrantRow", "TenantRow", "UtcDateTime"]
 
-def utcnow() -> datetime:
-    """Timezone-aware now, the only clock the gateway's rules use."""
-    return datetime.now(UTC)
+# Column defaults are a fallback only: the gateway's rules set every time from their injected Clock.
+_fallback_now = SYSTEM_CLOCK.now
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -57,8 +57,8 @@ class TenantRow(GatewayBase):
     representatives_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     state: Mapped[str] = mapped_column(String(16), default="active")
     version: Mapped[int] = mapped_column(Integer, default=1)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=_fallback_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=_fallback_now)
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
@@ -73,7 +73,7 @@ class ApiKeyRow(GatewayBase):
     name: Mapped[str] = mapped_column(String(100), default="")
     scopes: Mapped[str] = mapped_column(Text)
     secret_hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=_fallback_now)
     created_by: Mapped[str] = mapped_column(String(200), default="")
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
@@ -93,7 +93,7 @@ class SupportGrantRow(GatewayBase):
     duration_s: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     emergency: Mapped[bool] = mapped_column(Boolean, default=False)
-    requested_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime, default=_fallback_now)
     approved_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     approved_by: Mapped[str] = mapped_column(String(200), default="")
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
@@ -113,5 +113,5 @@ class SupportAccessRow(GatewayBase):
     principal: Mapped[str] = mapped_column(String(200))
     method: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(32), default="STARTED")
-    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=_fallback_now)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)

@@ -105,6 +105,7 @@ POLICIES: dict[str, RoutePolicy] = {
     _VAULT_ADMIN + "ListAuditEvents": _p(["audit:read"], _OPS),
     _VAULT_ADMIN + "VerifyAuditChain": _p(["audit:read"], _OPS, cap=300.0),
     _VAULT_ADMIN + "ApplyTombstones": _p(roles=_OPS, cap=3600.0),
+    _VAULT_ADMIN + "GetAuditCheckpoint": _p(["audit:read"], _OPS),
     # --- the gateway's own admin API (tenant targeting is resolved by the servicer)
     _GW + "CreateTenant": _p(roles=[OPS_ADMIN]),
     _GW + "GetTenant": _p(["keys:manage", "audit:read"], (*_OPS, SUPPORT)),

@@ -8,12 +8,11 @@ memory without bound.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.chassis.errors import ResourceExhausted
+from services.chassis.clock import SYSTEM_CLOCK, Clock
+from services.chassis.errors import Reason, ResourceExhausted
 
 __all__ = ["RateLimiter", "TokenBucket"]
 
@@ -51,7 +50,7 @@ class RateLimiter:
         auth_failures_burst: int = 50,
         tenant_overrides_rps: dict[str, float] | None = None,
         max_buckets: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._tenant = (tenant_rps, float(tenant_burst))
         self._operator = (operator_rps, float(operator_burst))
@@ -87,13 +86,15 @@ class RateLimiter:
 
     def check(self, kind: str, ident: str) -> None:
         """Spend one token of ``kind``/``ident``; raise ResourceExhausted with the wait when empty."""
-        now = self._clock()
+        now = self._clock.monotonic()
         bucket = self._bucket(kind, ident, now)
         wait = bucket.take(now)
         if wait > 0:
             who = "this tenant" if kind == "tenant" else "this operator"
             raise ResourceExhausted(
                 f"rate limit of {bucket.rate:g} calls/s for {who} exceeded; retry after {wait * 1000:.0f} ms",
+                reason=Reason.RATE_LIMITED,
+                metadata={"limit": kind},
                 retry_after_s=wait,
             )
 
@@ -102,7 +103,7 @@ class RateLimiter:
 
         Checked before any credential work, so a client guessing keys stops costing database reads.
         """
-        now = self._clock()
+        now = self._clock.monotonic()
         bucket = self._buckets.get(f"peer:{peer}")
         if bucket is None:
             return
@@ -113,10 +114,11 @@ class RateLimiter:
             raise ResourceExhausted(
                 f"too many failed authentications from this client; fix its credential and retry after "
                 f"{wait * 1000:.0f} ms",
+                reason=Reason.AUTH_RATE_LIMITED,
                 retry_after_s=wait,
             )
 
     def failed_authentication(self, peer: str) -> None:
         """Count one failed authentication against ``peer`` (never raises)."""
-        now = self._clock()
+        now = self._clock.monotonic()
         self._bucket("peer", peer, now).take(now)

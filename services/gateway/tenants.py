@@ -14,17 +14,19 @@ import os
 import re
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 import phonenumbers
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.message import Message
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
-from services.chassis.errors import Aborted, InvalidArgument, NotFound
-from services.gateway.models import TenantRow, utcnow
+from services.chassis.errors import Aborted, InvalidArgument, NotFound, Reason
+from services.chassis.timestamps import to_timestamp
+from services.gateway.models import TenantRow
 
 __all__ = [
     "RegistrySealer",
@@ -159,30 +161,8 @@ def validate_details(details: TenantDetails) -> TenantDetails:
     )
 
 
-def _event(kind: str, tenant_id: str, row: TenantRow) -> events_pb2.Event:
-    if kind == "created":
-        return make_event(
-            source="gateway",
-            event_type="gateway.tenant.created",
-            tenant_id=tenant_id,
-            tenant_created=events_pb2.TenantCreated(tenant_id=tenant_id),
-        )
-    if kind == "updated":
-        return make_event(
-            source="gateway",
-            event_type="gateway.tenant.updated",
-            tenant_id=tenant_id,
-            tenant_updated=events_pb2.TenantUpdated(tenant_id=tenant_id),
-        )
-    closed = Timestamp()
-    assert row.closed_at is not None
-    closed.FromDatetime(row.closed_at)
-    return make_event(
-        source="gateway",
-        event_type="gateway.tenant.closed",
-        tenant_id=tenant_id,
-        tenant_closed=events_pb2.TenantClosed(tenant_id=tenant_id, closed_at=closed),
-    )
+def _event(payload: Message, row: TenantRow) -> events_pb2.Event:
+    return make_event(payload, source="gateway", tenant_id=row.id, occurred_at=row.updated_at)
 
 
 def _apply(row: TenantRow, details: TenantDetails, sealer: RegistrySealer) -> None:
@@ -195,14 +175,15 @@ def _apply(row: TenantRow, details: TenantDetails, sealer: RegistrySealer) -> No
     row.representatives_sealed = sealer.seal(row.id, details.representatives)
 
 
-def create_tenant(session: Session, *, tenant_id: str, details: TenantDetails, sealer: RegistrySealer) -> TenantRow:
-    """Insert a validated tenant with its TenantCreated event (the caller's transaction)."""
-    now = utcnow()
+def create_tenant(
+    session: Session, *, tenant_id: str, details: TenantDetails, sealer: RegistrySealer, now: datetime
+) -> TenantRow:
+    """Insert a validated tenant, created ``now``, with its TenantCreated event (the caller's transaction)."""
     row = TenantRow(id=tenant_id, state="active", version=1, created_at=now, updated_at=now)
     _apply(row, details, sealer)
     session.add(row)
     session.flush()
-    enqueue(session, _event("created", tenant_id, row))
+    enqueue(session, _event(events_pb2.TenantCreated(tenant_id=tenant_id), row))
     return row
 
 
@@ -210,33 +191,42 @@ def get_tenant(session: Session, tenant_id: str) -> TenantRow:
     """The tenant, or NOT_FOUND."""
     row = session.get(TenantRow, tenant_id) if tenant_id else None
     if row is None:
-        raise NotFound("no such tenant: check tenant_id")
+        raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
     return row
 
 
 def update_tenant(
-    session: Session, *, tenant_id: str, details: TenantDetails, expected_version: int, sealer: RegistrySealer
+    session: Session,
+    *,
+    tenant_id: str,
+    details: TenantDetails,
+    expected_version: int,
+    sealer: RegistrySealer,
+    now: datetime,
 ) -> TenantRow:
     """Replace the details when ``expected_version`` matches (ABORTED otherwise) and emit TenantUpdated."""
     row = get_tenant(session, tenant_id)
     if expected_version != row.version:
-        raise Aborted(f"tenant changed since you read it (version {row.version}); re-read and retry")
+        raise Aborted(
+            f"tenant changed since you read it (version {row.version}); re-read and retry",
+            reason=Reason.VERSION_CONFLICT,
+            metadata={"current_version": str(row.version)},
+        )
     _apply(row, details, sealer)
     row.version += 1
-    row.updated_at = utcnow()
-    enqueue(session, _event("updated", tenant_id, row))
+    row.updated_at = now
+    enqueue(session, _event(events_pb2.TenantUpdated(tenant_id=tenant_id), row))
     return row
 
 
-def close_tenant(session: Session, tenant_id: str) -> tuple[TenantRow, bool]:
+def close_tenant(session: Session, tenant_id: str, *, now: datetime) -> tuple[TenantRow, bool]:
     """Mark closed with TenantClosed; returns (row, changed). Closing a closed tenant changes nothing."""
     row = get_tenant(session, tenant_id)
     if row.state == "closed":
         return row, False
-    now = utcnow()
     row.state = "closed"
     row.closed_at = now
     row.updated_at = now
     row.version += 1
-    enqueue(session, _event("closed", tenant_id, row))
+    enqueue(session, _event(events_pb2.TenantClosed(tenant_id=tenant_id, closed_at=to_timestamp(now)), row))
     return row, True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -14,12 +14,13 @@ from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
 from services.chassis.db import Database
-from services.chassis.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from services.chassis.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Reason
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
-from services.vault import audit
+from services.vault import audit, checkpoints
 from services.vault.domain import VaultContext
 from services.vault.models import (
+    AuditCheckpoint,
     AuditEntry,
     DataKey,
     LegalHold,
@@ -37,6 +38,7 @@ __all__ = [
     "apply_tombstones",
     "close_tenant",
     "create_tenant",
+    "get_audit_checkpoint",
     "get_tenant",
     "list_audit",
     "rewrap_tenant_keys",
@@ -44,10 +46,6 @@ __all__ = [
     "shred_tenant",
     "verify_audit",
 ]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def create_tenant(session: Session, ctx: VaultContext, identity: CallerIdentity) -> TenantVault:
@@ -58,7 +56,8 @@ def create_tenant(session: Session, ctx: VaultContext, identity: CallerIdentity)
     transit = ctx.keyring.transit
     transit.create_tenant_key(tid)
     version = transit.key_info(tid).latest_version
-    blind, epoch = ctx.keyring.create_keys(session, tid, version, ["blind", "epoch"])
+    now = ctx.clock.now()
+    blind, epoch = ctx.keyring.create_keys(session, tid, version, ["blind", "epoch"], now=now)
     ctx.keyring.remember_blind_index(tid, blind.key_id, blind.raw)
     tenant = TenantVault(
         tenant_id=tid,
@@ -70,27 +69,22 @@ def create_tenant(session: Session, ctx: VaultContext, identity: CallerIdentity)
         epoch_key_id=epoch.key_id,
         audit_seq=0,
         audit_head="",
-        created_at=_now(),
+        created_at=now,
     )
     session.add(tenant)
     session.flush()
     enqueue(
         session,
-        make_event(
-            source=ctx.source,
-            event_type="vault.tenant.created",
-            tenant_id=tid,
-            tenant_created=events_pb2.TenantCreated(tenant_id=tid),
-        ),
+        make_event(events_pb2.TenantCreated(tenant_id=tid), source=ctx.source, tenant_id=tid, occurred_at=now),
     )
-    audit.append(session, tenant, identity, "tenant.create", [tid])
+    audit.append(session, tenant, identity, "tenant.create", [tid], at=ctx.clock.now())
     return tenant
 
 
 def get_tenant(session: Session, ctx: VaultContext, identity: CallerIdentity) -> TenantVault:
     """The tenant's vault state (audited)."""
     tenant = audit.lock_tenant(session, identity.tenant_id)
-    audit.append(session, tenant, identity, "tenant.read", [tenant.tenant_id])
+    audit.append(session, tenant, identity, "tenant.read", [tenant.tenant_id], at=ctx.clock.now())
     return tenant
 
 
@@ -99,16 +93,14 @@ def close_tenant(session: Session, ctx: VaultContext, identity: CallerIdentity) 
     tenant = audit.lock_tenant(session, identity.tenant_id)
     if tenant.state == "active":
         tenant.state = "closed"
-        tenant.closed_at = _now()
+        tenant.closed_at = ctx.clock.now()
         closed_at = events_pb2.TenantClosed(tenant_id=tenant.tenant_id)
         closed_at.closed_at.FromDatetime(tenant.closed_at)
         enqueue(
             session,
-            make_event(
-                source=ctx.source, event_type="vault.tenant.closed", tenant_id=tenant.tenant_id, tenant_closed=closed_at
-            ),
+            make_event(closed_at, source=ctx.source, tenant_id=tenant.tenant_id, occurred_at=tenant.closed_at),
         )
-    audit.append(session, tenant, identity, "tenant.close", [tenant.tenant_id])
+    audit.append(session, tenant, identity, "tenant.close", [tenant.tenant_id], at=ctx.clock.now())
     return tenant
 
 
@@ -134,34 +126,40 @@ def shred_tenant(
     if confirm_tenant_id != tid:
         raise InvalidArgument("confirm_tenant_id must equal the tenant being shredded")
     if tenant.state != "closed":
-        raise FailedPrecondition("close the tenant before shredding it")
+        raise FailedPrecondition("close the tenant before shredding it", reason=Reason.TENANT_NOT_CLOSED)
     hold = session.scalar(select(LegalHold.hold_id).where(LegalHold.tenant_id == tid).limit(1))
     if hold is not None:
         raise FailedPrecondition(
-            f"subjects of this tenant are under legal hold {hold}; clear every hold before shredding"
+            f"subjects of this tenant are under legal hold {hold}; clear every hold before shredding",
+            reason=Reason.LEGAL_HOLD,
+            metadata={"hold_id": hold},
         )
     records = session.scalar(select(func.count()).select_from(Record).where(Record.tenant_id == tid)) or 0
     subjects = session.scalar(select(func.count()).select_from(Subject).where(Subject.tenant_id == tid)) or 0
     head = tenant.audit_head
+    certificate_id = new_id()
+    # The shred's own entry and the final signed checkpoint come first: if Transit cannot sign, nothing
+    # irreversible has happened yet. The signed head outlives the data (VerifyAuditChain still works).
+    audit.append(session, tenant, identity, "tenant.shred", [tid, certificate_id], at=ctx.clock.now())
+    checkpoints.checkpoint_now(session, ctx, tenant, "shred")
     ctx.keyring.transit.delete_tenant_key(tid)  # the irreversible step; everything after is tidying
     ctx.keyring.forget_tenant(tenant)
     for model in (Record, SubjectIdentifier, LegalHold, Subject, DataKey):
         session.execute(delete(model).where(model.tenant_id == tid))  # type: ignore[attr-defined]
     tenant.state = "shredded"
-    tenant.shredded_at = _now()
+    tenant.shredded_at = ctx.clock.now()
     certificate = ShredCertificate(
-        new_id(), tid, tenant.key_name, tenant.shredded_at, int(records), int(subjects), head
+        certificate_id, tid, tenant.key_name, tenant.shredded_at, int(records), int(subjects), head
     )
     enqueue(
         session,
         make_event(
+            events_pb2.TenantShredded(tenant_id=tid, certificate_id=certificate.certificate_id),
             source=ctx.source,
-            event_type="vault.tenant.shredded",
             tenant_id=tid,
-            tenant_shredded=events_pb2.TenantShredded(tenant_id=tid, certificate_id=certificate.certificate_id),
+            occurred_at=tenant.shredded_at,
         ),
     )
-    audit.append(session, tenant, identity, "tenant.shred", [tid, certificate.certificate_id])
     return certificate
 
 
@@ -171,7 +169,7 @@ def rotate_tenant_key(session: Session, ctx: VaultContext, identity: CallerIdent
     version = ctx.keyring.transit.rotate(tenant.tenant_id)
     tenant.key_version = version
     _key_event(session, ctx, tenant)
-    audit.append(session, tenant, identity, "key.rotate", [tenant.tenant_id, f"v{version}"])
+    audit.append(session, tenant, identity, "key.rotate", [tenant.tenant_id, f"v{version}"], at=ctx.clock.now())
     return version
 
 
@@ -179,14 +177,14 @@ def _key_event(session: Session, ctx: VaultContext, tenant: TenantVault) -> None
     enqueue(
         session,
         make_event(
-            source=ctx.source,
-            event_type="vault.key.rotated",
-            tenant_id=tenant.tenant_id,
-            key_rotated=events_pb2.KeyRotated(
+            events_pb2.KeyRotated(
                 tenant_id=tenant.tenant_id,
                 key_version=tenant.key_version,
                 min_decryption_version=tenant.min_decryption_version,
             ),
+            source=ctx.source,
+            tenant_id=tenant.tenant_id,
+            occurred_at=ctx.clock.now(),
         ),
     )
 
@@ -219,7 +217,7 @@ def rewrap_tenant_keys(
             )
             or 0
         )
-        audit.append(session, tenant, identity, "key.rewrap.start", [tid, f"v{latest}"])
+        audit.append(session, tenant, identity, "key.rewrap.start", [tid, f"v{latest}"], at=ctx.clock.now())
     done = 0
     while True:
         with database.transaction() as session:
@@ -243,7 +241,7 @@ def rewrap_tenant_keys(
         tenant.min_decryption_version = latest
         tenant.key_version = max(tenant.key_version, latest)
         _key_event(session, ctx, tenant)
-        audit.append(session, tenant, identity, "key.rewrap.done", [tid, f"v{latest}"])
+        audit.append(session, tenant, identity, "key.rewrap.done", [tid, f"v{latest}"], at=ctx.clock.now())
     yield RewrapProgress(done, int(total), True, latest)
 
 
@@ -268,7 +266,9 @@ def list_audit(
     rows = list(session.scalars(query.order_by(AuditEntry.seq).limit(size + 1)))
     more = len(rows) > size
     rows = rows[:size]
-    audit.append(session, tenant, identity, "audit.list", [support_grant_id] if support_grant_id else [])
+    audit.append(
+        session, tenant, identity, "audit.list", [support_grant_id] if support_grant_id else [], at=ctx.clock.now()
+    )
     token = base64.urlsafe_b64encode(f"seq:{rows[-1].seq}".encode()).decode() if more else ""
     return rows, token
 
@@ -284,16 +284,53 @@ def _read_seq_token(token: str) -> int:
             raise ValueError
         return int(value)
     except ValueError:
-        raise InvalidArgument("page_token is invalid; repeat the query without it") from None
+        raise InvalidArgument(
+            "page_token is invalid; repeat the query without it", reason=Reason.INVALID_PAGE_TOKEN
+        ) from None
 
 
 def verify_audit(session: Session, ctx: VaultContext, identity: CallerIdentity) -> audit.ChainReport:
-    """Verify the tenant's chain (the verification itself is appended after checking)."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    report = audit.verify(session, tenant.tenant_id)
-    if report.intact:
-        audit.append(session, tenant, identity, "audit.verify", [], "intact")
+    """Verify the tenant's chain against its signed checkpoints (the verification itself is appended after
+    checking). A shredded tenant's chain is still verified -- evidence outlives data -- but no longer extended:
+    its final checkpoint seals it."""
+    tenant = audit.lock_tenant(session, identity.tenant_id, shredded_ok=True)
+    report = checkpoints.verify_chain(session, ctx.keyring.transit, tenant.tenant_id)
+    if report.intact and tenant.state != "shredded":
+        audit.append(session, tenant, identity, "audit.verify", [], "intact", at=ctx.clock.now())
     return report
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHead:
+    """A checkpoint plus what a tenant needs to verify it offline."""
+
+    checkpoint: AuditCheckpoint
+    message: bytes
+    public_key: bytes
+    key_name: str
+
+
+def get_audit_checkpoint(session: Session, ctx: VaultContext, identity: CallerIdentity) -> SignedHead:
+    """Append the read, sign the head that includes it, and return it with the public key (external anchoring).
+
+    A shredded tenant gets its final checkpoint (signed at the shred); its sealed chain is not extended.
+    """
+    tenant = audit.lock_tenant(session, identity.tenant_id, shredded_ok=True)
+    if tenant.state != "shredded":
+        audit.append(session, tenant, identity, "audit.checkpoint", [], at=ctx.clock.now())
+    latest = checkpoints.checkpoint_now(session, ctx, tenant, "requested")
+    transit = ctx.keyring.transit
+    public_key = transit.signing_public_key(latest.key_version)
+    if public_key is None:
+        raise FailedPrecondition(
+            "the audit-signing key version of this checkpoint is missing from Transit; call on-call"
+        )
+    return SignedHead(
+        latest,
+        checkpoints.checkpoint_message(latest.tenant_id, latest.seq, latest.head_hash, latest.signed_at),
+        public_key,
+        transit.signing_key_name,
+    )
 
 
 def apply_tombstones(session: Session, ctx: VaultContext, identity: CallerIdentity) -> tuple[int, int]:
@@ -301,5 +338,5 @@ def apply_tombstones(session: Session, ctx: VaultContext, identity: CallerIdenti
     tenant = audit.lock_tenant(session, identity.tenant_id)
     tombstones = ctx.ledger.for_tenant(tenant.tenant_id)
     reerased = sum(1 for tomb in tombstones if reapply_tombstone(session, ctx, tenant.tenant_id, tomb))
-    audit.append(session, tenant, identity, "tombstones.apply", [], f"reerased:{reerased}")
+    audit.append(session, tenant, identity, "tombstones.apply", [], f"reerased:{reerased}", at=ctx.clock.now())
     return len(tombstones), reerased

@@ -15,11 +15,13 @@ from steward.vault.v1 import vault_pb2_grpc
 
 from services.chassis.bus import OutboxRelay
 from services.chassis.db import Database
-from services.chassis.errors import InvalidArgument, NotFound
+from services.chassis.errors import InvalidArgument, NotFound, Reason
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.ids import PAGE_TOKEN_MAX_LENGTH, valid_id
 from services.chassis.timestamps import to_timestamp
 from services.vault import admin, records
+from services.vault.audit import Fault
+from services.vault.checkpoints import signed_fields
 from services.vault.domain import RecordInput, RecordView, VaultContext
 from services.vault.models import AuditEntry, TenantVault
 
@@ -32,6 +34,13 @@ _TENANT_STATES = {
     "shredded": pb.TENANT_STATE_SHREDDED,
 }
 EXPORT_CHUNK = 500
+_AUDIT_FAULTS = {
+    Fault.NONE: pb.AUDIT_FAULT_UNSPECIFIED,
+    Fault.ENTRY_MISMATCH: pb.AUDIT_FAULT_ENTRY_MISMATCH,
+    Fault.ENTRIES_MISSING: pb.AUDIT_FAULT_ENTRIES_MISSING,
+    Fault.CHECKPOINT_CONTRADICTED: pb.AUDIT_FAULT_CHECKPOINT_CONTRADICTED,
+    Fault.CHECKPOINT_SIGNATURE_INVALID: pb.AUDIT_FAULT_CHECKPOINT_SIGNATURE_INVALID,
+}
 
 
 def _data_bytes(data: Struct) -> bytes:
@@ -127,7 +136,10 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def PutRecords(self, request: pb.PutRecordsRequest, context: aio.ServicerContext) -> pb.PutRecordsResponse:
         require_identity(context)
         if len(request.records) > self.ctx.policy.max_batch:
-            raise InvalidArgument(f"too many records: at most {self.ctx.policy.max_batch} per call; split the batch")
+            raise InvalidArgument(
+                f"too many records: at most {self.ctx.policy.max_batch} per call; split the batch",
+                reason=Reason.BATCH_TOO_LARGE,
+            )
         for i, message in enumerate(request.records):
             valid_id(f"records[{i}].subject_id", message.subject_id)
         items = [_input(message) for message in request.records]
@@ -188,7 +200,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
             context, lambda s, who: records.resolve_subject(s, self.ctx, who, field, raw), writes=False
         )
         if not subject_id:
-            raise NotFound("no subject matches that identifier")
+            raise NotFound("no subject matches that identifier", reason=Reason.SUBJECT_NOT_FOUND)
         return pb.ResolveSubjectResponse(subject_id=subject_id)
 
     async def ExportSubject(
@@ -368,7 +380,13 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
     ) -> pb.VerifyAuditChainResponse:
         report = await self._run(context, lambda s, who: admin.verify_audit(s, self.ctx, who), writes=False)
         return pb.VerifyAuditChainResponse(
-            intact=report.intact, entries_checked=report.entries_checked, first_broken_seq=report.first_broken_seq
+            intact=report.intact,
+            entries_checked=report.entries_checked,
+            first_broken_seq=report.first_broken_seq,
+            fault=_AUDIT_FAULTS[report.fault],
+            checkpoints_verified=report.checkpoints_verified,
+            anchored_seq=report.anchored_seq,
+            bad_checkpoint_seq=report.bad_checkpoint_seq,
         )
 
     async def ApplyTombstones(
@@ -376,3 +394,16 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
     ) -> pb.ApplyTombstonesResponse:
         checked, reerased = await self._run(context, lambda s, who: admin.apply_tombstones(s, self.ctx, who))
         return pb.ApplyTombstonesResponse(tombstones_checked=checked, subjects_reerased=reerased)
+
+    async def GetAuditCheckpoint(
+        self, request: pb.GetAuditCheckpointRequest, context: aio.ServicerContext
+    ) -> pb.GetAuditCheckpointResponse:
+        signed = await self._run(context, lambda s, who: admin.get_audit_checkpoint(s, self.ctx, who), isolated=True)
+        return pb.GetAuditCheckpointResponse(
+            checkpoint=pb.AuditCheckpoint(
+                **signed_fields(signed.checkpoint),
+                message=signed.message,
+                public_key=signed.public_key,
+                key_name=signed.key_name,
+            )
+        )

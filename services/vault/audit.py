@@ -4,38 +4,53 @@ Every read, write, export, erase and admin action appends one entry (principal, 
 ids, result, time). :func:`append` must be the first statement of its transaction: it bumps the
 tenant row's ``audit_seq``, which takes the row (PostgreSQL) or database (SQLite) write lock, so
 links are assigned one at a time even across replicas. :func:`verify` recomputes the chain and
-names the first entry whose hash does not match.
+names the first entry whose hash does not match, or that contradicts a head signed at a checkpoint
+(:mod:`services.vault.checkpoints`): the hash chain alone can be recomputed by anyone who can write
+the database, the signatures cannot.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Update, bindparam, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from services.chassis.errors import FailedPrecondition, NotFound
+from services.chassis.errors import FailedPrecondition, NotFound, Reason
 from services.chassis.fastsql import execute_compiled, insert_rows
 from services.chassis.identity import CallerIdentity
 from services.vault.models import AuditEntry, TenantVault
 
-__all__ = ["ChainReport", "append", "entry_hash", "lock_tenant", "verify"]
+__all__ = [
+    "HASHED_FIELDS",
+    "ChainReport",
+    "Fault",
+    "append",
+    "canonical_time",
+    "entry_hash",
+    "lock_tenant",
+    "verify",
+]
 
 GENESIS = "0" * 64
 
 
-def lock_tenant(session: Session, tenant_id: str) -> TenantVault:
+def lock_tenant(session: Session, tenant_id: str, *, shredded_ok: bool = False) -> TenantVault:
     """Hold the tenant's write lock and return its row.
 
     PostgreSQL: an ``UPDATE .. RETURNING`` row lock, the first statement of the transaction, so chain
     links are assigned one at a time across replicas. SQLite: every transaction already began with
     ``BEGIN IMMEDIATE`` (the database-wide write lock), so the row is simply read — and units of one
     group-commit batch reuse it from the session's identity map.
+
+    A shredded tenant is refused unless ``shredded_ok`` (its audit evidence outlives its data).
     """
     if session.get_bind().dialect.name == "sqlite":
         tenant = session.get(TenantVault, tenant_id)
@@ -50,39 +65,51 @@ def lock_tenant(session: Session, tenant_id: str) -> TenantVault:
             execution_options={"populate_existing": True},
         ).one_or_none()
     if tenant is None:
-        raise NotFound("this tenant has no vault; create it with VaultAdminService.CreateTenant first")
-    if tenant.state == "shredded":
-        raise FailedPrecondition("this tenant's data was shredded; nothing can be served")
+        raise NotFound(
+            "this tenant has no vault; create it with VaultAdminService.CreateTenant first",
+            reason=Reason.TENANT_NOT_FOUND,
+        )
+    if tenant.state == "shredded" and not shredded_ok:
+        raise FailedPrecondition(
+            "this tenant's data was shredded; nothing can be served", reason=Reason.TENANT_SHREDDED
+        )
     return tenant
 
 
-def _utc_naive(at: datetime) -> datetime:
-    # SQLite hands back naive UTC, PostgreSQL aware datetimes: hash one canonical form.
-    return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+# The entry fields the hash covers, in hash order: the one definition both ``append`` and ``verify`` use.
+# Every column of ``AuditEntry`` except the two links belongs here (a unit test holds that), and the order
+# must never change: it is part of every stored hash.
+HASHED_FIELDS = (
+    "tenant_id",
+    "seq",
+    "at",
+    "principal",
+    "principal_kind",
+    "action",
+    "target_ids",
+    "result",
+    "support_grant_id",
+)
 
 
-def _hash(prev_hash: str, fields: Sequence[object]) -> str:
+def canonical_time(at: datetime) -> str:
+    """The one text form of a stored time that hashes and signatures cover (UTC, microseconds, no offset).
+
+    SQLite hands back naive UTC, PostgreSQL aware datetimes; both give the same text.
+    """
+    naive = at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+    return naive.isoformat(timespec="microseconds")
+
+
+def _hash(prev_hash: str, values: Mapping[str, Any]) -> str:
+    fields = [canonical_time(values[name]) if name == "at" else values[name] for name in HASHED_FIELDS]
     body = json.dumps(fields, separators=(",", ":"))
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
-def _fields(entry: AuditEntry) -> list[object]:
-    return [
-        entry.tenant_id,
-        entry.seq,
-        _utc_naive(entry.at).isoformat(timespec="microseconds"),
-        entry.principal,
-        entry.principal_kind,
-        entry.action,
-        entry.target_ids,
-        entry.result,
-        entry.support_grant_id,
-    ]
-
-
 def entry_hash(prev_hash: str, entry: AuditEntry) -> str:
-    """SHA-256 over the previous hash and the canonical JSON of the entry's fields."""
-    return _hash(prev_hash, _fields(entry))
+    """SHA-256 over the previous hash and the canonical JSON of the entry's :data:`HASHED_FIELDS`."""
+    return _hash(prev_hash, {name: getattr(entry, name) for name in HASHED_FIELDS})
 
 
 def _head_update() -> Update:
@@ -101,8 +128,11 @@ def append(
     action: str,
     target_ids: Sequence[str] = (),
     result: str = "ok",
+    *,
+    at: datetime,
 ) -> str:
-    """Append one entry to ``tenant``'s chain (the caller holds the tenant lock); returns its hash.
+    """Append one entry, made ``at`` (the rule's clock), to ``tenant``'s chain (the caller holds the tenant lock);
+    returns its hash.
 
     Plain Core statements: this runs on every call, so it skips the ORM unit of work.
     """
@@ -110,7 +140,7 @@ def append(
     row = {
         "tenant_id": tenant.tenant_id,
         "seq": seq,
-        "at": datetime.now(UTC),
+        "at": at,
         "principal": identity.principal,
         "principal_kind": identity.principal_kind,
         "action": action,
@@ -119,18 +149,7 @@ def append(
         "support_grant_id": identity.support_grant_id,
         "prev_hash": tenant.audit_head or GENESIS,
     }
-    fields = [
-        row["tenant_id"],
-        seq,
-        _utc_naive(row["at"]).isoformat(timespec="microseconds"),  # type: ignore[arg-type]
-        row["principal"],
-        row["principal_kind"],
-        action,
-        row["target_ids"],
-        result,
-        row["support_grant_id"],
-    ]
-    row["hash"] = _hash(str(row["prev_hash"]), fields)
+    row["hash"] = _hash(str(row["prev_hash"]), row)
     connection = session.connection()
     insert_rows(connection, AuditEntry.__table__, [row])  # type: ignore[arg-type]
     execute_compiled(
@@ -142,13 +161,32 @@ def append(
     return str(row["hash"])
 
 
+class Fault(StrEnum):
+    """Why a chain is not intact."""
+
+    NONE = ""
+    ENTRY_MISMATCH = "entry_mismatch"  # an entry's seq, link or hash does not recompute
+    ENTRIES_MISSING = "entries_missing"  # the head or a signed checkpoint is further than the entries go
+    CHECKPOINT_CONTRADICTED = "checkpoint_contradicted"  # the chain recomputes, but not to a signed head
+    CHECKPOINT_SIGNATURE_INVALID = "checkpoint_signature_invalid"  # a stored checkpoint is forged or altered
+
+
 @dataclass(frozen=True, slots=True)
 class ChainReport:
-    """Result of verifying a chain."""
+    """Result of verifying a chain.
+
+    ``first_broken_seq``: the first entry that does not recompute, is missing, or (``CHECKPOINT_CONTRADICTED``)
+    whose hash differs from the head a valid checkpoint signed -- the rewritten entry then lies in
+    ``(anchored_seq, first_broken_seq]``. ``anchored_seq``: entries up to it agree with a verified signature.
+    """
 
     intact: bool
     entries_checked: int
     first_broken_seq: int
+    fault: Fault = Fault.NONE
+    anchored_seq: int = 0
+    checkpoints_verified: int = 0
+    bad_checkpoint_seq: int = 0
 
 
 def _entries(session: Session, tenant_id: str, batch: int = 2000) -> Iterable[AuditEntry]:
@@ -166,18 +204,31 @@ def _entries(session: Session, tenant_id: str, batch: int = 2000) -> Iterable[Au
         last = rows[-1].seq
 
 
-def verify(session: Session, tenant_id: str) -> ChainReport:
-    """Recompute the chain from genesis; report the first entry that is missing, edited or out of order."""
+def verify(session: Session, tenant_id: str, anchors: Mapping[int, str] | None = None) -> ChainReport:
+    """Recompute the chain from genesis; report the first entry that is missing, edited or out of order.
+
+    ``anchors`` maps seq -> head hash of checkpoints whose signature was verified: an entry whose hash
+    differs from its anchor contradicts a signature, so a rewrite that recomputed every later hash (and the
+    head) is still caught. ``checkpoints_verified`` counts the anchors the chain agrees with.
+    """
+    anchors = anchors or {}
     prev = GENESIS
     expected_seq = 1
     checked = 0
+    anchored = agreed = 0
     for entry in _entries(session, tenant_id):
         checked += 1
         if entry.seq != expected_seq or entry.prev_hash != prev or entry_hash(prev, entry) != entry.hash:
-            return ChainReport(False, checked, expected_seq)
+            return ChainReport(False, checked, expected_seq, Fault.ENTRY_MISMATCH, anchored, agreed)
+        signed = anchors.get(entry.seq)
+        if signed is not None:
+            if signed != entry.hash:
+                return ChainReport(False, checked, expected_seq, Fault.CHECKPOINT_CONTRADICTED, anchored, agreed)
+            anchored, agreed = entry.seq, agreed + 1
         prev = entry.hash
         expected_seq += 1
     head = session.get(TenantVault, tenant_id)
-    if head is not None and head.audit_head and head.audit_head != prev:
-        return ChainReport(False, checked, expected_seq)  # entries were cut off the end
-    return ChainReport(True, checked, 0)
+    cut = (head is not None and head.audit_head and head.audit_head != prev) or any(s >= expected_seq for s in anchors)
+    if cut:  # entries were cut off the end (and perhaps the head rewound with them)
+        return ChainReport(False, checked, expected_seq, Fault.ENTRIES_MISSING, anchored, agreed)
+    return ChainReport(True, checked, 0, Fault.NONE, anchored, agreed)

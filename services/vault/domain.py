@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.errors import InvalidArgument
 from services.vault.keyring import KeyRing
 from services.vault.tombstones import TombstoneLedger
@@ -74,9 +75,10 @@ class VaultPolicy:
 
 @dataclass
 class VaultContext:
-    """What the rules need beyond the session: keys, the erasure ledger, limits."""
+    """What the rules need beyond the session: keys, the erasure ledger, limits, and the clock every rule reads."""
 
     keyring: KeyRing
     ledger: TombstoneLedger
     policy: VaultPolicy = field(default_factory=VaultPolicy)
     source: str = SOURCE
+    clock: Clock = SYSTEM_CLOCK

@@ -2,8 +2,10 @@
 
 Each task runs inside the consumer's transaction (inbox row + effect + result event commit together).
 A task the rules refuse (legal hold, unknown subject) is a business outcome, not a failure: it is
-rolled back to a savepoint and answered with ``REJECTED`` and a machine-readable reason. A dependency
-outage (Transit down) propagates, so the message is retried with backoff.
+rolled back to a savepoint and answered with ``REJECTED`` and the refusal's ``reason`` (the same
+:class:`~services.chassis.errors.Reason` a gRPC caller gets in its ErrorInfo). A dependency
+outage (Transit down) propagates, so the message is retried with backoff. A command that is not a
+well-formed task from dsr is refused before anything runs: dead-lettered with a reason.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
-from services.chassis.bus import enqueue, make_event
+from services.chassis.bus import RefusedEvent, enqueue, make_event
+from services.chassis.catalog import subject_of
 from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.chassis.identity import CallerIdentity
+from services.chassis.ids import is_id, is_reference, is_tenant_id
 from services.vault import records
 from services.vault.domain import VaultContext
 from services.vault.models import Record
 
 __all__ = ["DSR_TASK_SUBJECT", "VaultTaskHandler"]
 
-DSR_TASK_SUBJECT = "steward.dsr.task.requested"
+DSR_TASK_SUBJECT = subject_of(events_pb2.VaultTaskRequested)
+TASK_SOURCE = "dsr"
 A = events_pb2
 
 
@@ -34,9 +39,7 @@ class VaultTaskHandler:
         self.ctx = ctx
 
     def __call__(self, session: Session, event: events_pb2.Event) -> None:
-        if event.WhichOneof("payload") != "vault_task_requested" or not event.tenant_id:
-            raise ValueError("not a vault task: expected vault_task_requested with a tenant id")
-        task = event.vault_task_requested
+        task = _acceptable_task(event)
         result = A.VaultTaskCompleted(
             task_id=task.task_id, request_id=task.request_id, action=task.action, subject_id=task.subject_id
         )
@@ -45,23 +48,13 @@ class VaultTaskHandler:
             with session.begin_nested():
                 self._perform(session, identity, task, result)
             result.outcome = A.VAULT_TASK_OUTCOME_SUCCEEDED
-        except NotFound:
+        except (NotFound, FailedPrecondition, InvalidArgument) as exc:
             result.outcome = A.VAULT_TASK_OUTCOME_REJECTED
-            result.reason_code = "subject_not_found"
-        except FailedPrecondition as exc:
-            result.outcome = A.VAULT_TASK_OUTCOME_REJECTED
-            result.reason_code = _reason(exc.message)
-        except InvalidArgument:
-            result.outcome = A.VAULT_TASK_OUTCOME_REJECTED
-            result.reason_code = "invalid_task"
+            result.reason_code = exc.reason
+            result.reason_metadata.update(exc.metadata)
         enqueue(
             session,
-            make_event(
-                source=self.ctx.source,
-                event_type="vault.task.completed",
-                tenant_id=event.tenant_id,
-                vault_task_completed=result,
-            ),
+            make_event(result, source=self.ctx.source, tenant_id=event.tenant_id, occurred_at=self.ctx.clock.now()),
         )
 
     def _perform(
@@ -106,12 +99,22 @@ class VaultTaskHandler:
             raise InvalidArgument("unknown vault action")
 
 
-def _reason(message: str) -> str:
-    if "legal hold" in message:
-        # "subject is under legal hold <id>; ..." -> "legal_hold:<id>"
-        return "legal_hold:" + message.split("legal hold ", 1)[1].split(";", 1)[0]
-    if "closed" in message:
-        return "tenant_closed"
-    if "shredded" in message:
-        return "tenant_shredded"
-    return "failed_precondition"
+def _acceptable_task(event: events_pb2.Event) -> A.VaultTaskRequested:
+    """The task, or :class:`RefusedEvent` (dead-lettered with the reason, never executed).
+
+    Defence in depth behind the NATS permissions (only dsr may publish tasks): the envelope must come
+    from dsr, and its ids must have the form the gRPC API accepts (tenant id as for CreateTenant,
+    subject id as Steward makes them, task id as any external reference).
+    """
+    if event.WhichOneof("payload") != "vault_task_requested":
+        raise RefusedEvent("not_a_vault_task")
+    if event.source != TASK_SOURCE:
+        raise RefusedEvent("source_not_dsr")
+    if not is_tenant_id(event.tenant_id):
+        raise RefusedEvent("invalid_tenant_id")
+    task = event.vault_task_requested
+    if not is_reference(task.task_id):
+        raise RefusedEvent("invalid_task_id")
+    if not is_id(task.subject_id):
+        raise RefusedEvent("invalid_subject_id")
+    return task

@@ -9,11 +9,11 @@ the tenant's keys. While Transit is down, cached keys keep serving until they ag
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 
 V = TypeVar("V")
 
@@ -34,7 +34,7 @@ class DekCache(Generic[V]):
         self,
         max_entries: int = 10_000,
         max_age_s: float = 900.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
@@ -42,7 +42,7 @@ class DekCache(Generic[V]):
             raise ValueError("max_age_s must be positive")
         self.max_entries = max_entries
         self.max_age_s = max_age_s
-        self._clock = clock
+        self.clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry[V]] = OrderedDict()
         self.hits = 0
@@ -56,7 +56,7 @@ class DekCache(Generic[V]):
         """
         with self._lock:
             entry = self._entries.get(key_id)
-            if entry is not None and self._clock() - entry.stored_at >= self.max_age_s:
+            if entry is not None and self.clock.monotonic() - entry.stored_at >= self.max_age_s:
                 del self._entries[key_id]
                 entry = None
             if entry is None or (tenant_id is not None and entry.tenant_id != tenant_id):
@@ -69,7 +69,7 @@ class DekCache(Generic[V]):
     def put(self, tenant_id: str, key_id: str, sealer: V) -> None:
         """Cache ``sealer`` for ``key_id``; its age starts now. Evicts the least recently used beyond the bound."""
         with self._lock:
-            self._entries[key_id] = _Entry(tenant_id, sealer, self._clock())
+            self._entries[key_id] = _Entry(tenant_id, sealer, self.clock.monotonic())
             self._entries.move_to_end(key_id)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -101,4 +101,4 @@ class DekCache(Generic[V]):
         """Is a live (unexpired) entry cached? Does not touch the counters or the LRU order."""
         with self._lock:
             entry = self._entries.get(key_id) if isinstance(key_id, str) else None
-            return entry is not None and self._clock() - entry.stored_at < self.max_age_s
+            return entry is not None and self.clock.monotonic() - entry.stored_at < self.max_age_s

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.chassis.errors import FailedPrecondition
+from services.chassis.errors import FailedPrecondition, Reason
 from services.chassis.ids import new_id
 from services.vault.blind_index import BlindIndex
 from services.vault.keycache import DekCache
@@ -62,7 +62,7 @@ class KeyRing:
         self.cache = cache
         # Blind-index objects keyed by their root key id, with the same bounds and max age as DEKs.
         self.blind_cache: DekCache[BlindIndex] = blind_cache or DekCache(
-            max_entries=cache.max_entries, max_age_s=cache.max_age_s
+            max_entries=cache.max_entries, max_age_s=cache.max_age_s, clock=cache.clock
         )
 
     def blind_index(self, session: Session, tenant_id: str, key_id: str) -> BlindIndex:
@@ -84,24 +84,30 @@ class KeyRing:
             select(DataKey.id, DataKey.wrapped).where(DataKey.tenant_id == tenant_id, DataKey.id.in_(key_ids))
         ).all()
         if len(rows) != len(set(key_ids)):
-            raise FailedPrecondition("a data key is missing for this tenant; call on-call")
+            raise FailedPrecondition(
+                "a data key is missing for this tenant; call on-call", reason=Reason.KEY_UNAVAILABLE
+            )
         try:
             raws = _in_batches(
                 self.transit.unwrap, tenant_id, [(wrapped, key_aad(tenant_id, key_id)) for key_id, wrapped in rows]
             )
         except KeyUnavailable:
-            raise FailedPrecondition("this tenant's key can no longer decrypt its data keys") from None
+            raise FailedPrecondition(
+                "this tenant's key can no longer decrypt its data keys", reason=Reason.KEY_UNAVAILABLE
+            ) from None
         return {key_id: raw for (key_id, _), raw in zip(rows, raws, strict=True)}
 
-    def create_keys(self, session: Session, tenant_id: str, kek_version: int, purposes: Sequence[str]) -> list[NewKey]:
-        """Generate one DEK per purpose, wrap them all in one Transit call, store them wrapped, cache them."""
+    def create_keys(
+        self, session: Session, tenant_id: str, kek_version: int, purposes: Sequence[str], *, now: datetime
+    ) -> list[NewKey]:
+        """Generate one DEK per purpose, wrap them all in one Transit call, store them wrapped (created ``now``),
+        cache them."""
         if not purposes:
             return []
         fresh = [NewKey(new_id(), Sealer(raw), raw) for raw in (new_key() for _ in purposes)]
         wrapped = _in_batches(
             self.transit.wrap, tenant_id, [(key.raw, key_aad(tenant_id, key.key_id)) for key in fresh]
         )
-        now = datetime.now(UTC)
         session.add_all(
             DataKey(
                 id=key.key_id,

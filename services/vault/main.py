@@ -16,12 +16,14 @@ from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from services.chassis.bus import Bus, Consumer, OutboxRelay
 from services.chassis.circuit import CircuitBreaker
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.grpc_server import RunningServer, build_server, serve_forever
 from services.chassis.migrations import upgrade
 from services.chassis.settings import ServiceSettings, SettingsError, load_settings, service_settings_config
 from services.chassis.telemetry import setup_logging, setup_telemetry
 from services.vault.api import VaultAdminServicer, VaultServicer
+from services.vault.checkpoints import AuditCheckpointer
 from services.vault.domain import VaultContext, VaultPolicy
 from services.vault.handlers import DSR_TASK_SUBJECT, VaultTaskHandler
 from services.vault.keycache import DekCache
@@ -41,6 +43,7 @@ class TransitSettings(BaseModel):
     token: SecretStr
     mount: str = "transit"
     key_prefix: str = "steward-tenant-"
+    audit_signing_key: str = "steward-audit-signing"
     connect_timeout_s: float = Field(default=2.0, gt=0)
     read_timeout_s: float = Field(default=5.0, gt=0)
     breaker_failures: int = Field(default=5, ge=1)
@@ -65,6 +68,8 @@ class VaultSettings(ServiceSettings):
     epoch_max_age_s: float = Field(default=30 * 24 * 3600.0, gt=0)
     trust_identity_metadata: bool = False
     db_workers: int = Field(default=8, ge=1)
+    audit_checkpoint_every_entries: int = Field(default=1000, ge=1)
+    audit_checkpoint_interval_s: float = Field(default=300.0, gt=0)
 
 
 @dataclass
@@ -79,11 +84,12 @@ class VaultApp:
     bus: Bus | None
     relay: OutboxRelay | None
     consumer: Consumer | None
+    checkpointer: AuditCheckpointer
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Graceful stop: refuse new RPCs, finish in-flight ones, then stop background work."""
         await self.running.shutdown(grace_s)
-        for worker in (self.consumer, self.relay):
+        for worker in (self.checkpointer, self.consumer, self.relay):
             if worker is not None:
                 await worker.stop()
         if self.bus is not None:
@@ -93,8 +99,10 @@ class VaultApp:
         self.ledger_db.close()
 
 
-async def create_server(settings: VaultSettings, *, port: int | None = None) -> tuple[VaultApp, int]:
-    """Build, migrate and start the vault; returns the app and the bound port."""
+async def create_server(
+    settings: VaultSettings, *, port: int | None = None, clock: Clock = SYSTEM_CLOCK
+) -> tuple[VaultApp, int]:
+    """Build, migrate and start the vault on ``clock``; returns the app and the bound port."""
     if settings.database_url.get_secret_value() == settings.tombstone_database_url.get_secret_value():
         raise SettingsError("STEWARD_VAULT__TOMBSTONE_DATABASE_URL must differ from STEWARD_VAULT__DATABASE_URL")
     db = Database(settings.database_url.get_secret_value(), workers=settings.db_workers)
@@ -106,17 +114,18 @@ async def create_server(settings: VaultSettings, *, port: int | None = None) -> 
         settings.transit.token.get_secret_value(),
         mount=settings.transit.mount,
         key_prefix=settings.transit.key_prefix,
+        signing_key=settings.transit.audit_signing_key,
         connect_timeout_s=settings.transit.connect_timeout_s,
         read_timeout_s=settings.transit.read_timeout_s,
-        breaker=CircuitBreaker(settings.transit.breaker_failures, settings.transit.breaker_reset_s),
+        breaker=CircuitBreaker(settings.transit.breaker_failures, settings.transit.breaker_reset_s, clock=clock),
     )
-    keyring = KeyRing(transit, DekCache(settings.dek_cache_max_entries, settings.dek_cache_max_age_s))
+    keyring = KeyRing(transit, DekCache(settings.dek_cache_max_entries, settings.dek_cache_max_age_s, clock=clock))
     policy = VaultPolicy(
         max_record_bytes=settings.max_record_bytes,
         epoch_max_encryptions=settings.epoch_max_encryptions,
         epoch_max_age_s=settings.epoch_max_age_s,
     )
-    ctx = VaultContext(keyring=keyring, ledger=TombstoneLedger(ledger_db), policy=policy)
+    ctx = VaultContext(keyring=keyring, ledger=TombstoneLedger(ledger_db), policy=policy, clock=clock)
     bus = relay = consumer = None
     if settings.nats.enabled:
         bus = Bus(settings.nats, name="vault")
@@ -133,10 +142,18 @@ async def create_server(settings: VaultSettings, *, port: int | None = None) -> 
         vault_pb2_grpc.add_VaultAdminServiceServicer_to_server(VaultAdminServicer(db, ctx, relay), server)
         return [service.full_name for service in vault_pb2.DESCRIPTOR.services_by_name.values()]
 
+    checkpointer = AuditCheckpointer(
+        db,
+        ctx,
+        every_entries=settings.audit_checkpoint_every_entries,
+        interval_s=settings.audit_checkpoint_interval_s,
+        on_stored=relay.wake if relay is not None else None,
+    )
+    await checkpointer.start()
     running = await build_server(
         settings.grpc, register=register, trust_identity_metadata=settings.trust_identity_metadata, port=port
     )
-    app = VaultApp(running, db, ledger_db, transit, ctx, bus, relay, consumer)
+    app = VaultApp(running, db, ledger_db, transit, ctx, bus, relay, consumer, checkpointer)
     return app, running.port
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AuditCheckpoint",
     "AuditEntry",
     "DataKey",
     "LegalHold",
@@ -59,6 +60,9 @@ class TenantVault(VaultBase):
     epoch_key_id: Mapped[str] = mapped_column(String(36))
     audit_seq: Mapped[int] = mapped_column(Integer, default=0)
     audit_head: Mapped[str] = mapped_column(String(64), default="")
+    # The last signed checkpoint (see AuditCheckpoint): lets the checkpointer find due tenants in one query.
+    audit_checkpoint_seq: Mapped[int] = mapped_column(Integer, default=0)
+    audit_checkpoint_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     shredded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -163,3 +167,21 @@ class AuditEntry(VaultBase):
     support_grant_id: Mapped[str] = mapped_column(String(64), default="", index=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(VaultBase):
+    """A tenant's audit chain head at ``seq``, signed by the vault's Transit audit-signing key.
+
+    The signature covers :func:`services.vault.checkpoints.checkpoint_message` of these columns; it is
+    checked against the public key read from Transit, never from this database.
+    """
+
+    __tablename__ = "vault_audit_checkpoints"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    signature: Mapped[str] = mapped_column(Text)  # vault:vN:<base64 Ed25519 signature>
+    key_version: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(16))  # due | shred | requested

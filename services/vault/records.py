@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
-from services.chassis.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from services.chassis.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, NotFound, Reason
 from services.chassis.fastsql import insert_rows
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
@@ -55,13 +55,11 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{0,128}$")
 _NORMALISERS = {"email": normalize_email, "phone": normalize_phone, "external_id": normalize_external_id}
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _writable(tenant: TenantVault) -> None:
     if tenant.state != "active":
-        raise FailedPrecondition("this tenant is closed; writes are refused (reads and exports still work)")
+        raise FailedPrecondition(
+            "this tenant is closed; writes are refused (reads and exports still work)", reason=Reason.TENANT_CLOSED
+        )
 
 
 def _subject(session: Session, tenant_id: str, subject_id: str) -> Subject:
@@ -69,14 +67,15 @@ def _subject(session: Session, tenant_id: str, subject_id: str) -> Subject:
         raise InvalidArgument("subject_id is empty; send the subject's id (ResolveSubject finds it by identifier)")
     subject = session.get(Subject, subject_id)
     if subject is None or subject.tenant_id != tenant_id:
-        raise NotFound("subject not found")
+        raise NotFound("subject not found", reason=Reason.SUBJECT_NOT_FOUND)
     return subject
 
 
 def _not_restricted(subject: Subject | None) -> None:
     if subject is not None and subject.restricted:
         raise FailedPrecondition(
-            "processing restricted: this subject's data may only be exported or erased until the restriction is lifted"
+            "processing restricted: this subject's data may only be exported or erased until the restriction is lifted",
+            reason=Reason.SUBJECT_RESTRICTED,
         )
 
 
@@ -100,7 +99,6 @@ def _view(row: Record, data: bytes | None) -> RecordView:
 def _record_event(
     ctx: VaultContext, tenant_id: str, change: int, rows: Sequence[RecordView | Record]
 ) -> events_pb2.Event:
-    verb = {1: "created", 2: "updated", 3: "deleted"}[change]
     refs = [
         events_pb2.RecordRef(
             record_id=row.id, subject_id=row.subject_id, kind=f"RECORD_KIND_{KIND_NAMES[row.kind]}", version=row.version
@@ -108,10 +106,10 @@ def _record_event(
         for row in rows
     ]
     return make_event(
+        events_pb2.RecordChanged(change=change, records=refs),  # type: ignore[arg-type]
         source=ctx.source,
-        event_type=f"vault.record.{verb}",
         tenant_id=tenant_id,
-        record_changed=events_pb2.RecordChanged(change=change, records=refs),  # type: ignore[arg-type]
+        occurred_at=ctx.clock.now(),
     )
 
 
@@ -137,14 +135,19 @@ def _validate(ctx: VaultContext, items: Sequence[RecordInput]) -> None:
     if not items:
         raise InvalidArgument("no records sent; send at least one")
     if len(items) > ctx.policy.max_batch:
-        raise InvalidArgument(f"too many records: at most {ctx.policy.max_batch} per call; split the batch")
+        raise InvalidArgument(
+            f"too many records: at most {ctx.policy.max_batch} per call; split the batch", reason=Reason.BATCH_TOO_LARGE
+        )
     for position, item in enumerate(items):
         where = f"records[{position}]: " if len(items) > 1 else ""
         check_kind(item.kind, where)
         if not item.data:
             raise InvalidArgument(f"{where}data is empty; send the record's fields in data")
         if len(item.data) > ctx.policy.max_record_bytes:
-            raise InvalidArgument(f"{where}data is larger than {ctx.policy.max_record_bytes} bytes; split or trim it")
+            raise InvalidArgument(
+                f"{where}data is larger than {ctx.policy.max_record_bytes} bytes; split or trim it",
+                reason=Reason.RECORD_TOO_LARGE,
+            )
         if item.kind == LEAD_CONTACT and not item.subject_id and not item.has_identifiers:
             raise InvalidArgument(
                 f"{where}a LEAD_CONTACT needs subject_id or at least one of email, phone, external_id"
@@ -187,7 +190,10 @@ def _resolve_subjects(
         subjects = {row.id: row for row in rows}
         for position, sid in enumerate(subject_ids):
             if sid and sid not in subjects:
-                raise NotFound(f"records[{position}]: subject not found" if len(items) > 1 else "subject not found")
+                raise NotFound(
+                    f"records[{position}]: subject not found" if len(items) > 1 else "subject not found",
+                    reason=Reason.SUBJECT_NOT_FOUND,
+                )
     wanting = [i for i, item in enumerate(items) if item.has_identifiers and not item.subject_id]
     if wanting:
         index = blind_index(session, ctx, tenant)
@@ -220,8 +226,8 @@ def _resolve_subjects(
             for pair in digests[i]:
                 pending[pair] = group
         if new_groups:
-            keys = ctx.keyring.create_keys(session, tid, tenant.key_version, ["subject"] * len(new_groups))
-            now = _now()
+            now = ctx.clock.now()
+            keys = ctx.keyring.create_keys(session, tid, tenant.key_version, ["subject"] * len(new_groups), now=now)
             for members, key in zip(new_groups, keys, strict=True):
                 subject = Subject(id=new_id(), tenant_id=tid, key_id=key.key_id, restricted=False, created_at=now)
                 session.add(subject)
@@ -252,9 +258,10 @@ def _chunks(items: Sequence[tuple[str, bytes]], size: int) -> Iterator[Sequence[
 def _epoch_key(session: Session, ctx: VaultContext, tenant: TenantVault, count: int) -> str:
     """The tenant-level DEK for subject-less records, rotated by use count or age."""
     key = session.get(DataKey, tenant.epoch_key_id)
-    age = (_now() - _aware(key.created_at)).total_seconds() if key is not None else 0.0
+    now = ctx.clock.now()
+    age = (now - _aware(key.created_at)).total_seconds() if key is not None else 0.0
     if key is None or key.encryptions + count > ctx.policy.epoch_max_encryptions or age > ctx.policy.epoch_max_age_s:
-        [fresh] = ctx.keyring.create_keys(session, tenant.tenant_id, tenant.key_version, ["epoch"])
+        [fresh] = ctx.keyring.create_keys(session, tenant.tenant_id, tenant.key_version, ["epoch"], now=now)
         tenant.epoch_key_id = fresh.key_id
         session.flush()
     session.execute(
@@ -280,13 +287,14 @@ def put_records(
         if sid and subjects[sid].restricted:
             raise FailedPrecondition(
                 (f"records[{position}]: " if len(items) > 1 else "")
-                + "processing restricted: this subject's data may only be exported or erased"
+                + "processing restricted: this subject's data may only be exported or erased",
+                reason=Reason.SUBJECT_RESTRICTED,
             )
     subjectless = sum(1 for sid in subject_ids if not sid)
     epoch = _epoch_key(session, ctx, tenant, subjectless) if subjectless else ""
     key_ids = [subjects[sid].key_id if sid else epoch for sid in subject_ids]
     sealers = ctx.keyring.sealers(session, tid, key_ids)
-    now = _now()
+    now = ctx.clock.now()
     rows = []
     views = []
     for item, sid, key_id in zip(items, subject_ids, key_ids, strict=True):
@@ -308,7 +316,7 @@ def put_records(
         views.append(RecordView(rid, sid, item.kind, None, 1, now, now))
     insert_rows(session.connection(), Record.__table__, rows)  # type: ignore[arg-type]
     enqueue(session, _record_event(ctx, tid, 1, views))
-    audit.append(session, tenant, identity, "records.put", [view.id for view in views])
+    audit.append(session, tenant, identity, "records.put", [view.id for view in views], at=ctx.clock.now())
     return views
 
 
@@ -319,7 +327,7 @@ def get_record(session: Session, ctx: VaultContext, identity: CallerIdentity, re
     if row.subject_id:
         _not_restricted(session.get(Subject, row.subject_id))
     data = _open(ctx.keyring.sealer(session, tenant.tenant_id, row.key_id), tenant.tenant_id, row)
-    audit.append(session, tenant, identity, "record.read", [row.id])
+    audit.append(session, tenant, identity, "record.read", [row.id], at=ctx.clock.now())
     return _view(row, data)
 
 
@@ -328,7 +336,7 @@ def _record(session: Session, tenant_id: str, record_id: str) -> Record:
         raise InvalidArgument("record_id is empty; send the id PutRecord returned")
     row = session.get(Record, record_id)
     if row is None or row.tenant_id != tenant_id:
-        raise NotFound("record not found")
+        raise NotFound("record not found", reason=Reason.RECORD_NOT_FOUND)
     return row
 
 
@@ -351,7 +359,10 @@ def _page_token(index: BlindIndex, query: list[object]) -> str:
 
 
 def _read_page_token(index: BlindIndex, token: str, subject_id: str, kind: int) -> str:
-    invalid = InvalidArgument("page_token is invalid or belongs to another query; repeat the query without it")
+    invalid = InvalidArgument(
+        "page_token is invalid or belongs to another query; repeat the query without it",
+        reason=Reason.INVALID_PAGE_TOKEN,
+    )
     try:
         body_part, mac_part = token.split(".", 1)
         body = base64.urlsafe_b64decode(body_part + "=" * (-len(body_part) % 4))
@@ -404,7 +415,7 @@ def list_records(
     rows = rows[:size]
     sealers = ctx.keyring.sealers(session, tid, [row.key_id for row in rows])
     views = [_view(row, _open(sealers[row.key_id], tid, row)) for row in rows]
-    audit.append(session, tenant, identity, "records.list", [row.id for row in rows])
+    audit.append(session, tenant, identity, "records.list", [row.id for row in rows], at=ctx.clock.now())
     token = _page_token(index, [subject_id, kind, rows[-1].id]) if more else ""
     return views, token
 
@@ -416,7 +427,11 @@ def _record_to_change(session: Session, tenant_id: str, record_id: str, expected
     if row.subject_id:
         _not_restricted(session.get(Subject, row.subject_id))
     if expected_version and row.version != expected_version:
-        raise Aborted(f"record is at version {row.version}, not {expected_version}; re-read it and retry")
+        raise Aborted(
+            f"record is at version {row.version}, not {expected_version}; re-read it and retry",
+            reason=Reason.VERSION_CONFLICT,
+            metadata={"current_version": str(row.version)},
+        )
     return row
 
 
@@ -431,7 +446,9 @@ def update_record(
     if not data:
         raise InvalidArgument("data is empty; send the record's corrected fields in data")
     if len(data) > ctx.policy.max_record_bytes:
-        raise InvalidArgument(f"data is larger than {ctx.policy.max_record_bytes} bytes; split or trim it")
+        raise InvalidArgument(
+            f"data is larger than {ctx.policy.max_record_bytes} bytes; split or trim it", reason=Reason.RECORD_TOO_LARGE
+        )
     tid = tenant.tenant_id
     row = _record_to_change(session, tid, record_id, expected_version)
     key_id = row.key_id if row.subject_id else _epoch_key(session, ctx, tenant, 1)
@@ -439,9 +456,9 @@ def update_record(
     row.version += 1
     row.key_id = key_id
     row.ciphertext = sealer.seal(data, _aad(tid, row.id, row.kind, row.subject_id, row.version))
-    row.updated_at = _now()
+    row.updated_at = ctx.clock.now()
     enqueue(session, _record_event(ctx, tid, 2, [row]))
-    audit.append(session, tenant, identity, "record.update", [row.id])
+    audit.append(session, tenant, identity, "record.update", [row.id], at=ctx.clock.now())
     return _view(row, None)
 
 
@@ -455,7 +472,7 @@ def delete_record(
     row = _record_to_change(session, tid, record_id, expected_version)
     session.delete(row)
     enqueue(session, _record_event(ctx, tid, 3, [row]))
-    audit.append(session, tenant, identity, "record.delete", [row.id])
+    audit.append(session, tenant, identity, "record.delete", [row.id], at=ctx.clock.now())
 
 
 def resolve_subject(session: Session, ctx: VaultContext, identity: CallerIdentity, field: str, raw: str) -> str:
@@ -471,7 +488,15 @@ def resolve_subject(session: Session, ctx: VaultContext, identity: CallerIdentit
             SubjectIdentifier.digest == digest,
         )
     )
-    audit.append(session, tenant, identity, "subject.resolve", [subject_id or ""], "ok" if subject_id else "not_found")
+    audit.append(
+        session,
+        tenant,
+        identity,
+        "subject.resolve",
+        [subject_id or ""],
+        "ok" if subject_id else "not_found",
+        at=ctx.clock.now(),
+    )
     if subject_id is None:
         # The audit entry of a miss is still worth keeping: commit it and answer NOT_FOUND.
         return ""
@@ -502,7 +527,7 @@ def export_subject(
         )
     )
     sealer = ctx.keyring.sealer(session, tid, subject.key_id)
-    audit.append(session, tenant, identity, "subject.export", [subject.id, request_id])
+    audit.append(session, tenant, identity, "subject.export", [subject.id, request_id], at=ctx.clock.now())
     return ExportPlan(tid, subject.id, rows, sealer)
 
 
@@ -541,12 +566,12 @@ def announce_export(
     enqueue(
         session,
         make_event(
-            source=ctx.source,
-            event_type="vault.subject.exported",
-            tenant_id=tenant_id,
-            subject_exported=events_pb2.SubjectExported(
+            events_pb2.SubjectExported(
                 subject_id=subject_id, request_id=request_id, record_count=digest.total, sha256=digest.hexdigest()
             ),
+            source=ctx.source,
+            tenant_id=tenant_id,
+            occurred_at=ctx.clock.now(),
         ),
     )
 
@@ -581,7 +606,11 @@ def erase_subject(
         select(LegalHold.hold_id).where(LegalHold.tenant_id == tid, LegalHold.subject_id == subject.id).limit(1)
     )
     if hold is not None:
-        raise FailedPrecondition(f"subject is under legal hold {hold}; clear the hold before erasing")
+        raise FailedPrecondition(
+            f"subject is under legal hold {hold}; clear the hold before erasing",
+            reason=Reason.LEGAL_HOLD,
+            metadata={"hold_id": hold},
+        )
     digests = tuple(
         f"{f}:{d.hex()}"
         for f, d in session.execute(
@@ -594,7 +623,7 @@ def erase_subject(
         )
         or 0
     )
-    tombstone = TombstoneRecord(tid, subject.id, digests, request_id, int(records), _now())
+    tombstone = TombstoneRecord(tid, subject.id, digests, request_id, int(records), ctx.clock.now())
     ctx.ledger.record(tombstone)  # first, in its own database: it must outlive any restore of this one
     _erase_rows(session, ctx, tid, subject)
     if session.get(Tombstone, (tid, subject.id)) is None:
@@ -611,15 +640,13 @@ def erase_subject(
     enqueue(
         session,
         make_event(
+            events_pb2.SubjectErased(subject_id=subject.id, request_id=request_id, records_erased=int(records)),
             source=ctx.source,
-            event_type="vault.subject.erased",
             tenant_id=tid,
-            subject_erased=events_pb2.SubjectErased(
-                subject_id=subject.id, request_id=request_id, records_erased=int(records)
-            ),
+            occurred_at=tombstone.erased_at,
         ),
     )
-    audit.append(session, tenant, identity, "subject.erase", [subject.id, request_id])
+    audit.append(session, tenant, identity, "subject.erase", [subject.id, request_id], at=ctx.clock.now())
     return tombstone
 
 
@@ -671,12 +698,10 @@ def set_restriction(
     enqueue(
         session,
         make_event(
+            events_pb2.SubjectRestricted(subject_id=subject.id, request_id=request_id, restricted=restricted),
             source=ctx.source,
-            event_type="vault.subject.restricted" if restricted else "vault.subject.unrestricted",
             tenant_id=tenant.tenant_id,
-            subject_restricted=events_pb2.SubjectRestricted(
-                subject_id=subject.id, request_id=request_id, restricted=restricted
-            ),
+            occurred_at=ctx.clock.now(),
         ),
     )
     audit.append(
@@ -685,6 +710,7 @@ def set_restriction(
         identity,
         "subject.restrict" if restricted else "subject.lift_restriction",
         [subject.id, request_id],
+        at=ctx.clock.now(),
     )
 
 
@@ -710,9 +736,11 @@ def set_legal_hold(
     hold_id = _hold_id(hold_id)
     subject = _subject(session, tenant.tenant_id, subject_id)
     if session.get(LegalHold, (tenant.tenant_id, subject.id, hold_id)) is None:
-        session.add(LegalHold(tenant_id=tenant.tenant_id, subject_id=subject.id, hold_id=hold_id, created_at=_now()))
+        session.add(
+            LegalHold(tenant_id=tenant.tenant_id, subject_id=subject.id, hold_id=hold_id, created_at=ctx.clock.now())
+        )
     _hold_event(session, ctx, tenant.tenant_id, subject.id, hold_id, True)
-    audit.append(session, tenant, identity, "subject.legal_hold", [subject.id, hold_id])
+    audit.append(session, tenant, identity, "subject.legal_hold", [subject.id, hold_id], at=ctx.clock.now())
 
 
 def clear_legal_hold(
@@ -724,19 +752,19 @@ def clear_legal_hold(
     subject = _subject(session, tenant.tenant_id, subject_id)
     hold = session.get(LegalHold, (tenant.tenant_id, subject.id, hold_id))
     if hold is None:
-        raise NotFound("no such legal hold on this subject")
+        raise NotFound("no such legal hold on this subject", reason=Reason.LEGAL_HOLD_NOT_FOUND)
     session.delete(hold)
     _hold_event(session, ctx, tenant.tenant_id, subject.id, hold_id, False)
-    audit.append(session, tenant, identity, "subject.clear_legal_hold", [subject.id, hold_id])
+    audit.append(session, tenant, identity, "subject.clear_legal_hold", [subject.id, hold_id], at=ctx.clock.now())
 
 
 def _hold_event(session: Session, ctx: VaultContext, tid: str, sid: str, hold_id: str, active: bool) -> None:
     enqueue(
         session,
         make_event(
+            events_pb2.LegalHoldChanged(subject_id=sid, hold_id=hold_id, active=active),
             source=ctx.source,
-            event_type="vault.subject.held" if active else "vault.subject.released",
             tenant_id=tid,
-            legal_hold_changed=events_pb2.LegalHoldChanged(subject_id=sid, hold_id=hold_id, active=active),
+            occurred_at=ctx.clock.now(),
         ),
     )

@@ -1,4 +1,5 @@
-"""Synchronous client for the OpenBao/Vault Transit engine: one key per tenant wraps that tenant's DEKs.
+"""Synchronous client for the OpenBao/Vault Transit engine: one key per tenant wraps that tenant's DEKs,
+and one Ed25519 key signs the vault's audit checkpoints.
 
 Callers run it in worker threads. Every method makes a known, small number of HTTP calls (``calls`` counts
 them): wrap and unwrap take a whole batch in one call, so a request touching many subjects costs O(1)
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,16 +33,25 @@ import requests
 from hvac.adapters import RawAdapter
 
 from services.chassis.circuit import CircuitBreaker
-from services.chassis.errors import FailedPrecondition, Unavailable
+from services.chassis.errors import FailedPrecondition, Reason, Unavailable
+from services.chassis.ids import is_tenant_id
 
-__all__ = ["DEK_BYTES", "UNAVAILABLE_MESSAGE", "KeyInfo", "KeyUnavailable", "TransitClient", "TransitRejected"]
+__all__ = [
+    "DEK_BYTES",
+    "UNAVAILABLE_MESSAGE",
+    "KeyInfo",
+    "KeyUnavailable",
+    "Signature",
+    "TransitClient",
+    "TransitRejected",
+]
 
 log = logging.getLogger("steward.vault.transit")
 
 UNAVAILABLE_MESSAGE = "key service (Transit) is unavailable; retry later"
 DEK_BYTES = 32
 KEY_TYPE = "aes256-gcm96"
-_TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+SIGNING_KEY_TYPE = "ed25519"
 # Statuses meaning "Transit cannot serve us right now": 401/403 (token expired or policy missing) are an
 # outage from the caller's point of view, and 412 is Vault's "not yet consistent, retry".
 _UNAVAILABLE_STATUSES = frozenset({401, 403, 412, 429})
@@ -53,8 +62,9 @@ class KeyUnavailable(FailedPrecondition):
 
     A FAILED_PRECONDITION where it is not handled more specifically (the messages name no data).
 
-    ``reason`` is one of :attr:`KEY_MISSING`, :attr:`VERSION_RETIRED`, :attr:`DOES_NOT_VERIFY`;
-    ``failed`` holds the indexes of the batch items that failed (all of them when the key is gone).
+    ``cause`` is one of :attr:`KEY_MISSING`, :attr:`VERSION_RETIRED`, :attr:`DOES_NOT_VERIFY` (also sent as
+    ``key_problem`` in the ErrorInfo metadata); ``failed`` holds the indexes of the batch items that failed
+    (all of them when the key is gone).
     """
 
     KEY_MISSING = "key_missing"
@@ -69,9 +79,11 @@ class KeyUnavailable(FailedPrecondition):
         "between rows, or the wrong tenant/key id)",
     }
 
-    def __init__(self, reason: str, failed: Sequence[int] = ()) -> None:
-        super().__init__(self._MESSAGES[reason] + "; call on-call")
-        self.reason = reason
+    def __init__(self, cause: str, failed: Sequence[int] = ()) -> None:
+        super().__init__(
+            self._MESSAGES[cause] + "; call on-call", reason=Reason.KEY_UNAVAILABLE, metadata={"key_problem": cause}
+        )
+        self.cause = cause
         self.failed = tuple(failed)
 
 
@@ -91,6 +103,28 @@ class KeyInfo:
     deletion_allowed: bool
     exportable: bool
     allow_plaintext_backup: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A Transit signature, ``vault:v<key_version>:<base64 signature>``."""
+
+    value: str
+    key_version: int
+
+    @property
+    def raw(self) -> bytes:
+        """The bare Ed25519 signature (64 bytes) the prefix wraps."""
+        return base64.b64decode(self.value.rsplit(":", 1)[-1])
+
+    @classmethod
+    def parse(cls, value: str) -> Signature:
+        """Read ``vault:vN:...``; ValueError for anything else."""
+        prefix, _, rest = value.partition(":v")
+        version, _, body = rest.partition(":")
+        if prefix != "vault" or not version.isdigit() or not body:
+            raise ValueError("not a Transit signature (vault:v<N>:<base64>)")
+        return cls(value, int(version))
 
 
 def _b64(data: bytes) -> str:
@@ -128,7 +162,8 @@ def _item_failure_reason(errors: Sequence[str]) -> str:
 class TransitClient:
     """Per-tenant key operations on Transit, with bounded timeouts and a circuit breaker.
 
-    ``url``/``token`` address the server; keys are named ``key_prefix + tenant_id`` under ``mount``.
+    ``url``/``token`` address the server; keys are named ``key_prefix + tenant_id`` under ``mount``, and
+    ``signing_key`` (Ed25519, one per deployment) signs every tenant's audit checkpoints.
     ``breaker`` may be shared with other clients of the same server; a private one is made if omitted.
     """
 
@@ -139,6 +174,7 @@ class TransitClient:
         *,
         mount: str = "transit",
         key_prefix: str = "steward-tenant-",
+        signing_key: str = "steward-audit-signing",
         connect_timeout_s: float = 2.0,
         read_timeout_s: float = 5.0,
         breaker: CircuitBreaker | None = None,
@@ -146,6 +182,11 @@ class TransitClient:
     ) -> None:
         self.mount = mount.strip("/")
         self.key_prefix = key_prefix
+        if not is_tenant_id(signing_key) or signing_key.startswith(key_prefix):
+            # Outside the tenant-key namespace: no tenant id can name it, so no shred can delete it, and the
+            # tenant-key policy (transit/keys/<prefix>*, aes256-gcm96 only) does not cover it.
+            raise ValueError("the audit-signing key name must be a plain key name that does not start with key_prefix")
+        self.signing_key_name = signing_key
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self._session = requests.Session()
         self._client = hvac.Client(
@@ -162,6 +203,8 @@ class TransitClient:
         self._calls_lock = threading.Lock()
         self._calls = 0
         self._upsert_disabled = False
+        self._signing_key_ready = False
+        self._public_keys: dict[int, bytes] = {}
 
     @property
     def calls(self) -> int:
@@ -175,7 +218,7 @@ class TransitClient:
 
     def key_name(self, tenant_id: str) -> str:
         """Name of the tenant's Transit key."""
-        if not isinstance(tenant_id, str) or not _TENANT_ID.fullmatch(tenant_id):
+        if not is_tenant_id(tenant_id):
             # The name becomes part of a URL path; anything else could address another key or endpoint.
             raise ValueError("tenant_id must be 1-128 letters, digits, '_', '-' or '.', starting alphanumeric")
         return self.key_prefix + tenant_id
@@ -193,11 +236,15 @@ class TransitClient:
         name = self.key_name(tenant_id)
         if not self._upsert_disabled:
             self.disable_upsert()
+        self._create_key(name, KEY_TYPE, "this tenant")
+
+    def _create_key(self, name: str, key_type: str, owner: str) -> None:
+        """Create a non-exportable key without plaintext backup, or check and re-lock the existing one."""
         response = self._send(
             "create key",
             lambda: self._transit.create_key(
                 name,
-                key_type=KEY_TYPE,
+                key_type=key_type,
                 exportable=False,
                 allow_plaintext_backup=False,
                 mount_point=self.mount,
@@ -208,9 +255,9 @@ class TransitClient:
         if not data:
             # Older servers answer 204 without the key; read it to check the settings below.
             data = self._read_key(name)
-        if data.get("type") != KEY_TYPE or data.get("exportable") or data.get("allow_plaintext_backup"):
+        if data.get("type") != key_type or data.get("exportable") or data.get("allow_plaintext_backup"):
             raise TransitRejected(
-                "an existing Transit key for this tenant has unsafe settings (wrong type, exportable or "
+                f"an existing Transit key for {owner} has unsafe settings (wrong type, exportable or "
                 "plaintext backup); an operator must resolve it"
             )
         if data.get("deletion_allowed"):
@@ -272,6 +319,40 @@ class TransitClient:
             self._management_body("delete key", response)
         except KeyUnavailable:
             return  # deleted by someone else between our two calls
+
+    # -- audit signing -----------------------------------------------------------------------------------
+
+    def create_signing_key(self) -> None:
+        """Create the Ed25519 audit-signing key (not exportable, not deletable). Idempotent."""
+        self._create_key(self.signing_key_name, SIGNING_KEY_TYPE, "audit signing")
+        self._signing_key_ready = True
+
+    def sign(self, messages: Sequence[bytes]) -> list[Signature]:
+        """Sign each message with the audit-signing key (created on first use if missing); one HTTP call."""
+        if not messages:
+            return []
+        if not self._signing_key_ready:
+            self.create_signing_key()
+        batch = [{"input": _b64(message)} for message in messages]
+        name = self.signing_key_name
+        response = self._send("sign", lambda: self._transit.sign_data(name, batch_input=batch, mount_point=self.mount))
+        return [Signature.parse(str(item["signature"])) for item in self._batch_results("sign", response, len(batch))]
+
+    def signing_public_key(self, version: int) -> bytes | None:
+        """The raw 32-byte Ed25519 public key of one version of the audit-signing key; None if no such version.
+
+        Read from Transit, never from the database, so whoever can write the database cannot swap it; cached,
+        since a version's public key never changes.
+        """
+        with self._calls_lock:
+            cached = self._public_keys.get(version)
+        if cached is not None:
+            return cached
+        keys = self._read_key(self.signing_key_name).get("keys") or {}
+        found = {int(v): base64.b64decode(k["public_key"]) for v, k in keys.items() if k.get("public_key")}
+        with self._calls_lock:
+            self._public_keys.update(found)
+        return found.get(version)
 
     # -- data keys -----------------------------------------------------------------------------------------
 

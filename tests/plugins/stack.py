@@ -17,6 +17,7 @@ import pytest
 from grpc import aio
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
+from services.chassis.clock import SYSTEM_CLOCK, Clock, ManualClock
 from services.chassis.identity import CallerIdentity, identity_metadata
 from services.gateway.policy import SCOPES
 from services.vault.main import VaultApp, VaultSettings, create_server
@@ -63,7 +64,8 @@ VaultFactory = Callable[..., Awaitable[VaultHarness]]
 
 @pytest.fixture
 async def vault_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[VaultFactory]:
-    """Start vaults: ``await vault_factory(database_url=..., transit=other_openbao, nats_url=..., **overrides)``."""
+    """Start vaults: ``await vault_factory(database_url=..., transit=other_openbao, nats_url=..., **overrides)``;
+    ``clock=manual_clock`` runs the vault's rules on a clock the test moves."""
     started: list[VaultHarness] = []
 
     async def start(
@@ -72,6 +74,8 @@ async def vault_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[Va
         nats_url: str | None = None,
         ledger_url: str | None = None,
         key_prefix: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        nats_options: dict[str, object] | None = None,
         **overrides: object,
     ) -> VaultHarness:
         bao = transit or openbao
@@ -85,11 +89,16 @@ async def vault_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[Va
                 "key_prefix": key_prefix or f"t{name}-",
                 "breaker_reset_s": 1.0,
             },
-            nats={"url": nats_url or "nats://127.0.0.1:1", "enabled": nats_url is not None, "max_deliveries": 3},
+            nats={
+                "url": nats_url or "nats://127.0.0.1:1",
+                "enabled": nats_url is not None,
+                "max_deliveries": 3,
+                **(nats_options or {}),
+            },
             trust_identity_metadata=True,
             **overrides,
         )
-        app, port = await create_server(settings, port=0)
+        app, port = await create_server(settings, port=0, clock=clock)
         channel = aio.insecure_channel(f"127.0.0.1:{port}")
         harness = VaultHarness(
             app,
@@ -106,6 +115,12 @@ async def vault_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[Va
     for harness in started:
         await harness.channel.close()
         await harness.app.stop(0)
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    """A clock that moves only when the test says so: pass it to ``vault_factory(clock=...)`` or ``start_env``."""
+    return ManualClock()
 
 
 @pytest.fixture

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,13 @@ from services.chassis.bus import DLQ_PREFIX, Bus, Consumer, InboxEntry, OutboxEn
 from services.chassis.db import Base, Database
 from services.chassis.settings import NatsSettings
 from tests.plugins.infra import NatsServer
+from tests.plugins.waiting import eventually
+
+SUBJECT = "steward.vault.tenant.created"
 
 
 def tenant_event(tenant: str) -> events_pb2.Event:
-    return make_event(
-        source="test",
-        event_type="test.tenant.created",
-        tenant_id=tenant,
-        tenant_created=events_pb2.TenantCreated(tenant_id=tenant),
-    )
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
+    return make_event(events_pb2.TenantCreated(tenant_id=tenant), source="vault", tenant_id=tenant)
 
 
 @pytest.fixture
@@ -58,23 +47,32 @@ async def test_events_written_while_nats_is_down_are_published_once_after_restar
     db: Database, bus: Bus, nats_server: NatsServer
 ) -> None:
     received: list[str] = []
-    consumer = Consumer(
-        bus, db, durable="collector", subjects=["steward.test.>"], handler=lambda _s, e: received.append(e.id)
-    )
+    consumer = Consumer(bus, db, durable="collector", subjects=[SUBJECT], handler=lambda _s, e: received.append(e.id))
     await consumer.start()
     relay = OutboxRelay(db, bus)
     await relay.start()
 
+    async def pending() -> int:
+        return int(await db.run(lambda s: s.scalar(select(func.count()).where(OutboxEntry.published_at.is_(None)))))
+
     nats_server.kill()
     ids = [await db.run(lambda s, i=i: enqueue(s, tenant_event(f"t{i}"))) for i in range(25)]
-    await asyncio.sleep(1.0)  # the relay tries and backs off while NATS is gone
-    pending = await db.run(lambda s: s.scalar(select(func.count()).where(OutboxEntry.published_at.is_(None))))
-    assert pending == 25
+    await eventually(lambda: not bus.connected.is_set(), what="the bus noticing NATS is gone")
+    with pytest.raises(ConnectionError):
+        await relay.drain_once()  # what the relay would do now: it fails and marks nothing published
+    assert await pending() == 25
     nats_server.start()
 
-    await eventually(lambda: sorted(received) == sorted(ids), 30)
-    await asyncio.sleep(1.0)
+    await eventually(lambda: sorted(received) == sorted(ids), 30, what="all 25 events received")
     assert sorted(received) == sorted(ids)  # once each, no duplicates
+
+    # Once the outbox is drained nothing more is published, so the stream's count is final: JetStream holds
+    # each event once even if the relay published a row twice (it deduplicates by event id).
+    async def drained() -> bool:
+        return await pending() == 0
+
+    await eventually(drained, 30, what="outbox drained")
+    assert (await bus.js.stream_info(bus.settings.stream)).state.messages == 25
     assert consumer.stats.handled == 25
     await relay.stop()
     await consumer.stop()
@@ -82,17 +80,13 @@ async def test_events_written_while_nats_is_down_are_published_once_after_restar
 
 async def test_same_event_delivered_twice_has_one_effect(db: Database, bus: Bus) -> None:
     effects: list[str] = []
-    consumer = Consumer(
-        bus, db, durable="dedupe", subjects=["steward.test.>"], handler=lambda _s, e: effects.append(e.id)
-    )
+    consumer = Consumer(bus, db, durable="dedupe", subjects=[SUBJECT], handler=lambda _s, e: effects.append(e.id))
     await consumer.start()
     event = tenant_event("t1")
     # Published twice with different Nats-Msg-Ids so JetStream's own dedupe cannot hide the second copy.
     for copy in ("a", "b"):
-        await bus.js.publish(
-            "steward.test.tenant.created", event.SerializeToString(), headers={"Nats-Msg-Id": f"{event.id}-{copy}"}
-        )
-    await eventually(lambda: consumer.stats.handled + consumer.stats.duplicates == 2)
+        await bus.js.publish(SUBJECT, event.SerializeToString(), headers={"Nats-Msg-Id": f"{event.id}-{copy}"})
+    await eventually(lambda: consumer.stats.handled + consumer.stats.duplicates == 2, what="both copies consumed")
     assert effects == [event.id]
     assert consumer.stats.duplicates == 1
     inbox = await db.run(lambda s: s.scalar(select(func.count()).select_from(InboxEntry)))
@@ -110,16 +104,16 @@ async def test_failing_handler_ends_in_dead_letter_and_stream_keeps_flowing(db: 
         good.append(event.id)
 
     consumer = Consumer(
-        bus, db, durable="flaky", subjects=["steward.test.>"], handler=handler, max_deliveries=3, nak_base_delay_s=0.05
+        bus, db, durable="flaky", subjects=[SUBJECT], handler=handler, max_deliveries=3, nak_base_delay_s=0.05
     )
     dlq = await bus.js.pull_subscribe(f"{DLQ_PREFIX}flaky", durable="dlq-watch")
     await consumer.start()
-    await bus.js.publish("steward.test.tenant.created", poison.SerializeToString(), headers={"Nats-Msg-Id": poison.id})
+    await bus.js.publish(SUBJECT, poison.SerializeToString(), headers={"Nats-Msg-Id": poison.id})
     after = tenant_event("after")
-    await bus.js.publish("steward.test.tenant.created", after.SerializeToString(), headers={"Nats-Msg-Id": after.id})
+    await bus.js.publish(SUBJECT, after.SerializeToString(), headers={"Nats-Msg-Id": after.id})
 
-    await eventually(lambda: consumer.stats.dead_lettered == 1)
-    await eventually(lambda: after.id in good)
+    await eventually(lambda: consumer.stats.dead_lettered == 1, what="the poison event dead-lettered")
+    await eventually(lambda: after.id in good, what="the event after the poison one handled")
     [dead] = await dlq.fetch(1, timeout=5)
     assert events_pb2.Event.FromString(dead.data).id == poison.id
     assert dead.headers["Steward-Error-Type"] == "RuntimeError"
@@ -131,27 +125,26 @@ async def test_failing_handler_ends_in_dead_letter_and_stream_keeps_flowing(db: 
 
 async def test_durable_consumer_survives_nats_kill_and_restart(db: Database, bus: Bus, nats_server: NatsServer) -> None:
     received: list[str] = []
-    consumer = Consumer(
-        bus, db, durable="survivor", subjects=["steward.test.>"], handler=lambda _s, e: received.append(e.id)
-    )
+    consumer = Consumer(bus, db, durable="survivor", subjects=[SUBJECT], handler=lambda _s, e: received.append(e.id))
     await consumer.start()
     first = tenant_event("before")
-    await bus.js.publish("steward.test.tenant.created", first.SerializeToString(), headers={"Nats-Msg-Id": first.id})
-    await eventually(lambda: first.id in received)
+    await bus.js.publish(SUBJECT, first.SerializeToString(), headers={"Nats-Msg-Id": first.id})
+    await eventually(lambda: first.id in received, what="the event before the restart")
 
     nats_server.restart()
     await bus.wait_connected(30)
     second = tenant_event("after-restart")
-    await eventually(lambda: bus.connected.is_set())
-    for _ in range(50):
+    await eventually(lambda: bus.connected.is_set(), what="the bus reconnected")
+
+    async def published() -> bool:
         try:
-            await bus.js.publish(
-                "steward.test.tenant.created", second.SerializeToString(), headers={"Nats-Msg-Id": second.id}
-            )
-            break
-        except Exception:
-            await asyncio.sleep(0.2)
-    await eventually(lambda: second.id in received, 30)
+            await bus.js.publish(SUBJECT, second.SerializeToString(), headers={"Nats-Msg-Id": second.id})
+        except Exception:  # the restarted server may still be recovering its JetStream store
+            return False
+        return True
+
+    await eventually(published, 10, what="publishing after the restart")
+    await eventually(lambda: second.id in received, 30, what="the event published after the restart")
     assert received == [first.id, second.id]
     await consumer.stop()
 
@@ -164,7 +157,7 @@ async def test_trace_context_crosses_the_nats_hop(db: Database, bus: Bus) -> Non
     def handler(_session: Session, _event: events_pb2.Event) -> None:
         seen.append(trace.get_current_span().get_span_context().trace_id)
 
-    consumer = Consumer(bus, db, durable="traced", subjects=["steward.test.>"], handler=handler)
+    consumer = Consumer(bus, db, durable="traced", subjects=[SUBJECT], handler=handler)
     await consumer.start()
     relay = OutboxRelay(db, bus)
     await relay.start()
@@ -172,7 +165,7 @@ async def test_trace_context_crosses_the_nats_hop(db: Database, bus: Bus) -> Non
         publisher_trace = span.get_span_context().trace_id
         await db.run(lambda s: enqueue(s, tenant_event("traced")))
     relay.wake()
-    await eventually(lambda: len(seen) == 1)
+    await eventually(lambda: len(seen) == 1, what="the traced event handled")
     assert seen == [publisher_trace]
     await relay.stop()
     await consumer.stop()
@@ -194,7 +187,7 @@ async def test_transient_failures_retry_past_max_deliveries_and_never_dead_lette
         bus,
         db,
         durable="patient",
-        subjects=["steward.test.>"],
+        subjects=[SUBJECT],
         handler=handler,
         max_deliveries=3,
         nak_base_delay_s=0.05,
@@ -202,15 +195,15 @@ async def test_transient_failures_retry_past_max_deliveries_and_never_dead_lette
     )
     await consumer.start()
     event = tenant_event("outage")
-    await bus.js.publish("steward.test.tenant.created", event.SerializeToString(), headers={"Nats-Msg-Id": event.id})
-    await eventually(lambda: done == [event.id], 30)
+    await bus.js.publish(SUBJECT, event.SerializeToString(), headers={"Nats-Msg-Id": event.id})
+    await eventually(lambda: done == [event.id], 30, what="the event handled once")
     assert consumer.stats.dead_lettered == 0
     assert len(attempts) == 7
     await consumer.stop()
 
 
 async def test_bus_connects_to_a_tls_only_nats_with_the_configured_ca(tmp_path: Path) -> None:
-    from services.cli.devca import ensure_dev_pki
+    from services.devstack.devca import ensure_dev_pki
 
     pki, _ = ensure_dev_pki(tmp_path / "tls", ["nats"])
     (tmp_path / "js").mkdir()
@@ -265,7 +258,7 @@ async def test_idle_and_busy_consumers_never_resubscribe(
         bus,
         db,
         durable="steady",
-        subjects=["steward.test.>"],
+        subjects=[SUBJECT],
         handler=lambda _s, e: received.append(e.id),
         fetch_timeout_s=0.2,
     )
@@ -276,19 +269,17 @@ async def test_idle_and_busy_consumers_never_resubscribe(
 
     monkeypatch.setattr(consumer, "_subscribe", plain_timeouts)
     await consumer.start()
-    await eventually(lambda: consumer.stats.empty_fetches >= 8)  # idle: several fetches ran out empty
+    await eventually(lambda: consumer.stats.empty_fetches >= 8, what="several idle fetches ran out empty")
     assert consumer.stats.resubscribes == 0
 
     sent = []
-    for i in range(200):  # busy: a steady stream with idle gaps between some fetches
+    for i in range(200):  # busy: a steady stream, with every 40th event waited for so fetches also run dry
         event = tenant_event(f"t{i}")
         sent.append(event.id)
-        await bus.js.publish(
-            "steward.test.tenant.created", event.SerializeToString(), headers={"Nats-Msg-Id": event.id}
-        )
+        await bus.js.publish(SUBJECT, event.SerializeToString(), headers={"Nats-Msg-Id": event.id})
         if i % 40 == 0:
-            await asyncio.sleep(0.3)
-    await eventually(lambda: sorted(received) == sorted(sent))
+            await eventually(lambda: len(received) == len(sent), what="the consumer caught up")
+    await eventually(lambda: sorted(received) == sorted(sent), what="every event handled")
     assert consumer.stats.resubscribes == 0
     assert consumer.stats.handled == 200
     await consumer.stop()

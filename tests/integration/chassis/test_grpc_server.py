@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.chassis import errors
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.settings import GrpcSettings, SettingsError
+from tests.plugins.waiting import eventually
 
 DOMAIN_ERRORS = {
     "InvalidArgument": grpc.StatusCode.INVALID_ARGUMENT,
@@ -37,9 +38,17 @@ async def _raise(request: bytes, context: aio.ServicerContext) -> bytes:
     raise getattr(errors, name)(f"{name} happened; fix it")
 
 
-async def _slow(request: bytes, context: aio.ServicerContext) -> bytes:
-    await asyncio.sleep(float(request.decode()))
-    return b"done"
+class HeldCalls:
+    """The Slow method: each call stays in flight until the test releases it (no guessed durations)."""
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self, request: bytes, context: aio.ServicerContext) -> bytes:
+        self.arrived += 1
+        await self.release.wait()
+        return b"done"
 
 
 async def _stream(request: bytes, context: aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -47,12 +56,12 @@ async def _stream(request: bytes, context: aio.ServicerContext) -> AsyncIterator
     raise errors.NotFound("gone mid-stream")
 
 
-def _register(server: aio.Server) -> list[str]:
+def _register(server: aio.Server, held: HeldCalls | None = None) -> list[str]:
     handler = grpc.method_handlers_generic_handler(
         "test.Probe",
         {
             "Raise": grpc.unary_unary_rpc_method_handler(_raise),
-            "Slow": grpc.unary_unary_rpc_method_handler(_slow),
+            "Slow": grpc.unary_unary_rpc_method_handler(held or HeldCalls()),
             "Stream": grpc.unary_stream_rpc_method_handler(_stream),
         },
     )
@@ -61,8 +70,15 @@ def _register(server: aio.Server) -> list[str]:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[RunningServer]:
-    running = await build_server(GrpcSettings(), register=_register, trust_identity_metadata=True, port=0)
+def held() -> HeldCalls:
+    return HeldCalls()
+
+
+@pytest.fixture
+async def server(held: HeldCalls) -> AsyncIterator[RunningServer]:
+    running = await build_server(
+        GrpcSettings(), register=lambda s: _register(s, held), trust_identity_metadata=True, port=0
+    )
     yield running
     await running.server.stop(0)
 
@@ -105,16 +121,22 @@ async def test_error_in_a_stream_maps_too(server: RunningServer) -> None:
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_graceful_shutdown_finishes_in_flight_and_refuses_new(server: RunningServer) -> None:
+async def test_graceful_shutdown_finishes_in_flight_and_refuses_new(server: RunningServer, held: HeldCalls) -> None:
     async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        slow = channel.unary_unary("/test.Probe/Slow")
-        in_flight = asyncio.ensure_future(slow(b"1.0"))
-        await asyncio.sleep(0.2)
+        in_flight = asyncio.ensure_future(channel.unary_unary("/test.Probe/Slow")(b""))
+        await eventually(lambda: held.arrived == 1, 10, what="the slow call reaching its handler")
         shutdown = asyncio.ensure_future(server.shutdown(5.0))
-        await asyncio.sleep(0.2)
-        with pytest.raises(aio.AioRpcError) as refused:
-            await slow(b"0", timeout=2)
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        async def new_call_refused() -> bool:
+            try:
+                await channel.unary_unary("/test.Probe/Raise")(b"NotFound", timeout=2)
+            except aio.AioRpcError as exc:
+                return exc.code() == grpc.StatusCode.UNAVAILABLE
+            raise AssertionError("Raise always raises")
+
+        await eventually(new_call_refused, 10, what="new calls refused once shutdown began")
+        assert not in_flight.done()
+        held.release.set()
         assert await in_flight == b"done"
         await shutdown
 
@@ -139,7 +161,7 @@ async def test_mtls_allowlist_guards_streaming_methods_and_reflection_too(tmp_pa
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     from services.chassis.settings import TlsSettings
-    from services.cli.devca import ensure_dev_pki
+    from services.devstack.devca import ensure_dev_pki
 
     pki, _ = ensure_dev_pki(tmp_path / "tls", ["vault", "gateway", "intruder"])
     tls = TlsSettings(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.cli.catalog import SERVICES
+from services.devstack.catalog import SERVICES
 from tests.plugins.infra import free_port
 
 __all__ = ["Launcher", "pid_alive", "run_cli"]

@@ -15,7 +15,7 @@ from grpc import aio
 
 from services.chassis.grpc_server import build_server
 from services.chassis.settings import GrpcSettings, TlsSettings
-from services.cli.devca import LEAF_VALIDITY, DevPki, ensure_dev_pki, inspect_certificate
+from services.devstack.devca import LEAF_VALIDITY, DevPki, ensure_dev_pki, inspect_certificate
 
 NAMES = ["gateway", "vault", "dsr", "notify", "steward-cli"]
 

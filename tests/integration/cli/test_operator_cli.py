@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -19,8 +20,8 @@ import pytest
 from google.protobuf.struct_pb2 import Struct
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
-from services.cli.catalog import SERVICES, installed
-from services.cli.devidp import AUDIENCE, ISSUER, ensure_dev_idp, load_dev_idp
+from services.devstack.catalog import SERVICES, installed
+from services.devstack.devidp import AUDIENCE, ISSUER, ensure_dev_idp, load_dev_idp
 from tests.integration.cli.launcher import Launcher, run_cli
 
 pytestmark = pytest.mark.skipif(
@@ -102,12 +103,17 @@ def call_code(fn: Any, *args: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+# The documented exit codes (steward --help): 1 refused for good, 4 unauthenticated or denied.
+EXIT_FOR = {"INVALID_ARGUMENT": 1, "NOT_FOUND": 1, "UNAUTHENTICATED": 4, "PERMISSION_DENIED": 4}
+
+
 def one_line_error(result: subprocess.CompletedProcess[str], code: str) -> str:
-    """The command failed with exit 1 and exactly one stderr line naming ``code``; returns that line."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    """The command failed with the exit code documented for ``code`` and exactly one stderr line,
+    ``steward: CODE[ REASON]: message``; returns that line."""
+    assert result.returncode == EXIT_FOR[code], (result.returncode, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"error: {code}: "), lines[0]
+    assert re.match(rf"steward: {code}( [A-Z][A-Z0-9_]*)?: ", lines[0]), lines[0]
     return lines[0]
 
 
@@ -194,9 +200,9 @@ def test_restart_prints_the_same_demo_key_and_a_fresh_token_and_steward_demo_rep
 
 
 def test_format_summary_shows_the_demo_key_and_the_dev_operator_token(stack: Stack) -> None:
-    from services.cli.demo import DemoCredentials
-    from services.cli.stack import LocalCredentials, format_summary
     from services.cli.state import StackState
+    from services.devstack.demo import DemoCredentials
+    from services.devstack.stack import LocalCredentials, format_summary
 
     state = StackState.read(stack.home / "run.json")
     assert state is not None
@@ -239,6 +245,7 @@ def test_tenant_create_and_apikey_create_give_a_key_that_works_only_for_its_tena
         assert rotated["api_key"]["rotated_from"] == created["api_key"]["key_id"]
         assert read_note(vault, rotated["token"], record_id) == "pipeline review on Monday"
         assert call_code(read_note, vault, key, record_id) == grpc.StatusCode.UNAUTHENTICATED
+        one_line_error(stack.cli("whoami", token=key), "UNAUTHENTICATED")  # a revoked key: exit 4
 
     text = stack.cli("apikey", "list", f"--tenant={tenant_id}", "--all")
     assert text.returncode == 0 and "revoked" in text.stdout and "active" in text.stdout
@@ -257,10 +264,10 @@ def test_bad_input_gets_the_gateway_status_in_one_line_and_nothing_is_created(st
     assert "email" in line and "not-an-email" not in line, "the message names the field, not the value"
 
     not_found = stack.cli("tenant", "get", "tnt_00000000000000000000000000000000", "--json")
-    assert not_found.returncode == 1
-    assert json.loads(not_found.stdout) == {
-        "error": {"code": "NOT_FOUND", "message": "no such tenant: check tenant_id"}
-    }
+    assert not_found.returncode == 1, "NOT_FOUND is a permanent refusal"
+    error = json.loads(not_found.stdout)["error"]
+    assert (error["code"], error["message"]) == ("NOT_FOUND", "no such tenant: check tenant_id")
+    assert isinstance(error["reason"], str) and isinstance(error["metadata"], dict)
 
     one_line_error(stack.cli("apikey", "revoke", "0000000000000000"), "NOT_FOUND")
     one_line_error(stack.cli("keys", "rotate", "--tenant=tnt_nope"), "NOT_FOUND")
@@ -395,7 +402,7 @@ def test_bad_expired_foreign_or_underprivileged_tokens_fail_in_one_line_with_a_n
     assert stack.cli_json("apikey", "list", f"--tenant={tenant_id}", token=oncall.stdout.strip())["api_keys"]
 
     as_json = stack.cli("whoami", "--json", token=expired)
-    assert as_json.returncode == 1
+    assert as_json.returncode == 4
     assert json.loads(as_json.stdout)["error"]["code"] == "UNAUTHENTICATED"
 
     # A stale default token: the hint says how to get a fresh one.

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.cli.ports import PortUnavailable, choose_port, port_is_free
+from services.devstack.ports import PortUnavailable, choose_port, port_is_free
 from tests.plugins.infra import free_port
 
 

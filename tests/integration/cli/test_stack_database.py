@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from services.cli.catalog import SERVICES, installed
-from services.cli.stack import ensure_postgres_databases, service_databases
+from services.devstack.catalog import SERVICES, installed
+from services.devstack.stack import ensure_postgres_databases, service_databases
 from tests.integration.cli.launcher import Launcher
 from tests.plugins.infra import POSTGRES_ADMIN_URL
 

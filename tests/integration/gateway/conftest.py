@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from steward.gateway.v1 import gateway_pb2
 
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.gateway.main import GatewayHandle, create_server
 from tests.integration.gateway.support import (
     Clients,
@@ -78,13 +79,18 @@ ALL_SCOPES = [
 
 
 async def start_env(
-    idp: TestIdP, vault: tuple[FakeVaultState, int], database_url: str, nats_url: str | None, **overrides: Any
+    idp: TestIdP,
+    vault: tuple[FakeVaultState, int],
+    database_url: str,
+    nats_url: str | None,
+    clock: Clock = SYSTEM_CLOCK,
+    **overrides: Any,
 ) -> GatewayEnv:
     state, vault_port = vault
     settings = gateway_settings(
         database_url=database_url, idp=idp, vault_address=f"127.0.0.1:{vault_port}", nats_url=nats_url, **overrides
     )
-    handle, port = await create_server(settings)
+    handle, port = await create_server(settings, clock=clock)
     c = clients(port)
     admin_token = idp.token("alice", ["ops:admin"])
     ids = []

@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from grpc import aio
 from steward.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
-from services.chassis.errors import NotFound
+from services.chassis.errors import NotFound, error_info
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.settings import GrpcSettings, NatsSettings, TlsSettings
@@ -119,7 +119,8 @@ class FakeVaultState:
     tenants: dict[str, str] = field(default_factory=dict)
     seen: list[tuple[str, CallerIdentity]] = field(default_factory=list)
     audit: list[tuple[str, vault_pb2.AuditEvent]] = field(default_factory=list)
-    delay_s: float = 0.0
+    # When set, ListRecords answers only once the test sets this event: a slow vault the test controls.
+    hold_list_records: asyncio.Event | None = None
     traceparents: list[str] = field(default_factory=list)
 
 
@@ -159,8 +160,8 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
 
     async def ListRecords(self, request: vault_pb2.ListRecordsRequest, context: aio.ServicerContext) -> Any:
         who = self._who(context, "ListRecords")
-        if self.state.delay_s:
-            await asyncio.sleep(self.state.delay_s)
+        if self.state.hold_list_records is not None:
+            await self.state.hold_list_records.wait()
         return vault_pb2.ListRecordsResponse(
             records=[r for (t, _), r in self.state.records.items() if t == who.tenant_id]
         )
@@ -293,6 +294,66 @@ async def status_of(awaitable: Any) -> tuple[grpc.StatusCode, str]:
     except aio.AioRpcError as err:
         return err.code(), err.details() or ""
     return grpc.StatusCode.OK, ""
+
+
+async def key_refused(c: Clients, token: str) -> bool:
+    """True when the gateway refuses ``token`` as unknown, revoked or expired (WhoAmI: nothing is forwarded)."""
+    code, _ = await status_of(c.admin.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=bearer(token)))
+    return code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def grant_expired(c: Clients, tenant_md: Any, grant_id: str) -> bool:
+    """True once the tenant reads ``grant_id`` as expired (computed from its stored times on every read, the
+    same rule that refuses calls under it)."""
+    listed = await c.admin.ListSupportGrants(
+        gateway_pb2.ListSupportGrantsRequest(include_inactive=True), metadata=tenant_md
+    )
+    return [g.state for g in listed.grants if g.grant_id == grant_id] == [gateway_pb2.SUPPORT_GRANT_STATE_EXPIRED]
+
+
+# The API-key cache TTL of a gateway whose refusal of a revoked key must come from the revocation event: far
+# longer than any wait in the tests (settings cap the TTL at 0.9 s, so this is set past them, see below).
+LONG_KEY_CACHE_TTL_S = 60.0
+# How long a test waits for a revocation event to evict a key: well inside LONG_KEY_CACHE_TTL_S, so that a
+# refusal within it cannot be the cache expiring.
+EVICTION_WAIT_S = 20.0
+
+
+def with_long_key_cache(init: Callable[..., None]) -> Callable[..., None]:
+    """``ApiKeyAuthenticator.__init__`` with the cache TTL forced to :data:`LONG_KEY_CACHE_TTL_S`.
+
+    Patched in rather than configured because the settings refuse a TTL above 0.9 s, as they should in
+    production; used in-process (``monkeypatch``) and by ``long_cache_gateway`` in a gateway process.
+    """
+
+    def init_with_long_ttl(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **{**kwargs, "ttl_s": LONG_KEY_CACHE_TTL_S})
+
+    return init_with_long_ttl
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Everything a client can branch on in a failed call: code, message, and the ErrorInfo reason/metadata."""
+
+    code: grpc.StatusCode
+    details: str
+    reason: str | None
+    metadata: dict[str, str]
+
+
+async def refusal_of(awaitable: Any) -> Refusal:
+    """The refusal a call ends with (fails the test if it succeeds); streaming calls are drained."""
+    try:
+        if hasattr(awaitable, "__aiter__"):
+            async for _ in awaitable:
+                pass
+        else:
+            await awaitable
+    except aio.AioRpcError as err:
+        info = error_info(err)
+        return Refusal(err.code(), err.details() or "", info[0] if info else None, info[1] if info else {})
+    raise AssertionError("the call succeeded; a refusal was expected")
 
 
 @dataclass

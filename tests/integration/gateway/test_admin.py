@@ -11,10 +11,12 @@ from sqlalchemy import create_engine, func, select, text
 from steward.events.v1 import events_pb2
 from steward.gateway.v1 import gateway_pb2
 
+from services.chassis.bus import OutboxEntry
 from services.gateway.models import ApiKeyRow, TenantRow
 from tests.integration.gateway.conftest import GatewayEnv
-from tests.integration.gateway.support import bearer, sample_details, status_of
+from tests.integration.gateway.support import bearer, key_refused, sample_details, status_of
 from tests.plugins.infra import NatsServer
+from tests.plugins.waiting import eventually
 
 
 async def collect(nats_url: str, subject: str) -> tuple[object, list[events_pb2.Event]]:
@@ -26,13 +28,6 @@ async def collect(nats_url: str, subject: str) -> tuple[object, list[events_pb2.
 
     await nc.subscribe(subject, cb=on_msg)
     return nc, received
-
-
-async def eventually(check, timeout_s: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 def db_path(env: GatewayEnv) -> Path:
@@ -51,7 +46,9 @@ async def test_create_tenant_creates_its_vault_and_announces_it(env: GatewayEnv,
     assert identity.tenant_id == tenant.tenant_id and identity.principal == "operator:alice"
     rep = tenant.details.representatives[0]
     assert rep.email == "asha.rao@acme.example" and rep.whatsapp_number == "+919876543210"
-    await eventually(lambda: any(e.tenant_created.tenant_id == tenant.tenant_id for e in events))
+    await eventually(
+        lambda: any(e.tenant_created.tenant_id == tenant.tenant_id for e in events), what="tenant.created received"
+    )
     event = next(e for e in events if e.tenant_created.tenant_id == tenant.tenant_id)
     assert event.type == "gateway.tenant.created" and event.source == "gateway"
     assert b"acme.example" not in event.SerializeToString()
@@ -196,9 +193,15 @@ async def test_close_tenant_closes_its_vault_and_blocks_new_keys(env: GatewayEnv
         )
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION
-    await eventually(lambda: len(events) >= 1)
-    await asyncio.sleep(0.3)
-    assert [e.tenant_closed.tenant_id for e in events] == [env.tenant_b]  # closing twice announced once
+    # Closing twice announced once: one outbox row (written with the state change), so one event.
+    announced = await env.handle.db.run(
+        lambda s: s.scalar(
+            select(func.count()).select_from(OutboxEntry).where(OutboxEntry.subject == "steward.gateway.tenant.closed")
+        )
+    )
+    assert announced == 1
+    await eventually(lambda: len(events) >= 1, what="tenant.closed received")
+    assert [e.tenant_closed.tenant_id for e in events] == [env.tenant_b]
     await nc.close()
 
 
@@ -215,7 +218,8 @@ async def test_access_log_events_are_pii_free_and_cover_failures(env: GatewayEnv
         return [entry for e in events for entry in e.access_logged.entries]
 
     await eventually(
-        lambda: {e.status for e in entries() if e.method.endswith("/PutRecord")} >= {"OK", "UNAUTHENTICATED"}
+        lambda: {e.status for e in entries() if e.method.endswith("/PutRecord")} >= {"OK", "UNAUTHENTICATED"},
+        what="both PutRecord calls in the access log",
     )
     ok = next(e for e in entries() if e.method.endswith("/PutRecord") and e.status == "OK")
     assert ok.tenant_id == env.tenant_a and ok.principal_kind == "api_key" and ok.credential_id
@@ -235,10 +239,7 @@ async def test_registry_keys_and_grants_work_on_postgresql(idp, fake_vault, post
         token, key_id = await env.new_key(env.tenant_a, ["records:read"])
         assert (await env.c.admin.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=bearer(token))).tenant_id == env.tenant_a
         await env.c.admin.RevokeApiKey(gateway_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=env.admin_md())
-        await asyncio.sleep(1.0)
-        assert (await status_of(env.c.admin.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=bearer(token))))[0] == (
-            grpc.StatusCode.UNAUTHENTICATED
-        )
+        await eventually(lambda: key_refused(env.c, token), 10, what="the revoked key refused")
         support = env.idp.token("sam", ["support"])
         requested = await env.c.admin.RequestSupportAccess(
             gateway_pb2.RequestSupportAccessRequest(
@@ -278,7 +279,12 @@ async def test_database_loss_fails_closed_with_unavailable(idp, fake_vault, post
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
-    await asyncio.sleep(0.6)  # past the key cache's TTL: the key must be read from the database again
+
+    async def key_lookup_unavailable() -> bool:  # once the key cache's entry expires the database is read again
+        code, _ = await status_of(env.c.admin.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=bearer(token)))
+        return code == grpc.StatusCode.UNAVAILABLE
+
+    await eventually(key_lookup_unavailable, 10, what="the key looked up in the lost database")
     for call in (
         env.c.admin.WhoAmI(gateway_pb2.WhoAmIRequest(), metadata=bearer(token)),
         env.c.admin.ListApiKeys(gateway_pb2.ListApiKeysRequest(tenant_id=env.tenant_a), metadata=env.admin_md()),

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import grpc
+import pytest
 from steward.gateway.v1 import gateway_pb2
 from steward.vault.v1 import vault_pb2
 
-from services.gateway.apikeys import INVALID_KEY_MESSAGE
-from tests.integration.gateway.conftest import GatewayEnv
-from tests.integration.gateway.support import bearer, status_of
+from services.gateway.apikeys import INVALID_KEY_MESSAGE, ApiKeyAuthenticator
+from services.gateway.handlers import REVOCATION_SUBJECT
+from tests.integration.gateway.conftest import GatewayEnv, start_env
+from tests.integration.gateway.support import (
+    EVICTION_WAIT_S,
+    FakeVaultState,
+    TestIdP,
+    bearer,
+    key_refused,
+    status_of,
+    with_long_key_cache,
+)
+from tests.plugins.infra import NatsServer
+from tests.plugins.waiting import eventually
 
 PUT = vault_pb2.PutRecordRequest(record=vault_pb2.NewRecord(kind=vault_pb2.RECORD_KIND_NOTE))
 WHOAMI = gateway_pb2.WhoAmIRequest()
@@ -50,7 +61,8 @@ async def test_unknown_revoked_and_expired_keys_get_one_identical_answer(env: Ga
 
     body = f"stw_test_{'0' * 16}_{'a' * 32}"
     unknown = body + _checksum(body)
-    await asyncio.sleep(1.1)  # past the 1 s TTL of `expiring`
+    await eventually(lambda: key_refused(env.c, expiring), 10, what="the 1-second key expired")
+    await eventually(lambda: key_refused(env.c, revoked), 10, what="the revoked key refused")
     answers = {
         name: await status_of(env.c.vault.PutRecord(PUT, metadata=bearer(token)))
         for name, token in (("unknown", unknown), ("revoked", revoked), ("expired", expiring))
@@ -66,13 +78,36 @@ async def test_wrong_scope_is_permission_denied_and_names_the_scope(env: Gateway
     assert code == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_revoked_key_stops_at_once_on_the_revoking_gateway(env: GatewayEnv) -> None:
-    token, key_id = await env.new_key(env.tenant_a, ["records:write"])
-    await env.c.vault.PutRecord(PUT, metadata=bearer(token))  # now cached
-    await env.c.admin.RevokeApiKey(gateway_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=env.admin_md())
-    await asyncio.sleep(1.0)
-    code, _ = await status_of(env.c.vault.PutRecord(PUT, metadata=bearer(token)))
-    assert code == grpc.StatusCode.UNAUTHENTICATED
+async def test_revoked_key_stops_at_once_on_the_revoking_gateway(
+    idp: TestIdP,
+    fake_vault: tuple[FakeVaultState, int],
+    sqlite_url: str,
+    nats_server: NatsServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The key cache outlives the test, so only the revocation event's eviction can make the gateway refuse.
+    monkeypatch.setattr(ApiKeyAuthenticator, "__init__", with_long_key_cache(ApiKeyAuthenticator.__init__))
+    env = await start_env(idp, fake_vault, sqlite_url, nats_server.url)
+    try:
+        listener = env.handle.revocations
+        assert listener is not None
+        await eventually(
+            lambda: nats_server.subscribers(REVOCATION_SUBJECT) == 1, what="the gateway's revocation subscription"
+        )
+        token, key_id = await env.new_key(env.tenant_a, ["records:write"])
+        await env.c.vault.PutRecord(PUT, metadata=bearer(token))  # now cached for LONG_KEY_CACHE_TTL_S
+        assert not await key_refused(env.c, token)
+        evicted = listener.evicted
+        await env.c.admin.RevokeApiKey(gateway_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=env.admin_md())
+        await eventually(
+            lambda: key_refused(env.c, token), EVICTION_WAIT_S, what="the revoked key refused before its cache expiry"
+        )
+        assert listener.evicted == evicted + 1
+        code, _ = await status_of(env.c.vault.PutRecord(PUT, metadata=bearer(token)))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await env.c.channel.close()
+        await env.handle.stop(0)
 
 
 async def test_rotation_issues_a_working_key_and_stops_the_old_one(env: GatewayEnv) -> None:
@@ -81,7 +116,7 @@ async def test_rotation_issues_a_working_key_and_stops_the_old_one(env: GatewayE
     assert rotated.api_key.rotated_from == key_id
     assert sorted(rotated.api_key.scopes) == ["keys:manage", "records:write"]
     assert rotated.previous.state == gateway_pb2.API_KEY_STATE_REVOKED
-    await asyncio.sleep(1.0)
+    await eventually(lambda: key_refused(env.c, token), 10, what="the rotated-out key refused")
     assert (await status_of(env.c.vault.PutRecord(PUT, metadata=bearer(token))))[0] == grpc.StatusCode.UNAUTHENTICATED
     await env.c.vault.PutRecord(PUT, metadata=bearer(rotated.token))
 
@@ -206,7 +241,7 @@ async def test_rotation_with_grace_keeps_the_old_key_until_the_grace_ends(env: G
     assert rotated.previous.expires_at.seconds > 0
     await env.c.vault.PutRecord(PUT, metadata=bearer(token))  # still inside the grace period
     await env.c.vault.PutRecord(PUT, metadata=bearer(rotated.token))
-    await asyncio.sleep(1.6)
+    await eventually(lambda: key_refused(env.c, token), 10, what="the old key refused once its grace ended")
     assert (await status_of(env.c.vault.PutRecord(PUT, metadata=bearer(token))))[0] == grpc.StatusCode.UNAUTHENTICATED
     await env.c.vault.PutRecord(PUT, metadata=bearer(rotated.token))
     bad = await status_of(
@@ -231,7 +266,11 @@ async def test_a_client_guessing_keys_is_throttled_before_any_lookup(idp, fake_v
     assert codes[:5] == [grpc.StatusCode.UNAUTHENTICATED] * 5
     assert codes[5:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
     assert "failed authentications" in guesses[-1][1]
-    await asyncio.sleep(0.5)  # the allowance refills at 5 per second
+
+    async def allowed_again() -> bool:  # the allowance refills at 5 per second
+        return (await status_of(env.c.admin.WhoAmI(WHOAMI, metadata=bearer(env.key_a))))[0] == grpc.StatusCode.OK
+
+    await eventually(allowed_again, 10, what="the failure allowance refilled")
     me = await env.c.admin.WhoAmI(WHOAMI, metadata=bearer(env.key_a))
     assert me.tenant_id == env.tenant_a
     await env.c.channel.close()

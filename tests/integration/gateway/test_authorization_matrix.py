@@ -10,7 +10,6 @@ together. Calls that must not reach the vault cannot have mutated anything, so t
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,8 +25,17 @@ from steward.gateway.v1 import gateway_pb2
 from steward.vault.v1 import vault_pb2
 
 from services.gateway.main import GatewayHandle, create_server
-from tests.integration.gateway.support import Clients, TestIdP, bearer, clients, gateway_settings, sample_details
+from tests.integration.gateway.support import (
+    Clients,
+    TestIdP,
+    bearer,
+    clients,
+    gateway_settings,
+    grant_expired,
+    sample_details,
+)
 from tests.plugins.stack import VaultFactory
+from tests.plugins.waiting import eventually
 
 OK = grpc.StatusCode.OK
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -137,6 +145,7 @@ def _rows() -> list[Row]:
         Row(VA + "ListAuditEvents", lambda o: vault_pb2.ListAuditEventsRequest(), OK, False),
         Row(VA + "VerifyAuditChain", lambda o: vault_pb2.VerifyAuditChainRequest(), OK, False),
         Row(VA + "ApplyTombstones", lambda o: vault_pb2.ApplyTombstonesRequest(), DENIED, False),
+        Row(VA + "GetAuditCheckpoint", lambda o: vault_pb2.GetAuditCheckpointRequest(), OK, False),
     ]
 
 
@@ -260,7 +269,7 @@ async def stack(vault_factory: VaultFactory, tmp_path: Path) -> AsyncIterator[St
             gateway_pb2.ApproveSupportAccessRequest(grant_id=requested.grant.grant_id), metadata=md_a
         )
         grant_ids.append(requested.grant.grant_id)
-    await asyncio.sleep(1.1)  # the 1-second grant is now past its expiry
+    await eventually(lambda: grant_expired(c, md_a, grant_ids[1]), 10, what="the 1-second grant expired")
     yield Stack(
         handle, c, idp, tenant_a, tenant_b, key_a, key_b, wrong, revoked, objects, support, grant_ids[0], grant_ids[1]
     )

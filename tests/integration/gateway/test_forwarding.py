@@ -10,6 +10,7 @@ from grpc import aio
 from steward.gateway.v1 import gateway_pb2
 from steward.vault.v1 import vault_pb2
 
+from services.chassis.errors import error_info
 from services.chassis.grpc_server import build_server
 from services.chassis.settings import TlsSettings
 from services.gateway.main import create_server
@@ -22,9 +23,11 @@ from tests.integration.gateway.support import (
     clients,
     dev_ca,
     gateway_settings,
+    refusal_of,
     start_fake_vault,
     status_of,
 )
+from tests.plugins.waiting import eventually
 
 PUT = vault_pb2.PutRecordRequest(record=vault_pb2.NewRecord(kind=vault_pb2.RECORD_KIND_NOTE))
 
@@ -108,15 +111,15 @@ async def test_upstream_down_is_a_clear_unavailable(idp: TestIdP, sqlite_url: st
     running = await start_fake_vault(state)
     env = await start_env(idp, (state, running.port), sqlite_url, None)
     await running.server.stop(0)
-    code, details = await status_of(env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a), timeout=10))
-    assert code == grpc.StatusCode.UNAVAILABLE
-    assert "vault service is unavailable" in details and "127.0.0.1" not in details
+    refused = await refusal_of(env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a), timeout=10))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+    assert "vault service is unavailable" in refused.details and "127.0.0.1" not in refused.details
     await env.c.channel.close()
     await env.handle.stop(0)
 
 
 async def test_deadline_is_the_route_cap_when_the_caller_sends_none(idp: TestIdP, sqlite_url: str) -> None:
-    state = FakeVaultState(delay_s=2.0)
+    state = FakeVaultState(hold_list_records=asyncio.Event())  # ListRecords never answers in time
     running = await start_fake_vault(state)
     env = await start_env(
         idp,
@@ -126,12 +129,13 @@ async def test_deadline_is_the_route_cap_when_the_caller_sends_none(idp: TestIdP
         deadline_caps_s={"/steward.vault.v1.VaultService/ListRecords": 0.2},
     )
     list_req = vault_pb2.ListRecordsRequest(kind=vault_pb2.RECORD_KIND_NOTE)
-    code, details = await status_of(env.c.vault.ListRecords(list_req, metadata=bearer(env.key_a)))
-    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "did not answer within 0.2 s" in details
+    refused = await refusal_of(env.c.vault.ListRecords(list_req, metadata=bearer(env.key_a)))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
+    assert "did not answer within 0.2 s" in refused.details
     # the caller's own shorter deadline wins and is reported by gRPC as the caller's
     code, _ = await status_of(env.c.vault.ListRecords(list_req, metadata=bearer(env.key_a), timeout=0.1))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    state.hold_list_records.set()
     await env.c.channel.close()
     await env.handle.stop(0)
     await running.server.stop(0)
@@ -141,8 +145,9 @@ async def test_missing_deadline_is_refused_when_required(
     idp: TestIdP, fake_vault: tuple[FakeVaultState, int], sqlite_url: str
 ) -> None:
     env = await start_env(idp, fake_vault, sqlite_url, None, require_client_deadline=True)
-    code, details = await status_of(env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a)))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "deadline" in details
+    refused = await refusal_of(env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a)))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "DEADLINE_REQUIRED")
+    assert "deadline" in refused.details
     await env.c.vault.PutRecord(PUT, metadata=bearer(env.key_a), timeout=5)
     await env.c.channel.close()
     await env.handle.stop(0)
@@ -184,6 +189,7 @@ async def test_flooding_tenant_is_throttled_with_retry_info_and_the_other_tenant
     except aio.AioRpcError as err:
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert int(dict(err.trailing_metadata())["retry-after-ms"]) > 0
+        assert error_info(err) == ("RATE_LIMITED", {"limit": "tenant"})
     # tenant B has its own bucket
     await env.c.vault.PutRecord(PUT, metadata=bearer(env.key_b))
     await env.c.channel.close()
@@ -234,17 +240,19 @@ async def test_services_accept_only_the_gateways_certificate(idp: TestIdP, sqlit
 async def test_calls_beyond_the_concurrency_limit_are_refused_not_queued(idp: TestIdP, sqlite_url: str) -> None:
     from services.chassis.settings import GrpcSettings
 
-    state = FakeVaultState(delay_s=0.5)
+    state = FakeVaultState(hold_list_records=asyncio.Event())  # calls stay in flight until released
     running = await start_fake_vault(state)
     env = await start_env(idp, (state, running.port), sqlite_url, None, grpc=GrpcSettings(max_concurrent_rpcs=4))
     list_req = vault_pb2.ListRecordsRequest(kind=vault_pb2.RECORD_KIND_NOTE)
-    results = await asyncio.gather(
-        *(status_of(env.c.vault.ListRecords(list_req, metadata=bearer(env.key_a), timeout=10)) for _ in range(12))
-    )
-    codes = [code for code, _ in results]
-    assert grpc.StatusCode.OK in codes
-    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
-    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    calls = [
+        asyncio.ensure_future(status_of(env.c.vault.ListRecords(list_req, metadata=bearer(env.key_a), timeout=20)))
+        for _ in range(12)
+    ]
+    await eventually(lambda: sum(c.done() for c in calls) == 8, what="the 8 calls beyond the limit answered")
+    state.hold_list_records.set()
+    codes = [code for code, _ in await asyncio.gather(*calls)]
+    assert codes.count(grpc.StatusCode.OK) == 4
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 8
     await env.c.channel.close()
     await env.handle.stop(0)
     await running.server.stop(0)

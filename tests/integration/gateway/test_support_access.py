@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import nats
 from steward.events.v1 import events_pb2
@@ -11,8 +9,9 @@ from steward.gateway.v1 import gateway_pb2
 from steward.vault.v1 import vault_pb2
 
 from tests.integration.gateway.conftest import GatewayEnv
-from tests.integration.gateway.support import bearer, status_of
+from tests.integration.gateway.support import bearer, grant_expired, status_of
 from tests.plugins.infra import NatsServer
+from tests.plugins.waiting import eventually
 
 PUT = vault_pb2.PutRecordRequest(record=vault_pb2.NewRecord(kind=vault_pb2.RECORD_KIND_NOTE))
 REASON = "customer reports sync failure on pipeline view"
@@ -88,7 +87,7 @@ async def test_a_grant_expires_by_itself(env: GatewayEnv) -> None:
     md = bearer(support, x_steward_support_grant=grant_id)
     get = vault_pb2.GetRecordRequest(record_id=record.record.id)
     await env.c.vault.GetRecord(get, metadata=md)
-    await asyncio.sleep(1.2)
+    await eventually(lambda: grant_expired(env.c, bearer(env.key_a), grant_id), 10, what="the 1-second grant expired")
     code, details = await status_of(env.c.vault.GetRecord(get, metadata=md))
     assert code == grpc.StatusCode.PERMISSION_DENIED and "no live support grant" in details
     grants = await env.c.admin.ListSupportGrants(
@@ -124,10 +123,7 @@ async def test_emergency_grant_is_live_at_once_and_notifies_the_tenant(
         vault_pb2.ListRecordsRequest(kind=vault_pb2.RECORD_KIND_NOTE),
         metadata=bearer(oncall_support, x_steward_support_grant=grant.grant_id),
     )
-    deadline = asyncio.get_running_loop().time() + 15
-    while not granted:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.05)
+    await eventually(lambda: granted, 15, what="support.granted received")
     event = granted[0].support_access_granted
     assert event.emergency and event.tenant_id == env.tenant_a and event.grant_id == grant.grant_id
     assert granted[0].tenant_id == env.tenant_a

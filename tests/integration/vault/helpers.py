@@ -7,11 +7,10 @@ functions so each test file reads top to bottom.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,15 +272,6 @@ async def stream_messages(nats_url: str, stream: str = "STEWARD") -> list[Stream
         return out
     finally:
         await nc.close()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0, what: str = "condition") -> None:
-    """Poll ``check`` until it is true; fail after ``timeout_s`` (a safety net, not a timing assertion)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not met within {timeout_s}s")
-        await asyncio.sleep(0.05)
 
 
 async def outbox_drained(raw: RawDatabase) -> bool:

@@ -63,6 +63,7 @@ def every_rpc(vault: VaultHarness) -> dict[str, Any]:
         "ListAuditEvents": lambda md: a.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=md),
         "VerifyAuditChain": lambda md: a.VerifyAuditChain(pb.VerifyAuditChainRequest(), metadata=md),
         "ApplyTombstones": lambda md: a.ApplyTombstones(pb.ApplyTombstonesRequest(), metadata=md),
+        "GetAuditCheckpoint": lambda md: a.GetAuditCheckpoint(pb.GetAuditCheckpointRequest(), metadata=md),
     }
 
 

@@ -16,7 +16,6 @@ from tests.integration.vault.helpers import (
     canary,
     canary_email,
     canary_phone,
-    eventually,
     expect,
     export,
     get,
@@ -31,6 +30,7 @@ from tests.integration.vault.helpers import (
 )
 from tests.plugins.infra import NatsServer
 from tests.plugins.stack import VaultFactory, VaultHarness
+from tests.plugins.waiting import eventually
 
 
 class Canaries:

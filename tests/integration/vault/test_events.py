@@ -12,7 +12,6 @@ from steward.vault.v1 import vault_pb2 as pb
 from tests.integration.vault.helpers import (
     RawDatabase,
     canary_email,
-    eventually,
     expect,
     export,
     lead,
@@ -24,6 +23,7 @@ from tests.integration.vault.helpers import (
 )
 from tests.plugins.infra import NatsServer
 from tests.plugins.stack import VaultFactory
+from tests.plugins.waiting import eventually
 
 
 async def test_each_state_change_publishes_one_id_only_event(
@@ -79,6 +79,7 @@ async def test_each_state_change_publishes_one_id_only_event(
             "vault.key.rotated": 2,  # the rotation, then the rewrap raising min_decryption_version
             "vault.tenant.closed": 1,
             "vault.tenant.shredded": 1,
+            "vault.audit.checkpointed": 1,  # the final signed audit head, written by the shred
         }
     )
     assert {e.tenant_id for e in events} == {tenant} and {e.source for e in events} == {"vault"}

@@ -21,7 +21,6 @@ from services.vault.handlers import DSR_TASK_SUBJECT
 from tests.integration.vault.helpers import (
     RawDatabase,
     canary_email,
-    eventually,
     expect,
     export,
     get,
@@ -34,6 +33,7 @@ from tests.integration.vault.helpers import (
 )
 from tests.plugins.infra import NatsServer
 from tests.plugins.stack import VaultFactory, VaultHarness
+from tests.plugins.waiting import eventually
 
 COMPLETED = "steward.vault.task.completed"
 DLQ = f"{DLQ_PREFIX}vault-dsr-tasks"
@@ -71,7 +71,7 @@ class Dsr:
         async def arrived() -> bool:
             return bool(await self.completions(task_id))
 
-        await eventually(arrived, 30, f"completion of task {task_id}")
+        await eventually(arrived, 30, what=f"completion of task {task_id}")
         [result] = await self.completions(task_id)
         return result
 
@@ -85,7 +85,7 @@ def task(tenant: str, action: int, subject_id: str, **fields: object) -> ev.Even
         subject_id=subject_id,
         **fields,  # type: ignore[arg-type]
     )
-    return make_event(source="dsr", event_type="dsr.task.requested", tenant_id=tenant, vault_task_requested=request)
+    return make_event(request, source="dsr", tenant_id=tenant)
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ async def test_export_task_reports_counts_and_the_same_digest_as_the_rpc(dsr: Ds
     async def announced() -> bool:
         return bool(await exported())
 
-    await eventually(announced, 20, "vault.subject.exported")
+    await eventually(announced, 20, what="vault.subject.exported")
     assert await exported() == [(result.request_id, 3, summary.sha256)]
 
 
@@ -142,7 +142,8 @@ async def test_erase_task_erases_and_a_legal_hold_rejects_it_naming_the_hold(dsr
     held = await dsr.send(tenant, ev.VAULT_ACTION_SET_LEGAL_HOLD, sid, hold_id="case-2026-5")
     assert held.outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED
     refused = await dsr.send(tenant, ev.VAULT_ACTION_ERASE, sid)
-    assert (refused.outcome, refused.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "legal_hold:case-2026-5")
+    assert (refused.outcome, refused.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "LEGAL_HOLD")
+    assert dict(refused.reason_metadata) == {"hold_id": "case-2026-5"}
     assert (await get(vault, tenant, contact.id)).id == contact.id  # nothing erased
     ledger = RawDatabase(vault.settings.tombstone_database_url.get_secret_value())
     assert ledger.scalar("SELECT count(*) FROM vault_tombstones") == 0
@@ -172,10 +173,10 @@ async def test_unknown_or_foreign_subject_is_rejected(dsr: Dsr) -> None:
     for subject_id in (unknown_id(), theirs.subject_id):
         for action in (ev.VAULT_ACTION_EXPORT, ev.VAULT_ACTION_ERASE, ev.VAULT_ACTION_RESTRICT):
             result = await dsr.send(tenant, action, subject_id)
-            assert (result.outcome, result.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "subject_not_found")
+            assert (result.outcome, result.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "SUBJECT_NOT_FOUND")
     assert (await get(vault, other, theirs.id)).id == theirs.id
     unknown = await dsr.send(tenant, 99, theirs.subject_id)
-    assert (unknown.outcome, unknown.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "invalid_task")
+    assert (unknown.outcome, unknown.reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, "INVALID_ARGUMENT")
 
 
 async def test_restrict_lift_and_rectify_tasks(dsr: Dsr) -> None:
@@ -220,7 +221,7 @@ async def test_a_task_delivered_twice_has_one_effect(dsr: Dsr) -> None:
     async def both_seen() -> bool:
         return consumer.stats.handled + consumer.stats.duplicates >= 2
 
-    await eventually(both_seen, 30, "both copies consumed")
+    await eventually(both_seen, 30, what="both copies consumed")
     result = await dsr.completion(erase.vault_task_requested.task_id)  # exactly one completion
     assert result.outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED
     assert consumer.stats.duplicates == 1
@@ -239,9 +240,11 @@ async def test_malformed_and_foreign_events_end_in_the_dead_letter_subject_and_t
     await dsr.publish(ev.Event(id=str(uuid.uuid4())), data=garbage)
     no_tenant = task("", ev.VAULT_ACTION_EXPORT, contact.subject_id)
     await dsr.publish(no_tenant)
-    wrong_payload = make_event(
+    # Built by hand: make_event would never put a TenantCreated under a task's type.
+    wrong_payload = ev.Event(
+        id=str(uuid.uuid4()),
+        type="dsr.task.requested",
         source="dsr",
-        event_type="dsr.task.requested",
         tenant_id=tenant,
         tenant_created=ev.TenantCreated(tenant_id=tenant),
     )
@@ -255,10 +258,11 @@ async def test_malformed_and_foreign_events_end_in_the_dead_letter_subject_and_t
     async def all_three() -> bool:
         return len(await dead_lettered()) == 3
 
-    await eventually(all_three, 30, "three dead letters")
+    await eventually(all_three, 30, what="three dead letters")
     letters = await dead_lettered()
     assert garbage in letters
     assert no_tenant.SerializeToString() in letters and wrong_payload.SerializeToString() in letters
     headers = [m.headers for m in await stream_messages(dsr.nats_url) if m.subject == DLQ]
-    assert {h.get("Steward-Error-Type") for h in headers} == {"DecodeError", "ValueError"}
+    assert {h.get("Steward-Error-Type") for h in headers} == {"DecodeError", "RefusedEvent"}
+    assert {h.get("Steward-Reason") for h in headers} == {None, "invalid_tenant_id", "not_a_vault_task"}
     assert not await dsr.completions(no_tenant.vault_task_requested.task_id)

@@ -13,18 +13,11 @@ import hvac.exceptions
 import pytest
 
 from services.chassis.circuit import CircuitBreaker
+from services.chassis.clock import ManualClock
 from services.chassis.errors import Unavailable
 from services.vault.sealing import key_aad, new_key
 from services.vault.transit import UNAVAILABLE_MESSAGE, KeyUnavailable, TransitClient
 from tests.plugins.infra import OpenBaoDev
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def new_tenant() -> str:
@@ -95,7 +88,7 @@ def test_swapped_associated_data_does_not_unwrap_and_leaks_no_key_material(trans
     swapped = [(wrapped[0], items[0][1]), (wrapped[1], items[1][1]), (wrapped[2], items[1][1])]
     with pytest.raises(KeyUnavailable) as caught:
         transit.unwrap(tenant, swapped)
-    assert caught.value.reason == KeyUnavailable.DOES_NOT_VERIFY
+    assert caught.value.cause == KeyUnavailable.DOES_NOT_VERIFY
     assert caught.value.failed == (2,)
     text = f"{caught.value!s} {caught.value!r}"
     for dek, _ in items:
@@ -110,7 +103,7 @@ def test_one_tenants_wrapped_dek_does_not_unwrap_under_another_tenants_key(trans
     wrapped = transit.wrap(tenant, items)
     with pytest.raises(KeyUnavailable) as caught:
         transit.unwrap(other, [(wrapped[0], items[0][1])])
-    assert caught.value.reason == KeyUnavailable.DOES_NOT_VERIFY
+    assert caught.value.cause == KeyUnavailable.DOES_NOT_VERIFY
 
 
 def test_rotation_with_rewrap_then_min_decryption_version_retires_only_old_ciphertexts(
@@ -129,7 +122,7 @@ def test_rotation_with_rewrap_then_min_decryption_version_retires_only_old_ciphe
     assert transit.key_info(tenant).min_decryption_version == 2
     with pytest.raises(KeyUnavailable) as caught:
         transit.unwrap(tenant, [(old[0], items[0][1])])
-    assert caught.value.reason == KeyUnavailable.VERSION_RETIRED
+    assert caught.value.cause == KeyUnavailable.VERSION_RETIRED
     assert transit.unwrap(tenant, [(c, aad) for c, (_, aad) in zip(rewrapped, items, strict=True)]) == [
         dek for dek, _ in items
     ]
@@ -159,7 +152,7 @@ def test_shredded_tenant_key_makes_its_deks_undecryptable_even_directly(
 
     with pytest.raises(KeyUnavailable) as caught:
         transit.unwrap(tenant, [(c, aad) for c, (_, aad) in zip(wrapped, items, strict=True)])
-    assert caught.value.reason == KeyUnavailable.KEY_MISSING
+    assert caught.value.cause == KeyUnavailable.KEY_MISSING
     assert caught.value.failed == (0, 1)
 
     direct = raw_hvac(openbao).secrets.transit
@@ -175,7 +168,7 @@ def test_shredded_tenant_key_makes_its_deks_undecryptable_even_directly(
     # Wrapping for a shredded tenant must fail, not quietly create a fresh key under the old name.
     with pytest.raises(KeyUnavailable) as caught:
         transit.wrap(tenant, deks_with_aad(tenant, 1))
-    assert caught.value.reason == KeyUnavailable.KEY_MISSING
+    assert caught.value.cause == KeyUnavailable.KEY_MISSING
     with pytest.raises(KeyUnavailable):
         transit.key_info(tenant)
 
@@ -217,7 +210,7 @@ def listener_on(port: int) -> socket.socket:
 def test_stopped_server_is_unavailable_and_the_open_breaker_fails_fast_without_network(
     openbao_private: OpenBaoDev,
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=2, reset_after_s=30.0, clock=clock)
     client = TransitClient(openbao_private.url, openbao_private.token, breaker=breaker)
     tenant = new_tenant()
@@ -246,7 +239,7 @@ def test_stopped_server_is_unavailable_and_the_open_breaker_fails_fast_without_n
 
 
 def test_sealed_server_is_unavailable_and_a_failed_probe_reopens_the_breaker(openbao_private: OpenBaoDev) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=2, reset_after_s=5.0, clock=clock)
     client = TransitClient(openbao_private.url, openbao_private.token, breaker=breaker)
     tenant = new_tenant()
@@ -263,7 +256,7 @@ def test_sealed_server_is_unavailable_and_a_failed_probe_reopens_the_breaker(ope
         client.rotate(tenant)
     assert client.calls == before
 
-    clock.now += 5.0
+    clock.advance(5.0)
     with pytest.raises(Unavailable):
         client.wrap(tenant, deks_with_aad(tenant, 1))  # the probe goes out and meets the 503
     assert client.calls == before + 1
@@ -272,7 +265,7 @@ def test_sealed_server_is_unavailable_and_a_failed_probe_reopens_the_breaker(ope
 
 
 def test_hung_server_times_out_and_the_breaker_closes_when_it_answers_again(openbao_private: OpenBaoDev) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=1, reset_after_s=5.0, clock=clock)
     client = TransitClient(openbao_private.url, openbao_private.token, read_timeout_s=0.5, breaker=breaker)
     tenant = new_tenant()
@@ -288,7 +281,7 @@ def test_hung_server_times_out_and_the_breaker_closes_when_it_answers_again(open
     finally:
         openbao_private.resume()
 
-    clock.now += 5.0
+    clock.advance(5.0)
     assert client.unwrap(tenant, [(c, aad) for c, (_, aad) in zip(wrapped, items, strict=True)]) == [
         dek for dek, _ in items
     ]

@@ -7,8 +7,6 @@ Each test runs its own OpenBao (``openbao_private``) so it may kill it.
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 from steward.vault.v1 import vault_pb2 as pb
@@ -18,7 +16,6 @@ from tests.integration.vault.helpers import (
     VAULT_TABLES,
     RawDatabase,
     canary_email,
-    eventually,
     export,
     get,
     lead,
@@ -29,6 +26,7 @@ from tests.integration.vault.helpers import (
 )
 from tests.plugins.infra import OpenBaoDev
 from tests.plugins.stack import VaultFactory, VaultHarness
+from tests.plugins.waiting import eventually
 
 
 @pytest.fixture(autouse=True)
@@ -156,9 +154,8 @@ async def test_transit_frozen_then_back_service_resumes_and_cache_entries_age_ou
         assert vault.app.transit.calls == sent  # refused without waiting on the frozen server
         assert everything(vault) == before
 
-        # Past the cache's max age the cached subject needs Transit too.
-        await asyncio.sleep(2.2)
-        await eventually(lambda: _is_unavailable(vault, tenant, cached.id), 10, "cached key aged out")
+        # Past the cache's max age (2 s) the cached subject needs Transit too.
+        await eventually(lambda: _is_unavailable(vault, tenant, cached.id), 15, what="cached key aged out")
     finally:
         openbao_private.resume()
 
@@ -171,7 +168,7 @@ async def test_transit_frozen_then_back_service_resumes_and_cache_entries_age_ou
             assert exc.code() == grpc.StatusCode.UNAVAILABLE
             return False
 
-    await eventually(put_succeeds, 20, "Transit back")
+    await eventually(put_succeeds, 20, what="Transit back")
     assert (await get(vault, tenant, cached.id)).data["who"] == "cached"
 
 

@@ -3,9 +3,8 @@
 Every check reads the manifests as they are: every container hardened, probed and bounded; every
 Deployment's service account present; a default-deny policy in every namespace and exactly the
 flows the design allows; no Secret values anywhere; kustomizations that only reference existing
-files; configuration that the services' own settings classes accept. When ``kubectl`` or
-``kustomize`` is installed the overlays are also rendered by it and must match; nothing is ever
-downloaded.
+files; configuration that the services' own settings classes accept. The comparison with a real
+``kubectl``/``kustomize`` runs a process, so it lives in tests/integration/deploy/test_kustomize.py.
 """
 
 from __future__ import annotations
@@ -29,7 +28,9 @@ from steward.vault.v1 import vault_pb2  # noqa: F401
 from services.chassis.settings import load_settings
 from services.gateway.settings import GatewaySettings
 from services.vault.main import VaultSettings
-from tests.unit.deploy.k8s import (
+from tests.plugins.k8s import (
+    ALL_TREES,
+    APP_TREES,
     K8S,
     Network,
     Obj,
@@ -38,20 +39,15 @@ from tests.unit.deploy.k8s import (
     is_sidecar,
     key,
     kustomization_dirs,
-    kustomize_binary,
     load_docs,
-    normalized,
     pod_containers,
     pod_of,
     pod_spec,
     render,
-    render_with_binary,
     yaml_files,
 )
 
 SETTINGS: dict[str, type[BaseSettings]] = {"gateway": GatewaySettings, "vault": VaultSettings}
-APP_TREES = ("base", "overlays/dev", "overlays/prod")
-ALL_TREES = (*APP_TREES, "postgres", "nats", "openbao")
 # Names of settings whose value is a credential: only ever from a Secret (a SQLite URL has none).
 SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|PEPPER|SECRET|REGISTRY_KEY|DATABASE_URL|PRIVATE_KEY)$")
 PROXY_MARKER = "replaced-by-openbao-proxy"
@@ -127,20 +123,6 @@ def test_renderer_refuses_missing_files(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("secretGenerator:\n  - name: x\n")
     with pytest.raises(RenderError, match="unsupported"):
         render(tmp_path)
-
-
-@pytest.mark.parametrize("name", ALL_TREES)
-def test_the_real_kustomize_renders_the_same_objects(name: str) -> None:
-    command = kustomize_binary()
-    if command is None:
-        pytest.skip("neither kustomize nor kubectl is installed (the Python rendering is the test)")
-    ours = {key(o): o for o in tree(name)}
-    theirs = {key(o): o for o in render_with_binary(command, K8S / name)}
-    assert sorted(ours) == sorted(theirs)
-    for k, obj in ours.items():
-        assert normalized(obj) == normalized(theirs[k]), (
-            f"{k} differs between tests/unit/deploy/k8s.py and {command[0]}"
-        )
 
 
 # ------------------------------------------------------------------------------------------------ secrets

@@ -10,6 +10,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from services.chassis.clock import ManualClock
 from services.chassis.errors import Unauthenticated, Unavailable
 from services.gateway.jwt_auth import JwksSource, OperatorVerifier
 from services.gateway.settings import JwtSettings
@@ -20,7 +21,7 @@ ISS, AUD = "https://idp.example", "steward"
 class MemoryJwks(JwksSource):
     """A JWKS served from memory, counting reads; ``document=None`` simulates an unreachable IdP."""
 
-    def __init__(self, settings: JwtSettings, document: dict[str, Any] | None, clock: Any) -> None:
+    def __init__(self, settings: JwtSettings, document: dict[str, Any] | None, clock: ManualClock) -> None:
         super().__init__(settings, clock=clock)
         self.document = document
 
@@ -28,14 +29,6 @@ class MemoryJwks(JwksSource):
         if self.document is None:
             raise OSError("idp down")
         return json.dumps(self.document).encode()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -64,21 +57,21 @@ def token(kid: str = "r1", alg: str = "RS256", **claims: Any) -> str:
 
 
 async def test_valid_token_yields_subject_roles_and_credential() -> None:
-    verifier = OperatorVerifier(settings(), MemoryJwks(settings(), jwks(), Clock()))
+    verifier = OperatorVerifier(settings(), MemoryJwks(settings(), jwks(), ManualClock()))
     claims = await verifier.verify(token(roles=["support", "ops:admin", "root"], jti="abc"))
     assert claims.subject == "op1" and claims.roles == frozenset({"support", "ops:admin"})
     assert claims.credential_id == "jwt:abc"
 
 
 async def test_ec_key_cannot_verify_an_rsa_algorithm() -> None:
-    verifier = OperatorVerifier(settings(), MemoryJwks(settings(), jwks(), Clock()))
+    verifier = OperatorVerifier(settings(), MemoryJwks(settings(), jwks(), ManualClock()))
     forged = token(kid="e1", alg="RS256")
     with pytest.raises(Unauthenticated, match="does not match"):
         await verifier.verify(forged)
 
 
 async def test_unknown_kid_refetches_at_most_once_per_interval() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = MemoryJwks(settings(jwks_refetch_interval_s=30), jwks(), clock)
     verifier = OperatorVerifier(settings(jwks_refetch_interval_s=30), source)
     await verifier.verify(token())
@@ -87,32 +80,32 @@ async def test_unknown_kid_refetches_at_most_once_per_interval() -> None:
         with pytest.raises(Unauthenticated, match="does not publish"):
             await verifier.verify(token(kid="made-up"))
     assert source.fetches == 1
-    clock.now += 31
+    clock.advance(31)
     with pytest.raises(Unauthenticated):
         await verifier.verify(token(kid="made-up"))
     assert source.fetches == 2
 
 
 async def test_rotated_in_key_is_picked_up_by_refetch() -> None:
-    clock = Clock()
+    clock = ManualClock()
     document = {"keys": jwks()["keys"][:1]}
     source = MemoryJwks(settings(), document, clock)
     verifier = OperatorVerifier(settings(), source)
     await verifier.verify(token())
     document["keys"] = jwks()["keys"]
-    clock.now += 31
+    clock.advance(31)
     claims = await verifier.verify(token(kid="e1", alg="ES256"))
     assert claims.subject == "op1"
 
 
 async def test_idp_unreachable_fails_closed_with_unavailable() -> None:
-    verifier = OperatorVerifier(settings(), MemoryJwks(settings(), None, Clock()))
+    verifier = OperatorVerifier(settings(), MemoryJwks(settings(), None, ManualClock()))
     with pytest.raises(Unavailable, match="JWKS"):
         await verifier.verify(token())
 
 
 async def test_leeway_accepts_slight_clock_skew_only() -> None:
-    verifier = OperatorVerifier(settings(leeway_s=30), MemoryJwks(settings(), jwks(), Clock()))
+    verifier = OperatorVerifier(settings(leeway_s=30), MemoryJwks(settings(), jwks(), ManualClock()))
     now = int(time.time())
     await verifier.verify(token(exp=now - 10, iat=now - 100))
     with pytest.raises(Unauthenticated, match="expired"):

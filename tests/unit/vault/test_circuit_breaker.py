@@ -7,25 +7,15 @@ import threading
 import pytest
 
 from services.chassis.circuit import CircuitBreaker
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from services.chassis.clock import ManualClock
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
-def open_breaker(clock: FakeClock, threshold: int = 3) -> CircuitBreaker:
+def open_breaker(clock: ManualClock, threshold: int = 3) -> CircuitBreaker:
     breaker = CircuitBreaker(failure_threshold=threshold, reset_after_s=5.0, clock=clock)
     for _ in range(threshold):
         assert breaker.allow()
@@ -33,7 +23,7 @@ def open_breaker(clock: FakeClock, threshold: int = 3) -> CircuitBreaker:
     return breaker
 
 
-def test_stays_closed_below_the_threshold_and_a_success_resets_the_count(clock: FakeClock) -> None:
+def test_stays_closed_below_the_threshold_and_a_success_resets_the_count(clock: ManualClock) -> None:
     breaker = CircuitBreaker(failure_threshold=3, reset_after_s=5.0, clock=clock)
     breaker.record_failure()
     breaker.record_failure()
@@ -45,7 +35,7 @@ def test_stays_closed_below_the_threshold_and_a_success_resets_the_count(clock: 
     assert breaker.consecutive_failures == 2
 
 
-def test_opens_after_threshold_consecutive_failures_and_refuses_calls(clock: FakeClock) -> None:
+def test_opens_after_threshold_consecutive_failures_and_refuses_calls(clock: ManualClock) -> None:
     breaker = open_breaker(clock)
     assert breaker.state == "open"
     assert not breaker.allow()
@@ -54,7 +44,7 @@ def test_opens_after_threshold_consecutive_failures_and_refuses_calls(clock: Fak
     assert breaker.retry_after_s() == pytest.approx(0.1)
 
 
-def test_half_open_after_reset_lets_exactly_one_probe_through(clock: FakeClock) -> None:
+def test_half_open_after_reset_lets_exactly_one_probe_through(clock: ManualClock) -> None:
     breaker = open_breaker(clock)
     clock.advance(5.0)
     assert breaker.state == "half_open"
@@ -64,7 +54,7 @@ def test_half_open_after_reset_lets_exactly_one_probe_through(clock: FakeClock) 
     assert not breaker.allow()
 
 
-def test_successful_probe_closes_the_breaker(clock: FakeClock) -> None:
+def test_successful_probe_closes_the_breaker(clock: ManualClock) -> None:
     breaker = open_breaker(clock)
     clock.advance(5.0)
     assert breaker.allow()
@@ -74,7 +64,7 @@ def test_successful_probe_closes_the_breaker(clock: FakeClock) -> None:
     assert breaker.allow() and breaker.allow()
 
 
-def test_failed_probe_reopens_with_a_fresh_timer(clock: FakeClock) -> None:
+def test_failed_probe_reopens_with_a_fresh_timer(clock: ManualClock) -> None:
     breaker = open_breaker(clock)
     clock.advance(5.0)
     assert breaker.allow()
@@ -87,7 +77,7 @@ def test_failed_probe_reopens_with_a_fresh_timer(clock: FakeClock) -> None:
     assert breaker.allow()
 
 
-def test_a_lost_probe_does_not_wedge_the_breaker_half_open(clock: FakeClock) -> None:
+def test_a_lost_probe_does_not_wedge_the_breaker_half_open(clock: ManualClock) -> None:
     breaker = open_breaker(clock)
     clock.advance(5.0)
     assert breaker.allow()  # this probe's outcome is never recorded
@@ -95,14 +85,14 @@ def test_a_lost_probe_does_not_wedge_the_breaker_half_open(clock: FakeClock) -> 
     assert breaker.allow()
 
 
-def test_a_late_success_from_before_opening_does_not_close_an_open_breaker(clock: FakeClock) -> None:
+def test_a_late_success_from_before_opening_does_not_close_an_open_breaker(clock: ManualClock) -> None:
     breaker = open_breaker(clock)
     breaker.record_success()
     assert breaker.state == "open"
     assert not breaker.allow()
 
 
-def test_failures_while_open_do_not_extend_the_timer(clock: FakeClock) -> None:
+def test_failures_while_open_do_not_extend_the_timer(clock: ManualClock) -> None:
     breaker = open_breaker(clock)
     clock.advance(3.0)
     breaker.record_failure()
@@ -110,7 +100,7 @@ def test_failures_while_open_do_not_extend_the_timer(clock: FakeClock) -> None:
     assert breaker.state == "half_open"
 
 
-def test_concurrent_callers_in_half_open_get_one_probe(clock: FakeClock) -> None:
+def test_concurrent_callers_in_half_open_get_one_probe(clock: ManualClock) -> None:
     breaker = open_breaker(clock)
     clock.advance(5.0)
     results: list[bool] = []

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
+from services.chassis.clock import ManualClock
 from services.vault.keycache import DekCache
 from services.vault.sealing import Sealer, new_key
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def sealer() -> Sealer:
@@ -28,12 +21,12 @@ def test_hit_returns_the_same_sealer_and_counts() -> None:
 
 
 def test_entries_expire_after_max_age_and_are_dropped() -> None:
-    clock = FakeClock()
+    clock = ManualClock(monotonic_start=0.0)
     cache = DekCache(max_age_s=900.0, clock=clock)
     cache.put("t1", "k1", sealer())
-    clock.now = 899.9
+    clock.advance(899.9)
     assert cache.get("k1") is not None
-    clock.now = 900.0
+    clock.advance(0.1)
     assert "k1" not in cache
     assert cache.get("k1") is None
     assert len(cache) == 0
@@ -41,13 +34,13 @@ def test_entries_expire_after_max_age_and_are_dropped() -> None:
 
 
 def test_reading_does_not_extend_an_entrys_life() -> None:
-    clock = FakeClock()
+    clock = ManualClock(monotonic_start=0.0)
     cache = DekCache(max_age_s=10.0, clock=clock)
     cache.put("t1", "k1", sealer())
-    for t in (3.0, 6.0, 9.0):
-        clock.now = t
+    for _ in range(3):
+        clock.advance(3.0)
         assert cache.get("k1") is not None
-    clock.now = 10.0
+    clock.advance(1.0)
     assert cache.get("k1") is None
 
 
@@ -84,11 +77,11 @@ def test_tenant_check_makes_another_tenants_key_miss() -> None:
 
 
 def test_putting_again_replaces_and_restarts_the_age() -> None:
-    clock = FakeClock()
+    clock = ManualClock(monotonic_start=0.0)
     cache = DekCache(max_age_s=10.0, clock=clock)
     first, second = sealer(), sealer()
     cache.put("t1", "k1", first)
-    clock.now = 8.0
+    clock.advance(8.0)
     cache.put("t1", "k1", second)
-    clock.now = 15.0
+    clock.advance(7.0)
     assert cache.get("k1") is second

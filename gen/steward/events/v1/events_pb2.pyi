@@ -127,6 +127,7 @@ class Event(_message.Message):
     SUPPORT_ACCESS_REQUESTED_FIELD_NUMBER: _builtins.int
     SUPPORT_ACCESS_GRANTED_FIELD_NUMBER: _builtins.int
     SUPPORT_ACCESS_REVOKED_FIELD_NUMBER: _builtins.int
+    AUDIT_CHECKPOINTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Globally unique event id (UUID), also the deduplication key."""
     type: _builtins.str
@@ -173,6 +174,8 @@ class Event(_message.Message):
     def support_access_granted(self) -> Global___SupportAccessGranted: ...
     @_builtins.property
     def support_access_revoked(self) -> Global___SupportAccessRevoked: ...
+    @_builtins.property
+    def audit_checkpointed(self) -> Global___AuditCheckpointed: ...
     def __init__(
         self,
         *,
@@ -199,12 +202,13 @@ class Event(_message.Message):
         support_access_requested: Global___SupportAccessRequested | None = ...,
         support_access_granted: Global___SupportAccessGranted | None = ...,
         support_access_revoked: Global___SupportAccessRevoked | None = ...,
+        audit_checkpointed: Global___AuditCheckpointed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked", "audit_checkpointed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -561,6 +565,26 @@ class VaultTaskCompleted(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ReasonMetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TASK_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
@@ -569,17 +593,24 @@ class VaultTaskCompleted(_message.Message):
     REASON_CODE_FIELD_NUMBER: _builtins.int
     COUNTS_BY_KIND_FIELD_NUMBER: _builtins.int
     EXPORT_SHA256_FIELD_NUMBER: _builtins.int
+    REASON_METADATA_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     request_id: _builtins.str
     action: Global___VaultAction.ValueType
     subject_id: _builtins.str
     outcome: Global___VaultTaskOutcome.ValueType
     reason_code: _builtins.str
-    """Machine-readable reason for REJECTED/FAILED, e.g. "legal_hold:<hold id>", "subject_not_found"."""
+    """Machine-readable reason for REJECTED/FAILED: the refusal's ErrorInfo reason (services.chassis.errors.Reason),
+    e.g. "LEGAL_HOLD", "SUBJECT_NOT_FOUND", "TENANT_CLOSED".
+    """
     export_sha256: _builtins.str
     """Hex SHA-256 of the export, for EXPORT."""
     @_builtins.property
     def counts_by_kind(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def reason_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The refusal's ErrorInfo metadata, e.g. {"hold_id": ...} for LEGAL_HOLD; never customer data."""
+
     def __init__(
         self,
         *,
@@ -591,10 +622,11 @@ class VaultTaskCompleted(_message.Message):
         reason_code: _builtins.str = ...,
         counts_by_kind: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         export_sha256: _builtins.str = ...,
+        reason_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "counts_by_kind", b"counts_by_kind", "export_sha256", b"export_sha256", "outcome", b"outcome", "reason_code", b"reason_code", "request_id", b"request_id", "subject_id", b"subject_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "counts_by_kind", b"counts_by_kind", "export_sha256", b"export_sha256", "outcome", b"outcome", "reason_code", b"reason_code", "reason_metadata", b"reason_metadata", "request_id", b"request_id", "subject_id", b"subject_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -841,3 +873,44 @@ class SupportAccessRevoked(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SupportAccessRevoked: _TypeAlias = SupportAccessRevoked  # noqa: Y015
+
+@_typing.final
+class AuditCheckpointed(_message.Message):
+    """AuditCheckpointed: vault.audit.checkpointed — a tenant's audit chain head, signed with the vault's Transit
+    audit-signing key (see steward.vault.v1.AuditCheckpoint for the signed bytes). Kept outside the vault's
+    database, it lets a rewrite of the audit history be detected even by someone who can write that database.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    HEAD_HASH_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    seq: _builtins.int
+    head_hash: _builtins.str
+    signature: _builtins.str
+    """"vault:v<key_version>:<base64 Ed25519 signature>"."""
+    key_version: _builtins.int
+    @_builtins.property
+    def signed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        head_hash: _builtins.str = ...,
+        signed_at: _timestamp_pb2.Timestamp | None = ...,
+        signature: _builtins.str = ...,
+        key_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed_at", b"signed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_hash", b"head_hash", "key_version", b"key_version", "seq", b"seq", "signature", b"signature", "signed_at", b"signed_at", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditCheckpointed: _TypeAlias = AuditCheckpointed  # noqa: Y015

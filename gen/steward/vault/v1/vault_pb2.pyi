@@ -81,6 +81,36 @@ TENANT_STATE_SHREDDED: TenantState.ValueType  # 3
 """Key destroyed; nothing is served."""
 Global___TenantState: _TypeAlias = TenantState  # noqa: Y015
 
+class _AuditFault:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AuditFaultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditFault.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIT_FAULT_UNSPECIFIED: _AuditFault.ValueType  # 0
+    AUDIT_FAULT_ENTRY_MISMATCH: _AuditFault.ValueType  # 1
+    """An entry's sequence number, link or hash does not recompute."""
+    AUDIT_FAULT_ENTRIES_MISSING: _AuditFault.ValueType  # 2
+    """The chain head or a signed checkpoint goes further than the stored entries."""
+    AUDIT_FAULT_CHECKPOINT_CONTRADICTED: _AuditFault.ValueType  # 3
+    """The chain recomputes, but to a different head than one the vault signed: history was rewritten."""
+    AUDIT_FAULT_CHECKPOINT_SIGNATURE_INVALID: _AuditFault.ValueType  # 4
+    """A stored checkpoint's signature does not verify with the vault's audit-signing key."""
+
+class AuditFault(_AuditFault, metaclass=_AuditFaultEnumTypeWrapper):
+    """AuditFault says what VerifyAuditChain found wrong."""
+
+AUDIT_FAULT_UNSPECIFIED: AuditFault.ValueType  # 0
+AUDIT_FAULT_ENTRY_MISMATCH: AuditFault.ValueType  # 1
+"""An entry's sequence number, link or hash does not recompute."""
+AUDIT_FAULT_ENTRIES_MISSING: AuditFault.ValueType  # 2
+"""The chain head or a signed checkpoint goes further than the stored entries."""
+AUDIT_FAULT_CHECKPOINT_CONTRADICTED: AuditFault.ValueType  # 3
+"""The chain recomputes, but to a different head than one the vault signed: history was rewritten."""
+AUDIT_FAULT_CHECKPOINT_SIGNATURE_INVALID: AuditFault.ValueType  # 4
+"""A stored checkpoint's signature does not verify with the vault's audit-signing key."""
+Global___AuditFault: _TypeAlias = AuditFault  # noqa: Y015
+
 @_typing.final
 class SubjectIdentifiers(_message.Message):
     """SubjectIdentifiers identify a data subject; at least one is needed to create or resolve one."""
@@ -1237,24 +1267,135 @@ class VerifyAuditChainResponse(_message.Message):
     INTACT_FIELD_NUMBER: _builtins.int
     ENTRIES_CHECKED_FIELD_NUMBER: _builtins.int
     FIRST_BROKEN_SEQ_FIELD_NUMBER: _builtins.int
+    FAULT_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_VERIFIED_FIELD_NUMBER: _builtins.int
+    ANCHORED_SEQ_FIELD_NUMBER: _builtins.int
+    BAD_CHECKPOINT_SEQ_FIELD_NUMBER: _builtins.int
     intact: _builtins.bool
     entries_checked: _builtins.int
     first_broken_seq: _builtins.int
-    """Sequence number of the first entry whose hash does not verify; 0 when intact."""
+    """Sequence number of the first entry that does not verify; 0 when intact. For
+    AUDIT_FAULT_CHECKPOINT_CONTRADICTED it is the seq of the contradicted checkpoint, and the rewritten
+    entry lies in (anchored_seq, first_broken_seq].
+    """
+    fault: Global___AuditFault.ValueType
+    """Why the chain is not intact; AUDIT_FAULT_UNSPECIFIED when intact."""
+    checkpoints_verified: _builtins.int
+    """Checkpoints whose signature verified and whose head the chain reproduces."""
+    anchored_seq: _builtins.int
+    """Entries up to this seq agree with a verified signature; later ones are protected by the hash chain only."""
+    bad_checkpoint_seq: _builtins.int
+    """Seq of the first stored checkpoint whose signature does not verify (forged or altered); 0 if none.
+    Such a checkpoint is never used as an anchor.
+    """
     def __init__(
         self,
         *,
         intact: _builtins.bool = ...,
         entries_checked: _builtins.int = ...,
         first_broken_seq: _builtins.int = ...,
+        fault: Global___AuditFault.ValueType = ...,
+        checkpoints_verified: _builtins.int = ...,
+        anchored_seq: _builtins.int = ...,
+        bad_checkpoint_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries_checked", b"entries_checked", "first_broken_seq", b"first_broken_seq", "intact", b"intact"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchored_seq", b"anchored_seq", "bad_checkpoint_seq", b"bad_checkpoint_seq", "checkpoints_verified", b"checkpoints_verified", "entries_checked", b"entries_checked", "fault", b"fault", "first_broken_seq", b"first_broken_seq", "intact", b"intact"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyAuditChainResponse: _TypeAlias = VerifyAuditChainResponse  # noqa: Y015
+
+@_typing.final
+class GetAuditCheckpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditCheckpointRequest: _TypeAlias = GetAuditCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class GetAuditCheckpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checkpoint(self) -> Global___AuditCheckpoint: ...
+    def __init__(
+        self,
+        *,
+        checkpoint: Global___AuditCheckpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditCheckpointResponse: _TypeAlias = GetAuditCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class AuditCheckpoint(_message.Message):
+    """AuditCheckpoint is a tenant's audit chain head signed by the vault's Transit key (Ed25519).
+    Verify offline: Ed25519 public_key over message, with the base64 part of signature after "vault:vN:".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    HEAD_HASH_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    KEY_NAME_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    seq: _builtins.int
+    head_hash: _builtins.str
+    """Hash of entry seq (the chain head when signed)."""
+    signature: _builtins.str
+    """Transit form: "vault:v<key_version>:<base64 Ed25519 signature>"."""
+    key_version: _builtins.int
+    message: _builtins.bytes
+    """The exact bytes signed: compact JSON ["steward.audit.checkpoint.v1", tenant_id, seq, head_hash,
+    signed_at as ISO-8601 UTC with microseconds and no offset].
+    """
+    public_key: _builtins.bytes
+    """Raw 32-byte Ed25519 public key of key_version, as Transit publishes it."""
+    key_name: _builtins.str
+    """Transit key that signed."""
+    @_builtins.property
+    def signed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        head_hash: _builtins.str = ...,
+        signed_at: _timestamp_pb2.Timestamp | None = ...,
+        signature: _builtins.str = ...,
+        key_version: _builtins.int = ...,
+        message: _builtins.bytes = ...,
+        public_key: _builtins.bytes = ...,
+        key_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed_at", b"signed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_hash", b"head_hash", "key_name", b"key_name", "key_version", b"key_version", "message", b"message", "public_key", b"public_key", "seq", b"seq", "signature", b"signature", "signed_at", b"signed_at", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditCheckpoint: _TypeAlias = AuditCheckpoint  # noqa: Y015
 
 @_typing.final
 class ApplyTombstonesRequest(_message.Message):

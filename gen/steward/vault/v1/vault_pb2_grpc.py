@@ -674,6 +674,11 @@ class VaultAdminServiceStub:
                 request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyTombstonesRequest.SerializeToString,
                 response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyTombstonesResponse.FromString,
                 _registered_method=True)
+        self.GetAuditCheckpoint = channel.unary_unary(
+                '/steward.vault.v1.VaultAdminService/GetAuditCheckpoint',
+                request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointRequest.SerializeToString,
+                response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class VaultAdminServiceServicer:
@@ -724,13 +729,23 @@ class VaultAdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAuditChain(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Recomputes the chain and checks it against the signed checkpoints. Works on a shredded tenant too.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ApplyTombstones(self, request, context):
         """Re-erases every tombstoned subject found in the database (after a restore).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuditCheckpoint(self, request, context):
+        """The tenant's audit chain head, signed now (after appending this read), with the public key that
+        verifies it offline: keep a copy outside Steward to anchor the chain. For a shredded tenant, the final
+        checkpoint signed at the shred.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -783,6 +798,11 @@ def add_VaultAdminServiceServicer_to_server(servicer, server):
                     servicer.ApplyTombstones,
                     request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyTombstonesRequest.FromString,
                     response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyTombstonesResponse.SerializeToString,
+            ),
+            'GetAuditCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditCheckpoint,
+                    request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointRequest.FromString,
+                    response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1029,6 +1049,33 @@ class VaultAdminService:
             '/steward.vault.v1.VaultAdminService/ApplyTombstones',
             steward_dot_vault_dot_v1_dot_vault__pb2.ApplyTombstonesRequest.SerializeToString,
             steward_dot_vault_dot_v1_dot_vault__pb2.ApplyTombstonesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.vault.v1.VaultAdminService/GetAuditCheckpoint',
+            steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointRequest.SerializeToString,
+            steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

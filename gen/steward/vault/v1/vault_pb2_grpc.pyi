@@ -191,8 +191,14 @@ class VaultAdminServiceStub:
     """Rewraps every stored DEK to the latest key version, streaming progress."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ListAuditEventsRequest, _vault_pb2.ListAuditEventsResponse]
     VerifyAuditChain: _grpc.UnaryUnaryMultiCallable[_vault_pb2.VerifyAuditChainRequest, _vault_pb2.VerifyAuditChainResponse]
+    """Recomputes the chain and checks it against the signed checkpoints. Works on a shredded tenant too."""
     ApplyTombstones: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ApplyTombstonesRequest, _vault_pb2.ApplyTombstonesResponse]
     """Re-erases every tombstoned subject found in the database (after a restore)."""
+    GetAuditCheckpoint: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GetAuditCheckpointRequest, _vault_pb2.GetAuditCheckpointResponse]
+    """The tenant's audit chain head, signed now (after appending this read), with the public key that
+    verifies it offline: keep a copy outside Steward to anchor the chain. For a shredded tenant, the final
+    checkpoint signed at the shred.
+    """
 
 @_typing.type_check_only
 class VaultAdminServiceAsyncStub(VaultAdminServiceStub):
@@ -208,8 +214,14 @@ class VaultAdminServiceAsyncStub(VaultAdminServiceStub):
     """Rewraps every stored DEK to the latest key version, streaming progress."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_vault_pb2.ListAuditEventsRequest, _vault_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     VerifyAuditChain: _aio.UnaryUnaryMultiCallable[_vault_pb2.VerifyAuditChainRequest, _vault_pb2.VerifyAuditChainResponse]  # type: ignore[assignment]
+    """Recomputes the chain and checks it against the signed checkpoints. Works on a shredded tenant too."""
     ApplyTombstones: _aio.UnaryUnaryMultiCallable[_vault_pb2.ApplyTombstonesRequest, _vault_pb2.ApplyTombstonesResponse]  # type: ignore[assignment]
     """Re-erases every tombstoned subject found in the database (after a restore)."""
+    GetAuditCheckpoint: _aio.UnaryUnaryMultiCallable[_vault_pb2.GetAuditCheckpointRequest, _vault_pb2.GetAuditCheckpointResponse]  # type: ignore[assignment]
+    """The tenant's audit chain head, signed now (after appending this read), with the public key that
+    verifies it offline: keep a copy outside Steward to anchor the chain. For a shredded tenant, the final
+    checkpoint signed at the shred.
+    """
 
 class VaultAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """VaultAdminService manages a tenant's vault: lifecycle, keys, audit, tombstones."""
@@ -269,7 +281,8 @@ class VaultAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _vault_pb2.VerifyAuditChainRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_vault_pb2.VerifyAuditChainResponse, _abc.Awaitable[_vault_pb2.VerifyAuditChainResponse]]: ...
+    ) -> _typing.Union[_vault_pb2.VerifyAuditChainResponse, _abc.Awaitable[_vault_pb2.VerifyAuditChainResponse]]:
+        """Recomputes the chain and checks it against the signed checkpoints. Works on a shredded tenant too."""
 
     @_abc_1.abstractmethod
     def ApplyTombstones(
@@ -278,5 +291,16 @@ class VaultAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vault_pb2.ApplyTombstonesResponse, _abc.Awaitable[_vault_pb2.ApplyTombstonesResponse]]:
         """Re-erases every tombstoned subject found in the database (after a restore)."""
+
+    @_abc_1.abstractmethod
+    def GetAuditCheckpoint(
+        self,
+        request: _vault_pb2.GetAuditCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.GetAuditCheckpointResponse, _abc.Awaitable[_vault_pb2.GetAuditCheckpointResponse]]:
+        """The tenant's audit chain head, signed now (after appending this read), with the public key that
+        verifies it offline: keep a copy outside Steward to anchor the chain. For a shredded tenant, the final
+        checkpoint signed at the shred.
+        """
 
 def add_VaultAdminServiceServicer_to_server(servicer: VaultAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.cli.devca import DevPki
-from services.cli.devidp import OperatorTrust
+from services.devstack.devca import DevPki
+from services.devstack.devidp import OperatorTrust
 
 __all__ = [
     "CLI_IDENTITY",

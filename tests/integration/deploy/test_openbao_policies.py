@@ -20,12 +20,14 @@ import pytest
 import requests
 
 from services.chassis.errors import Unavailable
-from services.cli.devca import ensure_dev_pki
+from services.devstack.devca import ensure_dev_pki
+from services.vault.checkpoints import signature_verifies
 from services.vault.transit import KeyUnavailable, TransitClient
 from tests.plugins.infra import OpenBaoDev, free_port, wait_for_port, which
-from tests.unit.deploy.k8s import K8S, load_docs
+from tests.plugins.k8s import K8S, load_docs
 
-POLICIES = ("steward-vault-crypto", "steward-vault-keys", "steward-oncall-read")
+VAULT_POLICIES = ("steward-vault-crypto", "steward-vault-keys", "steward-vault-audit-signing")
+POLICIES = (*VAULT_POLICIES, "steward-oncall-read")
 AAD = b"v1|tenant|key"
 
 
@@ -55,7 +57,7 @@ def _tenant() -> str:
 
 
 def _vault_client(openbao: OpenBaoDev, url: str | None = None, token: str | None = None) -> TransitClient:
-    return TransitClient(url or openbao.url, token or _token(openbao, "steward-vault-crypto", "steward-vault-keys"))
+    return TransitClient(url or openbao.url, token or _token(openbao, *VAULT_POLICIES))
 
 
 def test_vault_policies_allow_everything_the_vault_does(policies: OpenBaoDev) -> None:
@@ -74,6 +76,34 @@ def test_vault_policies_allow_everything_the_vault_does(policies: OpenBaoDev) ->
     transit.delete_tenant_key(tenant)  # ShredTenant: allow deletion, then delete
     with pytest.raises(KeyUnavailable):
         transit.key_info(tenant)
+    transit.create_signing_key()  # vault start-up; idempotent
+    (signature,) = transit.sign([b"checkpoint"])  # audit checkpoints
+    public_key = transit.signing_public_key(signature.key_version)
+    assert public_key is not None and signature_verifies(public_key, b"checkpoint", signature.value)
+
+
+SIGNING_KEY = "transit/keys/steward-audit-signing"
+NEVER_SIGNING = [
+    ("delete the signing key", "delete", SIGNING_KEY, None),
+    ("allow its deletion", "post", f"{SIGNING_KEY}/config", {"deletion_allowed": True}),
+    ("make it exportable", "post", f"{SIGNING_KEY}/config", {"exportable": True}),
+    ("recreate it exportable", "post", SIGNING_KEY, {"type": "ed25519", "exportable": True}),
+    ("export it", "get", "transit/export/signing-key/steward-audit-signing", None),
+    ("back it up", "get", "transit/backup/steward-audit-signing", None),
+    ("rotate it", "post", f"{SIGNING_KEY}/rotate", None),
+]
+
+
+@pytest.mark.parametrize(("label", "method", "path", "body"), NEVER_SIGNING, ids=[n[0] for n in NEVER_SIGNING])
+def test_vault_policies_never_let_the_audit_signing_key_go(
+    policies: OpenBaoDev, label: str, method: str, path: str, body: dict[str, object] | None
+) -> None:
+    token = _token(policies, *VAULT_POLICIES)
+    _vault_client(policies, token=token).create_signing_key()
+    reply = requests.request(
+        method, f"{policies.url}/v1/{path}", json=body, headers={"X-Vault-Token": token}, timeout=10
+    )
+    assert reply.status_code == 403, (label, reply.status_code)
 
 
 NEVER = [
@@ -151,7 +181,7 @@ def test_kubernetes_auth_role_file_is_accepted(openbao: OpenBaoDev, tmp_path: Pa
     assert role["bound_service_account_names"] == ["vault"]
     assert role["bound_service_account_namespaces"] == ["steward"]
     assert role["audience"] == "openbao"
-    assert sorted(role["token_policies"]) == ["steward-vault-crypto", "steward-vault-keys"]
+    assert sorted(role["token_policies"]) == sorted(VAULT_POLICIES)
 
 
 @pytest.fixture
@@ -160,7 +190,7 @@ def proxy(policies: OpenBaoDev, tmp_path: Path) -> Iterator[str]:
     (cm,) = load_docs(K8S / "base" / "vault" / "openbao-proxy-config.yaml")
     config = cm["data"]["proxy.hcl"]
     token_file = tmp_path / "token"
-    token_file.write_text(_token(policies, "steward-vault-crypto", "steward-vault-keys", default_policy=True))
+    token_file.write_text(_token(policies, *VAULT_POLICIES, default_policy=True))
     port = free_port()
     config, n_addr = re.subn(r'address = "https://[^"]+"', f'address = "{policies.url}"', config)
     config, n_ca = re.subn(r'\n\s*ca_cert = "[^"]+"', "", config)

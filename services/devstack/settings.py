@@ -13,10 +13,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
 from services.chassis.settings import load_settings, service_settings_config
+from services.cli.home import DEFAULT_HOME
 
-__all__ = ["DEFAULT_HOME", "RunSettings", "load_run_settings"]
-
-DEFAULT_HOME = Path(".steward")
+__all__ = ["RunSettings", "load_run_settings"]
 
 
 class RunSettings(BaseSettings):

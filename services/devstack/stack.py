@@ -2,8 +2,8 @@
 
 Start order: dev PKI and dev IdP (a fresh ops:admin operator token on every start), ``nats-server``
 (JetStream), OpenBao (raft storage; initialised on the first start, unsealed on every start, Transit
-mounted), then each Steward service that has a ``main.py`` (see :mod:`services.cli.catalog`); last,
-through the gateway, the demo tenant and its API key (:mod:`services.cli.demo`). Stop order is the
+mounted), then each Steward service that has a ``main.py`` (see :mod:`services.devstack.catalog`); last,
+through the gateway, the demo tenant and its API key (:mod:`services.devstack.demo`). Stop order is the
 reverse. Everything is kept under the home folder (:mod:`services.cli.home`), so a second start sees
 the same Transit keys, databases and demo key.
 
@@ -26,7 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from services.cli.catalog import (
+from services.chassis.nats_config import ServerTls, ensure_embedded_nats
+from services.cli.client import GatewayCallError, GatewayClient, GatewayTarget
+from services.cli.home import StewardHome
+from services.cli.state import ServiceState, StackState
+from services.devstack.catalog import (
     CLI_IDENTITY,
     SERVICES,
     RunningUpstream,
@@ -35,13 +39,11 @@ from services.cli.catalog import (
     installed,
     service_environment,
 )
-from services.cli.client import GatewayCallError, GatewayClient, GatewayTarget
-from services.cli.demo import DemoCredentials, ensure_demo
-from services.cli.devca import DevPki, ensure_dev_pki
-from services.cli.devidp import DEV_IDP_WARNING, ISSUER, IssuedToken, ensure_dev_idp
-from services.cli.devsecrets import ensure_dev_secrets
-from services.cli.home import StewardHome
-from services.cli.openbao import (
+from services.devstack.demo import DemoCredentials, ensure_demo
+from services.devstack.devca import DevPki, ensure_dev_pki
+from services.devstack.devidp import DEV_IDP_WARNING, ISSUER, IssuedToken, ensure_dev_idp
+from services.devstack.devsecrets import ensure_dev_secrets
+from services.devstack.openbao import (
     KEY_CUSTODY_WARNING,
     TRANSIT_MOUNT,
     InitMaterial,
@@ -50,10 +52,9 @@ from services.cli.openbao import (
     bring_up,
     write_server_config,
 )
-from services.cli.ports import PortChoice, PortUnavailable, choose_port
-from services.cli.settings import RunSettings
-from services.cli.state import ServiceState, StackState
-from services.cli.supervisor import Backoff, ChildFailedToStart, ChildSpec, Supervisor, inherited_environment
+from services.devstack.ports import PortChoice, PortUnavailable, choose_port
+from services.devstack.settings import RunSettings
+from services.devstack.supervisor import Backoff, ChildFailedToStart, ChildSpec, Supervisor, inherited_environment
 
 __all__ = [
     "LocalCredentials",
@@ -277,7 +278,7 @@ class _Stack:
         for line in plan.notes:
             note(line)
 
-        pki, actions = ensure_dev_pki(home.tls_dir, [entry.name for entry in SERVICES] + [CLI_IDENTITY])
+        pki, actions = ensure_dev_pki(home.tls_dir, [entry.name for entry in SERVICES] + [CLI_IDENTITY, "nats"])
         note("; ".join(actions) if actions else f"reusing dev certificates in {home.tls_dir}")
         idp, idp_actions = ensure_dev_idp(home.idp_dir)
         for line in idp_actions:
@@ -288,14 +289,15 @@ class _Stack:
         self.credentials.operator_token_file = idp.save_operator_token(self.credentials.operator_token)
 
         nats_url = f"nats://{host}:{plan.nats}"
+        # nkey users with per-service permissions and TLS (services.chassis.nats_config): nobody connects anonymously.
+        nats_tls = ServerTls(cert_file=pki["nats"].cert_file, key_file=pki["nats"].key_file, ca_file=pki.ca_file)
+        nats_auth = ensure_embedded_nats(
+            home.nats_dir, host=host, port=plan.nats, store_dir=home.nats_dir, tls=nats_tls
+        )
         await self.supervisor.start(
             ChildSpec(
                 name="nats",
-                argv=[
-                    str(nats_server_binary()),
-                    *("-a", host, "-p", str(plan.nats), "-n", "steward-local"),
-                    *("-js", "-sd", str(home.nats_dir)),
-                ],
+                argv=[str(nats_server_binary()), "-c", str(nats_auth.config_file)],
                 env=inherited_environment({}),
                 ready_port=(host, plan.nats),
                 ready_line=NATS_READY_LINE,
@@ -354,6 +356,7 @@ class _Stack:
                         operator_trust=idp.trust,
                     )
                     | databases[entry.name]
+                    | nats_auth.service_environment(entry.name)
                 ),
                 ready_port=(host, plan.services[entry.name]),
             )

@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from services.chassis.bus import Bus, Consumer, make_event
 from services.chassis.db import Base, Database
 from services.chassis.settings import NatsSettings
 from tests.plugins.infra import NatsServer
+from tests.plugins.waiting import eventually
 
 RUNBOOK = Path(__file__).resolve().parents[3] / "docs" / "runbooks" / "dlq-replay.md"
 SUBJECT = "steward.dsr.task.requested"
@@ -49,14 +50,6 @@ def run(tmp_path: Path, nats_url: str, *args: str) -> str:
     return done.stdout
 
 
-async def eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     b = Bus(NatsSettings(url=nats_server.url, max_deliveries=2, ack_wait_s=2), name="test")
@@ -80,14 +73,9 @@ async def test_dlq_script_lists_and_replays_a_dead_letter(bus: Bus, sqlite_url: 
     consumer = Consumer(bus, db, durable=CONSUMER, subjects=[SUBJECT], handler=handler, nak_base_delay_s=0.05)
     await consumer.start()
     try:
-        event = make_event(
-            source="dsr",
-            event_type="dsr.task.requested",
-            tenant_id="t-dlq",
-            tenant_created=events_pb2.TenantCreated(tenant_id="t-dlq"),
-        )
+        event = make_event(events_pb2.VaultTaskRequested(task_id="task-dlq"), source="dsr", tenant_id="t-dlq")
         await bus.js.publish(SUBJECT, event.SerializeToString(), headers={"Nats-Msg-Id": event.id})
-        await eventually(lambda: consumer.stats.dead_lettered == 1)
+        await eventually(lambda: consumer.stats.dead_lettered == 1, what="the refused event dead-lettered")
 
         listing = await asyncio.to_thread(run, tmp_path, bus.settings.url, "list", CONSUMER)
         (line,) = listing.splitlines()
@@ -97,11 +85,17 @@ async def test_dlq_script_lists_and_replays_a_dead_letter(bus: Bus, sqlite_url: 
         fixed = True
         replayed = await asyncio.to_thread(run, tmp_path, bus.settings.url, "replay", CONSUMER, seq)
         assert f"{seq}: event {event.id} replayed as" in replayed and "duplicate" not in replayed
-        await eventually(lambda: applied == [event.id])
+        await eventually(lambda: applied == [event.id], what="the replayed event applied")
 
         again = await asyncio.to_thread(run, tmp_path, bus.settings.url, "replay", CONSUMER, seq)
         assert "duplicate, not sent" in again
-        await asyncio.sleep(0.5)
+
+        async def consumer_idle() -> bool:
+            info = await bus.js.consumer_info(bus.settings.stream, CONSUMER)
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        # Nothing is left for the consumer to deliver, so nothing more can be applied: the count is final.
+        await eventually(consumer_idle, what="the consumer having nothing left to deliver")
         assert applied == [event.id]  # applied once
     finally:
         await consumer.stop()

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.settings import GrpcSettings, TlsSettings
-from services.cli.devca import ensure_dev_pki
+from services.devstack.devca import ensure_dev_pki
 
 SERVICE = "steward.vault.v1.VaultService"
 

@@ -23,8 +23,11 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
+# The kustomizations under K8S: the application (base and its overlays) and the dependencies it runs on.
+APP_TREES = ("base", "overlays/dev", "overlays/prod")
+ALL_TREES = (*APP_TREES, "postgres", "nats", "openbao")
 
 Obj = dict[str, Any]
 
@@ -128,7 +131,7 @@ def render(folder: Path) -> list[Obj]:
     (kz,) = load_docs(path)
     unknown = set(kz) - KUSTOMIZATION_KEYS
     if unknown:
-        raise RenderError(f"{path}: unsupported fields {sorted(unknown)} (extend tests/unit/deploy/k8s.py)")
+        raise RenderError(f"{path}: unsupported fields {sorted(unknown)} (extend tests/plugins/k8s.py)")
     objects: list[Obj] = []
     for entry in kz.get("resources", []):
         target = folder / entry

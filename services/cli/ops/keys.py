@@ -1,0 +1,94 @@
+"""``steward keys status|rotate|rewrap``: a tenant's key-encryption key in Transit, through the gateway."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any
+
+import click
+from steward.vault.v1 import vault_pb2
+
+from services.cli.client import GatewayCallError
+from services.cli.ops.invocation import Invocation, operator_command
+from services.cli.render import as_json, enum_label, fields_text
+
+__all__ = ["keys"]
+
+
+@click.group()
+def keys() -> None:
+    """A tenant's key-encryption key (KEK) in Transit: status, rotation, rewrapping stored DEKs."""
+
+
+@operator_command(keys, "status")
+@click.option("--tenant", "tenant_id", required=True)
+def keys_status(run: Invocation, tenant_id: str) -> None:
+    """KEK version in use and the oldest version that can still decrypt (ops:admin, ops:oncall)."""
+    client = run.client
+    found = client.call(client.vault_admin.GetTenant, vault_pb2.GetTenantRequest(), tenant_id=tenant_id).tenant
+    run.emit(
+        {"tenant": as_json(found)},
+        fields_text(
+            [
+                ("tenant", found.tenant_id),
+                ("vault state", enum_label(found, "state")),
+                ("key version", found.key_version),
+                ("min decryption version", found.min_decryption_version),
+            ]
+        ),
+    )
+
+
+@operator_command(keys, "rotate")
+@click.option("--tenant", "tenant_id", required=True)
+def keys_rotate(run: Invocation, tenant_id: str) -> None:
+    """Add a KEK version; new DEKs use it at once. Then run `steward keys rewrap` (ops:admin, ops:oncall)."""
+    client = run.client
+    version = client.call(
+        client.vault_admin.RotateTenantKey, vault_pb2.RotateTenantKeyRequest(), tenant_id=tenant_id
+    ).key_version
+    run.emit(
+        {"tenant_id": tenant_id, "key_version": version},
+        f"{tenant_id}: KEK rotated to version {version}; next: steward keys rewrap --tenant {tenant_id}",
+    )
+
+
+@operator_command(keys, "rewrap")
+@click.option("--tenant", "tenant_id", required=True)
+@click.option("--batch-size", type=click.IntRange(0, 1000), default=0, help="DEKs per Transit call [200].")
+def keys_rewrap(run: Invocation, tenant_id: str, batch_size: int) -> None:
+    """Rewrap every stored DEK to the newest KEK version, then retire older versions (ops:admin, ops:oncall).
+
+    Data is not re-encrypted; progress streams from the vault. Safe to re-run after an interruption.
+    """
+    client = run.client
+    last: Any = None
+    shown = 0
+    with contextlib.ExitStack() as stack:
+        bar: Any = None
+        for step in client.stream(
+            client.vault_admin.RewrapTenantKeys,
+            vault_pb2.RewrapTenantKeysRequest(batch_size=batch_size),
+            tenant_id=tenant_id,
+        ):
+            if bar is None and not run.json_output:
+                bar = stack.enter_context(
+                    click.progressbar(length=max(step.total, 1), label="rewrapping DEKs", file=sys.stderr)
+                )
+            if bar is not None:
+                bar.update(max(step.rewrapped - shown, 0) if step.total else 1)
+            shown = step.rewrapped
+            last = step
+    if last is None or not last.done:
+        raise GatewayCallError("ABORTED", "the rewrap stream ended before the vault reported completion; re-run it")
+    run.emit(
+        {
+            "tenant_id": tenant_id,
+            "rewrapped": last.rewrapped,
+            "total": last.total,
+            "min_decryption_version": last.min_decryption_version,
+        },
+        f"{tenant_id}: rewrapped {last.rewrapped} of {last.total} DEKs; "
+        f"KEK versions below {last.min_decryption_version} can no longer decrypt",
+    )
