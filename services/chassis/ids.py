@@ -36,7 +36,7 @@ PAGE_TOKEN_MAX_LENGTH = 512
 # The characters of every id; "=" only because page tokens are padded base64url.
 _ID_CHARACTERS = "A-Za-z0-9._:-"
 ID_ALPHABET = "letters, digits and . _ : - ="
-_ID = re.compile(f"[{_ID_CHARACTERS}=]*")
+_ID = re.compile(f"[={_ID_CHARACTERS}]*")  # "-" stays last in the class: a literal, not a range
 # A tenant id becomes part of a Transit key name and URL path; anything else could address another key.
 _TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Ids other systems choose (a DSR's request or task id, a legal-hold case id): 1-128 safe characters.
