@@ -12,6 +12,7 @@ from google.protobuf.struct_pb2 import Struct
 from grpc import aio
 from steward.vault.v1 import vault_pb2 as pb
 
+from services.chassis.errors import Reason, error_reason
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.settings import GrpcSettings
 
@@ -124,6 +125,7 @@ async def test_an_undecodable_body_is_invalid_argument_saying_which_message(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, details
     assert details.startswith(f"request body is not a valid {NAME}: ")
     assert "DecodeError" not in details and "Unexpected" not in details
+    assert error_reason(caught.value) == Reason.UNDECODABLE_REQUEST
     if body == "too deep":
         assert "more than 100 messages deep" in details
     if body == "invalid UTF-8":

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc import aio
 from steward.gateway.v1 import gateway_pb2
 from steward.vault.v1 import vault_pb2
 
+from services.chassis.errors import Reason, error_reason
 from services.gateway.admission import MD_SUPPORT_GRANT, MD_TARGET_TENANT
 from services.gateway.main import GatewayHandle, create_server
 from tests.integration.gateway.support import (
@@ -71,8 +73,12 @@ BAD_BODIES = {
 async def test_an_undecodable_body_through_the_gateway_is_the_vaults_invalid_argument(edge: Edge, body: str) -> None:
     for method, message in (("GetRecord", "GetRecordRequest"), ("PutRecord", "PutRecordRequest")):
         call = edge.c.channel.unary_unary(f"/steward.vault.v1.VaultService/{method}")
-        code, details = await status_of(call(BAD_BODIES[body], metadata=edge.key, timeout=30))
+        try:
+            await call(BAD_BODIES[body], metadata=edge.key, timeout=30)
+        except aio.AioRpcError as err:
+            code, details, reason = err.code(), err.details() or "", error_reason(err)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert reason == Reason.UNDECODABLE_REQUEST  # the vault's reason, passed through unchanged
         assert details.startswith(f"request body is not a valid steward.vault.v1.{message}: "), details
         assert "DecodeError" not in details
 
