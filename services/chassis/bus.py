@@ -363,6 +363,7 @@ class ConsumerStats:
     failures: int = 0
     dead_lettered: int = 0
     resubscribes: int = 0
+    empty_fetches: int = 0
 
 
 class Consumer:
@@ -381,6 +382,7 @@ class Consumer:
         batch: int = 50,
         nak_base_delay_s: float = 0.2,
         max_backoff_s: float = 30.0,
+        fetch_timeout_s: float = 1.0,
     ) -> None:
         self.bus = bus
         self.db = db
@@ -392,6 +394,7 @@ class Consumer:
         self.batch = batch
         self.nak_base_delay_s = nak_base_delay_s
         self.max_backoff_s = max_backoff_s
+        self.fetch_timeout_s = fetch_timeout_s
         self.stats = ConsumerStats()
         self._task: asyncio.Task[None] | None = None
 
@@ -451,8 +454,11 @@ class Consumer:
                     seen_reconnects = self.bus.reconnects
                     sub = await self._subscribe()
                 try:
-                    messages = await sub.fetch(self.batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                    messages = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
+                except TimeoutError:
+                    # Nothing arrived: normal when idle, not a fault. nats-py raises its own TimeoutError or a
+                    # plain asyncio one (both subclass the built-in) depending on where the wait ran out.
+                    self.stats.empty_fetches += 1
                     continue
                 failures = 0
                 for msg in messages:
@@ -467,6 +473,7 @@ class Consumer:
                     extra={"consumer": self.durable, "error_type": type(exc).__name__, "delay_s": delay},
                 )
                 sub = None
+                self.stats.resubscribes += 1
                 await asyncio.sleep(delay)
 
     def _apply(self, session: Session, event: events_pb2.Event) -> bool:

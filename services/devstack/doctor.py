@@ -211,6 +211,10 @@ def check_databases(home: StewardHome, state: StackState | None) -> list[Check]:
         return [Check("databases", "skip", "no Steward service was started (none installed, or all skipped)")]
     checks = []
     for entry in entries:
+        if not state.services[entry.name].database_url.startswith("sqlite"):
+            # On a server (steward run --database or the service's own variable): its health check covers it.
+            checks.append(Check(f"db:{entry.name}", "skip", f"{state.services[entry.name].database_url} (not SQLite)"))
+            continue
         for file_name in entry.database_files().values():
             path, row = home.database_file(file_name), f"db:{file_name.removesuffix('.db')}"
             if path.exists():

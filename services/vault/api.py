@@ -18,6 +18,7 @@ from services.chassis.bus import OutboxRelay
 from services.chassis.db import Database
 from services.chassis.errors import InvalidArgument, NotFound, Reason
 from services.chassis.identity import CallerIdentity, require_identity
+from services.chassis.ids import PAGE_TOKEN_MAX_LENGTH, valid_id
 from services.chassis.timestamps import to_timestamp
 from services.vault import admin, records
 from services.vault.audit import Fault
@@ -131,6 +132,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         require_identity(context)  # an unauthenticated caller learns nothing, not even what a valid request is
         if not request.HasField("record"):
             raise InvalidArgument("record is missing; send the record to store")
+        valid_id("record.subject_id", request.record.subject_id)
         item = _input(request.record)
         key = request.idempotency_key
         [view] = await self._put(context, lambda s, who: records.put_records(s, self.ctx, who, [item], key), key)
@@ -143,6 +145,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
                 f"too many records: at most {self.ctx.policy.max_batch} per call; split the batch",
                 reason=Reason.BATCH_TOO_LARGE,
             )
+        for i, message in enumerate(request.records):
+            valid_id(f"records[{i}].subject_id", message.subject_id)
         items = [_input(message) for message in request.records]
         key = request.idempotency_key
         views = await self._put(context, lambda s, who: records.put_records(s, self.ctx, who, items, key), key)
@@ -161,12 +165,15 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
             return await self._run(context, work)
 
     async def GetRecord(self, request: pb.GetRecordRequest, context: aio.ServicerContext) -> pb.GetRecordResponse:
+        valid_id("record_id", request.record_id)
         view = await self._run(
             context, lambda s, who: records.get_record(s, self.ctx, who, request.record_id), writes=False
         )
         return pb.GetRecordResponse(record=_record(view))
 
     async def ListRecords(self, request: pb.ListRecordsRequest, context: aio.ServicerContext) -> pb.ListRecordsResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("page_token", request.page_token, max_length=PAGE_TOKEN_MAX_LENGTH)
         views, token = await self._run(
             context,
             lambda s, who: records.list_records(
@@ -185,6 +192,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def UpdateRecord(
         self, request: pb.UpdateRecordRequest, context: aio.ServicerContext
     ) -> pb.UpdateRecordResponse:
+        valid_id("record_id", request.record_id)
         data = _data_bytes(request.data)
         view = await self._run(
             context,
@@ -195,6 +203,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def DeleteRecord(
         self, request: pb.DeleteRecordRequest, context: aio.ServicerContext
     ) -> pb.DeleteRecordResponse:
+        valid_id("record_id", request.record_id)
         await self._run(
             context, lambda s, who: records.delete_record(s, self.ctx, who, request.record_id, request.expected_version)
         )
@@ -215,6 +224,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def ExportSubject(
         self, request: pb.ExportSubjectRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.ExportSubjectResponse]:
+        valid_id("subject_id", request.subject_id)
+        valid_id("request_id", request.request_id)
         plan = await self._run(
             context, lambda s, who: records.export_subject(s, self.ctx, who, request.subject_id, request.request_id)
         )
@@ -246,6 +257,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def EraseSubject(
         self, request: pb.EraseSubjectRequest, context: aio.ServicerContext
     ) -> pb.EraseSubjectResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("request_id", request.request_id)
         tomb = await self._run(
             context,
             lambda s, who: records.erase_subject(s, self.ctx, who, request.subject_id, request.request_id),
@@ -263,6 +276,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def RestrictSubject(
         self, request: pb.RestrictSubjectRequest, context: aio.ServicerContext
     ) -> pb.RestrictSubjectResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("request_id", request.request_id)
         await self._run(
             context,
             lambda s, who: records.set_restriction(s, self.ctx, who, request.subject_id, request.request_id, True),
@@ -272,6 +287,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def LiftRestriction(
         self, request: pb.LiftRestrictionRequest, context: aio.ServicerContext
     ) -> pb.LiftRestrictionResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("request_id", request.request_id)
         await self._run(
             context,
             lambda s, who: records.set_restriction(s, self.ctx, who, request.subject_id, request.request_id, False),
@@ -281,6 +298,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def SetLegalHold(
         self, request: pb.SetLegalHoldRequest, context: aio.ServicerContext
     ) -> pb.SetLegalHoldResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("hold_id", request.hold_id)
         await self._run(
             context, lambda s, who: records.set_legal_hold(s, self.ctx, who, request.subject_id, request.hold_id)
         )
@@ -289,6 +308,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def ClearLegalHold(
         self, request: pb.ClearLegalHoldRequest, context: aio.ServicerContext
     ) -> pb.ClearLegalHoldResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("hold_id", request.hold_id)
         await self._run(
             context, lambda s, who: records.clear_legal_hold(s, self.ctx, who, request.subject_id, request.hold_id)
         )
@@ -313,6 +334,7 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
         return pb.CloseTenantResponse(tenant=_tenant(row))
 
     async def ShredTenant(self, request: pb.ShredTenantRequest, context: aio.ServicerContext) -> pb.ShredTenantResponse:
+        valid_id("confirm_tenant_id", request.confirm_tenant_id)
         cert = await self._run(
             context, lambda s, who: admin.shred_tenant(s, self.ctx, who, request.confirm_tenant_id), isolated=True
         )
@@ -355,6 +377,8 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: aio.ServicerContext
     ) -> pb.ListAuditEventsResponse:
+        valid_id("page_token", request.page_token, max_length=PAGE_TOKEN_MAX_LENGTH)
+        valid_id("support_grant_id", request.support_grant_id)
         rows, token = await self._run(
             context,
             lambda s, who: admin.list_audit(
