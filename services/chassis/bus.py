@@ -46,6 +46,7 @@ from services.chassis.clock import SYSTEM_CLOCK
 from services.chassis.db import Base, Database
 from services.chassis.errors import is_transient
 from services.chassis.fastsql import insert_rows
+from services.chassis.nats_permissions import inbox_prefix
 from services.chassis.settings import NatsSettings
 from services.chassis.tasks import BackgroundTask
 from services.chassis.telemetry import extract_context, inject_headers
@@ -62,6 +63,7 @@ __all__ = [
     "InboxEntry",
     "OutboxEntry",
     "OutboxRelay",
+    "RefusedEvent",
     "enqueue",
     "enqueue_many",
     "make_event",
@@ -75,6 +77,18 @@ Handler = Callable[[Session, events_pb2.Event], None]
 
 _STAGED = "steward.outbox_staged"
 """``Session.info`` key set by :func:`enqueue_many`: this transaction's commit should wake the relay."""
+
+
+class RefusedEvent(Exception):
+    """A handler refuses an event for good: malformed, or from a producer that may not send it.
+
+    :class:`Consumer` dead-letters it at once, with ``reason`` in the ``Steward-Reason`` header, and never
+    retries it (retrying cannot make it acceptable). ``reason`` is a stable code, never customer data.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class OutboxEntry(Base):
@@ -195,6 +209,10 @@ class Bus:
                     reconnected_cb=self._on_reconnected,
                     error_cb=self._on_error,
                     user_credentials=str(self.settings.credentials_file) if self.settings.credentials_file else None,
+                    nkeys_seed=str(self.settings.nkey_seed_file) if self.settings.nkey_seed_file else None,
+                    # Replies and JetStream deliveries land under the service's own inbox prefix, the only
+                    # inboxes its NATS user may subscribe to (services.chassis.nats_permissions).
+                    inbox_prefix=inbox_prefix(self.name),
                     tls=self.settings.tls_context(),
                 )
             except Exception as exc:
@@ -378,6 +396,7 @@ class ConsumerStats:
     failures: int = 0
     dead_lettered: int = 0
     resubscribes: int = 0
+    empty_fetches: int = 0
 
 
 class Consumer(BackgroundTask):
@@ -399,6 +418,7 @@ class Consumer(BackgroundTask):
         batch: int = 50,
         nak_base_delay_s: float = 0.2,
         max_backoff_s: float = 30.0,
+        fetch_timeout_s: float = 1.0,
     ) -> None:
         super().__init__(f"consumer-{durable}")
         self.bus = bus
@@ -411,10 +431,13 @@ class Consumer(BackgroundTask):
         self.batch = batch
         self.nak_base_delay_s = nak_base_delay_s
         self.max_backoff_s = max_backoff_s
+        self.fetch_timeout_s = fetch_timeout_s
         self.stats = ConsumerStats()
 
     def _config(self) -> ConsumerConfig:
         config = ConsumerConfig(
+            # A name puts the filter into the create subject, which the NATS permissions pin per durable.
+            name=self.durable,
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
@@ -457,8 +480,11 @@ class Consumer(BackgroundTask):
                     seen_reconnects = self.bus.reconnects
                     sub = await self._subscribe()
                 try:
-                    messages = await sub.fetch(self.batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                    messages = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
+                except TimeoutError:
+                    # Nothing arrived: normal when idle, not a fault. nats-py raises its own TimeoutError or a
+                    # plain asyncio one (both subclass the built-in) depending on where the wait ran out.
+                    self.stats.empty_fetches += 1
                     continue
                 failures = 0
                 for msg in messages:
@@ -473,6 +499,7 @@ class Consumer(BackgroundTask):
                     extra={"consumer": self.durable, "error_type": type(exc).__name__, "delay_s": delay},
                 )
                 sub = None
+                self.stats.resubscribes += 1
                 await asyncio.sleep(delay)
 
     def _apply(self, session: Session, event: events_pb2.Event) -> bool:
@@ -533,6 +560,9 @@ class Consumer(BackgroundTask):
                 "transient": transient,
             },
         )
+        if isinstance(exc, RefusedEvent):
+            await self._dead_letter(msg, type(exc).__name__, event_id=event.id, reason=exc.reason)
+            return
         if transient:
             # A dependency is down (Transit, database): wait for it, however long, rather than dead-letter.
             await msg.nak(delay=min(self.max_backoff_s, self.nak_base_delay_s * 2 ** min(delivered - 1, 16)))
@@ -542,12 +572,14 @@ class Consumer(BackgroundTask):
             return
         await msg.nak(delay=self.nak_base_delay_s * 2 ** (delivered - 1))
 
-    async def _dead_letter(self, msg: Msg, error_type: str, *, event_id: str) -> None:
+    async def _dead_letter(self, msg: Msg, error_type: str, *, event_id: str, reason: str = "") -> None:
         headers = {
             "Steward-Original-Subject": msg.subject,
             "Steward-Consumer": self.durable,
             "Steward-Error-Type": error_type,
         }
+        if reason:
+            headers["Steward-Reason"] = reason
         if event_id:
             headers["Nats-Msg-Id"] = f"dlq:{self.durable}:{event_id}"
         await self.bus.js.publish(

@@ -13,6 +13,7 @@ import contextvars
 import functools
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from services.chassis.errors import DeadlineExceeded
 
 __all__ = ["Base", "Database", "GroupCommitWriter", "make_engine"]
 
@@ -73,6 +76,26 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
     )
 
 
+def _check_deadline(deadline: float | None) -> None:
+    # The caller has given up: committing now would store a write it will report as failed (and retry).
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceeded("the call's deadline passed before its transaction committed; nothing was written")
+
+
+def _before_and_after(work: Callable[[Session], T], deadline: float | None) -> Callable[[Session], T]:
+    """``work`` refused when the deadline has passed when it starts (it may have queued) or before it commits."""
+    if deadline is None:
+        return work
+
+    def guarded(session: Session) -> T:
+        _check_deadline(deadline)
+        result = work(session)
+        _check_deadline(deadline)
+        return result
+
+    return guarded
+
+
 @dataclass
 class _Unit:
     work: Callable[[Session], Any]
@@ -108,8 +131,16 @@ class GroupCommitWriter:
         self.units = 0
         self.replays = 0
 
-    def submit(self, work: Callable[[Session], T], *, isolated: bool = False) -> asyncio.Future[T]:
-        """Queue ``work``; the future resolves on the caller's loop after the batch commits."""
+    def submit(
+        self, work: Callable[[Session], T], *, isolated: bool = False, deadline: float | None = None
+    ) -> asyncio.Future[T]:
+        """Queue ``work``; the future resolves on the caller's loop after the batch commits.
+
+        With a ``deadline`` (``time.monotonic()`` seconds) the unit fails with :class:`DeadlineExceeded`,
+        writing nothing, when the deadline has passed as it starts or once its work is done: a unit that
+        raises makes the batch run again with a savepoint per unit, so the others still commit.
+        """
+        work = _before_and_after(work, deadline)
         if not self._started:
             with self._start_lock:
                 if not self._started:
@@ -229,15 +260,22 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
-    async def run(self, work: Callable[[Session], T], *, isolated: bool = False) -> T:
+    async def run(self, work: Callable[[Session], T], *, isolated: bool = False, timeout_s: float | None = None) -> T:
         """Run ``work(session)`` in one transaction off the event loop (trace context preserved).
 
         On SQLite the unit joins the group-commit writer (shared commit; see :class:`GroupCommitWriter`,
         and pass ``isolated=True`` for work whose external effects must not be repeated); on
         PostgreSQL it runs in its own transaction on the thread pool, in parallel with others.
+
+        ``timeout_s`` is the caller's remaining time (``context.time_remaining()``): when it has run out
+        before the unit is submitted, before it starts (after queueing) or before it commits, the unit
+        raises :class:`DeadlineExceeded` and nothing is written.
         """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        _check_deadline(deadline)
         if self._writer is not None:
-            return await self._writer.submit(work, isolated=isolated)
+            return await self._writer.submit(work, isolated=isolated, deadline=deadline)
+        work = _before_and_after(work, deadline)
 
         def unit() -> T:
             with self.transaction() as session:

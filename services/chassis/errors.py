@@ -82,6 +82,8 @@ class Reason(StrEnum):
     BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
     INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"  # noqa: S105 - a reason name, not a secret
     DEADLINE_REQUIRED = "DEADLINE_REQUIRED"
+    UNDECODABLE_REQUEST = "UNDECODABLE_REQUEST"  # the body does not parse as the method's request message
+    MALFORMED_ID = "MALFORMED_ID"  # an id field breaks the id grammar; ErrorInfo.metadata["field"] names it
     # Missing objects, by kind (also the answer for another tenant's objects).
     TENANT_NOT_FOUND = "TENANT_NOT_FOUND"
     SUBJECT_NOT_FOUND = "SUBJECT_NOT_FOUND"
@@ -280,6 +282,15 @@ def status_for(exc: BaseException) -> RichStatus:
             {},
             None,
         )
+    if _is_rejected_value(exc):
+        log.warning("database refused a value", extra={"error_type": type(exc).__name__})
+        return _rich_status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "a value in the request cannot be stored (e.g. a NUL character in text); remove it and retry",
+            Reason.INVALID_ARGUMENT,
+            {},
+            None,
+        )
     error_id = uuid.uuid4().hex
     # exc_info keeps the detail in our logs (structured, PII-scrubbed by policy) and out of the reply.
     log.error("unhandled error", extra={"error_id": error_id, "error_type": type(exc).__name__}, exc_info=exc)
@@ -328,6 +339,17 @@ def _is_database_outage(exc: BaseException) -> bool:
     if isinstance(exc, DisconnectionError | OperationalError | PoolTimeout):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _is_rejected_value(exc: BaseException) -> bool:
+    # Defence in depth behind the id check at the edge: PostgreSQL refuses some values SQLite stores or
+    # matches (a NUL in text, an out-of-range number). That is the request's fault, not an internal error.
+    from sqlalchemy.exc import DataError
+
+    if isinstance(exc, DataError):
+        return True
+    # psycopg's own DataError (and its subclasses), when raised outside SQLAlchemy's wrapping.
+    return any(cls.__name__ == "DataError" and cls.__module__.startswith("psycopg") for cls in type(exc).__mro__)
 
 
 def is_transient(exc: BaseException) -> bool:

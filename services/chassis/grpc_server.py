@@ -22,12 +22,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.chassis.errors import ErrorMappingInterceptor, PermissionDenied, Reason, abort_for
-from services.chassis.rpc import wrap_rpc_handler
+from services.chassis.rpc import DecodeFailureLog, refuse_undecodable_requests, wrap_rpc_handler
 from services.chassis.settings import GrpcSettings, SettingsError
 
 log = logging.getLogger("steward.grpc")
 
-__all__ = ["PeerAllowlistInterceptor", "RunningServer", "build_server", "channel_options"]
+__all__ = [
+    "PeerAllowlistInterceptor",
+    "RequestDecodingInterceptor",
+    "RunningServer",
+    "build_server",
+    "channel_options",
+]
 
 
 def channel_options(settings: GrpcSettings) -> list[tuple[str, int]]:
@@ -69,6 +75,27 @@ class PeerAllowlistInterceptor(aio.ServerInterceptor):
             yield
 
         return wrap_rpc_handler(handler, only_allowed_peers)
+
+
+class RequestDecodingInterceptor(aio.ServerInterceptor):
+    """A request body that does not parse is INVALID_ARGUMENT with a clear message, for every method of every service.
+
+    Installed innermost, so callers that fail authentication or the peer allowlist learn nothing about
+    what a valid request looks like.
+    """
+
+    def __init__(self, failures: DecodeFailureLog | None = None) -> None:
+        self.failures = failures or DecodeFailureLog()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return refuse_undecodable_requests(handler, method=handler_call_details.method, failures=self.failures)
 
 
 @dataclass
@@ -128,6 +155,7 @@ async def build_server(
     if mtls and tls.allowed_client_names:
         interceptors.insert(1, PeerAllowlistInterceptor(tls.allowed_client_names))
     interceptors.extend(extra_interceptors)
+    interceptors.append(RequestDecodingInterceptor())
     server = aio.server(
         interceptors=interceptors,
         options=channel_options(settings),

@@ -81,6 +81,9 @@ class NatsSettings(BaseModel):
     outbox_poll_s: float = Field(default=0.2, gt=0)
     enabled: bool = True
     credentials_file: Path | None = Field(default=None, description="NATS .creds file (JWT + nkey seed).")
+    nkey_seed_file: Path | None = Field(
+        default=None, description="The service's own NATS nkey seed (``SU...``), for servers with nkey users."
+    )
     tls_ca_file: Path | None = Field(default=None, description="CA that signed the NATS server's certificate.")
     tls_cert_file: Path | None = Field(default=None, description="Client certificate when NATS requires mTLS.")
     tls_key_file: Path | None = None

@@ -72,6 +72,7 @@ def cli() -> None:
 @click.option("--openbao-cluster-port", type=click.IntRange(1, 65535), help="OpenBao cluster port [8201].")
 @click.option("--service-port", "service_ports", multiple=True, metavar="NAME=PORT", help="gRPC port of a service.")
 @click.option("--skip", "skip_services", multiple=True, metavar="SERVICE", help="Installed service not to start.")
+@click.option("--database", metavar="URL", help="PostgreSQL server for every service's database [SQLite files].")
 @click.option("--json", "json_output", is_flag=True, help="Print the summary as one JSON line (logs go to stderr).")
 def run(
     home: Path | None,
@@ -81,6 +82,7 @@ def run(
     openbao_cluster_port: int | None,
     service_ports: tuple[str, ...],
     skip_services: tuple[str, ...],
+    database: str | None,
     json_output: bool,
 ) -> None:
     """Start NATS, OpenBao and every installed Steward service; stop them all on Ctrl-C.
@@ -101,6 +103,7 @@ def run(
             openbao_cluster_port=openbao_cluster_port,
             service_ports=_service_ports(service_ports),
             skip_services=[name.lower() for name in skip_services] or None,
+            database=database,
         )
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None

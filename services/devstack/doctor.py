@@ -22,6 +22,8 @@ import hvac
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.chassis.nats_config import embedded_seed_file
+from services.chassis.nats_permissions import OPS, inbox_prefix
 from services.cli.home import StewardHome
 from services.cli.state import ServiceState, StackState
 from services.devstack.catalog import CLI_IDENTITY, SERVICES
@@ -71,14 +73,18 @@ def check_launcher(home: StewardHome, state: StackState | None) -> Check:
     return Check("stack", "fail", f"the launcher (pid {state.pid}) is gone without stopping cleanly; {start}")
 
 
-async def check_nats(url: str) -> Check:
-    """Can we connect, and is JetStream enabled?"""
+async def check_nats(url: str, *, seed_file: Path | None = None, ca_file: Path | None = None) -> Check:
+    """Can we connect (as the operators' NATS user, over TLS when a CA is given), and is JetStream enabled?"""
+    import ssl
+
     import nats
     from nats.js.errors import Error as JetStreamError
 
     async def quiet(_error: Exception) -> None:
         """nats-py reports connection errors through this callback too; the check reports them once."""
 
+    if seed_file is not None and not await asyncio.to_thread(seed_file.exists):
+        return Check("nats", "fail", f"no operator NATS key at {seed_file}; restart `steward run`, which creates it")
     try:
         # nats-py retries the first connect forever unless max_reconnect_attempts is positive (0 = unlimited);
         # the outer timeout is a second guard so the doctor never hangs on a dead stack.
@@ -90,6 +96,9 @@ async def check_nats(url: str) -> Check:
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.2,
                 error_cb=quiet,
+                nkeys_seed=str(seed_file) if seed_file is not None else None,
+                inbox_prefix=inbox_prefix(OPS),
+                tls=ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None,
             ),
             _TIMEOUT_S * 2,
         )
@@ -202,6 +211,10 @@ def check_databases(home: StewardHome, state: StackState | None) -> list[Check]:
         return [Check("databases", "skip", "no Steward service was started (none installed, or all skipped)")]
     checks = []
     for entry in entries:
+        if not state.services[entry.name].database_url.startswith("sqlite"):
+            # On a server (steward run --database or the service's own variable): its health check covers it.
+            checks.append(Check(f"db:{entry.name}", "skip", f"{state.services[entry.name].database_url} (not SQLite)"))
+            continue
         for file_name in entry.database_files().values():
             path, row = home.database_file(file_name), f"db:{file_name.removesuffix('.db')}"
             if path.exists():
@@ -242,7 +255,8 @@ async def run_checks(home: StewardHome, *, now: dt.datetime | None = None) -> li
         unknown = "address unknown: no run.json (start the stack first)"
         checks += [Check(name, "skip", unknown) for name in ("nats", "openbao", "transit")]
     else:
-        checks.append(await check_nats(state.nats_url))
+        ops_seed = embedded_seed_file(home.nats_dir, OPS)
+        checks.append(await check_nats(state.nats_url, seed_file=ops_seed, ca_file=Path(state.ca_file)))
         openbao = await asyncio.to_thread(check_openbao, state.openbao_url)
         checks.append(openbao)
         if openbao.status == "fail":

@@ -32,6 +32,14 @@ class RunSettings(BaseSettings):
         default_factory=dict,
         description="gRPC port per service, e.g. STEWARD_RUN__SERVICE_PORTS__VAULT=50052; unset ones use the catalog.",
     )
+    database: str | None = Field(
+        default=None,
+        description=(
+            "PostgreSQL server URL (postgresql://user:password@host:5432); each service gets its own database "
+            "there, created if missing. Unset: SQLite files in the home folder. A service's own "
+            "STEWARD_<SERVICE>__DATABASE_URL wins over both."
+        ),
+    )
     skip_services: list[str] = Field(
         default_factory=list,
         description="Installed services not to start (to run one under a debugger), as a JSON list in the variable.",

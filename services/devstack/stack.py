@@ -21,11 +21,12 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
+from services.chassis.nats_config import ServerTls, ensure_embedded_nats
 from services.cli.client import GatewayCallError, GatewayClient, GatewayTarget
 from services.cli.home import StewardHome
 from services.cli.state import ServiceState, StackState
@@ -55,7 +56,15 @@ from services.devstack.ports import PortChoice, PortUnavailable, choose_port
 from services.devstack.settings import RunSettings
 from services.devstack.supervisor import Backoff, ChildFailedToStart, ChildSpec, Supervisor, inherited_environment
 
-__all__ = ["LocalCredentials", "StackAlreadyRunning", "StartupError", "format_summary", "run_stack"]
+__all__ = [
+    "LocalCredentials",
+    "StackAlreadyRunning",
+    "StartupError",
+    "ensure_postgres_databases",
+    "format_summary",
+    "run_stack",
+    "service_databases",
+]
 
 NATS_READY_LINE = "Server is ready"
 OPENBAO_READY_LINE = "OpenBao server started"
@@ -67,6 +76,71 @@ class StartupError(RuntimeError):
 
 class StackAlreadyRunning(StartupError):
     """Another ``steward run`` holds this home folder."""
+
+
+def service_databases(
+    entry: ServiceEntry, *, data_dir: Path, server_url: str | None, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """Each database setting of ``entry`` (``STEWARD_<NAME>__*DATABASE_URL``) and the URL the service gets.
+
+    What the user gave wins: a variable already set in ``environ`` is kept as it is; otherwise, with
+    ``server_url`` (``steward run --database``), each database is its own database on that server,
+    named after its SQLite file (``steward_vault``, ``steward_vault_tombstones``, ``steward_gateway``);
+    otherwise a SQLite file under ``data_dir``.
+    """
+    from sqlalchemy.engine import make_url
+
+    urls = {}
+    for setting, file in entry.database_files().items():
+        variable = f"{entry.env_prefix}{setting}"
+        if environ.get(variable):
+            urls[variable] = environ[variable]
+        elif server_url:
+            server = make_url(server_url)
+            if server.drivername == "postgresql":
+                server = server.set(drivername="postgresql+psycopg")  # the driver Steward ships with
+            name = "steward_" + Path(file).stem.replace("-", "_")
+            urls[variable] = server.set(database=name).render_as_string(hide_password=False)
+        else:
+            urls[variable] = f"sqlite:///{data_dir / file}"
+    return urls
+
+
+def ensure_postgres_databases(urls: list[str]) -> list[str]:
+    """Create the PostgreSQL databases among ``urls`` that do not exist yet; returns the names created.
+
+    Connects to each server's ``postgres`` maintenance database; the user needs CREATEDB there, or
+    creates the databases beforehand (then this only checks they exist).
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    created = []
+    for raw in urls:
+        url = make_url(raw)
+        if url.get_backend_name() != "postgresql" or not url.database:
+            continue
+        engine = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                exists = conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database})
+                if not exists:
+                    conn.execute(sa.text(f'CREATE DATABASE "{url.database}"'))
+                    created.append(url.database)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StartupError(
+                f"PostgreSQL at {url.render_as_string(hide_password=True)}: cannot check or create database "
+                f"{url.database} ({type(exc).__name__}); create it yourself or grant CREATEDB, then retry"
+            ) from None
+        finally:
+            engine.dispose()
+    return created
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def nats_server_binary() -> Path:
@@ -204,7 +278,7 @@ class _Stack:
         for line in plan.notes:
             note(line)
 
-        pki, actions = ensure_dev_pki(home.tls_dir, [entry.name for entry in SERVICES] + [CLI_IDENTITY])
+        pki, actions = ensure_dev_pki(home.tls_dir, [entry.name for entry in SERVICES] + [CLI_IDENTITY, "nats"])
         note("; ".join(actions) if actions else f"reusing dev certificates in {home.tls_dir}")
         idp, idp_actions = ensure_dev_idp(home.idp_dir)
         for line in idp_actions:
@@ -215,14 +289,15 @@ class _Stack:
         self.credentials.operator_token_file = idp.save_operator_token(self.credentials.operator_token)
 
         nats_url = f"nats://{host}:{plan.nats}"
+        # nkey users with per-service permissions and TLS (services.chassis.nats_config): nobody connects anonymously.
+        nats_tls = ServerTls(cert_file=pki["nats"].cert_file, key_file=pki["nats"].key_file, ca_file=pki.ca_file)
+        nats_auth = ensure_embedded_nats(
+            home.nats_dir, host=host, port=plan.nats, store_dir=home.nats_dir, tls=nats_tls
+        )
         await self.supervisor.start(
             ChildSpec(
                 name="nats",
-                argv=[
-                    str(nats_server_binary()),
-                    *("-a", host, "-p", str(plan.nats), "-n", "steward-local"),
-                    *("-js", "-sd", str(home.nats_dir)),
-                ],
+                argv=[str(nats_server_binary()), "-c", str(nats_auth.config_file)],
                 env=inherited_environment({}),
                 ready_port=(host, plan.nats),
                 ready_line=NATS_READY_LINE,
@@ -253,6 +328,16 @@ class _Stack:
         upstreams = {
             entry.name: RunningUpstream(entry.name, f"{host}:{plan.services[entry.name]}") for entry in to_start
         }
+        databases = {
+            entry.name: service_databases(
+                entry, data_dir=home.data_dir, server_url=settings.database, environ=os.environ
+            )
+            for entry in to_start
+        }
+        for name in await asyncio.to_thread(
+            ensure_postgres_databases, [url for urls in databases.values() for url in urls.values()]
+        ):
+            note(f"created PostgreSQL database {name}")
         specs = [
             ChildSpec(
                 name=entry.name,
@@ -270,6 +355,8 @@ class _Stack:
                         running=upstreams,
                         operator_trust=idp.trust,
                     )
+                    | databases[entry.name]
+                    | nats_auth.service_environment(entry.name)
                 ),
                 ready_port=(host, plan.services[entry.name]),
             )
@@ -286,7 +373,7 @@ class _Stack:
                 address=upstreams[entry.name].address,
                 port=plan.services[entry.name],
                 pid=task.result(),
-                database_url=f"sqlite:///{home.database_file(entry.database_files()['DATABASE_URL'])}",
+                database_url=_shown(databases[entry.name][f"{entry.env_prefix}DATABASE_URL"]),
                 mtls_allowed_clients=list(entry.allowed_clients),
             )
             for entry, task in zip(to_start, started, strict=True)

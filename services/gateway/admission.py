@@ -34,6 +34,7 @@ from services.chassis.errors import (
     Unauthenticated,
 )
 from services.chassis.identity import CallerIdentity
+from services.chassis.ids import valid_id
 from services.chassis.rpc import Around, wrap_rpc_handler
 from services.gateway import grants
 from services.gateway.accesslog import AccessLog
@@ -195,7 +196,7 @@ class Gatekeeper:
     ) -> Caller:
         claims = await self.operators.verify(token)
         principal = f"operator:{claims.subject}"
-        grant_id = _single(metadata, MD_SUPPORT_GRANT)
+        grant_id = valid_id(MD_SUPPORT_GRANT, _single(metadata, MD_SUPPORT_GRANT))
         if grant_id and policy.support_read:
             if SUPPORT not in claims.roles:
                 raise PermissionDenied(grants.GRANT_DENIED)
@@ -221,7 +222,7 @@ class Gatekeeper:
             raise PermissionDenied(f"your operator roles do not allow {method}")
         tenant_id = ""
         if not method.startswith(LOCAL_PREFIX) and not policy.any_caller:
-            tenant_id = _single(metadata, MD_TARGET_TENANT)
+            tenant_id = valid_id(MD_TARGET_TENANT, _single(metadata, MD_TARGET_TENANT))
             if not tenant_id:
                 raise InvalidArgument(f"operators must name the tenant in {MD_TARGET_TENANT} metadata")
             exists = await self.db.run(lambda s: s.get(TenantRow, tenant_id) is not None)

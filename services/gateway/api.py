@@ -19,6 +19,7 @@ from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied, Reason
 from services.chassis.identity import CallerIdentity, identity_metadata
+from services.chassis.ids import valid_id
 from services.chassis.timestamps import to_timestamp
 from services.gateway import apikeys, grants, tenants
 from services.gateway.admission import Caller, current_caller
@@ -107,6 +108,7 @@ def _access_to_proto(row: SupportAccessRow) -> gateway_pb2.SupportAccess:
 
 def _tenant_for(caller: Caller, requested: str) -> str:
     """An API key acts on its own tenant only; operators must name one."""
+    valid_id("tenant_id", requested)
     if caller.kind == "api_key":
         if requested and requested != caller.tenant_id:
             raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
@@ -280,6 +282,8 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
     async def RotateApiKey(self, request: gateway_pb2.RotateApiKeyRequest, context: aio.ServicerContext) -> Any:
         caller = current_caller()
 
+        valid_id("key_id", request.key_id)
+
         def rotate(session: Any) -> tuple[ApiKeyRow, str, ApiKeyRow]:
             row = apikeys.find_key(session, request.key_id, tenant_id=self._key_scope(caller))
             return apikeys.rotate_key(
@@ -301,6 +305,8 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
     async def RevokeApiKey(self, request: gateway_pb2.RevokeApiKeyRequest, context: aio.ServicerContext) -> Any:
         caller = current_caller()
 
+        valid_id("key_id", request.key_id)
+
         def revoke(session: Any) -> ApiKeyRow:
             row = apikeys.find_key(session, request.key_id, tenant_id=self._key_scope(caller))
             return apikeys.revoke_key(session, row, by=caller.principal, now=now)
@@ -315,6 +321,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         self, request: gateway_pb2.RequestSupportAccessRequest, context: aio.ServicerContext
     ) -> Any:
         caller = current_caller()
+        valid_id("tenant_id", request.tenant_id)
         now = self.clock.now()
         row = await self.db.run(
             lambda s: grants.request_access(
@@ -334,6 +341,8 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
     ) -> Any:
         caller = current_caller()
 
+        valid_id("grant_id", request.grant_id)
+
         def approve(session: Any) -> SupportGrantRow:
             row = grants.find_grant(session, request.grant_id, tenant_id=caller.tenant_id)
             return grants.approve(session, row, approved_by=caller.principal, now=now)
@@ -346,6 +355,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         self, request: gateway_pb2.GrantEmergencySupportAccessRequest, context: aio.ServicerContext
     ) -> Any:
         caller = current_caller()
+        valid_id("tenant_id", request.tenant_id)
         now = self.clock.now()
         row = await self.db.run(
             lambda s: grants.grant_emergency(
@@ -375,6 +385,8 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         caller = current_caller()
         tenant_filter, principal_filter = self._grant_visibility(caller)
 
+        valid_id("grant_id", request.grant_id)
+
         def revoke(session: Any) -> SupportGrantRow:
             row = grants.find_grant(session, request.grant_id, tenant_id=tenant_filter, principal=principal_filter)
             return grants.revoke(session, row, by=caller.principal, now=now)
@@ -388,6 +400,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
     ) -> Any:
         caller = current_caller()
         tenant_filter, principal_filter = self._grant_visibility(caller)
+        valid_id("tenant_id", request.tenant_id)
         if caller.kind == "api_key":
             tenant_filter = _tenant_for(caller, request.tenant_id)
         elif request.tenant_id:
@@ -409,6 +422,8 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
     ) -> Any:
         caller = current_caller()
         tenant_filter, principal_filter = self._grant_visibility(caller)
+        valid_id("grant_id", request.grant_id)
+        valid_id("page_token", request.page_token)
         page_size = request.page_size or 100
         if not 1 <= page_size <= 500:
             raise InvalidArgument("page_size must be between 1 and 500")

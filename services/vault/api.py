@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from google.protobuf.struct_pb2 import Struct
 from grpc import aio
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from steward.vault.v1 import vault_pb2 as pb
 from steward.vault.v1 import vault_pb2_grpc
@@ -16,6 +17,7 @@ from steward.vault.v1 import vault_pb2_grpc
 from services.chassis.db import Database
 from services.chassis.errors import InvalidArgument, NotFound, Reason
 from services.chassis.identity import CallerIdentity, require_identity
+from services.chassis.ids import PAGE_TOKEN_MAX_LENGTH, valid_id
 from services.chassis.timestamps import to_timestamp
 from services.vault import admin, records
 from services.vault.audit import Fault
@@ -111,7 +113,10 @@ class _Base:
         # isolated: the work has external effects that must not be repeated (Transit key lifecycle,
         # erasure), so it never shares a group commit that could be replayed.
         identity = require_identity(context)
-        return await self.db.run(lambda session: work(session, identity), isolated=isolated)
+        # A caller whose deadline has passed gets DEADLINE_EXCEEDED and nothing is committed for it.
+        return await self.db.run(
+            lambda session: work(session, identity), isolated=isolated, timeout_s=context.time_remaining()
+        )
 
 
 class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
@@ -121,8 +126,10 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         require_identity(context)  # an unauthenticated caller learns nothing, not even what a valid request is
         if not request.HasField("record"):
             raise InvalidArgument("record is missing; send the record to store")
+        valid_id("record.subject_id", request.record.subject_id)
         item = _input(request.record)
-        [view] = await self._run(context, lambda s, who: records.put_records(s, self.ctx, who, [item]))
+        key = request.idempotency_key
+        [view] = await self._put(context, lambda s, who: records.put_records(s, self.ctx, who, [item], key), key)
         return pb.PutRecordResponse(record=_record(view))
 
     async def PutRecords(self, request: pb.PutRecordsRequest, context: aio.ServicerContext) -> pb.PutRecordsResponse:
@@ -132,15 +139,33 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
                 f"too many records: at most {self.ctx.policy.max_batch} per call; split the batch",
                 reason=Reason.BATCH_TOO_LARGE,
             )
+        for i, message in enumerate(request.records):
+            valid_id(f"records[{i}].subject_id", message.subject_id)
         items = [_input(message) for message in request.records]
-        views = await self._run(context, lambda s, who: records.put_records(s, self.ctx, who, items))
+        key = request.idempotency_key
+        views = await self._put(context, lambda s, who: records.put_records(s, self.ctx, who, items, key), key)
         return pb.PutRecordsResponse(records=[_record(view) for view in views])
 
+    async def _put(
+        self, context: aio.ServicerContext, work: Callable[[Session, CallerIdentity], T], idempotency_key: str
+    ) -> T:
+        try:
+            return await self._run(context, work)
+        except IntegrityError:
+            if not idempotency_key:
+                raise
+            # Another call with this key committed first (the unique key refused ours): run again to
+            # return its result, or refuse if its request differed.
+            return await self._run(context, work)
+
     async def GetRecord(self, request: pb.GetRecordRequest, context: aio.ServicerContext) -> pb.GetRecordResponse:
+        valid_id("record_id", request.record_id)
         view = await self._run(context, lambda s, who: records.get_record(s, self.ctx, who, request.record_id))
         return pb.GetRecordResponse(record=_record(view))
 
     async def ListRecords(self, request: pb.ListRecordsRequest, context: aio.ServicerContext) -> pb.ListRecordsResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("page_token", request.page_token, max_length=PAGE_TOKEN_MAX_LENGTH)
         views, token = await self._run(
             context,
             lambda s, who: records.list_records(
@@ -158,6 +183,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def UpdateRecord(
         self, request: pb.UpdateRecordRequest, context: aio.ServicerContext
     ) -> pb.UpdateRecordResponse:
+        valid_id("record_id", request.record_id)
         data = _data_bytes(request.data)
         view = await self._run(
             context,
@@ -168,6 +194,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def DeleteRecord(
         self, request: pb.DeleteRecordRequest, context: aio.ServicerContext
     ) -> pb.DeleteRecordResponse:
+        valid_id("record_id", request.record_id)
         await self._run(
             context, lambda s, who: records.delete_record(s, self.ctx, who, request.record_id, request.expected_version)
         )
@@ -186,6 +213,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def ExportSubject(
         self, request: pb.ExportSubjectRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.ExportSubjectResponse]:
+        valid_id("subject_id", request.subject_id)
+        valid_id("request_id", request.request_id)
         plan = await self._run(
             context, lambda s, who: records.export_subject(s, self.ctx, who, request.subject_id, request.request_id)
         )
@@ -215,6 +244,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def EraseSubject(
         self, request: pb.EraseSubjectRequest, context: aio.ServicerContext
     ) -> pb.EraseSubjectResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("request_id", request.request_id)
         tomb = await self._run(
             context,
             lambda s, who: records.erase_subject(s, self.ctx, who, request.subject_id, request.request_id),
@@ -232,6 +263,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def RestrictSubject(
         self, request: pb.RestrictSubjectRequest, context: aio.ServicerContext
     ) -> pb.RestrictSubjectResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("request_id", request.request_id)
         await self._run(
             context,
             lambda s, who: records.set_restriction(s, self.ctx, who, request.subject_id, request.request_id, True),
@@ -241,6 +274,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def LiftRestriction(
         self, request: pb.LiftRestrictionRequest, context: aio.ServicerContext
     ) -> pb.LiftRestrictionResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("request_id", request.request_id)
         await self._run(
             context,
             lambda s, who: records.set_restriction(s, self.ctx, who, request.subject_id, request.request_id, False),
@@ -250,6 +285,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def SetLegalHold(
         self, request: pb.SetLegalHoldRequest, context: aio.ServicerContext
     ) -> pb.SetLegalHoldResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("hold_id", request.hold_id)
         await self._run(
             context, lambda s, who: records.set_legal_hold(s, self.ctx, who, request.subject_id, request.hold_id)
         )
@@ -258,6 +295,8 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     async def ClearLegalHold(
         self, request: pb.ClearLegalHoldRequest, context: aio.ServicerContext
     ) -> pb.ClearLegalHoldResponse:
+        valid_id("subject_id", request.subject_id)
+        valid_id("hold_id", request.hold_id)
         await self._run(
             context, lambda s, who: records.clear_legal_hold(s, self.ctx, who, request.subject_id, request.hold_id)
         )
@@ -282,6 +321,7 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
         return pb.CloseTenantResponse(tenant=_tenant(row))
 
     async def ShredTenant(self, request: pb.ShredTenantRequest, context: aio.ServicerContext) -> pb.ShredTenantResponse:
+        valid_id("confirm_tenant_id", request.confirm_tenant_id)
         cert = await self._run(
             context, lambda s, who: admin.shred_tenant(s, self.ctx, who, request.confirm_tenant_id), isolated=True
         )
@@ -322,6 +362,8 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: aio.ServicerContext
     ) -> pb.ListAuditEventsResponse:
+        valid_id("page_token", request.page_token, max_length=PAGE_TOKEN_MAX_LENGTH)
+        valid_id("support_grant_id", request.support_grant_id)
         rows, token = await self._run(
             context,
             lambda s, who: admin.list_audit(

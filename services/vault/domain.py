@@ -69,6 +69,7 @@ class VaultPolicy:
 
     max_record_bytes: int = 1024 * 1024
     max_batch: int = 500
+    max_message_bytes: int = 4 * 1024 * 1024  # the gRPC limit; ListRecords pages stay below it
     epoch_max_encryptions: int = 2**24
     epoch_max_age_s: float = 30 * 24 * 3600.0
 

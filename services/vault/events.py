@@ -4,7 +4,8 @@ Each task runs inside the consumer's transaction (inbox row + effect + result ev
 A task the rules refuse (legal hold, unknown subject) is a business outcome, not a failure: it is
 rolled back to a savepoint and answered with ``REJECTED`` and the refusal's ``reason`` (the same
 :class:`~services.chassis.errors.Reason` a gRPC caller gets in its ErrorInfo). A dependency
-outage (Transit down) propagates, so the message is retried with backoff.
+outage (Transit down) propagates, so the message is retried with backoff. A command that is not a
+well-formed task from dsr is refused before anything runs: dead-lettered with a reason.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
-from services.chassis.bus import enqueue, make_event
+from services.chassis.bus import RefusedEvent, enqueue, make_event
 from services.chassis.catalog import subject_of
 from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.chassis.identity import CallerIdentity
+from services.chassis.ids import is_id, is_reference, is_tenant_id
 from services.vault import records
 from services.vault.domain import VaultContext
 from services.vault.models import Record
@@ -26,6 +28,7 @@ from services.vault.models import Record
 __all__ = ["DSR_TASK_SUBJECT", "VaultTaskHandler"]
 
 DSR_TASK_SUBJECT = subject_of(events_pb2.VaultTaskRequested)
+TASK_SOURCE = "dsr"
 A = events_pb2
 
 
@@ -36,9 +39,7 @@ class VaultTaskHandler:
         self.ctx = ctx
 
     def __call__(self, session: Session, event: events_pb2.Event) -> None:
-        if event.WhichOneof("payload") != "vault_task_requested" or not event.tenant_id:
-            raise ValueError("not a vault task: expected vault_task_requested with a tenant id")
-        task = event.vault_task_requested
+        task = _acceptable_task(event)
         result = A.VaultTaskCompleted(
             task_id=task.task_id, request_id=task.request_id, action=task.action, subject_id=task.subject_id
         )
@@ -96,3 +97,24 @@ class VaultTaskHandler:
             result.counts_by_kind["records_corrected"] = int(changed or 0)
         else:
             raise InvalidArgument("unknown vault action")
+
+
+def _acceptable_task(event: events_pb2.Event) -> A.VaultTaskRequested:
+    """The task, or :class:`RefusedEvent` (dead-lettered with the reason, never executed).
+
+    Defence in depth behind the NATS permissions (only dsr may publish tasks): the envelope must come
+    from dsr, and its ids must have the form the gRPC API accepts (tenant id as for CreateTenant,
+    subject id as Steward makes them, task id as any external reference).
+    """
+    if event.WhichOneof("payload") != "vault_task_requested":
+        raise RefusedEvent("not_a_vault_task")
+    if event.source != TASK_SOURCE:
+        raise RefusedEvent("source_not_dsr")
+    if not is_tenant_id(event.tenant_id):
+        raise RefusedEvent("invalid_tenant_id")
+    task = event.vault_task_requested
+    if not is_reference(task.task_id):
+        raise RefusedEvent("invalid_task_id")
+    if not is_id(task.subject_id):
+        raise RefusedEvent("invalid_subject_id")
+    return task

@@ -59,6 +59,7 @@ async def assemble(runtime: ServiceRuntime[VaultSettings]) -> VaultApp:
     keyring = KeyRing(transit, DekCache(settings.dek_cache_max_entries, settings.dek_cache_max_age_s, clock=clock))
     policy = VaultPolicy(
         max_record_bytes=settings.max_record_bytes,
+        max_message_bytes=settings.grpc.max_message_bytes,
         epoch_max_encryptions=settings.epoch_max_encryptions,
         epoch_max_age_s=settings.epoch_max_age_s,
     )

@@ -23,6 +23,7 @@ __all__ = [
     "AuditCheckpoint",
     "AuditEntry",
     "DataKey",
+    "IdempotencyKey",
     "LegalHold",
     "Record",
     "Subject",
@@ -185,3 +186,20 @@ class AuditCheckpoint(VaultBase):
     signature: Mapped[str] = mapped_column(Text)  # vault:vN:<base64 Ed25519 signature>
     key_version: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(String(16))  # due | shred | requested
+
+
+class IdempotencyKey(VaultBase):
+    """The outcome of a keyed write (PutRecord/PutRecords), so a retry returns it instead of writing again.
+
+    ``request_digest`` is a keyed HMAC (the tenant's blind-index key) of the request, never the request;
+    ``result`` is JSON of the stored records' ids, kinds, versions and times — no customer data.
+    """
+
+    __tablename__ = "vault_idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_tenant_created", "tenant_id", "created_at"),)
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    request_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    result: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

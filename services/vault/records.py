@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -26,11 +26,21 @@ from services.chassis.ids import new_id
 from services.vault import audit
 from services.vault.blind_index import BlindIndex, normalize_email, normalize_external_id, normalize_phone
 from services.vault.domain import KIND_NAMES, LEAD_CONTACT, RecordInput, RecordView, VaultContext, check_kind
-from services.vault.models import DataKey, LegalHold, Record, Subject, SubjectIdentifier, TenantVault, Tombstone
+from services.vault.models import (
+    DataKey,
+    IdempotencyKey,
+    LegalHold,
+    Record,
+    Subject,
+    SubjectIdentifier,
+    TenantVault,
+    Tombstone,
+)
 from services.vault.sealing import SealBroken, Sealer, record_aad
 from services.vault.tombstones import TombstoneRecord
 
 __all__ = [
+    "IDEMPOTENCY_RETENTION",
     "ExportDigest",
     "ExportPlan",
     "announce_export",
@@ -52,6 +62,8 @@ __all__ = [
 _HOLD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Request ids go into audit target ids (space-separated), tombstones (128 characters) and events: ids, not text.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{0,128}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+IDEMPOTENCY_RETENTION = timedelta(hours=24)  # a retry within this window returns the first call's result
 _NORMALISERS = {"email": normalize_email, "phone": normalize_phone, "external_id": normalize_external_id}
 
 
@@ -275,10 +287,28 @@ def _aware(at: datetime) -> datetime:
 
 
 def put_records(
-    session: Session, ctx: VaultContext, identity: CallerIdentity, items: Sequence[RecordInput]
+    session: Session,
+    ctx: VaultContext,
+    identity: CallerIdentity,
+    items: Sequence[RecordInput],
+    idempotency_key: str = "",
 ) -> list[RecordView]:
-    """Store ``items`` all-or-nothing; O(1) Transit calls whatever the batch size."""
+    """Store ``items`` all-or-nothing; O(1) Transit calls whatever the batch size.
+
+    With an ``idempotency_key`` the outcome is remembered in the same transaction, and a later call with
+    the same key and request returns it without storing anything (the same key with another request is
+    INVALID_ARGUMENT). The tenant lock makes concurrent calls with one key take turns, so one writes.
+    """
     tenant = audit.lock_tenant(session, identity.tenant_id)
+    request_digest = b""
+    if idempotency_key:
+        request_digest = _request_digest(blind_index(session, ctx, tenant), _idempotency_key(idempotency_key), items)
+        earlier = _earlier_result(session, tenant.tenant_id, idempotency_key, request_digest)
+        if earlier is not None:
+            audit.append(
+                session, tenant, identity, "records.put", [view.id for view in earlier], "replayed", at=ctx.clock.now()
+            )
+            return earlier
     _writable(tenant)
     _validate(ctx, items)
     tid = tenant.tenant_id
@@ -317,7 +347,68 @@ def put_records(
     insert_rows(session.connection(), Record.__table__, rows)  # type: ignore[arg-type]
     enqueue(session, _record_event(ctx, tid, 1, views))
     audit.append(session, tenant, identity, "records.put", [view.id for view in views], at=ctx.clock.now())
+    if idempotency_key:
+        _remember(session, tid, idempotency_key, request_digest, views, now)
     return views
+
+
+# The request digest is an HMAC under the tenant's blind-index key (external_id field, NUL-framed purpose
+# label as for page tokens): a plain hash of record data could be brute-forced for low-entropy fields.
+_IDEMPOTENCY_PURPOSE = "\x00steward.idempotency.v1\x00"
+
+
+def _idempotency_key(key: str) -> str:
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidArgument(
+            "idempotency_key must be 1-128 characters of letters, digits and . _ : - (a UUID is ideal)"
+        )
+    return key
+
+
+def _request_digest(index: BlindIndex, key: str, items: Sequence[RecordInput]) -> bytes:
+    sha = hashlib.sha256()
+    for item in items:
+        for part in (str(item.kind).encode(), item.subject_id.encode(), item.email.encode(), item.phone.encode()):
+            sha.update(len(part).to_bytes(8, "big") + part)
+        for part in (item.external_id.encode(), item.data):
+            sha.update(len(part).to_bytes(8, "big") + part)
+    return index.digest("external_id", _IDEMPOTENCY_PURPOSE + sha.hexdigest())
+
+
+def _earlier_result(session: Session, tenant_id: str, key: str, request_digest: bytes) -> list[RecordView] | None:
+    """The stored outcome of an earlier call with ``key``; None when there was none."""
+    row = session.get(IdempotencyKey, (tenant_id, key))
+    if row is None:
+        return None
+    if not hmac.compare_digest(row.request_digest, request_digest):
+        raise InvalidArgument(
+            "idempotency_key was already used for a different request; send a new key for a new write"
+        )
+    return [
+        RecordView(rid, sid, kind, None, version, datetime.fromisoformat(at), datetime.fromisoformat(at))
+        for rid, sid, kind, version, at in json.loads(row.result)
+    ]
+
+
+def _remember(
+    session: Session, tenant_id: str, key: str, request_digest: bytes, views: Sequence[RecordView], now: datetime
+) -> None:
+    """Keep this call's outcome (ids, kinds, versions, times: no data) and drop the tenant's expired keys."""
+    session.execute(
+        delete(IdempotencyKey).where(
+            IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.created_at < now - IDEMPOTENCY_RETENTION
+        )
+    )
+    result = [[view.id, view.subject_id, view.kind, view.version, view.created_at.isoformat()] for view in views]
+    session.add(
+        IdempotencyKey(
+            tenant_id=tenant_id,
+            key=key,
+            request_digest=request_digest,
+            result=json.dumps(result, separators=(",", ":")),
+            created_at=now,
+        )
+    )
 
 
 def get_record(session: Session, ctx: VaultContext, identity: CallerIdentity, record_id: str) -> RecordView:
@@ -377,6 +468,30 @@ def _read_page_token(index: BlindIndex, token: str, subject_id: str, kind: int) 
     return str(query[2])
 
 
+# Room left in a response for what is not record data: field tags, ids, times and the gRPC framing.
+_PAGE_HEADROOM_BYTES = 64 * 1024
+_RECORD_OVERHEAD_BYTES = 256
+
+
+def page_byte_budget(ctx: VaultContext) -> int:
+    """Bytes of records one ListRecords response may carry: the maximum message size minus headroom."""
+    limit = ctx.policy.max_message_bytes
+    return limit - min(_PAGE_HEADROOM_BYTES, limit // 4)
+
+
+def _fit_page(ctx: VaultContext, sizes: Sequence[tuple[str, int]]) -> list[str]:
+    """The leading record ids whose ciphertext (an upper bound of their data) fits the budget; at least one."""
+    budget = page_byte_budget(ctx)
+    chosen: list[str] = []
+    used = 0
+    for rid, length in sizes:
+        used += length + _RECORD_OVERHEAD_BYTES
+        if chosen and used > budget:
+            break
+        chosen.append(rid)
+    return chosen
+
+
 def list_records(
     session: Session,
     ctx: VaultContext,
@@ -387,7 +502,11 @@ def list_records(
     page_size: int,
     page_token: str,
 ) -> tuple[list[RecordView], str]:
-    """A page of records by subject and/or kind, decrypted, with an opaque tenant-bound next-page token."""
+    """A page of records by subject and/or kind, decrypted, with an opaque tenant-bound next-page token.
+
+    The page holds at most ``page_size`` records and stops early at :func:`page_byte_budget` (always at
+    least one record); the audit entry names exactly the records returned.
+    """
     tenant = audit.lock_tenant(session, identity.tenant_id)
     tid = tenant.tenant_id
     if not subject_id and not kind:
@@ -399,20 +518,24 @@ def list_records(
     size = page_size or 100
     index = blind_index(session, ctx, tenant)
     after = _read_page_token(index, page_token, subject_id, kind) if page_token else ""
-    query = select(Record).where(Record.tenant_id == tid)
+    conditions = [Record.tenant_id == tid]
     if subject_id:
         _not_restricted(_subject(session, tid, subject_id))
-        query = query.where(Record.subject_id == subject_id)
+        conditions.append(Record.subject_id == subject_id)
     else:
-        restricted = exists().where(Subject.id == Record.subject_id, Subject.restricted.is_(True))
-        query = query.where(~restricted)
+        conditions.append(~exists().where(Subject.id == Record.subject_id, Subject.restricted.is_(True)))
     if kind:
-        query = query.where(Record.kind == kind)
+        conditions.append(Record.kind == kind)
     if after:
-        query = query.where(Record.id > after)
-    rows = session.scalars(query.order_by(Record.id).limit(size + 1)).all()
-    more = len(rows) > size
-    rows = rows[:size]
+        conditions.append(Record.id > after)
+    # Sizes first, ciphertext only for what fits: the page stops at a byte budget below the maximum
+    # message size (a few records near the maximum record size would not fit in one response).
+    sizes = session.execute(
+        select(Record.id, func.length(Record.ciphertext)).where(*conditions).order_by(Record.id).limit(size + 1)
+    ).all()
+    chosen = _fit_page(ctx, [(rid, int(length)) for rid, length in sizes[:size]])
+    more = len(sizes) > len(chosen)
+    rows = session.scalars(select(Record).where(Record.id.in_(chosen)).order_by(Record.id)).all() if chosen else []
     sealers = ctx.keyring.sealers(session, tid, [row.key_id for row in rows])
     views = [_view(row, _open(sealers[row.key_id], tid, row)) for row in rows]
     audit.append(session, tenant, identity, "records.list", [row.id for row in rows], at=ctx.clock.now())

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from hvac.adapters import RawAdapter
 
 from services.chassis.circuit import CircuitBreaker
 from services.chassis.errors import FailedPrecondition, Reason, Unavailable
+from services.chassis.ids import is_tenant_id
 
 __all__ = [
     "DEK_BYTES",
@@ -52,7 +52,6 @@ UNAVAILABLE_MESSAGE = "key service (Transit) is unavailable; retry later"
 DEK_BYTES = 32
 KEY_TYPE = "aes256-gcm96"
 SIGNING_KEY_TYPE = "ed25519"
-_TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Statuses meaning "Transit cannot serve us right now": 401/403 (token expired or policy missing) are an
 # outage from the caller's point of view, and 412 is Vault's "not yet consistent, retry".
 _UNAVAILABLE_STATUSES = frozenset({401, 403, 412, 429})
@@ -183,7 +182,7 @@ class TransitClient:
     ) -> None:
         self.mount = mount.strip("/")
         self.key_prefix = key_prefix
-        if not _TENANT_ID.fullmatch(signing_key) or signing_key.startswith(key_prefix):
+        if not is_tenant_id(signing_key) or signing_key.startswith(key_prefix):
             # Outside the tenant-key namespace: no tenant id can name it, so no shred can delete it, and the
             # tenant-key policy (transit/keys/<prefix>*, aes256-gcm96 only) does not cover it.
             raise ValueError("the audit-signing key name must be a plain key name that does not start with key_prefix")
@@ -219,7 +218,7 @@ class TransitClient:
 
     def key_name(self, tenant_id: str) -> str:
         """Name of the tenant's Transit key."""
-        if not isinstance(tenant_id, str) or not _TENANT_ID.fullmatch(tenant_id):
+        if not is_tenant_id(tenant_id):
             # The name becomes part of a URL path; anything else could address another key or endpoint.
             raise ValueError("tenant_id must be 1-128 letters, digits, '_', '-' or '.', starting alphanumeric")
         return self.key_prefix + tenant_id

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,7 @@ class NatsServer:
     monitor_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    config_file: Path | None = None  # when set, it alone configures the server (listen, store, TLS, users)
 
     @property
     def url(self) -> str:
@@ -64,20 +66,12 @@ class NatsServer:
 
     def start(self) -> None:
         log = open(self.store_dir / "nats.log", "ab")
+        if self.config_file is not None:
+            argv = ["-c", str(self.config_file)]
+        else:
+            argv = ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
         self.proc = subprocess.Popen(
-            [
-                str(BIN / "nats-server"),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-js",
-                "-sd",
-                str(self.store_dir),
-                "-m",
-                str(self.monitor_port),
-                *self.extra_args,
-            ],
+            [str(BIN / "nats-server"), *argv, "-m", str(self.monitor_port), *self.extra_args],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -99,6 +93,65 @@ class NatsServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+@dataclass
+class SecuredNats:
+    """A nats-server configured like ``steward run``'s: nkey users from the permission table, TLS, no anonymous."""
+
+    server: NatsServer
+    seed_files: dict[str, Path]
+    ca_file: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    async def connect(self, user: str, errors: list[str]) -> Any:
+        """A raw nats-py client as ``user`` over TLS; errors the server reports (permissions) go to ``errors``."""
+        import ssl
+
+        import nats
+
+        from services.chassis.nats_permissions import inbox_prefix
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        return await nats.connect(
+            self.url,
+            nkeys_seed=str(self.seed_files[user]),
+            tls=ssl.create_default_context(cafile=str(self.ca_file)),
+            inbox_prefix=inbox_prefix(user),
+            allow_reconnect=False,
+            error_cb=on_error,
+        )
+
+    def settings(self, user: str, **fields: Any) -> Any:
+        """``NatsSettings`` connecting as ``user`` (its seed, TLS against the dev CA)."""
+        from services.chassis.settings import NatsSettings
+
+        return NatsSettings(url=self.url, nkey_seed_file=self.seed_files[user], tls_ca_file=self.ca_file, **fields)
+
+
+@pytest.fixture
+def secured_nats(tmp_path: Path) -> Iterator[SecuredNats]:
+    """A fresh nats-server started from the generated config (``services.chassis.nats_config``)."""
+    from services.chassis.nats_config import ServerTls, ensure_embedded_nats
+    from services.devstack.devca import ensure_dev_pki
+
+    pki, _ = ensure_dev_pki(tmp_path / "tls", ["nats"])
+    store = tmp_path / "nats"
+    store.mkdir()
+    port = free_port()
+    tls = ServerTls(cert_file=pki["nats"].cert_file, key_file=pki["nats"].key_file, ca_file=pki.ca_file)
+    embedded = ensure_embedded_nats(tmp_path / "nats-auth", host="127.0.0.1", port=port, store_dir=store, tls=tls)
+    server = NatsServer(store_dir=store, port=port, config_file=embedded.config_file)
+    server.start()
+    try:
+        yield SecuredNats(server=server, seed_files=dict(embedded.seed_files), ca_file=pki.ca_file)
+    finally:
+        server.kill()
 
 
 @dataclass

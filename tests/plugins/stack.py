@@ -76,6 +76,7 @@ async def vault_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[Va
         ledger_url: str | None = None,
         key_prefix: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        nats_options: dict[str, object] | None = None,
         **overrides: object,
     ) -> VaultHarness:
         bao = transit or openbao
@@ -89,7 +90,12 @@ async def vault_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[Va
                 "key_prefix": key_prefix or f"t{name}-",
                 "breaker_reset_s": 1.0,
             },
-            nats={"url": nats_url or "nats://127.0.0.1:1", "enabled": nats_url is not None, "max_deliveries": 3},
+            nats={
+                "url": nats_url or "nats://127.0.0.1:1",
+                "enabled": nats_url is not None,
+                "max_deliveries": 3,
+                **(nats_options or {}),
+            },
             trust_identity_metadata=True,
             **overrides,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -225,3 +226,60 @@ async def test_bus_connects_to_a_tls_only_nats_with_the_configured_ca(tmp_path: 
         await secured.close()
     finally:
         server.kill()
+
+
+class PlainTimeoutSubscription:
+    """A real pull subscription whose empty fetches end the other way nats-py has of ending them.
+
+    nats-py raises ``nats.errors.TimeoutError`` from most waits, but a plain ``asyncio.TimeoutError``
+    when its deadline runs out between the no-wait probe and the lingering pull request; which one a
+    fetch ends with depends on timing, so the test makes every empty fetch end the plain way.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109 - nats-py's signature
+        try:
+            return list(await self.real.fetch(batch, timeout=timeout))
+        except TimeoutError:
+            raise TimeoutError from None  # the built-in, which asyncio.TimeoutError is
+
+    async def unsubscribe(self) -> None:
+        await self.real.unsubscribe()
+
+
+async def test_idle_and_busy_consumers_never_resubscribe(
+    db: Database, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An empty fetch is the normal idle state; only a real fault may rebind the subscription.
+    received: list[str] = []
+    consumer = Consumer(
+        bus,
+        db,
+        durable="steady",
+        subjects=[SUBJECT],
+        handler=lambda _s, e: received.append(e.id),
+        fetch_timeout_s=0.2,
+    )
+    subscribe = consumer._subscribe
+
+    async def plain_timeouts() -> PlainTimeoutSubscription:
+        return PlainTimeoutSubscription(await subscribe())
+
+    monkeypatch.setattr(consumer, "_subscribe", plain_timeouts)
+    await consumer.start()
+    await eventually(lambda: consumer.stats.empty_fetches >= 8, what="several idle fetches ran out empty")
+    assert consumer.stats.resubscribes == 0
+
+    sent = []
+    for i in range(200):  # busy: a steady stream, with every 40th event waited for so fetches also run dry
+        event = tenant_event(f"t{i}")
+        sent.append(event.id)
+        await bus.js.publish(SUBJECT, event.SerializeToString(), headers={"Nats-Msg-Id": event.id})
+        if i % 40 == 0:
+            await eventually(lambda: len(received) == len(sent), what="the consumer caught up")
+    await eventually(lambda: sorted(received) == sorted(sent), what="every event handled")
+    assert consumer.stats.resubscribes == 0
+    assert consumer.stats.handled == 200
+    await consumer.stop()

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,9 @@ import hvac
 import nats
 import pytest
 
+from services.chassis.nats_config import embedded_seed_file
+from services.chassis.nats_permissions import OPS
+from services.cli.home import StewardHome
 from services.devstack.catalog import SERVICES, installed
 from tests.integration.cli.launcher import Launcher, pid_alive, run_cli
 from tests.plugins.infra import free_port
@@ -49,21 +53,58 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def jetstream_probe(url: str, *, publish: bool) -> int:
-    """Connect to ``url``, make sure JetStream answers; optionally publish one message. Returns PROBE's count."""
+def jetstream_probe(summary: dict[str, Any], *, publish: bool) -> int:
+    """Connect as the operators' NATS user over TLS, make sure JetStream answers; optionally publish one message.
+
+    Returns the STEWARD stream's message count. An anonymous client must be refused first.
+    """
+    url, tls = summary["nats_url"], ssl.create_default_context(cafile=summary["ca_file"])
+    seed = embedded_seed_file(StewardHome(Path(summary["home"])).nats_dir, OPS)
 
     async def probe() -> int:
-        connection = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(url, tls=tls, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1)
+        connection = await nats.connect(
+            url, tls=tls, nkeys_seed=str(seed), connect_timeout=5, allow_reconnect=False, inbox_prefix="_INBOX.ops"
+        )
         try:
             js = connection.jetstream()
             if publish:
-                await js.add_stream(name="PROBE", subjects=["probe.>"])
-                await js.publish("probe.one", b"kept across restarts")
-            return int((await js.stream_info("PROBE")).state.messages)
+                await js.add_stream(name="STEWARD", subjects=["steward.>"])
+                await js.publish("steward.ops.probe", b"kept across restarts")
+            return int((await js.stream_info("STEWARD")).state.messages)
         finally:
             await connection.close()
 
     return asyncio.run(probe())
+
+
+def services_on_nats(summary: dict[str, Any], timeout_s: float = 60) -> dict[str, object]:
+    """What the services did on NATS with their own credentials: durables they own, subjects they published."""
+    tls = ssl.create_default_context(cafile=summary["ca_file"])
+    seed = embedded_seed_file(StewardHome(Path(summary["home"])).nats_dir, OPS)
+
+    async def look() -> dict[str, object]:
+        connection = await nats.connect(
+            summary["nats_url"], tls=tls, nkeys_seed=str(seed), allow_reconnect=False, inbox_prefix="_INBOX.ops"
+        )
+        try:
+            js = connection.jetstream()
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    durables = [info.name for info in await js.consumers_info("STEWARD")]
+                    subjects = (await js.stream_info("STEWARD", subjects_filter="steward.>")).state.subjects or {}
+                    if durables and subjects:
+                        return {"durables": durables, "subjects": sorted(subjects)}
+                except nats.js.errors.NotFoundError:
+                    pass
+                assert time.monotonic() < deadline, "the services never used NATS"
+                await asyncio.sleep(0.2)
+        finally:
+            await connection.close()
+
+    return asyncio.run(look())
 
 
 def doctor_report(home: Path) -> tuple[int, dict[str, dict[str, str]]]:
@@ -88,7 +129,7 @@ def test_stack_serves_nats_and_unsealed_transit_stops_cleanly_and_keeps_keys_acr
     summary = first.start()
 
     assert summary["nats_url"] == f"nats://127.0.0.1:{first.ports['nats']}"
-    assert jetstream_probe(summary["nats_url"], publish=True) == 1
+    assert jetstream_probe(summary, publish=True) == 1
 
     init_file = Path(summary["openbao_init_file"])
     assert init_file == home / "openbao" / "init.json"
@@ -126,7 +167,7 @@ def test_stack_serves_nats_and_unsealed_transit_stops_cleanly_and_keeps_keys_acr
     bao_again = hvac.Client(url=summary_again["openbao_url"], token=root_token(summary_again))
     plaintext = bao_again.secrets.transit.decrypt_data("probe-tenant", ciphertext=ciphertext)["data"]["plaintext"]
     assert base64.b64decode(plaintext) == b"survives restarts"
-    assert jetstream_probe(summary_again["nats_url"], publish=False) == 1
+    assert jetstream_probe(summary_again, publish=False) == 1
     assert "initialised OpenBao" not in again.log_text(), "the second start must unseal, not re-initialise"
     assert again.stop(signal.SIGINT) == 0
 
@@ -148,7 +189,7 @@ def test_crashed_children_are_restarted_and_openbao_comes_back_unsealed(
 
     os.kill(summary["pids"]["nats"], signal.SIGKILL)
     wait_for_log(launcher, "nats is back")
-    assert jetstream_probe(summary["nats_url"], publish=True) == 1
+    assert jetstream_probe(summary, publish=True) == 1
 
     assert launcher.stop() == 0
 
@@ -170,6 +211,13 @@ def test_installed_services_start_behind_mtls_and_doctor_passes(tmp_path: Path, 
     for name in INSTALLED:
         assert checks[f"grpc:{name}"]["status"] == "ok"
         assert "SERVING" in checks[f"grpc:{name}"]["detail"]
+
+    if {"vault", "gateway"} <= summary["services"].keys():
+        # Both connected as their own NATS users over TLS: the vault made its durable, the gateway's relay
+        # published the demo tenant's events.
+        seen = services_on_nats(summary)
+        assert "vault-dsr-tasks" in seen["durables"]  # type: ignore[operator]
+        assert "steward.gateway.tenant.created" in seen["subjects"]  # type: ignore[operator]
 
     if "vault" in summary["services"]:
         from steward.vault.v1 import vault_pb2

@@ -263,5 +263,6 @@ async def test_malformed_and_foreign_events_end_in_the_dead_letter_subject_and_t
     assert garbage in letters
     assert no_tenant.SerializeToString() in letters and wrong_payload.SerializeToString() in letters
     headers = [m.headers for m in await stream_messages(dsr.nats_url) if m.subject == DLQ]
-    assert {h.get("Steward-Error-Type") for h in headers} == {"DecodeError", "ValueError"}
+    assert {h.get("Steward-Error-Type") for h in headers} == {"DecodeError", "RefusedEvent"}
+    assert {h.get("Steward-Reason") for h in headers} == {None, "invalid_tenant_id", "not_a_vault_task"}
     assert not await dsr.completions(no_tenant.vault_task_requested.task_id)
