@@ -18,6 +18,7 @@ crashes is logged with its name and reported to the runtime, which turns health 
 
 :func:`run_service` is a service's whole ``main()``: load settings, serve until SIGTERM, and on bad
 settings (or a refusal to start) exit 2 with one line ``<service>: <message naming the variable>``.
+:func:`start_service` is its ``create_server``: the same assembly on port 0 for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from services.chassis.settings import ServiceSettings, SettingsError, load_setti
 from services.chassis.tasks import BackgroundTask
 from services.chassis.telemetry import setup_logging, setup_telemetry
 
-__all__ = ["DEFAULT_STEP_TIMEOUT_S", "BackgroundTask", "ServiceRuntime", "run_service"]
+__all__ = ["DEFAULT_STEP_TIMEOUT_S", "BackgroundTask", "ServiceRuntime", "run_service", "start_service"]
 
 log = logging.getLogger("steward.runtime")
 
@@ -283,6 +284,23 @@ def _in_daemon_thread(action: Callable[[], Any]) -> asyncio.Future[Any]:
 
     threading.Thread(target=body, name="runtime-stop-step", daemon=True).start()
     return future
+
+
+async def start_service(
+    service: str,
+    settings: SettingsT,
+    assemble: Callable[[ServiceRuntime[SettingsT]], Awaitable[AppT]],
+    *,
+    port: int | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> tuple[AppT, int]:
+    """Assemble ``service`` on a new runtime and return ``(app, bound port)``: every ``create_server``.
+
+    The caller stops it through the app (which holds the runtime); a failed start has stopped already.
+    """
+    runtime = ServiceRuntime(service, settings, port=port, clock=clock)
+    app = await runtime.start(assemble)
+    return app, runtime.port
 
 
 def run_service(

@@ -16,7 +16,7 @@ from steward.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from services.chassis.bus import Bus, OutboxRelay
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
-from services.chassis.runtime import ServiceRuntime, run_service
+from services.chassis.runtime import ServiceRuntime, run_service, start_service
 from services.gateway.accesslog import AccessLog
 from services.gateway.admission import AdmissionInterceptor, Gatekeeper
 from services.gateway.api import GatewayAdminServicer
@@ -125,9 +125,7 @@ async def create_server(
     settings: GatewaySettings, *, port: int | None = None, clock: Clock = SYSTEM_CLOCK
 ) -> tuple[GatewayHandle, int]:
     """Start a gateway on ``clock`` (``port`` overrides ``settings.grpc.port``); returns the handle and the port."""
-    runtime = ServiceRuntime("gateway", settings, port=port, clock=clock)
-    handle = await runtime.start(assemble)
-    return handle, runtime.port
+    return await start_service("gateway", settings, assemble, port=port, clock=clock)
 
 
 def main() -> None:

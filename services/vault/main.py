@@ -17,7 +17,7 @@ from services.chassis.bus import Bus, Consumer, OutboxRelay
 from services.chassis.circuit import CircuitBreaker
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
-from services.chassis.runtime import ServiceRuntime, run_service
+from services.chassis.runtime import ServiceRuntime, run_service, start_service
 from services.vault.api import VaultAdminServicer, VaultServicer
 from services.vault.checkpoints import AuditCheckpointer
 from services.vault.domain import VaultContext, VaultPolicy
@@ -104,9 +104,7 @@ async def create_server(
     settings: VaultSettings, *, port: int | None = None, clock: Clock = SYSTEM_CLOCK
 ) -> tuple[VaultApp, int]:
     """Start a vault on ``clock`` (``port`` overrides ``settings.grpc.port``); returns the app and the bound port."""
-    runtime = ServiceRuntime("vault", settings, port=port, clock=clock)
-    app = await runtime.start(assemble)
-    return app, runtime.port
+    return await start_service("vault", settings, assemble, port=port, clock=clock)
 
 
 def main() -> None:
