@@ -35,7 +35,7 @@ from services.chassis.rpc import Around, wrap_rpc_handler
 from services.gateway import grants
 from services.gateway.accesslog import AccessLog
 from services.gateway.apikeys import ApiKeyAuthenticator
-from services.gateway.caller import Caller, acting_as
+from services.gateway.caller import NO_CREDENTIAL, Caller, acting_as
 from services.gateway.jwt_auth import OperatorVerifier
 from services.gateway.models import TenantRow
 from services.gateway.policy import SUPPORT, RoutePolicy, policy_for
@@ -71,7 +71,7 @@ def _single(metadata: Sequence[tuple[str, Any]] | None, key: str) -> str:
 def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str:
     values = _metadata_values(metadata, "authorization")
     if not values:
-        raise Unauthenticated("no credential: send 'authorization: Bearer <API key or operator token>'")
+        raise Unauthenticated(NO_CREDENTIAL)
     if len(values) > 1 or not isinstance(values[0], str):
         raise Unauthenticated("send exactly one authorization metadata entry, as text")
     scheme, _, token = values[0].strip().partition(" ")

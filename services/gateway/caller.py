@@ -16,7 +16,9 @@ from datetime import datetime
 from services.chassis.errors import Unauthenticated
 from services.chassis.identity import CallerIdentity
 
-__all__ = ["Caller", "acting_as", "current_caller"]
+__all__ = ["NO_CREDENTIAL", "Caller", "acting_as", "current_caller"]
+
+NO_CREDENTIAL = "no credential: send 'authorization: Bearer <API key or operator token>'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,7 @@ def current_caller() -> Caller:
     """The caller admitted for the running RPC."""
     caller = _current.get()
     if caller is None:
-        raise Unauthenticated("no credential: send 'authorization: Bearer <API key or operator token>'")
+        raise Unauthenticated(NO_CREDENTIAL)
     return caller
 
 

@@ -41,8 +41,8 @@ from services.vault.models import DataKey, IdempotencyKey, Record, Subject, Tena
 from services.vault.sealing import SealBroken, Sealer, record_aad
 from services.vault.subjects import (
     blind_index,
-    check_request_id,
     find_subject,
+    requested_subject,
     require_unrestricted,
     resolve_batch_subjects,
 )
@@ -479,10 +479,8 @@ def export_subject(
     session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, request_id: str
 ) -> ExportPlan:
     """Every record of a subject (allowed even while restricted). One Transit call at most."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    check_request_id(request_id)
+    tenant, subject = requested_subject(session, identity, subject_id, request_id)
     tid = tenant.tenant_id
-    subject = find_subject(session, tid, subject_id)
     rows = list(
         session.scalars(
             select(Record).where(Record.tenant_id == tid, Record.subject_id == subject.id).order_by(Record.id)

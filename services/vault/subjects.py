@@ -23,18 +23,18 @@ from services.chassis.ids import new_id
 from services.vault import audit
 from services.vault.blind_index import BlindIndex, normalize_email, normalize_external_id, normalize_phone
 from services.vault.domain import RecordInput, VaultContext, assume_utc
-from services.vault.models import DataKey, LegalHold, Record, Subject, SubjectIdentifier, TenantVault
-from services.vault.tombstones import TombstoneRecord, keep_tombstone
+from services.vault.models import DataKey, LegalHold, Record, Subject, SubjectIdentifier, TenantVault, Tombstone
+from services.vault.tombstones import TombstoneRecord, tombstone_row
 
 __all__ = [
     "blind_index",
     "check_rectification",
-    "check_request_id",
     "clear_legal_hold",
     "erase_subject",
     "find_subject",
     "identifier_digests",
     "reapply_tombstone",
+    "requested_subject",
     "require_unrestricted",
     "resolve_batch_subjects",
     "resolve_subject",
@@ -51,6 +51,7 @@ _NORMALISERS = {"email": normalize_email, "phone": normalize_phone, "external_id
 
 
 def find_subject(session: Session, tenant_id: str, subject_id: str) -> Subject:
+    """The tenant's subject ``subject_id``; another tenant's subject is NOT_FOUND like a missing one."""
     if not subject_id:
         raise InvalidArgument("subject_id is empty; send the subject's id (ResolveSubject finds it by identifier)")
     subject = session.get(Subject, subject_id)
@@ -59,7 +60,20 @@ def find_subject(session: Session, tenant_id: str, subject_id: str) -> Subject:
     return subject
 
 
+def requested_subject(
+    session: Session, identity: CallerIdentity, subject_id: str, request_id: str
+) -> tuple[TenantVault, Subject]:
+    """The caller's tenant (its audit lock taken) and the subject a data-subject request names.
+
+    INVALID_ARGUMENT for a malformed ``request_id``, NOT_FOUND for a subject not in this tenant.
+    """
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    _check_request_id(request_id)
+    return tenant, find_subject(session, tenant.tenant_id, subject_id)
+
+
 def require_unrestricted(subject: Subject | None) -> None:
+    """FAILED_PRECONDITION when processing of ``subject``'s data is restricted (export and erasure still work)."""
     if subject is not None and subject.restricted:
         raise FailedPrecondition(
             "processing restricted: this subject's data may only be exported or erased until the restriction is lifted",
@@ -228,10 +242,8 @@ def erase_subject(
     session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, request_id: str
 ) -> TombstoneRecord:
     """Crypto-shred one subject: records, DEK and blind-index entries go; a PII-free tombstone stays."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    check_request_id(request_id)
+    tenant, subject = requested_subject(session, identity, subject_id, request_id)
     tid = tenant.tenant_id
-    subject = find_subject(session, tid, subject_id)
     hold = session.scalar(
         select(LegalHold.hold_id).where(LegalHold.tenant_id == tid, LegalHold.subject_id == subject.id).limit(1)
     )
@@ -256,7 +268,7 @@ def erase_subject(
     tombstone = TombstoneRecord(tid, subject.id, digests, request_id, int(records), ctx.clock.now())
     ctx.ledger.record(tombstone)  # first, in its own database: it must outlive any restore of this one
     _erase_rows(session, ctx, tid, subject)
-    keep_tombstone(session, tombstone)
+    _keep_tombstone(session, tombstone)
     enqueue(
         session,
         make_event(
@@ -293,17 +305,21 @@ def reapply_tombstone(session: Session, ctx: VaultContext, tenant_id: str, tombs
         if subject is not None and subject.tenant_id == tenant_id and assume_utc(subject.created_at) <= erased_at:
             _erase_rows(session, ctx, tenant_id, subject)
             found = True
-    keep_tombstone(session, tombstone)
+    _keep_tombstone(session, tombstone)
     return found
+
+
+def _keep_tombstone(session: Session, tombstone: TombstoneRecord) -> None:
+    """Add the vault database's copy of the tombstone unless it has one (a restore may have brought it back)."""
+    if session.get(Tombstone, (tombstone.tenant_id, tombstone.subject_id)) is None:
+        session.add(tombstone_row(tombstone))
 
 
 def set_restriction(
     session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, request_id: str, restricted: bool
 ) -> None:
     """Restrict (or lift the restriction on) processing of a subject's data."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    check_request_id(request_id)
-    subject = find_subject(session, tenant.tenant_id, subject_id)
+    tenant, subject = requested_subject(session, identity, subject_id, request_id)
     subject.restricted = restricted
     enqueue(
         session,
@@ -324,7 +340,7 @@ def set_restriction(
     )
 
 
-def check_request_id(request_id: str) -> str:
+def _check_request_id(request_id: str) -> str:
     if not _REQUEST_ID.fullmatch(request_id):
         raise InvalidArgument(
             "request_id must be at most 128 characters of letters, digits and . _ : - (the data-subject request's id)"
@@ -388,10 +404,8 @@ def check_rectification(
     A rectification request is carried out through UpdateRecord; this is the check that closes it. It
     needs no key (nothing is decrypted) and is allowed while the subject is restricted, like an export.
     """
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    check_request_id(request_id)
+    tenant, subject = requested_subject(session, identity, subject_id, request_id)
     tid = tenant.tenant_id
-    subject = find_subject(session, tid, subject_id)
     corrected = session.scalar(
         select(func.count())
         .select_from(Record)

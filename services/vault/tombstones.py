@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from services.chassis.db import Database
 from services.vault.models import Tombstone
 
-__all__ = ["TombstoneLedger", "TombstoneRecord", "keep_tombstone"]
+__all__ = ["TombstoneLedger", "TombstoneRecord", "tombstone_row"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,19 +33,16 @@ class TombstoneRecord:
     erased_at: datetime
 
 
-def keep_tombstone(session: Session, tombstone: TombstoneRecord) -> None:
-    """Add ``tombstone``'s row (the ledger's or the vault's ``vault_tombstones``) unless it is there already."""
-    if session.get(Tombstone, (tombstone.tenant_id, tombstone.subject_id)) is None:
-        session.add(
-            Tombstone(
-                tenant_id=tombstone.tenant_id,
-                subject_id=tombstone.subject_id,
-                identifier_digests=" ".join(tombstone.identifier_digests),
-                request_id=tombstone.request_id,
-                records_erased=tombstone.records_erased,
-                erased_at=tombstone.erased_at,
-            )
-        )
+def tombstone_row(tombstone: TombstoneRecord) -> Tombstone:
+    """The ``vault_tombstones`` row of ``tombstone`` (the ledger and the vault database share the schema)."""
+    return Tombstone(
+        tenant_id=tombstone.tenant_id,
+        subject_id=tombstone.subject_id,
+        identifier_digests=" ".join(tombstone.identifier_digests),
+        request_id=tombstone.request_id,
+        records_erased=tombstone.records_erased,
+        erased_at=tombstone.erased_at,
+    )
 
 
 class TombstoneLedger:
@@ -58,7 +54,8 @@ class TombstoneLedger:
     def record(self, tombstone: TombstoneRecord) -> None:
         """Commit the tombstone to the ledger now, before the erasure itself commits."""
         with self.database.transaction() as session:
-            keep_tombstone(session, tombstone)
+            if session.get(Tombstone, (tombstone.tenant_id, tombstone.subject_id)) is None:
+                session.add(tombstone_row(tombstone))
 
     def for_tenant(self, tenant_id: str) -> Sequence[TombstoneRecord]:
         """Every tombstone of ``tenant_id``."""
