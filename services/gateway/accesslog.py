@@ -14,7 +14,6 @@ import contextlib
 import logging
 from collections import defaultdict
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from steward.events.v1 import events_pb2
@@ -23,9 +22,7 @@ from services.chassis.bus import enqueue, make_event
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.tasks import BackgroundTask
-
-if TYPE_CHECKING:
-    from services.gateway.admission import Caller
+from services.gateway.caller import Caller
 
 log = logging.getLogger("steward.gateway.access")
 

@@ -5,7 +5,7 @@ the ``authorization`` metadata, authenticates an API key or an operator JWT, app
 :class:`~services.gateway.policy.RoutePolicy`, resolves the tenant **from the credential** (the key's
 tenant, the support grant's tenant, or — for operators only — ``x-steward-target-tenant``), spends a
 rate-limit token, records calls under support grants before they run, and logs every call (PII-free)
-when it ends. Handlers read the result with :func:`current_caller`.
+when it ends. Handlers read the result with :func:`~services.gateway.caller.current_caller`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import grpc
@@ -33,12 +30,12 @@ from services.chassis.errors import (
     Reason,
     Unauthenticated,
 )
-from services.chassis.identity import CallerIdentity
 from services.chassis.ids import valid_id
 from services.chassis.rpc import Around, wrap_rpc_handler
 from services.gateway import grants
 from services.gateway.accesslog import AccessLog
 from services.gateway.apikeys import ApiKeyAuthenticator
+from services.gateway.caller import NO_CREDENTIAL, Caller, acting_as
 from services.gateway.jwt_auth import OperatorVerifier
 from services.gateway.models import TenantRow
 from services.gateway.policy import SUPPORT, RoutePolicy, policy_for
@@ -48,9 +45,7 @@ __all__ = [
     "MD_SUPPORT_GRANT",
     "MD_TARGET_TENANT",
     "AdmissionInterceptor",
-    "Caller",
     "Gatekeeper",
-    "current_caller",
 ]
 
 MD_TARGET_TENANT = "x-steward-target-tenant"
@@ -58,46 +53,6 @@ MD_SUPPORT_GRANT = "x-steward-support-grant"
 LOCAL_PREFIX = "/steward.gateway.v1."
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 MAX_TOKEN_LEN = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """The authenticated caller of one RPC, as the gateway established it."""
-
-    kind: str  # api_key | operator | support
-    principal: str
-    tenant_id: str
-    credential_id: str
-    scopes: frozenset[str] = field(default_factory=frozenset)
-    roles: frozenset[str] = field(default_factory=frozenset)
-    support_grant_id: str = ""
-    expires_at: datetime | None = None
-
-    def identity(self) -> CallerIdentity:
-        """The identity metadata services receive (tenant always from the credential)."""
-        return CallerIdentity(
-            tenant_id=self.tenant_id,
-            principal=self.principal,
-            principal_kind=self.kind,
-            credential_id=self.credential_id,
-            scopes=self.scopes,
-            support_grant_id=self.support_grant_id,
-        )
-
-    def has_role(self, *roles: str) -> bool:
-        """True for an operator holding any of ``roles``."""
-        return self.kind == "operator" and bool(self.roles.intersection(roles))
-
-
-_current: ContextVar[Caller | None] = ContextVar("steward_gateway_caller", default=None)
-
-
-def current_caller() -> Caller:
-    """The caller admitted for the running RPC."""
-    caller = _current.get()
-    if caller is None:
-        raise Unauthenticated("no credential: send 'authorization: Bearer <API key or operator token>'")
-    return caller
 
 
 def _metadata_values(metadata: Sequence[tuple[str, Any]] | None, key: str) -> list[Any]:
@@ -116,7 +71,7 @@ def _single(metadata: Sequence[tuple[str, Any]] | None, key: str) -> str:
 def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str:
     values = _metadata_values(metadata, "authorization")
     if not values:
-        raise Unauthenticated("no credential: send 'authorization: Bearer <API key or operator token>'")
+        raise Unauthenticated(NO_CREDENTIAL)
     if len(values) > 1 or not isinstance(values[0], str):
         raise Unauthenticated("send exactly one authorization metadata entry, as text")
     scheme, _, token = values[0].strip().partition(" ")
@@ -317,11 +272,8 @@ class AdmissionInterceptor(aio.ServerInterceptor):
                 caller = await self.gate.admit(method, context.invocation_metadata(), _peer_host(context.peer()))
                 if caller.support_grant_id:
                     seq = await self.gate.open_support_access(caller, method)
-                token = _current.set(caller)
-                try:
+                with acting_as(caller):
                     yield
-                finally:
-                    _current.reset(token)
             except BaseException as exc:
                 failure = exc
                 raise

@@ -9,9 +9,10 @@ transaction each.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
+from google.protobuf.message import Message
 from grpc import aio
+from sqlalchemy.orm import Session
 from steward.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
@@ -22,7 +23,7 @@ from services.chassis.identity import CallerIdentity, identity_metadata
 from services.chassis.ids import valid_id
 from services.chassis.timestamps import to_timestamp
 from services.gateway import apikeys, grants, tenants
-from services.gateway.admission import Caller, current_caller
+from services.gateway.caller import Caller, current_caller
 from services.gateway.forwarding import DeadlinePolicy, Upstreams, upstream_error
 from services.gateway.models import ApiKeyRow, SupportAccessRow, SupportGrantRow, TenantRow
 from services.gateway.policy import OPS_ADMIN, OPS_ONCALL, SUPPORT
@@ -172,7 +173,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             closed_at=to_timestamp(row.closed_at),
         )
 
-    async def _vault_admin(self, rpc: str, tenant_id: str, caller: Caller, request: Any) -> Any:
+    async def _vault_admin(self, rpc: str, tenant_id: str, caller: Caller, request: Message) -> Message:
         """Call a VaultAdminService method as the gateway, for ``tenant_id``."""
         stub = vault_pb2_grpc.VaultAdminServiceStub(self.upstreams.channel("vault"))  # type: ignore[no-untyped-call]
         identity = CallerIdentity(
@@ -189,7 +190,9 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             # an unreachable or slow vault becomes the gateway's UNAVAILABLE / DEADLINE_EXCEEDED.
             raise upstream_error(err, upstream="vault", cap=timeout) from None
 
-    async def CreateTenant(self, request: gateway_pb2.CreateTenantRequest, context: aio.ServicerContext) -> Any:
+    async def CreateTenant(
+        self, request: gateway_pb2.CreateTenantRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.CreateTenantResponse:
         caller = current_caller()
         details = tenants.validate_details(_details_from_proto(request.details))
         tenant_id = tenants.new_tenant_id()
@@ -213,14 +216,18 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             if not any(grants.grant_state(g, now) == "active" for g in live):
                 raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
 
-    async def GetTenant(self, request: gateway_pb2.GetTenantRequest, context: aio.ServicerContext) -> Any:
+    async def GetTenant(
+        self, request: gateway_pb2.GetTenantRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.GetTenantResponse:
         caller = current_caller()
         tenant_id = _tenant_for(caller, request.tenant_id)
         await self._support_may_see(caller, tenant_id)
         row = await self.db.run(lambda s: tenants.get_tenant(s, tenant_id))
         return gateway_pb2.GetTenantResponse(tenant=self._tenant_to_proto(row))
 
-    async def UpdateTenant(self, request: gateway_pb2.UpdateTenantRequest, context: aio.ServicerContext) -> Any:
+    async def UpdateTenant(
+        self, request: gateway_pb2.UpdateTenantRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.UpdateTenantResponse:
         caller = current_caller()
         tenant_id = _tenant_for(caller, request.tenant_id)
         details = tenants.validate_details(_details_from_proto(request.details))
@@ -236,7 +243,9 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         )
         return gateway_pb2.UpdateTenantResponse(tenant=self._tenant_to_proto(row))
 
-    async def CloseTenant(self, request: gateway_pb2.CloseTenantRequest, context: aio.ServicerContext) -> Any:
+    async def CloseTenant(
+        self, request: gateway_pb2.CloseTenantRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.CloseTenantResponse:
         caller = current_caller()
         tenant_id = _tenant_for(caller, request.tenant_id)
         row, _changed = await self.db.run(lambda s: tenants.close_tenant(s, tenant_id, now=self.clock.now()))
@@ -246,7 +255,9 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
     # ---------------------------------------------------------------- API keys
 
-    async def CreateApiKey(self, request: gateway_pb2.CreateApiKeyRequest, context: aio.ServicerContext) -> Any:
+    async def CreateApiKey(
+        self, request: gateway_pb2.CreateApiKeyRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.CreateApiKeyResponse:
         caller = current_caller()
         tenant_id = _tenant_for(caller, request.tenant_id)
         wanted = set(request.scopes)
@@ -267,7 +278,9 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         )
         return gateway_pb2.CreateApiKeyResponse(api_key=_key_to_proto(row, self.clock.now()), token=token)
 
-    async def ListApiKeys(self, request: gateway_pb2.ListApiKeysRequest, context: aio.ServicerContext) -> Any:
+    async def ListApiKeys(
+        self, request: gateway_pb2.ListApiKeysRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.ListApiKeysResponse:
         caller = current_caller()
         tenant_id = _tenant_for(caller, request.tenant_id)
         now = self.clock.now()
@@ -279,12 +292,14 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
     def _key_scope(self, caller: Caller) -> str | None:
         return caller.tenant_id if caller.kind == "api_key" else None
 
-    async def RotateApiKey(self, request: gateway_pb2.RotateApiKeyRequest, context: aio.ServicerContext) -> Any:
+    async def RotateApiKey(
+        self, request: gateway_pb2.RotateApiKeyRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.RotateApiKeyResponse:
         caller = current_caller()
 
         valid_id("key_id", request.key_id)
 
-        def rotate(session: Any) -> tuple[ApiKeyRow, str, ApiKeyRow]:
+        def rotate(session: Session) -> tuple[ApiKeyRow, str, ApiKeyRow]:
             row = apikeys.find_key(session, request.key_id, tenant_id=self._key_scope(caller))
             return apikeys.rotate_key(
                 session,
@@ -302,12 +317,14 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             api_key=_key_to_proto(new_row, now), token=token, previous=_key_to_proto(old_row, now)
         )
 
-    async def RevokeApiKey(self, request: gateway_pb2.RevokeApiKeyRequest, context: aio.ServicerContext) -> Any:
+    async def RevokeApiKey(
+        self, request: gateway_pb2.RevokeApiKeyRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.RevokeApiKeyResponse:
         caller = current_caller()
 
         valid_id("key_id", request.key_id)
 
-        def revoke(session: Any) -> ApiKeyRow:
+        def revoke(session: Session) -> ApiKeyRow:
             row = apikeys.find_key(session, request.key_id, tenant_id=self._key_scope(caller))
             return apikeys.revoke_key(session, row, by=caller.principal, now=now)
 
@@ -319,7 +336,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
     async def RequestSupportAccess(
         self, request: gateway_pb2.RequestSupportAccessRequest, context: aio.ServicerContext
-    ) -> Any:
+    ) -> gateway_pb2.RequestSupportAccessResponse:
         caller = current_caller()
         valid_id("tenant_id", request.tenant_id)
         now = self.clock.now()
@@ -338,12 +355,12 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
     async def ApproveSupportAccess(
         self, request: gateway_pb2.ApproveSupportAccessRequest, context: aio.ServicerContext
-    ) -> Any:
+    ) -> gateway_pb2.ApproveSupportAccessResponse:
         caller = current_caller()
 
         valid_id("grant_id", request.grant_id)
 
-        def approve(session: Any) -> SupportGrantRow:
+        def approve(session: Session) -> SupportGrantRow:
             row = grants.find_grant(session, request.grant_id, tenant_id=caller.tenant_id)
             return grants.approve(session, row, approved_by=caller.principal, now=now)
 
@@ -353,7 +370,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
     async def GrantEmergencySupportAccess(
         self, request: gateway_pb2.GrantEmergencySupportAccessRequest, context: aio.ServicerContext
-    ) -> Any:
+    ) -> gateway_pb2.GrantEmergencySupportAccessResponse:
         caller = current_caller()
         valid_id("tenant_id", request.tenant_id)
         now = self.clock.now()
@@ -381,13 +398,13 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
     async def RevokeSupportAccess(
         self, request: gateway_pb2.RevokeSupportAccessRequest, context: aio.ServicerContext
-    ) -> Any:
+    ) -> gateway_pb2.RevokeSupportAccessResponse:
         caller = current_caller()
         tenant_filter, principal_filter = self._grant_visibility(caller)
 
         valid_id("grant_id", request.grant_id)
 
-        def revoke(session: Any) -> SupportGrantRow:
+        def revoke(session: Session) -> SupportGrantRow:
             row = grants.find_grant(session, request.grant_id, tenant_id=tenant_filter, principal=principal_filter)
             return grants.revoke(session, row, by=caller.principal, now=now)
 
@@ -397,7 +414,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
     async def ListSupportGrants(
         self, request: gateway_pb2.ListSupportGrantsRequest, context: aio.ServicerContext
-    ) -> Any:
+    ) -> gateway_pb2.ListSupportGrantsResponse:
         caller = current_caller()
         tenant_filter, principal_filter = self._grant_visibility(caller)
         valid_id("tenant_id", request.tenant_id)
@@ -419,7 +436,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
     async def ListSupportAccesses(
         self, request: gateway_pb2.ListSupportAccessesRequest, context: aio.ServicerContext
-    ) -> Any:
+    ) -> gateway_pb2.ListSupportAccessesResponse:
         caller = current_caller()
         tenant_filter, principal_filter = self._grant_visibility(caller)
         valid_id("grant_id", request.grant_id)
@@ -432,7 +449,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         except ValueError:
             raise InvalidArgument("page_token: pass back next_page_token from the previous response") from None
 
-        def read(session: Any) -> list[SupportAccessRow]:
+        def read(session: Session) -> list[SupportAccessRow]:
             grants.find_grant(session, request.grant_id, tenant_id=tenant_filter, principal=principal_filter)
             return grants.list_accesses(session, request.grant_id, after_seq=after, limit=page_size)
 
@@ -444,7 +461,9 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
     # ------------------------------------------------------------------ whoami
 
-    async def WhoAmI(self, request: gateway_pb2.WhoAmIRequest, context: aio.ServicerContext) -> Any:
+    async def WhoAmI(
+        self, request: gateway_pb2.WhoAmIRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.WhoAmIResponse:
         caller = current_caller()
         return gateway_pb2.WhoAmIResponse(
             principal=caller.principal,

@@ -34,7 +34,7 @@ from services.chassis.grpc_server import channel_options
 from services.chassis.identity import identity_metadata
 from services.chassis.settings import GrpcSettings
 from services.chassis.telemetry import inject_headers
-from services.gateway.admission import Caller, current_caller
+from services.gateway.caller import Caller, current_caller
 from services.gateway.policy import policy_for
 from services.gateway.settings import UpstreamSettings
 

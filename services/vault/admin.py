@@ -29,8 +29,8 @@ from services.vault.models import (
     SubjectIdentifier,
     TenantVault,
 )
-from services.vault.records import reapply_tombstone
 from services.vault.sealing import key_aad
+from services.vault.subjects import reapply_tombstone
 
 __all__ = [
     "RewrapProgress",

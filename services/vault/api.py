@@ -1,5 +1,5 @@
-"""gRPC servicers of the vault: protobuf <-> domain objects, nothing else (rules live in records.py
-and admin.py; each call is one transaction on a worker thread)."""
+"""gRPC servicers of the vault: protobuf <-> domain objects, nothing else (rules live in records.py,
+subjects.py and admin.py; each call is one transaction on a worker thread)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from services.chassis.errors import InvalidArgument, NotFound, Reason
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.ids import PAGE_TOKEN_MAX_LENGTH, valid_id
 from services.chassis.timestamps import to_timestamp
-from services.vault import admin, records
+from services.vault import admin, records, subjects
 from services.vault.audit import Fault
 from services.vault.checkpoints import signed_fields
 from services.vault.domain import RecordInput, RecordView, VaultContext
@@ -205,7 +205,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     ) -> pb.ResolveSubjectResponse:
         field = request.WhichOneof("identifier") or ""
         raw = getattr(request, field) if field else ""
-        subject_id = await self._run(context, lambda s, who: records.resolve_subject(s, self.ctx, who, field, raw))
+        subject_id = await self._run(context, lambda s, who: subjects.resolve_subject(s, self.ctx, who, field, raw))
         if not subject_id:
             raise NotFound("no subject matches that identifier", reason=Reason.SUBJECT_NOT_FOUND)
         return pb.ResolveSubjectResponse(subject_id=subject_id)
@@ -248,7 +248,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         valid_id("request_id", request.request_id)
         tomb = await self._run(
             context,
-            lambda s, who: records.erase_subject(s, self.ctx, who, request.subject_id, request.request_id),
+            lambda s, who: subjects.erase_subject(s, self.ctx, who, request.subject_id, request.request_id),
             isolated=True,
         )
         return pb.EraseSubjectResponse(
@@ -267,7 +267,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         valid_id("request_id", request.request_id)
         await self._run(
             context,
-            lambda s, who: records.set_restriction(s, self.ctx, who, request.subject_id, request.request_id, True),
+            lambda s, who: subjects.set_restriction(s, self.ctx, who, request.subject_id, request.request_id, True),
         )
         return pb.RestrictSubjectResponse()
 
@@ -278,7 +278,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         valid_id("request_id", request.request_id)
         await self._run(
             context,
-            lambda s, who: records.set_restriction(s, self.ctx, who, request.subject_id, request.request_id, False),
+            lambda s, who: subjects.set_restriction(s, self.ctx, who, request.subject_id, request.request_id, False),
         )
         return pb.LiftRestrictionResponse()
 
@@ -288,7 +288,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         valid_id("subject_id", request.subject_id)
         valid_id("hold_id", request.hold_id)
         await self._run(
-            context, lambda s, who: records.set_legal_hold(s, self.ctx, who, request.subject_id, request.hold_id)
+            context, lambda s, who: subjects.set_legal_hold(s, self.ctx, who, request.subject_id, request.hold_id)
         )
         return pb.SetLegalHoldResponse()
 
@@ -298,7 +298,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         valid_id("subject_id", request.subject_id)
         valid_id("hold_id", request.hold_id)
         await self._run(
-            context, lambda s, who: records.clear_legal_hold(s, self.ctx, who, request.subject_id, request.hold_id)
+            context, lambda s, who: subjects.clear_legal_hold(s, self.ctx, who, request.subject_id, request.hold_id)
         )
         return pb.ClearLegalHoldResponse()
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.errors import InvalidArgument
@@ -18,12 +18,18 @@ __all__ = [
     "RecordView",
     "VaultContext",
     "VaultPolicy",
+    "assume_utc",
     "check_kind",
 ]
 
 LEAD_CONTACT = 1
 KIND_NAMES = {1: "LEAD_CONTACT", 2: "INTERACTION", 3: "OPPORTUNITY", 4: "NOTE", 5: "CUSTOM"}
 SOURCE = "vault"
+
+
+def assume_utc(at: datetime) -> datetime:
+    """``at`` with its time zone; a naive value (SQLite drops the zone) is UTC, as the vault stores it."""
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def check_kind(kind: int, where: str = "") -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
@@ -21,9 +20,8 @@ from services.chassis.catalog import subject_of
 from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import is_id, is_reference, is_tenant_id
-from services.vault import records
+from services.vault import records, subjects
 from services.vault.domain import VaultContext
-from services.vault.models import Record
 
 __all__ = ["DSR_TASK_SUBJECT", "VaultTaskHandler"]
 
@@ -71,30 +69,20 @@ class VaultTaskHandler:
             result.counts_by_kind.update(digest.counts)
             result.export_sha256 = digest.hexdigest()
         elif action == A.VAULT_ACTION_ERASE:
-            tomb = records.erase_subject(session, ctx, who, task.subject_id, task.request_id)
+            tomb = subjects.erase_subject(session, ctx, who, task.subject_id, task.request_id)
             result.counts_by_kind["records_erased"] = tomb.records_erased
         elif action in (A.VAULT_ACTION_RESTRICT, A.VAULT_ACTION_LIFT_RESTRICTION):
-            records.set_restriction(
+            subjects.set_restriction(
                 session, ctx, who, task.subject_id, task.request_id, action == A.VAULT_ACTION_RESTRICT
             )
         elif action == A.VAULT_ACTION_SET_LEGAL_HOLD:
-            records.set_legal_hold(session, ctx, who, task.subject_id, task.hold_id)
+            subjects.set_legal_hold(session, ctx, who, task.subject_id, task.hold_id)
         elif action == A.VAULT_ACTION_CLEAR_LEGAL_HOLD:
-            records.clear_legal_hold(session, ctx, who, task.subject_id, task.hold_id)
+            subjects.clear_legal_hold(session, ctx, who, task.subject_id, task.hold_id)
         elif action == A.VAULT_ACTION_RECTIFY:
             since = task.request_received_at.ToDatetime(tzinfo=UTC)
-            records.export_subject(session, ctx, who, task.subject_id, task.request_id)  # existence + audit
-            changed = session.scalar(
-                select(func.count())
-                .select_from(Record)
-                .where(
-                    Record.tenant_id == who.tenant_id,
-                    Record.subject_id == task.subject_id,
-                    Record.updated_at >= since,
-                    Record.version > 1,
-                )
-            )
-            result.counts_by_kind["records_corrected"] = int(changed or 0)
+            corrected = subjects.check_rectification(session, ctx, who, task.subject_id, task.request_id, since)
+            result.counts_by_kind["records_corrected"] = corrected
         else:
             raise InvalidArgument("unknown vault action")
 

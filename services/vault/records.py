@@ -1,6 +1,9 @@
-"""Rules for records and data subjects: put, get, list, update, delete, resolve, export, erase,
-restrict and legal holds. Each function runs inside the caller's transaction and starts by taking
-the tenant's audit lock; each appends its audit entry and stages its events in the same transaction.
+"""Rules for records: put (with idempotency keys), get, list (signed page tokens), update, delete,
+and export of a subject's records. Only this module seals and opens record ciphertext (its AAD binds
+tenant, id, kind, subject and version), so export stays here although a data-subject request asks for
+it; the subject rules (lookup, restriction, identifier resolution) come from :mod:`subjects`. Each
+function runs inside the caller's transaction and starts by taking the tenant's audit lock; each
+appends its audit entry and stages its events in the same transaction.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
@@ -24,70 +27,49 @@ from services.chassis.fastsql import insert_rows
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
 from services.vault import audit
-from services.vault.blind_index import BlindIndex, normalize_email, normalize_external_id, normalize_phone
-from services.vault.domain import KIND_NAMES, LEAD_CONTACT, RecordInput, RecordView, VaultContext, check_kind
-from services.vault.models import (
-    DataKey,
-    IdempotencyKey,
-    LegalHold,
-    Record,
-    Subject,
-    SubjectIdentifier,
-    TenantVault,
-    Tombstone,
+from services.vault.blind_index import BlindIndex
+from services.vault.domain import (
+    KIND_NAMES,
+    LEAD_CONTACT,
+    RecordInput,
+    RecordView,
+    VaultContext,
+    assume_utc,
+    check_kind,
 )
+from services.vault.models import DataKey, IdempotencyKey, Record, Subject, TenantVault
 from services.vault.sealing import SealBroken, Sealer, record_aad
-from services.vault.tombstones import TombstoneRecord
+from services.vault.subjects import (
+    blind_index,
+    find_subject,
+    requested_subject,
+    require_unrestricted,
+    resolve_batch_subjects,
+)
 
 __all__ = [
     "IDEMPOTENCY_RETENTION",
     "ExportDigest",
     "ExportPlan",
     "announce_export",
-    "clear_legal_hold",
     "delete_record",
-    "erase_subject",
     "export_subject",
     "get_record",
-    "identifier_digests",
     "iter_export",
     "list_records",
+    "page_byte_budget",
     "put_records",
-    "resolve_subject",
-    "set_legal_hold",
-    "set_restriction",
     "update_record",
 ]
 
-_HOLD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Request ids go into audit target ids (space-separated), tombstones (128 characters) and events: ids, not text.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{0,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 IDEMPOTENCY_RETENTION = timedelta(hours=24)  # a retry within this window returns the first call's result
-_NORMALISERS = {"email": normalize_email, "phone": normalize_phone, "external_id": normalize_external_id}
 
 
 def _writable(tenant: TenantVault) -> None:
     if tenant.state != "active":
         raise FailedPrecondition(
             "this tenant is closed; writes are refused (reads and exports still work)", reason=Reason.TENANT_CLOSED
-        )
-
-
-def _subject(session: Session, tenant_id: str, subject_id: str) -> Subject:
-    if not subject_id:
-        raise InvalidArgument("subject_id is empty; send the subject's id (ResolveSubject finds it by identifier)")
-    subject = session.get(Subject, subject_id)
-    if subject is None or subject.tenant_id != tenant_id:
-        raise NotFound("subject not found", reason=Reason.SUBJECT_NOT_FOUND)
-    return subject
-
-
-def _not_restricted(subject: Subject | None) -> None:
-    if subject is not None and subject.restricted:
-        raise FailedPrecondition(
-            "processing restricted: this subject's data may only be exported or erased until the restriction is lifted",
-            reason=Reason.SUBJECT_RESTRICTED,
         )
 
 
@@ -125,24 +107,6 @@ def _record_event(
     )
 
 
-def blind_index(session: Session, ctx: VaultContext, tenant: TenantVault) -> BlindIndex:
-    """The tenant's blind index (its root key unwrapped once and cached)."""
-    return ctx.keyring.blind_index(session, tenant.tenant_id, tenant.blind_key_id)
-
-
-def identifier_digests(index: BlindIndex, item: RecordInput, where: str = "") -> list[tuple[str, bytes]]:
-    """(field, digest) for each identifier sent, normalised first; INVALID_ARGUMENT names a malformed one."""
-    digests = []
-    for field_name, raw in (("email", item.email), ("phone", item.phone), ("external_id", item.external_id)):
-        if raw:
-            try:
-                normalised = _NORMALISERS[field_name](raw)
-            except InvalidArgument as exc:
-                raise InvalidArgument(where + exc.message) from None
-            digests.append((field_name, index.digest(field_name, normalised)))
-    return digests
-
-
 def _validate(ctx: VaultContext, items: Sequence[RecordInput]) -> None:
     if not items:
         raise InvalidArgument("no records sent; send at least one")
@@ -174,104 +138,11 @@ def _validate(ctx: VaultContext, items: Sequence[RecordInput]) -> None:
             raise InvalidArgument(f"{where}identifiers belong on LEAD_CONTACT records; use subject_id on other kinds")
 
 
-def _resolve_subjects(
-    session: Session, ctx: VaultContext, tenant: TenantVault, items: Sequence[RecordInput]
-) -> tuple[list[str], dict[str, Subject]]:
-    """Subject id per item (\"\" when none), creating subjects for new identifiers with one Transit call."""
-    tid = tenant.tenant_id
-    subject_ids = [item.subject_id for item in items]
-    named = {sid for sid in subject_ids if sid}
-    subjects: dict[str, Subject] = {}
-    if named:
-        if len(named) == 1:
-            # One subject (the common case): a primary-key get, answered from the batch's identity map
-            # when an earlier unit already loaded it.
-            [only] = named
-            found = session.get(Subject, only)
-            rows = [found] if found is not None and found.tenant_id == tid else []
-            session.info.setdefault("pinned", {}).update({("subject", row.id): row for row in rows})
-        else:
-            # Many subjects: plain rows (id, key_id, restricted) instead of ORM objects, which cost ~50 us each.
-            rows = list(
-                session.execute(  # type: ignore[arg-type]
-                    select(Subject.id, Subject.key_id, Subject.restricted, Subject.tenant_id).where(
-                        Subject.tenant_id == tid, Subject.id.in_(named)
-                    )
-                )
-            )
-        subjects = {row.id: row for row in rows}
-        for position, sid in enumerate(subject_ids):
-            if sid and sid not in subjects:
-                raise NotFound(
-                    f"records[{position}]: subject not found" if len(items) > 1 else "subject not found",
-                    reason=Reason.SUBJECT_NOT_FOUND,
-                )
-    wanting = [i for i, item in enumerate(items) if item.has_identifiers and not item.subject_id]
-    if wanting:
-        index = blind_index(session, ctx, tenant)
-        digests = {i: identifier_digests(index, items[i], f"records[{i}]: " if len(items) > 1 else "") for i in wanting}
-        every = {pair for pairs in digests.values() for pair in pairs}
-        known: dict[tuple[str, bytes], str] = {}
-        for chunk in _chunks(sorted(every), 200):
-            condition = or_(*(and_(SubjectIdentifier.field == f, SubjectIdentifier.digest == d) for f, d in chunk))
-            for f, d, sid in session.execute(
-                select(SubjectIdentifier.field, SubjectIdentifier.digest, SubjectIdentifier.subject_id).where(
-                    SubjectIdentifier.tenant_id == tid, condition
-                )
-            ):
-                known[(f, d)] = sid
-        # Items naming the same new identifier share one new subject.
-        pending: dict[tuple[str, bytes], int] = {}
-        new_groups: list[list[int]] = []
-        for i in wanting:
-            matches = {known[pair] for pair in digests[i] if pair in known}
-            if len(matches) > 1:
-                raise InvalidArgument(f"records[{i}]: these identifiers belong to different subjects; send them apart")
-            if matches:
-                subject_ids[i] = matches.pop()
-                continue
-            group = next((pending[pair] for pair in digests[i] if pair in pending), None)
-            if group is None:
-                group = len(new_groups)
-                new_groups.append([])
-            new_groups[group].append(i)
-            for pair in digests[i]:
-                pending[pair] = group
-        if new_groups:
-            now = ctx.clock.now()
-            keys = ctx.keyring.create_keys(session, tid, tenant.key_version, ["subject"] * len(new_groups), now=now)
-            for members, key in zip(new_groups, keys, strict=True):
-                subject = Subject(id=new_id(), tenant_id=tid, key_id=key.key_id, restricted=False, created_at=now)
-                session.add(subject)
-                subjects[subject.id] = subject
-                for i in members:
-                    subject_ids[i] = subject.id
-        session.flush()
-        linked: set[tuple[str, bytes]] = set(known)
-        for i in wanting:
-            for pair in digests[i]:
-                if pair not in linked:
-                    session.add(
-                        SubjectIdentifier(tenant_id=tid, field=pair[0], digest=pair[1], subject_id=subject_ids[i])
-                    )
-                    linked.add(pair)
-        missing = {sid for sid in subject_ids if sid and sid not in subjects}
-        if missing:
-            for row in session.scalars(select(Subject).where(Subject.id.in_(missing))).all():
-                subjects[row.id] = row
-    return subject_ids, subjects
-
-
-def _chunks(items: Sequence[tuple[str, bytes]], size: int) -> Iterator[Sequence[tuple[str, bytes]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _epoch_key(session: Session, ctx: VaultContext, tenant: TenantVault, count: int) -> str:
     """The tenant-level DEK for subject-less records, rotated by use count or age."""
     key = session.get(DataKey, tenant.epoch_key_id)
     now = ctx.clock.now()
-    age = (now - _aware(key.created_at)).total_seconds() if key is not None else 0.0
+    age = (now - assume_utc(key.created_at)).total_seconds() if key is not None else 0.0
     if key is None or key.encryptions + count > ctx.policy.epoch_max_encryptions or age > ctx.policy.epoch_max_age_s:
         [fresh] = ctx.keyring.create_keys(session, tenant.tenant_id, tenant.key_version, ["epoch"], now=now)
         tenant.epoch_key_id = fresh.key_id
@@ -280,10 +151,6 @@ def _epoch_key(session: Session, ctx: VaultContext, tenant: TenantVault, count: 
         update(DataKey).where(DataKey.id == tenant.epoch_key_id).values(encryptions=DataKey.encryptions + count)
     )
     return tenant.epoch_key_id
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def put_records(
@@ -312,7 +179,7 @@ def put_records(
     _writable(tenant)
     _validate(ctx, items)
     tid = tenant.tenant_id
-    subject_ids, subjects = _resolve_subjects(session, ctx, tenant, items)
+    subject_ids, subjects = resolve_batch_subjects(session, ctx, tenant, items)
     for position, sid in enumerate(subject_ids):
         if sid and subjects[sid].restricted:
             raise FailedPrecondition(
@@ -416,7 +283,7 @@ def get_record(session: Session, ctx: VaultContext, identity: CallerIdentity, re
     tenant = audit.lock_tenant(session, identity.tenant_id)
     row = _record(session, tenant.tenant_id, record_id)
     if row.subject_id:
-        _not_restricted(session.get(Subject, row.subject_id))
+        require_unrestricted(session.get(Subject, row.subject_id))
     data = _open(ctx.keyring.sealer(session, tenant.tenant_id, row.key_id), tenant.tenant_id, row)
     audit.append(session, tenant, identity, "record.read", [row.id], at=ctx.clock.now())
     return _view(row, data)
@@ -520,7 +387,7 @@ def list_records(
     after = _read_page_token(index, page_token, subject_id, kind) if page_token else ""
     conditions = [Record.tenant_id == tid]
     if subject_id:
-        _not_restricted(_subject(session, tid, subject_id))
+        require_unrestricted(find_subject(session, tid, subject_id))
         conditions.append(Record.subject_id == subject_id)
     else:
         conditions.append(~exists().where(Subject.id == Record.subject_id, Subject.restricted.is_(True)))
@@ -548,7 +415,7 @@ def _record_to_change(session: Session, tenant_id: str, record_id: str, expected
     ``expected_version`` (0 = any version)."""
     row = _record(session, tenant_id, record_id)
     if row.subject_id:
-        _not_restricted(session.get(Subject, row.subject_id))
+        require_unrestricted(session.get(Subject, row.subject_id))
     if expected_version and row.version != expected_version:
         raise Aborted(
             f"record is at version {row.version}, not {expected_version}; re-read it and retry",
@@ -598,34 +465,6 @@ def delete_record(
     audit.append(session, tenant, identity, "record.delete", [row.id], at=ctx.clock.now())
 
 
-def resolve_subject(session: Session, ctx: VaultContext, identity: CallerIdentity, field: str, raw: str) -> str:
-    """Subject id for one identifier, looked up through the tenant's blind index."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    if field not in _NORMALISERS or not raw:
-        raise InvalidArgument("send exactly one of email, phone or external_id")
-    digest = blind_index(session, ctx, tenant).digest(field, _NORMALISERS[field](raw))
-    subject_id = session.scalar(
-        select(SubjectIdentifier.subject_id).where(
-            SubjectIdentifier.tenant_id == tenant.tenant_id,
-            SubjectIdentifier.field == field,
-            SubjectIdentifier.digest == digest,
-        )
-    )
-    audit.append(
-        session,
-        tenant,
-        identity,
-        "subject.resolve",
-        [subject_id or ""],
-        "ok" if subject_id else "not_found",
-        at=ctx.clock.now(),
-    )
-    if subject_id is None:
-        # The audit entry of a miss is still worth keeping: commit it and answer NOT_FOUND.
-        return ""
-    return subject_id
-
-
 @dataclass
 class ExportPlan:
     """Ciphertext rows of one subject and their key, read under the lock; decrypted while streaming."""
@@ -640,10 +479,8 @@ def export_subject(
     session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, request_id: str
 ) -> ExportPlan:
     """Every record of a subject (allowed even while restricted). One Transit call at most."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    _request_id(request_id)
+    tenant, subject = requested_subject(session, identity, subject_id, request_id)
     tid = tenant.tenant_id
-    subject = _subject(session, tid, subject_id)
     rows = list(
         session.scalars(
             select(Record).where(Record.tenant_id == tid, Record.subject_id == subject.id).order_by(Record.id)
@@ -694,200 +531,6 @@ def announce_export(
             ),
             source=ctx.source,
             tenant_id=tenant_id,
-            occurred_at=ctx.clock.now(),
-        ),
-    )
-
-
-def _erase_rows(session: Session, ctx: VaultContext, tenant_id: str, subject: Subject) -> int:
-    count = (
-        session.scalar(
-            select(func.count())
-            .select_from(Record)
-            .where(Record.tenant_id == tenant_id, Record.subject_id == subject.id)
-        )
-        or 0
-    )
-    session.execute(delete(Record).where(Record.tenant_id == tenant_id, Record.subject_id == subject.id))
-    session.execute(delete(SubjectIdentifier).where(SubjectIdentifier.subject_id == subject.id))
-    session.execute(delete(DataKey).where(DataKey.id == subject.key_id))
-    session.execute(delete(LegalHold).where(LegalHold.tenant_id == tenant_id, LegalHold.subject_id == subject.id))
-    session.delete(subject)
-    ctx.keyring.forget([subject.key_id])
-    return int(count)
-
-
-def erase_subject(
-    session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, request_id: str
-) -> TombstoneRecord:
-    """Crypto-shred one subject: records, DEK and blind-index entries go; a PII-free tombstone stays."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    _request_id(request_id)
-    tid = tenant.tenant_id
-    subject = _subject(session, tid, subject_id)
-    hold = session.scalar(
-        select(LegalHold.hold_id).where(LegalHold.tenant_id == tid, LegalHold.subject_id == subject.id).limit(1)
-    )
-    if hold is not None:
-        raise FailedPrecondition(
-            f"subject is under legal hold {hold}; clear the hold before erasing",
-            reason=Reason.LEGAL_HOLD,
-            metadata={"hold_id": hold},
-        )
-    digests = tuple(
-        f"{f}:{d.hex()}"
-        for f, d in session.execute(
-            select(SubjectIdentifier.field, SubjectIdentifier.digest).where(SubjectIdentifier.subject_id == subject.id)
-        )
-    )
-    records = (
-        session.scalar(
-            select(func.count()).select_from(Record).where(Record.tenant_id == tid, Record.subject_id == subject.id)
-        )
-        or 0
-    )
-    tombstone = TombstoneRecord(tid, subject.id, digests, request_id, int(records), ctx.clock.now())
-    ctx.ledger.record(tombstone)  # first, in its own database: it must outlive any restore of this one
-    _erase_rows(session, ctx, tid, subject)
-    if session.get(Tombstone, (tid, subject.id)) is None:
-        session.add(
-            Tombstone(
-                tenant_id=tid,
-                subject_id=subject.id,
-                identifier_digests=" ".join(digests),
-                request_id=request_id,
-                records_erased=int(records),
-                erased_at=tombstone.erased_at,
-            )
-        )
-    enqueue(
-        session,
-        make_event(
-            events_pb2.SubjectErased(subject_id=subject.id, request_id=request_id, records_erased=int(records)),
-            source=ctx.source,
-            tenant_id=tid,
-            occurred_at=tombstone.erased_at,
-        ),
-    )
-    audit.append(session, tenant, identity, "subject.erase", [subject.id, request_id], at=ctx.clock.now())
-    return tombstone
-
-
-def reapply_tombstone(session: Session, ctx: VaultContext, tenant_id: str, tombstone: TombstoneRecord) -> bool:
-    """Erase again whatever a restore brought back for ``tombstone``; True when something was found."""
-    found = False
-    candidates = {tombstone.subject_id}
-    for entry in tombstone.identifier_digests:
-        field_name, _, hexdigest = entry.partition(":")
-        candidates.update(
-            session.scalars(
-                select(SubjectIdentifier.subject_id).where(
-                    SubjectIdentifier.tenant_id == tenant_id,
-                    SubjectIdentifier.field == field_name,
-                    SubjectIdentifier.digest == bytes.fromhex(hexdigest),
-                )
-            )
-        )
-    erased_at = _aware(tombstone.erased_at)
-    for sid in candidates:
-        subject = session.get(Subject, sid)
-        # A subject created after the erasure is the same person coming back with new data (an identifier
-        # digest matches), not something a restore brought back: it must survive.
-        if subject is not None and subject.tenant_id == tenant_id and _aware(subject.created_at) <= erased_at:
-            _erase_rows(session, ctx, tenant_id, subject)
-            found = True
-    if session.get(Tombstone, (tenant_id, tombstone.subject_id)) is None:
-        session.add(
-            Tombstone(
-                tenant_id=tenant_id,
-                subject_id=tombstone.subject_id,
-                identifier_digests=" ".join(tombstone.identifier_digests),
-                request_id=tombstone.request_id,
-                records_erased=tombstone.records_erased,
-                erased_at=tombstone.erased_at,
-            )
-        )
-    return found
-
-
-def set_restriction(
-    session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, request_id: str, restricted: bool
-) -> None:
-    """Restrict (or lift the restriction on) processing of a subject's data."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    _request_id(request_id)
-    subject = _subject(session, tenant.tenant_id, subject_id)
-    subject.restricted = restricted
-    enqueue(
-        session,
-        make_event(
-            events_pb2.SubjectRestricted(subject_id=subject.id, request_id=request_id, restricted=restricted),
-            source=ctx.source,
-            tenant_id=tenant.tenant_id,
-            occurred_at=ctx.clock.now(),
-        ),
-    )
-    audit.append(
-        session,
-        tenant,
-        identity,
-        "subject.restrict" if restricted else "subject.lift_restriction",
-        [subject.id, request_id],
-        at=ctx.clock.now(),
-    )
-
-
-def _request_id(request_id: str) -> str:
-    if not _REQUEST_ID.fullmatch(request_id):
-        raise InvalidArgument(
-            "request_id must be at most 128 characters of letters, digits and . _ : - (the data-subject request's id)"
-        )
-    return request_id
-
-
-def _hold_id(hold_id: str) -> str:
-    if not _HOLD_ID.fullmatch(hold_id or ""):
-        raise InvalidArgument("hold_id must be 1-128 characters of letters, digits and . _ : - (a case or matter id)")
-    return hold_id
-
-
-def set_legal_hold(
-    session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, hold_id: str
-) -> None:
-    """Place a legal hold: erasure of the subject is refused until it is cleared."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    hold_id = _hold_id(hold_id)
-    subject = _subject(session, tenant.tenant_id, subject_id)
-    if session.get(LegalHold, (tenant.tenant_id, subject.id, hold_id)) is None:
-        session.add(
-            LegalHold(tenant_id=tenant.tenant_id, subject_id=subject.id, hold_id=hold_id, created_at=ctx.clock.now())
-        )
-    _hold_event(session, ctx, tenant.tenant_id, subject.id, hold_id, True)
-    audit.append(session, tenant, identity, "subject.legal_hold", [subject.id, hold_id], at=ctx.clock.now())
-
-
-def clear_legal_hold(
-    session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, hold_id: str
-) -> None:
-    """Clear one legal hold; NOT_FOUND when that hold is not on the subject."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    hold_id = _hold_id(hold_id)
-    subject = _subject(session, tenant.tenant_id, subject_id)
-    hold = session.get(LegalHold, (tenant.tenant_id, subject.id, hold_id))
-    if hold is None:
-        raise NotFound("no such legal hold on this subject", reason=Reason.LEGAL_HOLD_NOT_FOUND)
-    session.delete(hold)
-    _hold_event(session, ctx, tenant.tenant_id, subject.id, hold_id, False)
-    audit.append(session, tenant, identity, "subject.clear_legal_hold", [subject.id, hold_id], at=ctx.clock.now())
-
-
-def _hold_event(session: Session, ctx: VaultContext, tid: str, sid: str, hold_id: str, active: bool) -> None:
-    enqueue(
-        session,
-        make_event(
-            events_pb2.LegalHoldChanged(subject_id=sid, hold_id=hold_id, active=active),
-            source=ctx.source,
-            tenant_id=tid,
             occurred_at=ctx.clock.now(),
         ),
     )

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from services.chassis.db import Database
 from services.vault.models import Tombstone
 
-__all__ = ["TombstoneLedger", "TombstoneRecord"]
+__all__ = ["TombstoneLedger", "TombstoneRecord", "tombstone_row"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,18 @@ class TombstoneRecord:
     erased_at: datetime
 
 
+def tombstone_row(tombstone: TombstoneRecord) -> Tombstone:
+    """The ``vault_tombstones`` row of ``tombstone`` (the ledger and the vault database share the schema)."""
+    return Tombstone(
+        tenant_id=tombstone.tenant_id,
+        subject_id=tombstone.subject_id,
+        identifier_digests=" ".join(tombstone.identifier_digests),
+        request_id=tombstone.request_id,
+        records_erased=tombstone.records_erased,
+        erased_at=tombstone.erased_at,
+    )
+
+
 class TombstoneLedger:
     """Append-only erasure ledger in its own database (same schema as the vault's ``vault_tombstones``)."""
 
@@ -43,16 +55,7 @@ class TombstoneLedger:
         """Commit the tombstone to the ledger now, before the erasure itself commits."""
         with self.database.transaction() as session:
             if session.get(Tombstone, (tombstone.tenant_id, tombstone.subject_id)) is None:
-                session.add(
-                    Tombstone(
-                        tenant_id=tombstone.tenant_id,
-                        subject_id=tombstone.subject_id,
-                        identifier_digests=" ".join(tombstone.identifier_digests),
-                        request_id=tombstone.request_id,
-                        records_erased=tombstone.records_erased,
-                        erased_at=tombstone.erased_at,
-                    )
-                )
+                session.add(tombstone_row(tombstone))
 
     def for_tenant(self, tenant_id: str) -> Sequence[TombstoneRecord]:
         """Every tombstone of ``tenant_id``."""

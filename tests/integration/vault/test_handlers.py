@@ -207,6 +207,22 @@ async def test_restrict_lift_and_rectify_tasks(dsr: Dsr) -> None:
     assert dict(rectified.counts_by_kind) == {"records_corrected": 1}
 
 
+async def test_a_rectify_task_is_audited_as_a_check_and_unwraps_no_key(dsr: Dsr) -> None:
+    vault = dsr.vault
+    tenant = await vault.new_tenant()
+    contact, _ = await subject_with_records(vault, tenant)
+    vault.app.ctx.keyring.cache.clear()  # cold: reading the subject's records would cost one Transit unwrap
+    transit_calls = vault.app.transit.calls
+
+    rectified = await dsr.send(tenant, ev.VAULT_ACTION_RECTIFY, contact.subject_id)
+    assert rectified.outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED
+    assert dict(rectified.counts_by_kind) == {"records_corrected": 0}
+    assert vault.app.transit.calls == transit_calls
+    audit = await vault.admin.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=vault.md(tenant))
+    subject_entries = [(e.action, list(e.target_ids)) for e in audit.events if e.action.startswith("subject.")]
+    assert subject_entries == [("subject.rectify.check", [contact.subject_id, rectified.request_id])]
+
+
 async def test_a_task_delivered_twice_has_one_effect(dsr: Dsr) -> None:
     vault = dsr.vault
     tenant = await vault.new_tenant()
