@@ -37,7 +37,7 @@ from services.vault.models import (
     Tombstone,
 )
 from services.vault.sealing import SealBroken, Sealer, record_aad
-from services.vault.tombstones import TombstoneRecord
+from services.vault.tombstones import TombstoneRecord, advance_applied_mark
 
 __all__ = [
     "IDEMPOTENCY_RETENTION",
@@ -747,8 +747,9 @@ def erase_subject(
         or 0
     )
     tombstone = TombstoneRecord(tid, subject.id, digests, request_id, int(records), ctx.clock.now())
-    ctx.ledger.record(tombstone)  # first, in its own database: it must outlive any restore of this one
+    ledger_seq = ctx.ledger.record(tombstone)  # first, in its own database: it must outlive any restore of this one
     _erase_rows(session, ctx, tid, subject)
+    advance_applied_mark(session, ledger_seq, now=tombstone.erased_at)
     if session.get(Tombstone, (tid, subject.id)) is None:
         session.add(
             Tombstone(
