@@ -113,6 +113,7 @@ CATALOG: tuple[EventKind, ...] = (
     EventKind(ev.SupportAccessGranted, ("gateway.support.granted",)),
     EventKind(ev.SupportAccessRevoked, ("gateway.support.revoked",)),
     EventKind(ev.AuditCheckpointed, ("vault.audit.checkpointed",)),
+    EventKind(ev.TombstonesApplied, ("vault.tombstones.applied",)),
 )
 
 _BY_NAME = {kind.name: kind for kind in CATALOG}

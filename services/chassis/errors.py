@@ -108,6 +108,7 @@ class Reason(StrEnum):
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
     UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
+    TOMBSTONES_PENDING = "TOMBSTONES_PENDING"  # the vault is re-applying erasures to a restored database
 
 
 class DomainError(Exception):

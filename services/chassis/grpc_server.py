@@ -136,8 +136,11 @@ async def build_server(
     trust_identity_metadata: bool = False,
     extra_interceptors: Sequence[aio.ServerInterceptor] = (),
     port: int | None = None,
+    serving: bool = True,
 ) -> RunningServer:
     """Create, bind and start a server. ``register`` adds servicers and returns their full service names.
+
+    Health reports SERVING at once, or with ``serving=False`` NOT_SERVING until the caller flips it.
 
     Without mTLS a service would trust identity metadata from anyone, so that requires the explicit
     ``trust_identity_metadata`` switch (tests, benchmarks); otherwise start-up fails.
@@ -192,6 +195,6 @@ async def build_server(
         health_server=health_server,
         health_port=health_port,
     )
-    await running.set_serving(True)
+    await running.set_serving(serving)
     log.info("grpc server listening", extra={"port": bound, "services": list(names), "mtls": mtls})
     return running

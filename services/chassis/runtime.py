@@ -3,10 +3,11 @@
 A service describes itself with one ``assemble(runtime)`` coroutine that asks the runtime for what it
 needs, in the standard order — settings (already loaded), databases (migrated, or checked to be at
 head when ``migrate_on_start`` is off), clients (Transit …), the bus (NATS connection and outbox
-relay, then consumers), the gRPC server with health, then background tasks. Each resource is
-registered as a stop step the moment it exists, so whatever was started — also by an ``assemble``
-that failed halfway — is stopped in reverse order, every step bounded by a timeout and logged and
-skipped when it hangs or fails: shutdown always ends.
+relay, then consumers), the gRPC server with health (with a service's blocking :class:`ReadyCheck`
+run before it reports SERVING), then background tasks. Each resource is registered as a stop step
+the moment it exists, so whatever was started — also by an ``assemble`` that failed halfway — is
+stopped in reverse order, every step bounded by a timeout and logged and skipped when it hangs or
+fails: shutdown always ends.
 
 Outbox rows wake the relay themselves (:class:`~services.chassis.bus.OutboxRelay` listens for commits
 of transactions that staged events), so no service passes a wake-up callback around.
@@ -29,23 +30,34 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+import grpc
 from grpc import aio
 from pydantic import SecretStr
 
 from services.chassis.bus import Bus, Consumer, Handler, OutboxRelay
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
+from services.chassis.errors import DomainError, abort_for
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.migrations import require_head, upgrade
+from services.chassis.rpc import wrap_rpc_handler
 from services.chassis.settings import ServiceSettings, SettingsError, load_settings, variable_name
 from services.chassis.tasks import BackgroundTask
 from services.chassis.telemetry import setup_logging, setup_telemetry
 
-__all__ = ["DEFAULT_STEP_TIMEOUT_S", "BackgroundTask", "ServiceRuntime", "run_service", "start_service"]
+__all__ = [
+    "DEFAULT_STEP_TIMEOUT_S",
+    "BackgroundTask",
+    "ReadyCheck",
+    "ServiceRuntime",
+    "run_service",
+    "start_service",
+]
 
 log = logging.getLogger("steward.runtime")
 
@@ -70,6 +82,49 @@ class _StopStep:
     action: Callable[[], Any]
     timeout_s: float
     adds_grace: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyCheck:
+    """A start-up step the gRPC server waits for before it reports SERVING (:meth:`ServiceRuntime.serve_grpc`).
+
+    While ``run()`` runs, health says NOT_SERVING and every other call is refused with ``refusal`` (an
+    ``Unavailable`` whose reason tells clients why); if it raises, the service does not start.
+    """
+
+    name: str
+    run: Callable[[], Awaitable[object]]
+    refusal: DomainError
+
+
+class _StartupGate(aio.ServerInterceptor):
+    """Refuses every call but health and reflection with the check's refusal until :meth:`open`."""
+
+    _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+    def __init__(self, refusal: DomainError) -> None:
+        self._refusal: DomainError | None = refusal
+
+    def open(self) -> None:
+        """Let calls through from now on."""
+        self._refusal = None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        refusal = self._refusal
+        if refusal is None or handler is None or handler_call_details.method.startswith(self._OPEN_PREFIXES):
+            return handler
+
+        @asynccontextmanager
+        async def refused(context: aio.ServicerContext) -> AsyncIterator[None]:
+            await abort_for(context, refusal)
+            yield
+
+        return wrap_rpc_handler(handler, refused)
 
 
 class ServiceRuntime(Generic[SettingsT]):
@@ -178,14 +233,21 @@ class ServiceRuntime(Generic[SettingsT]):
         *,
         trust_identity_metadata: bool = False,
         interceptors: Sequence[aio.ServerInterceptor] = (),
+        ready: ReadyCheck | None = None,
     ) -> RunningServer:
-        """Build, bind and start the gRPC server with health; on stop it drains within the grace period."""
+        """Build, bind and start the gRPC server with health; on stop it drains within the grace period.
+
+        With ``ready`` the server listens NOT_SERVING and refuses calls while the check runs, and returns
+        once it passed and health says SERVING (probes can watch the wait; a client's first call is served).
+        """
+        gate = None if ready is None else _StartupGate(ready.refusal)
         running = await build_server(
             self.settings.grpc,
             register=register,
             trust_identity_metadata=trust_identity_metadata,
-            extra_interceptors=interceptors,
+            extra_interceptors=(*interceptors, *([gate] if gate else [])),
             port=self._port,
+            serving=ready is None,
         )
         self.server = running
 
@@ -193,6 +255,11 @@ class ServiceRuntime(Generic[SettingsT]):
             await running.shutdown(self._grace_s)
 
         self._steps.append(_StopStep("grpc server", drain, self.step_timeout_s, adds_grace=True))
+        if ready is not None and gate is not None:
+            log.info("not serving until the start-up check passes", extra={"check": ready.name})
+            await ready.run()
+            gate.open()
+            await running.set_serving(True)
         return running
 
     async def task(self, task: TaskT) -> TaskT:

@@ -33,6 +33,7 @@ from services.cli.ops.keys import keys
 from services.cli.ops.local import demo, token
 from services.cli.ops.support import support
 from services.cli.ops.tenant import tenant
+from services.cli.ops.tombstones import tombstones
 from services.cli.ops.whoami import whoami
 
 __all__ = ["cli"]
@@ -131,7 +132,7 @@ def doctor(home: Path | None, json_output: bool) -> None:
     sys.exit(exit_code(checks))
 
 
-for _command in (tenant, apikey, keys, audit, support, whoami, demo, token, db):
+for _command in (tenant, apikey, keys, audit, support, tombstones, whoami, demo, token, db):
     cli.add_command(_command)
 
 

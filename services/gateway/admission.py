@@ -176,7 +176,7 @@ class Gatekeeper:
                 raise PermissionDenied(f"support access needs a live grant: pass its id in {MD_SUPPORT_GRANT} metadata")
             raise PermissionDenied(f"your operator roles do not allow {method}")
         tenant_id = ""
-        if not method.startswith(LOCAL_PREFIX) and not policy.any_caller:
+        if not method.startswith(LOCAL_PREFIX) and not policy.any_caller and not policy.all_tenants:
             tenant_id = valid_id(MD_TARGET_TENANT, _single(metadata, MD_TARGET_TENANT))
             if not tenant_id:
                 raise InvalidArgument(f"operators must name the tenant in {MD_TARGET_TENANT} metadata")

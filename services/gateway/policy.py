@@ -51,6 +51,7 @@ class RoutePolicy:
     ``roles``: an operator needs one of these roles.
     ``support_read``: a ``support`` operator may call it under a live grant for the grant's tenant.
     ``any_caller``: every authenticated caller (WhoAmI).
+    ``all_tenants``: operators call it for no tenant (service-wide maintenance such as ApplyAllTombstones).
     ``deadline_cap_s``: default downstream deadline cap (settings may override).
     """
 
@@ -59,6 +60,7 @@ class RoutePolicy:
     support_read: bool = False
     any_caller: bool = False
     deadline_cap_s: float | None = None
+    all_tenants: bool = False
 
 
 def _p(
@@ -68,11 +70,14 @@ def _p(
     support_read: bool = False,
     any_caller: bool = False,
     cap: float | None = None,
+    all_tenants: bool = False,
 ) -> RoutePolicy:
     unknown = set(scopes) - SCOPES
     if unknown:
         raise ValueError(f"unknown scopes in policy: {sorted(unknown)}")
-    return RoutePolicy(frozenset(scopes), frozenset(roles), support_read, any_caller, cap)
+    if all_tenants and scopes:
+        raise ValueError("a method for all tenants is for operators only: API keys belong to one tenant")
+    return RoutePolicy(frozenset(scopes), frozenset(roles), support_read, any_caller, cap, all_tenants)
 
 
 _VAULT = "/steward.vault.v1.VaultService/"
@@ -106,6 +111,7 @@ POLICIES: dict[str, RoutePolicy] = {
     _VAULT_ADMIN + "VerifyAuditChain": _p(["audit:read"], _OPS, cap=300.0),
     _VAULT_ADMIN + "ApplyTombstones": _p(roles=_OPS, cap=3600.0),
     _VAULT_ADMIN + "GetAuditCheckpoint": _p(["audit:read"], _OPS),
+    _VAULT_ADMIN + "ApplyAllTombstones": _p(roles=_OPS, all_tenants=True, cap=3600.0),
     # --- the gateway's own admin API (tenant targeting is resolved by the servicer)
     _GW + "CreateTenant": _p(roles=[OPS_ADMIN]),
     _GW + "GetTenant": _p(["keys:manage", "audit:read"], (*_OPS, SUPPORT)),

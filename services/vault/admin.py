@@ -29,8 +29,8 @@ from services.vault.models import (
     SubjectIdentifier,
     TenantVault,
 )
+from services.vault.restore import reapply_for_tenant
 from services.vault.sealing import key_aad
-from services.vault.subjects import reapply_tombstone
 
 __all__ = [
     "RewrapProgress",
@@ -335,8 +335,5 @@ def get_audit_checkpoint(session: Session, ctx: VaultContext, identity: CallerId
 
 def apply_tombstones(session: Session, ctx: VaultContext, identity: CallerIdentity) -> tuple[int, int]:
     """Re-erase every subject the tombstone ledger lists that this database has again. (checked, re-erased)."""
-    tenant = audit.lock_tenant(session, identity.tenant_id)
-    tombstones = ctx.ledger.for_tenant(tenant.tenant_id)
-    reerased = sum(1 for tomb in tombstones if reapply_tombstone(session, ctx, tenant.tenant_id, tomb))
-    audit.append(session, tenant, identity, "tombstones.apply", [], f"reerased:{reerased}", at=ctx.clock.now())
-    return len(tombstones), reerased
+    tombstones = ctx.ledger.for_tenant(identity.tenant_id)
+    return len(tombstones), reapply_for_tenant(session, ctx, identity, tombstones)

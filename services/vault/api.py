@@ -15,11 +15,11 @@ from steward.vault.v1 import vault_pb2 as pb
 from steward.vault.v1 import vault_pb2_grpc
 
 from services.chassis.db import Database
-from services.chassis.errors import InvalidArgument, NotFound, Reason
+from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied, Reason
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.ids import PAGE_TOKEN_MAX_LENGTH, valid_id
 from services.chassis.timestamps import to_timestamp
-from services.vault import admin, records, subjects
+from services.vault import admin, records, restore, subjects
 from services.vault.audit import Fault
 from services.vault.checkpoints import signed_fields
 from services.vault.domain import RecordInput, RecordView, VaultContext
@@ -396,6 +396,20 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
     ) -> pb.ApplyTombstonesResponse:
         checked, reerased = await self._run(context, lambda s, who: admin.apply_tombstones(s, self.ctx, who))
         return pb.ApplyTombstonesResponse(tombstones_checked=checked, subjects_reerased=reerased)
+
+    async def ApplyAllTombstones(
+        self, request: pb.ApplyAllTombstonesRequest, context: aio.ServicerContext
+    ) -> pb.ApplyAllTombstonesResponse:
+        identity = require_identity(context, tenant_required=False)
+        if identity.principal_kind != "operator":
+            raise PermissionDenied("ApplyAllTombstones spans every tenant: only operators (ops roles) may call it")
+        done = await restore.apply_all_tombstones(self.db, self.ctx, identity)
+        return pb.ApplyAllTombstonesResponse(
+            tombstones_checked=done.tombstones_checked,
+            subjects_reerased=done.subjects_reerased,
+            tenants=done.tenants,
+            high_water_mark=done.high_water_mark,
+        )
 
     async def GetAuditCheckpoint(
         self, request: pb.GetAuditCheckpointRequest, context: aio.ServicerContext

@@ -1,9 +1,10 @@
 """Vault service entry point: the vault's resources on :class:`~services.chassis.runtime.ServiceRuntime`.
 
-:func:`assemble` asks the runtime for everything in the standard order (databases, Transit, bus and
-the DSR task consumer, gRPC servicers); ``create_server(settings)`` returns ``(app, port)`` so tests
-and benchmarks run the real service on port 0; ``main()`` is what ``python -m services.vault.main``
-and ``steward run`` start.
+:func:`assemble` asks the runtime for everything in the standard order (databases, Transit, bus, gRPC
+servicers — which report SERVING only once the tombstones the erasure ledger holds beyond the database's
+applied mark are applied — then the DSR task consumer and the audit checkpointer);
+``create_server(settings)`` returns ``(app, port)`` so tests and benchmarks run the real service on port 0;
+``main()`` is what ``python -m services.vault.main`` and ``steward run`` start.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from services.chassis.bus import Bus, Consumer, OutboxRelay
 from services.chassis.circuit import CircuitBreaker
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
-from services.chassis.runtime import ServiceRuntime, run_service, start_service
+from services.chassis.errors import Reason, Unavailable
+from services.chassis.runtime import ReadyCheck, ServiceRuntime, run_service, start_service
 from services.vault.api import VaultAdminServicer, VaultServicer
 from services.vault.checkpoints import AuditCheckpointer
 from services.vault.domain import VaultContext, VaultPolicy
 from services.vault.events import DSR_TASK_SUBJECT, VaultTaskHandler
 from services.vault.keycache import DekCache
 from services.vault.keyring import KeyRing
+from services.vault.restore import AppliedTombstones, apply_pending_tombstones
 from services.vault.settings import TransitSettings, VaultSettings
 from services.vault.tombstones import TombstoneLedger
 from services.vault.transit import TransitClient
@@ -44,6 +47,7 @@ class VaultApp:
     relay: OutboxRelay | None
     consumer: Consumer | None
     checkpointer: AuditCheckpointer
+    tombstones_applied: AppliedTombstones  # what start-up found pending in the erasure ledger and applied
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Refuse new RPCs, let in-flight ones finish within ``grace_s``, stop everything else in reverse."""
@@ -65,16 +69,27 @@ async def assemble(runtime: ServiceRuntime[VaultSettings]) -> VaultApp:
     )
     ctx = VaultContext(keyring=keyring, ledger=TombstoneLedger(ledger_db), policy=policy, clock=clock)
     bus = await runtime.start_bus(db)
-    consumer = await runtime.consume(
-        db, durable="vault-dsr-tasks", subjects=[DSR_TASK_SUBJECT], handler=VaultTaskHandler(ctx)
-    )
 
     def register(server: aio.Server) -> list[str]:
         vault_pb2_grpc.add_VaultServiceServicer_to_server(VaultServicer(db, ctx), server)
         vault_pb2_grpc.add_VaultAdminServiceServicer_to_server(VaultAdminServicer(db, ctx), server)
         return [service.full_name for service in vault_pb2.DESCRIPTOR.services_by_name.values()]
 
-    await runtime.serve_grpc(register, trust_identity_metadata=settings.trust_identity_metadata)
+    applied: list[AppliedTombstones] = []
+
+    async def apply_tombstones() -> None:
+        applied.append(await apply_pending_tombstones(db, ctx))
+
+    # A restored database must not serve (nor hand a DSR task) an erased subject: the pending tombstones are
+    # applied while health says NOT_SERVING, and the task consumer starts only after them.
+    await runtime.serve_grpc(
+        register,
+        trust_identity_metadata=settings.trust_identity_metadata,
+        ready=ReadyCheck("apply pending tombstones", apply_tombstones, TOMBSTONES_PENDING),
+    )
+    consumer = await runtime.consume(
+        db, durable="vault-dsr-tasks", subjects=[DSR_TASK_SUBJECT], handler=VaultTaskHandler(ctx)
+    )
     checkpointer = await runtime.task(
         AuditCheckpointer(
             db,
@@ -83,7 +98,14 @@ async def assemble(runtime: ServiceRuntime[VaultSettings]) -> VaultApp:
             interval_s=settings.audit_checkpoint_interval_s,
         )
     )
-    return VaultApp(runtime, db, ledger_db, transit, ctx, bus, runtime.relay, consumer, checkpointer)
+    return VaultApp(runtime, db, ledger_db, transit, ctx, bus, runtime.relay, consumer, checkpointer, applied[0])
+
+
+TOMBSTONES_PENDING = Unavailable(
+    "the vault is erasing again subjects its restored database brought back (tombstones pending); retry shortly",
+    reason=Reason.TOMBSTONES_PENDING,
+)
+"""What every call gets while start-up applies pending tombstones."""
 
 
 def _transit_client(settings: VaultSettings, clock: Clock) -> TransitClient:

@@ -30,6 +30,7 @@ __all__ = [
     "SubjectIdentifier",
     "TenantVault",
     "Tombstone",
+    "TombstoneMark",
     "VaultBase",
 ]
 
@@ -150,6 +151,24 @@ class Tombstone(VaultBase):
     request_id: Mapped[str] = mapped_column(String(128), default="")
     records_erased: Mapped[int] = mapped_column(Integer, default=0)
     erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The ledger's order of erasures (1, 2, 3 ...), assigned when the ledger records one; only the ledger
+    # database's values are read (the vault database's copies leave it empty).
+    ledger_seq: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
+
+
+class TombstoneMark(VaultBase):
+    """A named high-water mark of the erasure ledger (one row per name, see ``services.vault.tombstones``).
+
+    In the ledger database, ``ledger`` is the last ``ledger_seq`` handed out; in the vault database,
+    ``applied`` is the ledger sequence up to which every tombstone is reflected in this database. A restored
+    vault database carries its old ``applied`` mark, so start-up sees the ledger ahead of it in two reads.
+    """
+
+    __tablename__ = "vault_tombstone_marks"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class AuditEntry(VaultBase):

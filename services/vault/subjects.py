@@ -24,7 +24,7 @@ from services.vault import audit
 from services.vault.blind_index import BlindIndex, normalize_email, normalize_external_id, normalize_phone
 from services.vault.domain import RecordInput, VaultContext, assume_utc
 from services.vault.models import DataKey, LegalHold, Record, Subject, SubjectIdentifier, TenantVault, Tombstone
-from services.vault.tombstones import TombstoneRecord, tombstone_row
+from services.vault.tombstones import TombstoneRecord, advance_applied_mark, tombstone_row
 
 __all__ = [
     "blind_index",
@@ -266,8 +266,9 @@ def erase_subject(
         or 0
     )
     tombstone = TombstoneRecord(tid, subject.id, digests, request_id, int(records), ctx.clock.now())
-    ctx.ledger.record(tombstone)  # first, in its own database: it must outlive any restore of this one
+    ledger_seq = ctx.ledger.record(tombstone)  # first, in its own database: it must outlive any restore of this one
     _erase_rows(session, ctx, tid, subject)
+    advance_applied_mark(session, ledger_seq, now=tombstone.erased_at)
     _keep_tombstone(session, tombstone)
     enqueue(
         session,

@@ -134,7 +134,11 @@ def spawn(service: str, env: dict[str, str], stderr_file: Path) -> subprocess.Po
 
 @pytest.fixture
 async def start_process(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[ServiceProcess]]]:
-    """Start ``python -m services.<svc>.main`` and wait until it listens; killed at the end if still running."""
+    """Start ``python -m services.<svc>.main`` and wait until it has started; killed at the end if still running.
+
+    The port opens before start-up ends (the vault applies pending tombstones, then starts its checkpointer, which
+    calls Transit): a test that holds Transit or sends SIGTERM waits for the "<service> serving" line.
+    """
     started: list[ServiceProcess] = []
 
     async def start(service: str, env: dict[str, str]) -> ServiceProcess:
@@ -145,6 +149,11 @@ async def start_process(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable
         started.append(process)
         # Off the event loop: the loop keeps serving what the process may call at start (the Transit proxy).
         await asyncio.to_thread(wait_for_port, port, 60.0, proc)
+        await eventually(
+            lambda: f'"msg": "{service} serving"' in process.stderr() or proc.poll() is not None,
+            60,
+            what=f"{service} started",
+        )
         return process
 
     yield start

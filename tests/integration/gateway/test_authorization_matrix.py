@@ -145,6 +145,7 @@ def _rows() -> list[Row]:
         Row(VA + "ListAuditEvents", lambda o: vault_pb2.ListAuditEventsRequest(), OK, False),
         Row(VA + "VerifyAuditChain", lambda o: vault_pb2.VerifyAuditChainRequest(), OK, False),
         Row(VA + "ApplyTombstones", lambda o: vault_pb2.ApplyTombstonesRequest(), DENIED, False),
+        Row(VA + "ApplyAllTombstones", lambda o: vault_pb2.ApplyAllTombstonesRequest(), DENIED, False),
         Row(VA + "GetAuditCheckpoint", lambda o: vault_pb2.GetAuditCheckpointRequest(), OK, False),
     ]
 

@@ -128,6 +128,7 @@ class Event(_message.Message):
     SUPPORT_ACCESS_GRANTED_FIELD_NUMBER: _builtins.int
     SUPPORT_ACCESS_REVOKED_FIELD_NUMBER: _builtins.int
     AUDIT_CHECKPOINTED_FIELD_NUMBER: _builtins.int
+    TOMBSTONES_APPLIED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Globally unique event id (UUID), also the deduplication key."""
     type: _builtins.str
@@ -176,6 +177,8 @@ class Event(_message.Message):
     def support_access_revoked(self) -> Global___SupportAccessRevoked: ...
     @_builtins.property
     def audit_checkpointed(self) -> Global___AuditCheckpointed: ...
+    @_builtins.property
+    def tombstones_applied(self) -> Global___TombstonesApplied: ...
     def __init__(
         self,
         *,
@@ -203,12 +206,13 @@ class Event(_message.Message):
         support_access_granted: Global___SupportAccessGranted | None = ...,
         support_access_revoked: Global___SupportAccessRevoked | None = ...,
         audit_checkpointed: Global___AuditCheckpointed | None = ...,
+        tombstones_applied: Global___TombstonesApplied | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked", "audit_checkpointed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked", "audit_checkpointed", "tombstones_applied"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -914,3 +918,40 @@ class AuditCheckpointed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditCheckpointed: _TypeAlias = AuditCheckpointed  # noqa: Y015
+
+@_typing.final
+class TombstonesApplied(_message.Message):
+    """TombstonesApplied: vault.tombstones.applied — the vault found its database behind the erasure ledger
+    (a restore from a backup older than some erasures) and erased again what the ledger says is gone,
+    before serving (or when an operator ran ApplyAllTombstones). Counts only; the envelope has no tenant.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    HIGH_WATER_MARK_FIELD_NUMBER: _builtins.int
+    TOMBSTONES_CHECKED_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """Subjects the restored database had again and that were erased again."""
+    tenants: _builtins.int
+    """Tenants with tombstones to apply."""
+    high_water_mark: _builtins.int
+    """The ledger sequence of the newest tombstone now reflected in the vault database."""
+    tombstones_checked: _builtins.int
+    """Tombstones checked against the database."""
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        tenants: _builtins.int = ...,
+        high_water_mark: _builtins.int = ...,
+        tombstones_checked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "high_water_mark", b"high_water_mark", "tenants", b"tenants", "tombstones_checked", b"tombstones_checked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TombstonesApplied: _TypeAlias = TombstonesApplied  # noqa: Y015

@@ -1448,3 +1448,48 @@ class ApplyTombstonesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplyTombstonesResponse: _TypeAlias = ApplyTombstonesResponse  # noqa: Y015
+
+@_typing.final
+class ApplyAllTombstonesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyAllTombstonesRequest: _TypeAlias = ApplyAllTombstonesRequest  # noqa: Y015
+
+@_typing.final
+class ApplyAllTombstonesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOMBSTONES_CHECKED_FIELD_NUMBER: _builtins.int
+    SUBJECTS_REERASED_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    HIGH_WATER_MARK_FIELD_NUMBER: _builtins.int
+    tombstones_checked: _builtins.int
+    subjects_reerased: _builtins.int
+    tenants: _builtins.int
+    """Tenants the ledger holds tombstones of."""
+    high_water_mark: _builtins.int
+    """The ledger sequence of the newest tombstone, now the database's applied mark."""
+    def __init__(
+        self,
+        *,
+        tombstones_checked: _builtins.int = ...,
+        subjects_reerased: _builtins.int = ...,
+        tenants: _builtins.int = ...,
+        high_water_mark: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["high_water_mark", b"high_water_mark", "subjects_reerased", b"subjects_reerased", "tenants", b"tenants", "tombstones_checked", b"tombstones_checked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyAllTombstonesResponse: _TypeAlias = ApplyAllTombstonesResponse  # noqa: Y015

@@ -679,6 +679,11 @@ class VaultAdminServiceStub:
                 request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointRequest.SerializeToString,
                 response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointResponse.FromString,
                 _registered_method=True)
+        self.ApplyAllTombstones = channel.unary_unary(
+                '/steward.vault.v1.VaultAdminService/ApplyAllTombstones',
+                request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesRequest.SerializeToString,
+                response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesResponse.FromString,
+                _registered_method=True)
 
 
 class VaultAdminServiceServicer:
@@ -751,6 +756,15 @@ class VaultAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyAllTombstones(self, request, context):
+        """Operators only, no tenant: re-erases, for every tenant, every subject the erasure ledger lists that the
+        database has again, and moves the database's applied mark to the ledger's high-water mark. The vault
+        does the same at start-up for the tombstones newer than its mark, before it reports SERVING.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaultAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -803,6 +817,11 @@ def add_VaultAdminServiceServicer_to_server(servicer, server):
                     servicer.GetAuditCheckpoint,
                     request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointRequest.FromString,
                     response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointResponse.SerializeToString,
+            ),
+            'ApplyAllTombstones': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyAllTombstones,
+                    request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesRequest.FromString,
+                    response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1076,6 +1095,33 @@ class VaultAdminService:
             '/steward.vault.v1.VaultAdminService/GetAuditCheckpoint',
             steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointRequest.SerializeToString,
             steward_dot_vault_dot_v1_dot_vault__pb2.GetAuditCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyAllTombstones(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.vault.v1.VaultAdminService/ApplyAllTombstones',
+            steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesRequest.SerializeToString,
+            steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -199,6 +199,11 @@ class VaultAdminServiceStub:
     verifies it offline: keep a copy outside Steward to anchor the chain. For a shredded tenant, the final
     checkpoint signed at the shred.
     """
+    ApplyAllTombstones: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ApplyAllTombstonesRequest, _vault_pb2.ApplyAllTombstonesResponse]
+    """Operators only, no tenant: re-erases, for every tenant, every subject the erasure ledger lists that the
+    database has again, and moves the database's applied mark to the ledger's high-water mark. The vault
+    does the same at start-up for the tombstones newer than its mark, before it reports SERVING.
+    """
 
 @_typing.type_check_only
 class VaultAdminServiceAsyncStub(VaultAdminServiceStub):
@@ -221,6 +226,11 @@ class VaultAdminServiceAsyncStub(VaultAdminServiceStub):
     """The tenant's audit chain head, signed now (after appending this read), with the public key that
     verifies it offline: keep a copy outside Steward to anchor the chain. For a shredded tenant, the final
     checkpoint signed at the shred.
+    """
+    ApplyAllTombstones: _aio.UnaryUnaryMultiCallable[_vault_pb2.ApplyAllTombstonesRequest, _vault_pb2.ApplyAllTombstonesResponse]  # type: ignore[assignment]
+    """Operators only, no tenant: re-erases, for every tenant, every subject the erasure ledger lists that the
+    database has again, and moves the database's applied mark to the ledger's high-water mark. The vault
+    does the same at start-up for the tombstones newer than its mark, before it reports SERVING.
     """
 
 class VaultAdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -301,6 +311,17 @@ class VaultAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """The tenant's audit chain head, signed now (after appending this read), with the public key that
         verifies it offline: keep a copy outside Steward to anchor the chain. For a shredded tenant, the final
         checkpoint signed at the shred.
+        """
+
+    @_abc_1.abstractmethod
+    def ApplyAllTombstones(
+        self,
+        request: _vault_pb2.ApplyAllTombstonesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.ApplyAllTombstonesResponse, _abc.Awaitable[_vault_pb2.ApplyAllTombstonesResponse]]:
+        """Operators only, no tenant: re-erases, for every tenant, every subject the erasure ledger lists that the
+        database has again, and moves the database's applied mark to the ledger's high-water mark. The vault
+        does the same at start-up for the tombstones newer than its mark, before it reports SERVING.
         """
 
 def add_VaultAdminServiceServicer_to_server(servicer: VaultAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
