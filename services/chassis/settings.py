@@ -107,6 +107,11 @@ class ServiceSettings(BaseSettings):
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
     log_level: str = "INFO"
+    migrate_on_start: bool = Field(
+        default=True,
+        description="Migrate the database(s) to head at start-up; false = refuse to start unless they are at head "
+        "(migrations then run as a Job: steward db upgrade --service <name>).",
+    )
 
 
 def service_settings_config(service: str) -> SettingsConfigDict:

@@ -120,7 +120,10 @@ def _set_images(objects: list[Obj], images: Iterable[Mapping[str, str]]) -> None
             for image in images:
                 if container.get("image") == image["name"]:
                     name = image.get("newName", image["name"])
-                    container["image"] = f"{name}:{image['newTag']}" if "newTag" in image else name
+                    if "digest" in image:
+                        container["image"] = f"{name}@{image['digest']}"
+                    else:
+                        container["image"] = f"{name}:{image['newTag']}" if "newTag" in image else name
 
 
 def render(folder: Path) -> list[Obj]:
