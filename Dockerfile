@@ -9,7 +9,7 @@
 # `make image-check` lints this file with hadolint.
 #
 # Base image: pin by digest before a release, e.g.
-#   FROM python:3.11-slim-bookworm@sha256:<digest>   (docker buildx imagetools inspect python:3.11-slim-bookworm)
+#   FROM python:3.11-slim-bookworm@sha256:<digest>  (docker buildx imagetools inspect python:3.11-slim-bookworm)
 # and keep both stages on the same digest: the virtualenv links to the base image's /usr/local/bin/python3.
 
 FROM python:3.11-slim-bookworm AS builder
