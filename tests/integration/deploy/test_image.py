@@ -186,10 +186,21 @@ def _service_env(service: str, data: Path, port: int, health_port: int, openbao:
     return env
 
 
-@pytest.mark.parametrize("service", ["gateway", "vault"])
-async def test_steward_serve_starts_from_the_install_as_the_image_user(
-    installed: Installed, service: str, request: pytest.FixtureRequest
-) -> None:
+@dataclass
+class Served:
+    """``steward serve <service>`` running from the install as the image user."""
+
+    service: str
+    proc: subprocess.Popen[bytes]
+    health_port: int
+
+    def output(self) -> str:
+        return self.proc.stdout.read().decode() if self.proc.stdout else ""
+
+
+@pytest.fixture(params=["gateway", "vault"])
+def served(installed: Installed, request: pytest.FixtureRequest) -> Iterator[Served]:
+    service = str(request.param)
     openbao = request.getfixturevalue("openbao") if service == "vault" else None
     data = installed.root / f"data-{service}"
     data.mkdir()
@@ -203,17 +214,22 @@ async def test_steward_serve_starts_from_the_install_as_the_image_user(
         stderr=subprocess.STDOUT,
     )
     try:
-
-        async def ready() -> bool:
-            assert proc.poll() is None, f"steward serve {service} exited: {proc.stdout.read().decode()}"  # type: ignore[union-attr]
-            return await _health(health_port, READINESS[service]) == health_pb2.HealthCheckResponse.SERVING
-
-        await eventually(ready, timeout_s=60, what=f"steward serve {service} reports SERVING")
-        assert await _health(health_port, "") == health_pb2.HealthCheckResponse.SERVING
-        # STOPSIGNAL SIGTERM: the service drains and exits cleanly.
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, proc.stdout.read().decode()  # type: ignore[union-attr]
+        yield Served(service, proc, health_port)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_steward_serve_starts_from_the_install_as_the_image_user(served: Served) -> None:
+    async def ready() -> bool:
+        assert served.proc.poll() is None, f"steward serve {served.service} exited: {served.output()}"
+        status = await _health(served.health_port, READINESS[served.service])
+        return status == health_pb2.HealthCheckResponse.SERVING
+
+    await eventually(ready, timeout_s=60, what=f"steward serve {served.service} reports SERVING")
+    assert await _health(served.health_port, "") == health_pb2.HealthCheckResponse.SERVING
+    # STOPSIGNAL SIGTERM: the service drains and exits cleanly.
+    served.proc.send_signal(signal.SIGTERM)
+    await eventually(lambda: served.proc.poll() is not None, timeout_s=60, what="the service exits after SIGTERM")
+    assert served.proc.returncode == 0, served.output()
