@@ -182,7 +182,8 @@ def _print(rows: list[Figures]) -> None:
 async def run() -> dict[str, Any]:
     """Every phase; prints the table and the targets; returns the figures."""
     from services.chassis.identity import CallerIdentity, identity_metadata
-    from services.vault.main import VaultSettings, create_server
+    from services.vault.main import create_server
+    from services.vault.settings import VaultSettings
     from tests.integration.gateway.support import AUDIENCE, ISSUER, TestIdP
     from tests.plugins.infra import OpenBaoDev
 

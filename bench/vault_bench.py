@@ -177,7 +177,8 @@ async def client_export(port: int, tenant: str, subject: str) -> dict[str, Any]:
 
 async def run() -> dict[str, Any]:
     """Run every phase; return the figures."""
-    from services.vault.main import VaultSettings, create_server
+    from services.vault.main import create_server
+    from services.vault.settings import VaultSettings
     from tests.plugins.infra import OpenBaoDev
 
     if os.environ.get("BENCH_SWITCH"):

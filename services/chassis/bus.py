@@ -36,6 +36,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from sqlalchemy import DateTime, Integer, LargeBinary, String, Text, delete, select, update
+from sqlalchemy import event as orm_events
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from steward.events.v1 import events_pb2
@@ -47,6 +48,7 @@ from services.chassis.errors import is_transient
 from services.chassis.fastsql import insert_rows
 from services.chassis.nats_permissions import inbox_prefix
 from services.chassis.settings import NatsSettings
+from services.chassis.tasks import BackgroundTask
 from services.chassis.telemetry import extract_context, inject_headers
 from services.chassis.timestamps import to_timestamp
 
@@ -72,6 +74,9 @@ DLQ_PREFIX = "steward.dlq."
 STREAM_SUBJECTS = ("steward.>",)
 
 Handler = Callable[[Session, events_pb2.Event], None]
+
+_STAGED = "steward.outbox_staged"
+"""``Session.info`` key set by :func:`enqueue_many`: this transaction's commit should wake the relay."""
 
 
 class RefusedEvent(Exception):
@@ -140,6 +145,7 @@ def enqueue_many(session: Session, events: Sequence[events_pb2.Event]) -> None:
     """Stage many events with one bulk insert (batch writes such as PutRecords)."""
     if not events:
         return
+    session.info[_STAGED] = True
     headers = json.dumps(inject_headers())
     # The outbox is a queue ordered by when rows were written, so this is the machine's time, not the
     # (possibly test-driven) domain clock that stamped the events.
@@ -264,32 +270,57 @@ class Bus:
         self.connected.clear()
 
 
-class OutboxRelay:
-    """Publishes committed outbox rows to JetStream, in order, at least once (deduplicated by id)."""
+class OutboxRelay(BackgroundTask):
+    """Publishes committed outbox rows to JetStream, in order, at least once (deduplicated by id).
+
+    The one way a write wakes the relay: :func:`enqueue_many` marks the session, and while the relay
+    runs it listens for commits of ``db``'s sessions, so a transaction that staged events wakes it the
+    moment it commits (from whichever thread committed). Nobody passes a wake-up callback around; the
+    relay also polls every ``outbox_poll_s`` in case a row was written by another process.
+    """
 
     def __init__(self, db: Database, bus: Bus, *, batch: int = 200, keep_published: timedelta = timedelta(hours=6)):
+        super().__init__("outbox-relay")
         self.db = db
         self.bus = bus
         self.batch = batch
         self.keep_published = keep_published
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.published = 0
 
     def wake(self) -> None:
-        """Hint that new rows were committed (the relay also polls)."""
+        """Publish now rather than at the next poll (commits of staged events call this by themselves)."""
         self._wake.set()
 
-    async def start(self) -> None:
-        """Run the relay loop in the background."""
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop(_STAGED, False) and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to wake
+                self._loop.call_soon_threadsafe(self._wake.set)
 
-    async def stop(self) -> None:
-        """Stop the loop; unpublished rows stay for the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    @staticmethod
+    def _after_rollback(session: Session) -> None:
+        session.info.pop(_STAGED, None)
+
+    async def start(self) -> None:
+        """Listen for commits that staged events and run the relay loop in the background."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            orm_events.listen(self.db.sessions, "after_commit", self._after_commit)
+            orm_events.listen(self.db.sessions, "after_rollback", self._after_rollback)
+        await super().start()
+
+    async def finish(self) -> None:
+        """Stop listening, publish what is pending once more (when connected); the rest waits for the next start."""
+        if self._loop is not None:
+            orm_events.remove(self.db.sessions, "after_commit", self._after_commit)
+            orm_events.remove(self.db.sessions, "after_rollback", self._after_rollback)
+            self._loop = None
+        if self.bus.connected.is_set():
+            try:
+                await self.drain_once()
+            except Exception as exc:
+                log.warning("final outbox drain failed; rows stay queued", extra={"error_type": type(exc).__name__})
 
     def _pending(self, session: Session) -> list[tuple[str, str, bytes, str]]:
         query = (
@@ -328,18 +359,20 @@ class OutboxRelay:
                 self.published += len(done)
         return len(done)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Publish pending rows whenever woken or every ``outbox_poll_s``; back off while NATS fails."""
         failures = 0
         poll = self.bus.settings.outbox_poll_s
         while True:
             try:
                 if not self.bus.connected.is_set():
                     await asyncio.wait_for(self.bus.connected.wait(), timeout=5.0)
+                # Cleared before reading, so a commit that lands while this batch is read still wakes the next.
+                self._wake.clear()
                 count = await self.drain_once()
                 failures = 0
                 if count:
                     continue
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=poll)
             except asyncio.CancelledError:
@@ -366,8 +399,11 @@ class ConsumerStats:
     empty_fetches: int = 0
 
 
-class Consumer:
-    """A durable pull consumer whose handler runs once per event, inside a database transaction."""
+class Consumer(BackgroundTask):
+    """A durable pull consumer whose handler runs once per event, inside a database transaction.
+
+    Stopping it stops fetching; unacked messages are redelivered to the next run.
+    """
 
     def __init__(
         self,
@@ -384,6 +420,7 @@ class Consumer:
         max_backoff_s: float = 30.0,
         fetch_timeout_s: float = 1.0,
     ) -> None:
+        super().__init__(f"consumer-{durable}")
         self.bus = bus
         self.db = db
         self.durable = durable
@@ -396,18 +433,6 @@ class Consumer:
         self.max_backoff_s = max_backoff_s
         self.fetch_timeout_s = fetch_timeout_s
         self.stats = ConsumerStats()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Run the fetch loop in the background."""
-        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.durable}")
-
-    async def stop(self) -> None:
-        """Stop fetching; unacked messages are redelivered to the next run."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     def _config(self) -> ConsumerConfig:
         config = ConsumerConfig(
@@ -438,7 +463,8 @@ class Consumer:
             await js.add_consumer(stream, self._config())
         return await js.pull_subscribe_bind(durable=self.durable, stream=stream)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Fetch and process batches for as long as the task runs, rebinding after reconnects and errors."""
         sub = None
         failures = 0
         seen_reconnects = -1

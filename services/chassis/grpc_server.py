@@ -2,8 +2,8 @@
 
 :func:`build_server` returns a configured ``grpc.aio`` server with health and reflection, the error
 mapping interceptor, OpenTelemetry instrumentation, size and concurrency limits, keepalive and
-TLS/mTLS. :func:`serve_forever` runs it until SIGTERM/SIGINT and shuts down gracefully: health
-flips to NOT_SERVING, new RPCs are refused, in-flight ones get ``shutdown_grace_s`` to finish.
+TLS/mTLS. :meth:`RunningServer.shutdown` stops it gracefully (the service runtime calls it on
+SIGTERM): health flips to NOT_SERVING, new RPCs are refused, in-flight ones get the grace period.
 
 Kubernetes' native gRPC probes cannot speak TLS, so with ``health_port`` set the same health
 servicer is also served alone on a plaintext port (no other service, no reflection).
@@ -11,9 +11,7 @@ servicer is also served alone on a plaintext port (no other service, no reflecti
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,7 +33,6 @@ __all__ = [
     "RunningServer",
     "build_server",
     "channel_options",
-    "serve_forever",
 ]
 
 
@@ -198,18 +195,3 @@ async def build_server(
     await running.set_serving(True)
     log.info("grpc server listening", extra={"port": bound, "services": list(names), "mtls": mtls})
     return running
-
-
-async def serve_forever(
-    running: RunningServer, grace_s: float, on_stop: Callable[[], Awaitable[None]] | None = None
-) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully and run ``on_stop``."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down", extra={"grace_s": grace_s})
-    await running.shutdown(grace_s)
-    if on_stop is not None:
-        await on_stop()

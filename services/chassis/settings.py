@@ -23,6 +23,7 @@ __all__ = [
     "TlsSettings",
     "load_settings",
     "service_settings_config",
+    "variable_name",
 ]
 
 S = TypeVar("S", bound=BaseSettings)
@@ -124,7 +125,8 @@ def service_settings_config(service: str) -> SettingsConfigDict:
     )
 
 
-def _variable_name(settings_cls: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
+def variable_name(settings_cls: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
+    """The environment variable of the setting at ``loc``, e.g. ``STEWARD_VAULT__TRANSIT__TOKEN``."""
     prefix = str(settings_cls.model_config.get("env_prefix", ""))
     return prefix + "__".join(str(part) for part in loc).upper()
 
@@ -140,6 +142,6 @@ def load_settings(settings_cls: type[S], **overrides: object) -> S:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = _variable_name(settings_cls, tuple(error["loc"]))
+            name = variable_name(settings_cls, tuple(error["loc"]))
             problems.append(f"{name}: {error['msg']}")
         raise SettingsError("invalid configuration — set or fix: " + "; ".join(problems)) from None

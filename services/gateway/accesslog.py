@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,7 @@ from steward.events.v1 import events_pb2
 from services.chassis.bus import enqueue, make_event
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
+from services.chassis.tasks import BackgroundTask
 
 if TYPE_CHECKING:
     from services.gateway.admission import Caller
@@ -32,25 +32,16 @@ log = logging.getLogger("steward.gateway.access")
 __all__ = ["AccessLog"]
 
 
-class AccessLog:
-    """Buffers access entries and flushes them to the outbox in batches."""
+class AccessLog(BackgroundTask):
+    """Buffers access entries and flushes them to the outbox in batches (and once more on stop)."""
 
-    def __init__(
-        self,
-        db: Database,
-        *,
-        flush_s: float,
-        max_buffer: int,
-        on_flushed: Callable[[], None] | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
+    def __init__(self, db: Database, *, flush_s: float, max_buffer: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        super().__init__("access-log-flush")
         self._db = db
         self._flush_s = flush_s
         self._max = max_buffer
-        self._on_flushed = on_flushed
         self._clock = clock
         self._buffer: list[tuple[datetime, Caller | None, str, str, int]] = []
-        self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.written = 0
         self.failed_completions = 0
@@ -112,15 +103,10 @@ class AccessLog:
             self.dropped += len(batch) - min(room, len(batch))
             raise
         self.written += len(batch)
-        if self._on_flushed is not None:
-            self._on_flushed()
         return len(batch)
 
-    async def start(self) -> None:
-        """Flush in the background every ``flush_s``."""
-        self._task = asyncio.create_task(self._run(), name="access-log-flush")
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Flush every ``flush_s``; a failed flush keeps its entries for the next one."""
         while True:
             await asyncio.sleep(self._flush_s)
             try:
@@ -130,11 +116,7 @@ class AccessLog:
             except Exception as exc:
                 log.warning("access log flush failed; will retry", extra={"error_type": type(exc).__name__})
 
-    async def stop(self) -> None:
-        """Stop the loop and write what is left."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def finish(self) -> None:
+        """Write what is left once the loop has stopped."""
         with contextlib.suppress(Exception):
             await self.flush()

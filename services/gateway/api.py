@@ -8,7 +8,6 @@ transaction each.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -135,7 +134,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         env: str,
         upstreams: Upstreams,
         deadlines: DeadlinePolicy,
-        events_committed: Callable[[], None],
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.db = db
@@ -144,7 +142,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         self.env = env
         self.upstreams = upstreams
         self.deadlines = deadlines
-        self.events_committed = events_committed
         self.clock = clock
 
     # ----------------------------------------------------------------- tenants
@@ -203,7 +200,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 s, tenant_id=tenant_id, details=details, sealer=self.sealer, now=self.clock.now()
             )
         )
-        self.events_committed()
         return gateway_pb2.CreateTenantResponse(tenant=self._tenant_to_proto(row))
 
     async def _support_may_see(self, caller: Caller, tenant_id: str) -> None:
@@ -238,14 +234,12 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 now=self.clock.now(),
             )
         )
-        self.events_committed()
         return gateway_pb2.UpdateTenantResponse(tenant=self._tenant_to_proto(row))
 
     async def CloseTenant(self, request: gateway_pb2.CloseTenantRequest, context: aio.ServicerContext) -> Any:
         caller = current_caller()
         tenant_id = _tenant_for(caller, request.tenant_id)
         row, _changed = await self.db.run(lambda s: tenants.close_tenant(s, tenant_id, now=self.clock.now()))
-        self.events_committed()
         # Closing again re-sends the vault call, so a failed first attempt is fixed by retrying.
         await self._vault_admin("CloseTenant", tenant_id, caller, vault_pb2.CloseTenantRequest())
         return gateway_pb2.CloseTenantResponse(tenant=self._tenant_to_proto(row))
@@ -271,7 +265,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 now=self.clock.now(),
             )
         )
-        self.events_committed()
         return gateway_pb2.CreateApiKeyResponse(api_key=_key_to_proto(row, self.clock.now()), token=token)
 
     async def ListApiKeys(self, request: gateway_pb2.ListApiKeysRequest, context: aio.ServicerContext) -> Any:
@@ -305,7 +298,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
         now = self.clock.now()
         new_row, token, old_row = await self.db.run(rotate)
-        self.events_committed()
         return gateway_pb2.RotateApiKeyResponse(
             api_key=_key_to_proto(new_row, now), token=token, previous=_key_to_proto(old_row, now)
         )
@@ -321,7 +313,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
         now = self.clock.now()
         row = await self.db.run(revoke)
-        self.events_committed()
         return gateway_pb2.RevokeApiKeyResponse(api_key=_key_to_proto(row, now))
 
     # ---------------------------------------------------------- support access
@@ -343,7 +334,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 now=now,
             )
         )
-        self.events_committed()
         return gateway_pb2.RequestSupportAccessResponse(grant=_grant_to_proto(row, now))
 
     async def ApproveSupportAccess(
@@ -359,7 +349,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
         now = self.clock.now()
         row = await self.db.run(approve)
-        self.events_committed()
         return gateway_pb2.ApproveSupportAccessResponse(grant=_grant_to_proto(row, now))
 
     async def GrantEmergencySupportAccess(
@@ -380,7 +369,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 now=now,
             )
         )
-        self.events_committed()
         return gateway_pb2.GrantEmergencySupportAccessResponse(grant=_grant_to_proto(row, now))
 
     def _grant_visibility(self, caller: Caller) -> tuple[str | None, str | None]:
@@ -405,7 +393,6 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
         now = self.clock.now()
         row = await self.db.run(revoke)
-        self.events_committed()
         return gateway_pb2.RevokeSupportAccessResponse(grant=_grant_to_proto(row, now))
 
     async def ListSupportGrants(

@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from steward.vault.v1 import vault_pb2 as pb
 from steward.vault.v1 import vault_pb2_grpc
 
-from services.chassis.bus import OutboxRelay
 from services.chassis.db import Database
 from services.chassis.errors import InvalidArgument, NotFound, Reason
 from services.chassis.identity import CallerIdentity, require_identity
@@ -100,29 +99,24 @@ def _audit(row: AuditEntry) -> pb.AuditEvent:
 
 
 class _Base:
-    def __init__(self, db: Database, ctx: VaultContext, relay: OutboxRelay | None) -> None:
+    def __init__(self, db: Database, ctx: VaultContext) -> None:
         self.db = db
         self.ctx = ctx
-        self.relay = relay
 
     async def _run(
         self,
         context: aio.ServicerContext,
         work: Callable[[Session, CallerIdentity], T],
         *,
-        writes: bool = True,
         isolated: bool = False,
     ) -> T:
         # isolated: the work has external effects that must not be repeated (Transit key lifecycle,
         # erasure), so it never shares a group commit that could be replayed.
         identity = require_identity(context)
         # A caller whose deadline has passed gets DEADLINE_EXCEEDED and nothing is committed for it.
-        result = await self.db.run(
+        return await self.db.run(
             lambda session: work(session, identity), isolated=isolated, timeout_s=context.time_remaining()
         )
-        if writes and self.relay is not None:
-            self.relay.wake()
-        return result
 
 
 class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
@@ -166,9 +160,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
 
     async def GetRecord(self, request: pb.GetRecordRequest, context: aio.ServicerContext) -> pb.GetRecordResponse:
         valid_id("record_id", request.record_id)
-        view = await self._run(
-            context, lambda s, who: records.get_record(s, self.ctx, who, request.record_id), writes=False
-        )
+        view = await self._run(context, lambda s, who: records.get_record(s, self.ctx, who, request.record_id))
         return pb.GetRecordResponse(record=_record(view))
 
     async def ListRecords(self, request: pb.ListRecordsRequest, context: aio.ServicerContext) -> pb.ListRecordsResponse:
@@ -185,7 +177,6 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
                 page_size=request.page_size,
                 page_token=request.page_token,
             ),
-            writes=False,
         )
         return pb.ListRecordsResponse(records=[_record(view) for view in views], next_page_token=token)
 
@@ -214,9 +205,7 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     ) -> pb.ResolveSubjectResponse:
         field = request.WhichOneof("identifier") or ""
         raw = getattr(request, field) if field else ""
-        subject_id = await self._run(
-            context, lambda s, who: records.resolve_subject(s, self.ctx, who, field, raw), writes=False
-        )
+        subject_id = await self._run(context, lambda s, who: records.resolve_subject(s, self.ctx, who, field, raw))
         if not subject_id:
             raise NotFound("no subject matches that identifier", reason=Reason.SUBJECT_NOT_FOUND)
         return pb.ResolveSubjectResponse(subject_id=subject_id)
@@ -248,8 +237,6 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         await self.db.run(
             lambda s: records.announce_export(s, self.ctx, plan.tenant_id, plan.subject_id, request.request_id, digest)
         )
-        if self.relay is not None:
-            self.relay.wake()
         yield pb.ExportSubjectResponse(
             summary=pb.ExportSummary(record_count=digest.total, counts_by_kind=digest.counts, sha256=digest.hexdigest())
         )
@@ -326,7 +313,7 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
         return pb.CreateTenantResponse(tenant=_tenant(row))
 
     async def GetTenant(self, request: pb.GetTenantRequest, context: aio.ServicerContext) -> pb.GetTenantResponse:
-        row = await self._run(context, lambda s, who: admin.get_tenant(s, self.ctx, who), writes=False)
+        row = await self._run(context, lambda s, who: admin.get_tenant(s, self.ctx, who))
         return pb.GetTenantResponse(tenant=_tenant(row))
 
     async def CloseTenant(self, request: pb.CloseTenantRequest, context: aio.ServicerContext) -> pb.CloseTenantResponse:
@@ -371,8 +358,6 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
                 done=step.done,
                 min_decryption_version=step.min_decryption_version,
             )
-        if self.relay is not None:
-            self.relay.wake()
 
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: aio.ServicerContext
@@ -389,14 +374,13 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
                 page_token=request.page_token,
                 support_grant_id=request.support_grant_id,
             ),
-            writes=False,
         )
         return pb.ListAuditEventsResponse(events=[_audit(row) for row in rows], next_page_token=token)
 
     async def VerifyAuditChain(
         self, request: pb.VerifyAuditChainRequest, context: aio.ServicerContext
     ) -> pb.VerifyAuditChainResponse:
-        report = await self._run(context, lambda s, who: admin.verify_audit(s, self.ctx, who), writes=False)
+        report = await self._run(context, lambda s, who: admin.verify_audit(s, self.ctx, who))
         return pb.VerifyAuditChainResponse(
             intact=report.intact,
             entries_checked=report.entries_checked,

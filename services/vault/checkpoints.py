@@ -15,11 +15,10 @@ them all, one transaction to store them), and a shred or a tenant's request sign
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +31,7 @@ from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
 from services.chassis.db import Database
+from services.chassis.tasks import BackgroundTask
 from services.chassis.timestamps import to_timestamp
 from services.vault import audit
 from services.vault.domain import VaultContext
@@ -187,7 +187,7 @@ def due_heads(session: Session, *, every_entries: int, interval_s: float, now: d
     return [Head(tenant_id, seq, head) for tenant_id, seq, head in rows]
 
 
-class AuditCheckpointer:
+class AuditCheckpointer(BackgroundTask):
     """Background task: every ``poll_s``, sign the heads that are due (:func:`due_heads`) in one Transit call.
 
     Signing never runs in a request's transaction; the write path only moves ``audit_seq``, which the due
@@ -203,18 +203,16 @@ class AuditCheckpointer:
         every_entries: int,
         interval_s: float,
         poll_s: float = 1.0,
-        on_stored: Callable[[], None] | None = None,
         batch: int = 200,
     ) -> None:
+        super().__init__("audit-checkpointer")
         self.db = db
         self.ctx = ctx
         self.every_entries = every_entries
         self.interval_s = interval_s
         self.poll_s = min(poll_s, interval_s)
-        self.on_stored = on_stored
         self.batch = batch
         self.signed = 0
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Create the signing key if missing (best effort: Transit may be down) and start the loop."""
@@ -222,14 +220,7 @@ class AuditCheckpointer:
             await self.db.call(self.ctx.keyring.transit.create_signing_key)
         except Exception as exc:  # the first signature retries it; start-up must not depend on Transit
             log.warning("audit-signing key not checked at start-up", extra={"error_type": type(exc).__name__})
-        self._task = asyncio.create_task(self._run(), name="audit-checkpointer")
-
-    async def stop(self) -> None:
-        """Stop the loop (a pass in flight is abandoned; the next start signs what is still due)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().start()
 
     async def run_once(self) -> int:
         """Sign and store every due head; returns how many were signed."""
@@ -242,11 +233,10 @@ class AuditCheckpointer:
             rows = await self.db.call(_sign, self.ctx.keyring.transit, chunk, now)
             await self.db.run(functools.partial(_store, ctx=self.ctx, rows=rows, reason="due"))
             self.signed += len(rows)
-            if self.on_stored is not None:
-                self.on_stored()
         return len(heads)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """A pass every ``poll_s``; stopping abandons a pass in flight (the next start signs what is still due)."""
         while True:
             await asyncio.sleep(self.poll_s)
             try:

@@ -20,7 +20,8 @@ from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.chassis.clock import SYSTEM_CLOCK, Clock, ManualClock
 from services.chassis.identity import CallerIdentity, identity_metadata
 from services.gateway.policy import SCOPES
-from services.vault.main import VaultApp, VaultSettings, create_server
+from services.vault.main import VaultApp, create_server
+from services.vault.settings import VaultSettings
 from tests.plugins.infra import OpenBaoDev
 
 ALL_SCOPES = SCOPES  # every scope an API key can carry

@@ -25,7 +25,7 @@ from steward.events.v1 import events_pb2
 from services.chassis.bus import DLQ_PREFIX, Bus, Consumer, OutboxRelay, RefusedEvent, enqueue, make_event
 from services.chassis.db import Base, Database
 from services.chassis.nats_permissions import DSR_TASK_SUBJECT, STREAM, inbox_prefix
-from services.gateway.handlers import REVOCATION_SUBJECT, RevocationListener
+from services.gateway.events import REVOCATION_SUBJECT, RevocationListener
 from tests.plugins.infra import SecuredNats
 from tests.plugins.waiting import eventually
 

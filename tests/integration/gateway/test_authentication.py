@@ -10,7 +10,7 @@ from steward.gateway.v1 import gateway_pb2
 from steward.vault.v1 import vault_pb2
 
 from services.gateway.apikeys import INVALID_KEY_MESSAGE, ApiKeyAuthenticator
-from services.gateway.handlers import REVOCATION_SUBJECT
+from services.gateway.events import REVOCATION_SUBJECT
 from tests.integration.gateway.conftest import GatewayEnv, start_env
 from tests.integration.gateway.support import (
     EVICTION_WAIT_S,

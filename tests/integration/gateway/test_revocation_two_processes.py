@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from steward.gateway.v1 import gateway_pb2
 
-from services.gateway.handlers import REVOCATION_SUBJECT
+from services.gateway.events import REVOCATION_SUBJECT
 from tests.integration.gateway.support import (
     AUDIENCE,
     EVICTION_WAIT_S,

@@ -17,7 +17,7 @@ from steward.events.v1 import events_pb2 as ev
 from steward.vault.v1 import vault_pb2 as pb
 
 from services.chassis.bus import DLQ_PREFIX, make_event
-from services.vault.handlers import DSR_TASK_SUBJECT
+from services.vault.events import DSR_TASK_SUBJECT
 from tests.integration.vault.helpers import (
     RawDatabase,
     canary_email,

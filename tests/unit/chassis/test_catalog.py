@@ -90,8 +90,8 @@ def test_an_event_the_catalog_does_not_list_is_refused() -> None:
 
 
 def test_consumers_read_their_subjects_from_the_catalog() -> None:
-    from services.gateway.handlers import REVOCATION_SUBJECT
-    from services.vault.handlers import DSR_TASK_SUBJECT
+    from services.gateway.events import REVOCATION_SUBJECT
+    from services.vault.events import DSR_TASK_SUBJECT
 
     assert DSR_TASK_SUBJECT == subject_of(ev.VaultTaskRequested) == "steward.dsr.task.requested"
     assert REVOCATION_SUBJECT == subject_of(ev.ApiKeyRevoked) == "steward.gateway.apikey.revoked"

@@ -17,23 +17,24 @@ from steward.events.v1 import events_pb2
 
 from services.chassis.bus import Bus
 from services.chassis.catalog import subject_of
+from services.chassis.tasks import BackgroundTask
 from services.gateway.apikeys import ApiKeyAuthenticator
 
-log = logging.getLogger("steward.gateway.handlers")
+log = logging.getLogger("steward.gateway.events")
 
 __all__ = ["REVOCATION_SUBJECT", "RevocationListener"]
 
 REVOCATION_SUBJECT = subject_of(events_pb2.ApiKeyRevoked)
 
 
-class RevocationListener:
+class RevocationListener(BackgroundTask):
     """Evicts revoked keys from the local :class:`ApiKeyAuthenticator` cache."""
 
     def __init__(self, bus: Bus, keys: ApiKeyAuthenticator) -> None:
+        super().__init__("revocation-listener")
         self.bus = bus
         self.keys = keys
         self.evicted = 0
-        self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
 
     async def on_message(self, msg: Any) -> None:
@@ -48,22 +49,23 @@ class RevocationListener:
             self.keys.evict(event.api_key_revoked.key_id)
             self.evicted += 1
 
-    async def _subscribe(self) -> None:
-        await self.bus.connected.wait()
-        assert self.bus.nc is not None
-        # nats-py re-establishes core subscriptions after a reconnect by itself.
-        self._sub = await self.bus.nc.subscribe(REVOCATION_SUBJECT, cb=self.on_message)
+    async def run(self) -> None:
+        """Subscribe as soon as the bus is connected, then return (the subscription lives on)."""
+        delay = 0.1
+        while True:
+            await self.bus.connected.wait()
+            assert self.bus.nc is not None
+            try:
+                # nats-py re-establishes core subscriptions after a reconnect by itself.
+                self._sub = await self.bus.nc.subscribe(REVOCATION_SUBJECT, cb=self.on_message)
+                return
+            except Exception as exc:
+                log.warning("revocation subscribe failed; retrying", extra={"error_type": type(exc).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
-    async def start(self) -> None:
-        """Subscribe in the background as soon as the bus is connected."""
-        self._task = asyncio.create_task(self._subscribe(), name="revocation-listener")
-
-    async def stop(self) -> None:
+    async def finish(self) -> None:
         """Unsubscribe."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

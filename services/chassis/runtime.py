@@ -1,0 +1,341 @@
+"""One way to run a service: :class:`ServiceRuntime` starts everything in order and stops it in reverse.
+
+A service describes itself with one ``assemble(runtime)`` coroutine that asks the runtime for what it
+needs, in the standard order — settings (already loaded), databases (migrated, or checked to be at
+head when ``migrate_on_start`` is off), clients (Transit …), the bus (NATS connection and outbox
+relay, then consumers), the gRPC server with health, then background tasks. Each resource is
+registered as a stop step the moment it exists, so whatever was started — also by an ``assemble``
+that failed halfway — is stopped in reverse order, every step bounded by a timeout and logged and
+skipped when it hangs or fails: shutdown always ends.
+
+Outbox rows wake the relay themselves (:class:`~services.chassis.bus.OutboxRelay` listens for commits
+of transactions that staged events), so no service passes a wake-up callback around.
+
+:class:`BackgroundTask` is the one start/stop/crash-reporting shape for loops that run beside the
+server (outbox relay, consumers, the gateway's access log and revocation listener). A task that
+crashes is logged with its name and reported to the runtime, which turns health NOT_SERVING and ends
+:meth:`ServiceRuntime.serve` with exit status 1 so the orchestrator restarts the process.
+
+:func:`run_service` is a service's whole ``main()``: load settings, serve until SIGTERM, and on bad
+settings (or a refusal to start) exit 2 with one line ``<service>: <message naming the variable>``.
+:func:`start_service` is its ``create_server``: the same assembly on port 0 for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from grpc import aio
+from pydantic import SecretStr
+
+from services.chassis.bus import Bus, Consumer, Handler, OutboxRelay
+from services.chassis.clock import SYSTEM_CLOCK, Clock
+from services.chassis.db import Database
+from services.chassis.grpc_server import RunningServer, build_server
+from services.chassis.migrations import require_head, upgrade
+from services.chassis.settings import ServiceSettings, SettingsError, load_settings, variable_name
+from services.chassis.tasks import BackgroundTask
+from services.chassis.telemetry import setup_logging, setup_telemetry
+
+__all__ = ["DEFAULT_STEP_TIMEOUT_S", "BackgroundTask", "ServiceRuntime", "run_service", "start_service"]
+
+log = logging.getLogger("steward.runtime")
+
+DEFAULT_STEP_TIMEOUT_S = 5.0
+"""How long one shutdown step (other than the gRPC drain, which gets the grace period on top) may take."""
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+AppT = TypeVar("AppT")
+TaskT = TypeVar("TaskT", bound=BackgroundTask)
+
+
+class _Closable(Protocol):
+    def close(self) -> object: ...
+
+
+ClientT = TypeVar("ClientT", bound=_Closable)
+
+
+@dataclass
+class _StopStep:
+    name: str
+    action: Callable[[], Any]
+    timeout_s: float
+    adds_grace: bool = False
+
+
+class ServiceRuntime(Generic[SettingsT]):
+    """Owns a service's resources in start order and stops them in reverse, each step bounded in time.
+
+    Use as ``async with ServiceRuntime("vault", settings) as runtime:`` (stops on exit) or through
+    :meth:`start` (tests and benchmarks keep the runtime and call :meth:`stop`). ``port`` overrides
+    ``settings.grpc.port`` (0 = any free port); ``clock`` is the one every part of the service reads
+    (tests hand in a ManualClock).
+    """
+
+    def __init__(
+        self,
+        service: str,
+        settings: SettingsT,
+        *,
+        port: int | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.clock = clock
+        self.step_timeout_s = step_timeout_s
+        self.server: RunningServer | None = None
+        self.bus: Bus | None = None
+        self.relay: OutboxRelay | None = None
+        self.crashed: list[BackgroundTask] = []
+        self._port = port
+        self._steps: list[_StopStep] = []
+        self._stop_requested = asyncio.Event()
+        self._stopping = False
+        self._grace_s = settings.grpc.shutdown_grace_s
+        self._health_update: asyncio.Task[None] | None = None  # kept referenced until it ran
+
+    async def __aenter__(self) -> ServiceRuntime[SettingsT]:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound gRPC port (after :meth:`serve_grpc`)."""
+        if self.server is None:
+            raise RuntimeError("the gRPC server has not been started")
+        return self.server.port
+
+    async def start(self, assemble: Callable[[ServiceRuntime[SettingsT]], Awaitable[AppT]]) -> AppT:
+        """Run ``assemble(self)``; if it fails, stop what it had started and re-raise."""
+        try:
+            return await assemble(self)
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    # ------------------------------------------------------------------ resources, in start order
+
+    def on_stop(self, name: str, action: Callable[[], Any], *, timeout_s: float | None = None) -> None:
+        """Register a stop step (sync or async) run in reverse registration order by :meth:`stop`."""
+        self._steps.append(_StopStep(name, action, self.step_timeout_s if timeout_s is None else timeout_s))
+
+    async def database(self, field: str = "database_url", *, workers: int = 8) -> Database:
+        """Open the database of setting ``field``; migrate it to head, or refuse to start when it is not there.
+
+        With ``migrate_on_start`` off (the Kubernetes Job runs ``steward db upgrade``) a database behind
+        the code raises :class:`~services.chassis.migrations.DatabaseNotMigrated` instead of migrating.
+        """
+        url = getattr(self.settings, field)
+        db = Database(url.get_secret_value() if isinstance(url, SecretStr) else str(url), workers=workers)
+        self.on_stop(f"database {field}", db.close)
+        package = f"services.{self.service}"
+        if self.settings.migrate_on_start:
+            await db.call(upgrade, db, package)
+        else:
+            await db.call(require_head, db, self.service, variable_name(type(self.settings), (field,)))
+        return db
+
+    def client(self, name: str, client: ClientT) -> ClientT:
+        """Register an outbound client (Transit, upstream channels); its ``close()`` (sync or async) runs on stop."""
+        self.on_stop(name, client.close)
+        return client
+
+    async def start_bus(self, outbox_db: Database) -> Bus | None:
+        """Connect to NATS and relay ``outbox_db``'s outbox; ``None`` when NATS is disabled in settings."""
+        if not self.settings.nats.enabled:
+            return None
+        bus = Bus(self.settings.nats, name=self.service)
+        await bus.start()
+        self.on_stop("nats connection", bus.close)
+        self.bus = bus
+        self.relay = await self.task(OutboxRelay(outbox_db, bus))
+        return bus
+
+    async def consume(
+        self, db: Database, *, durable: str, subjects: Sequence[str], handler: Handler
+    ) -> Consumer | None:
+        """Start a durable consumer on the bus (:meth:`start_bus` first); ``None`` when NATS is disabled."""
+        if self.bus is None:
+            return None
+        return await self.task(Consumer(self.bus, db, durable=durable, subjects=subjects, handler=handler))
+
+    async def serve_grpc(
+        self,
+        register: Callable[[aio.Server], Sequence[str]],
+        *,
+        trust_identity_metadata: bool = False,
+        interceptors: Sequence[aio.ServerInterceptor] = (),
+    ) -> RunningServer:
+        """Build, bind and start the gRPC server with health; on stop it drains within the grace period."""
+        running = await build_server(
+            self.settings.grpc,
+            register=register,
+            trust_identity_metadata=trust_identity_metadata,
+            extra_interceptors=interceptors,
+            port=self._port,
+        )
+        self.server = running
+
+        async def drain() -> None:
+            await running.shutdown(self._grace_s)
+
+        self._steps.append(_StopStep("grpc server", drain, self.step_timeout_s, adds_grace=True))
+        return running
+
+    async def task(self, task: TaskT) -> TaskT:
+        """Start a background task; its crash is reported here, and it stops in reverse order."""
+        task.on_crash(self._task_crashed)
+        await task.start()
+        self.on_stop(task.name, task.stop)
+        return task
+
+    # ------------------------------------------------------------------ running and stopping
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve` to return (what SIGTERM and SIGINT do)."""
+        self._stop_requested.set()
+
+    async def serve(self) -> int:
+        """Serve until SIGTERM/SIGINT or a background task crashes, then stop; returns the exit status."""
+        loop = asyncio.get_running_loop()
+        # The handlers stay installed while stopping: a second signal must not kill the drain halfway.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._stop_requested.wait()
+            await self.stop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return 1 if self.crashed else 0
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop everything in reverse start order; in-flight calls get ``grace_s`` (default from settings)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_requested.set()
+        if grace_s is not None:
+            self._grace_s = grace_s
+        # A start that failed before serving says why in one line (run_service); no shutdown chatter then.
+        level = logging.INFO if self.server is not None else logging.DEBUG
+        log.log(level, "shutting down", extra={"service": self.service, "grace_s": self._grace_s})
+        while self._steps:
+            step = self._steps.pop()
+            limit = step.timeout_s + (self._grace_s if step.adds_grace else 0.0)
+            await _bounded(step, limit)
+        log.log(level, "stopped", extra={"service": self.service})
+
+    def _task_crashed(self, task: BackgroundTask, _exc: BaseException) -> None:
+        self.crashed.append(task)
+        if self.server is not None and not self._stopping:
+            # Probes see it at once; serve() then exits non-zero so the process is restarted.
+            self._health_update = asyncio.get_running_loop().create_task(self.server.set_serving(False))
+        self._stop_requested.set()
+
+
+async def _bounded(step: _StopStep, limit_s: float) -> None:
+    """Run one stop step; one that fails or outlives ``limit_s`` is logged and skipped."""
+    try:
+        if inspect.iscoroutinefunction(step.action):
+            await asyncio.wait_for(step.action(), limit_s)
+        else:
+            await asyncio.wait_for(_in_daemon_thread(step.action), limit_s)
+    except Exception as exc:
+        log.warning(
+            "shutdown step failed; skipped",
+            extra={"step": step.name, "error_type": type(exc).__name__, "limit_s": limit_s},
+        )
+
+
+def _in_daemon_thread(action: Callable[[], Any]) -> asyncio.Future[Any]:
+    """Run a blocking stop action (``Database.close``) where a hang cannot keep the process alive."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(outcome: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(outcome)
+
+    def body() -> None:
+        try:
+            outcome = action()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+            return
+        loop.call_soon_threadsafe(settle, outcome, None)
+
+    threading.Thread(target=body, name="runtime-stop-step", daemon=True).start()
+    return future
+
+
+async def start_service(
+    service: str,
+    settings: SettingsT,
+    assemble: Callable[[ServiceRuntime[SettingsT]], Awaitable[AppT]],
+    *,
+    port: int | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> tuple[AppT, int]:
+    """Assemble ``service`` on a new runtime and return ``(app, bound port)``: every ``create_server``.
+
+    The caller stops it through the app (which holds the runtime); a failed start has stopped already.
+    """
+    runtime = ServiceRuntime(service, settings, port=port, clock=clock)
+    app = await runtime.start(assemble)
+    return app, runtime.port
+
+
+def run_service(
+    service: str,
+    settings_cls: type[SettingsT],
+    assemble: Callable[[ServiceRuntime[SettingsT]], Awaitable[object]],
+) -> None:
+    """A service process's ``main()``: load settings, assemble, serve until SIGTERM, exit.
+
+    Exit status 0 after a clean stop, 1 when a background task crashed, 2 with one stderr line
+    ``<service>: <message>`` when the settings are bad or start-up is refused (un-migrated database).
+    """
+    try:
+        settings = load_settings(settings_cls)
+    except SettingsError as exc:
+        _refuse(service, exc)
+    setup_logging(service, settings.log_level)
+    setup_telemetry(service)
+    try:
+        status = asyncio.run(_serve(service, settings, assemble))
+    except SettingsError as exc:
+        _refuse(service, exc)
+    raise SystemExit(status)
+
+
+async def _serve(
+    service: str, settings: SettingsT, assemble: Callable[[ServiceRuntime[SettingsT]], Awaitable[object]]
+) -> int:
+    async with ServiceRuntime(service, settings) as runtime:
+        await assemble(runtime)
+        log.info(f"{service} serving", extra={"port": runtime.port})
+        return await runtime.serve()
+
+
+def _refuse(service: str, exc: SettingsError) -> None:
+    message = " ".join(str(exc).split())  # one line, whatever the message holds
+    print(f"{service}: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
