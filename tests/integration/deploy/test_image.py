@@ -4,7 +4,9 @@ The module fixture performs the Dockerfile's builder stage for real: the build c
 ``COPY`` lines filtered by ``.dockerignore``, and the stage's own ``RUN`` lines (``deploy/image/install.sh``) run
 with ``/src`` and ``/opt/steward`` mapped to temporary directories and a temporary HOME, never writing to the
 repository. The services then start from the result as UID 10001 (the image's ``USER``) with
-``steward serve <name>``, on a read-only install, and answer gRPC health checks.
+``steward serve <name>``, on a read-only install, and answer gRPC health checks; in the production order too:
+with ``MIGRATE_ON_START=false`` the gateway refuses an un-migrated database until the migration Job's command,
+``steward db upgrade --service gateway``, has run from the same install.
 
 What this does not prove: the base image itself (python:3.11-slim's interpreter stands in as the machine's
 /usr/bin/python3.11) and the image's file layers; ``make image-check`` lints the Dockerfile with hadolint.
@@ -198,15 +200,35 @@ class Served:
         return self.proc.stdout.read().decode() if self.proc.stdout else ""
 
 
-@pytest.fixture(params=["gateway", "vault"])
+# The services as the image runs them; "after the migration Job" is the production order (MIGRATE_ON_START=false).
+SERVED = ["gateway", "vault", "gateway after the migration Job"]
+
+
+def _migrate_as_the_job_does(installed: Installed, service: str, env: dict[str, str]) -> None:
+    """What components/migrations does in prod: the service refuses an un-migrated database, the Job's
+    `steward db upgrade --service <name>` brings it to head."""
+    steward = str(installed.prefix / "bin" / "steward")
+    refused = subprocess.run(
+        _as_image_user([steward, "serve", service], env), capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"steward db upgrade --service {service}" in refused.stdout + refused.stderr
+    job = installed.run_as_image_user(steward, "db", "upgrade", "--service", service, env=env)
+    assert job.returncode == 0 and "at head" in job.stdout, job.stdout + job.stderr
+
+
+@pytest.fixture(params=SERVED)
 def served(installed: Installed, request: pytest.FixtureRequest) -> Iterator[Served]:
-    service = str(request.param)
+    service, _, after = str(request.param).partition(" ")
     openbao = request.getfixturevalue("openbao") if service == "vault" else None
-    data = installed.root / f"data-{service}"
+    data = installed.root / f"data-{request.param_index}"
     data.mkdir()
     os.chown(data, IMAGE_UID, IMAGE_UID)  # the one writable place, like the PersistentVolume or /tmp in the pod
     port, health_port = free_port(), free_port()
     env = _service_env(service, data, port, health_port, openbao)
+    if after:
+        env[f"STEWARD_{service.upper()}__MIGRATE_ON_START"] = "false"
+        _migrate_as_the_job_does(installed, service, env)
     proc = subprocess.Popen(
         _as_image_user([str(installed.prefix / "bin" / "steward"), "serve", service], env),
         cwd=installed.root,
