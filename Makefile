@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 BUF_VERSION := 1.75.0
 PROTO_FILES := $(shell find protos -name '*.proto')
 
-.PHONY: run test lint protos protos-check buf bench install clean
+.PHONY: run test lint lock deploy-check protos protos-check buf bench install clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check services tests bench
 	$(BIN)/ruff format --check services tests bench
 	$(BIN)/mypy
+
+## lock: regenerate requirements.lock (dev + devstack extras) and, from it, requirements-runtime.lock (the image's)
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra devstack --generate-hashes -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes -c requirements.lock -o requirements-runtime.lock
+
+## deploy-check: the image and the manifests without a cluster or container daemon: hadolint, yamllint, schema
+## validation (kubernetes-validate --strict + vendored CRDs), checkov, kubectl kustomize, the image's install steps
+## run as UID 10001. CI=true makes a missing tool (kubectl) fail instead of skip.
+deploy-check: $(STAMP)
+	$(BIN)/hadolint --failure-threshold style Dockerfile
+	$(BIN)/yamllint --strict .
+	CI=$${CI:-true} $(BIN)/python -m pytest -q tests/unit/deploy tests/integration/deploy $(PYTEST_ARGS)
 
 ## protos: regenerate Python code and .pyi stubs into gen/ (committed)
 protos: $(STAMP)

@@ -8,6 +8,8 @@ Commands:
 - ``steward tenant|apikey|keys|audit|support ...``, ``whoami``, ``demo``: operator calls through the gateway
   (:mod:`services.cli.ops`); ``steward token mint``: dev-only operator tokens.
 - ``steward db upgrade``: apply the services' database migrations from their own settings.
+- ``steward serve vault|gateway``: run one service in the foreground from its ``STEWARD_<SVC>__*`` variables
+  (the container image's command: ``ENTRYPOINT ["steward"]``, ``args: ["serve", "vault"]``).
 
 Every option of ``run`` also has a ``STEWARD_RUN__<OPTION>`` variable; a flag wins over the variable.
 
@@ -130,6 +132,25 @@ def doctor(home: Path | None, json_output: bool) -> None:
     checks = asyncio.run(run_checks(steward_home))
     click.echo(render_json(steward_home, checks) if json_output else render_table(checks))
     sys.exit(exit_code(checks))
+
+
+# The services ``steward serve`` can run; each has ``services/<name>/main.py`` with ``main()``. A test keeps this
+# equal to the Deployments under deploy/k8s. Importing the service only when chosen keeps other commands light.
+SERVE_SERVICES = ("gateway", "vault")
+
+
+@cli.command()
+@click.argument("service", type=click.Choice(SERVE_SERVICES))
+def serve(service: str) -> None:
+    """Run one Steward service in the foreground, configured by its STEWARD_<SERVICE>__* variables.
+
+    What the container image runs (`steward serve vault`); it stops gracefully on SIGTERM. Unlike `steward run`
+    it starts nothing else: NATS, OpenBao and the databases are expected to be there already.
+    """
+    import importlib
+
+    module = importlib.import_module(f"services.{service}.main")
+    module.main()
 
 
 for _command in (tenant, apikey, keys, audit, support, tombstones, whoami, demo, token, db):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +122,10 @@ def _set_images(objects: list[Obj], images: Iterable[Mapping[str, str]]) -> None
             for image in images:
                 if container.get("image") == image["name"]:
                     name = image.get("newName", image["name"])
-                    container["image"] = f"{name}:{image['newTag']}" if "newTag" in image else name
+                    if "digest" in image:
+                        container["image"] = f"{name}@{image['digest']}"
+                    else:
+                        container["image"] = f"{name}:{image['newTag']}" if "newTag" in image else name
 
 
 def render(folder: Path) -> list[Obj]:
@@ -186,6 +191,16 @@ def kustomize_binary() -> list[str] | None:
     if shutil.which("kubectl"):
         return ["kubectl", "kustomize"]
     return None
+
+
+def require_tool(found: object, what: str) -> None:
+    """Skip a test whose tool is missing on a workstation; under ``CI=true`` fail instead, so CI can never pass a
+    check it did not run."""
+    if found:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} is required in CI (CI=true) and is not installed")
+    pytest.skip(f"{what} is not installed")
 
 
 def render_with_binary(command: list[str], folder: Path) -> list[Obj]:

@@ -164,6 +164,9 @@ def deployments() -> list[tuple[str, list[Obj], Obj]]:
 
 DEPLOYMENTS = deployments()
 IDS = [f"{name}:{d['metadata']['name']}" for name, _, d in DEPLOYMENTS]
+# Deployments and the migration Jobs (components/migrations): every pod the application runs.
+WORKLOADS = DEPLOYMENTS + [(name, objs, j) for name in APP_TREES for objs in [tree(name)] for j in of_kind(objs, "Job")]
+WORKLOAD_IDS = [f"{name}:{w['kind']}/{w['metadata']['name']}" for name, _, w in WORKLOADS]
 
 
 def test_there_is_a_deployment_per_service() -> None:
@@ -171,7 +174,7 @@ def test_there_is_a_deployment_per_service() -> None:
         assert {d["metadata"]["name"] for d in of_kind(tree(name), "Deployment")} == set(SETTINGS)
 
 
-@pytest.mark.parametrize(("name", "objects", "deployment"), DEPLOYMENTS, ids=IDS)
+@pytest.mark.parametrize(("name", "objects", "deployment"), WORKLOADS, ids=WORKLOAD_IDS)
 def test_pods_are_hardened(name: str, objects: list[Obj], deployment: Obj) -> None:
     spec = pod_spec(deployment)
     assert spec is not None
@@ -222,10 +225,17 @@ def test_native_grpc_probes_on_the_plaintext_health_port(name: str, objects: lis
 def test_termination_grace_outlasts_the_shutdown_grace(name: str, objects: list[Obj], deployment: Obj) -> None:
     env = config_env(objects, deployment)
     grace = float(env[f"STEWARD_{deployment['metadata']['name'].upper()}__GRPC__SHUTDOWN_GRACE_S"])
-    assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= grace + SHUTDOWN_MARGIN_S  # type: ignore[index]
+    # The preStop sleep runs before SIGTERM and counts against the same grace period.
+    (container,) = pod_spec(deployment)["containers"]  # type: ignore[index]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2, command
+    pre_stop = float(command[1])
+    assert pre_stop >= 1, "endpoints need time to drop the terminating pod before it stops accepting"
+    total = pre_stop + grace + SHUTDOWN_MARGIN_S
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= total  # type: ignore[index]
 
 
-@pytest.mark.parametrize(("name", "objects", "deployment"), DEPLOYMENTS, ids=IDS)
+@pytest.mark.parametrize(("name", "objects", "deployment"), WORKLOADS, ids=WORKLOAD_IDS)
 def test_service_account_exists_and_mounts_no_token(name: str, objects: list[Obj], deployment: Obj) -> None:
     spec = pod_spec(deployment)
     assert spec is not None
@@ -234,7 +244,7 @@ def test_service_account_exists_and_mounts_no_token(name: str, objects: list[Obj
     assert account["automountServiceAccountToken"] is False
 
 
-@pytest.mark.parametrize(("name", "objects", "deployment"), DEPLOYMENTS, ids=IDS)
+@pytest.mark.parametrize(("name", "objects", "deployment"), WORKLOADS, ids=WORKLOAD_IDS)
 def test_service_account_tokens_only_for_openbao_auth(name: str, objects: list[Obj], deployment: Obj) -> None:
     spec = pod_spec(deployment)
     assert spec is not None
@@ -353,7 +363,7 @@ def test_prod_is_replicated_spread_and_guaranteed() -> None:
         env = config_env(objects, deployment)
         urls = [v for k, v in env.items() if k.endswith("DATABASE_URL")]
         assert urls and all(v == "<secret>" for v in urls), "prod databases come from Secrets"
-        assert ":" in spec["containers"][0]["image"], "prod pins an image tag"
+        assert re.fullmatch(r"[^@:]+@sha256:[0-9a-f]{64}", spec["containers"][0]["image"]), "prod pins a digest"
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -492,7 +502,7 @@ def prod_network() -> tuple[Network, dict[str, Pod]]:
     namespaces = {o["metadata"]["name"]: o["metadata"].get("labels", {}) for o in of_kind(objects, "Namespace")}
     namespaces["crm"] = {"steward.io/gateway-client": "true"}
     net = Network(of_kind(objects, "NetworkPolicy"), namespaces)
-    pods = {app_name(d): pod_of(d) for d in of_kind(objects, "Deployment")}
+    pods = {app_name(d): pod_of(d) for d in of_kind(objects, "Deployment") + of_kind(objects, "Job")}
     pods |= {
         "crm-app": Pod("crm-app", "crm", {"app": "crm"}),
         "stranger": Pod("stranger", "other", {"app": "stranger"}),
@@ -548,6 +558,16 @@ FLOWS = [
     ("gateway", "private", 443, False),
     ("vault", "internet", 443, False),
     ("gateway", "vault", 8081, False),
+    # The migration Jobs (components/migrations) reach their own databases and nothing else.
+    ("vault-migrate", "vault-db", 5432, True),
+    ("vault-migrate", "vault-tombstones-db", 5432, True),
+    ("vault-migrate", "gateway-db", 5432, False),
+    ("gateway-migrate", "gateway-db", 5432, True),
+    ("gateway-migrate", "vault-db", 5432, False),
+    ("vault-migrate", "openbao", 8200, False),
+    ("vault-migrate", "nats", 4222, False),
+    ("vault-migrate", "vault", 50052, False),
+    ("gateway-migrate", "internet", 443, False),
 ]
 
 
@@ -589,7 +609,7 @@ def test_egress_policies_send_exactly_where_designed(src: str, dst: str, port: i
     assert net.sends(pods[src], pods[dst], port) is allowed
 
 
-@pytest.mark.parametrize("src", ["gateway", "vault", "nats", "openbao", "vault-db"])
+@pytest.mark.parametrize("src", ["gateway", "vault", "nats", "openbao", "vault-db", "vault-migrate", "gateway-migrate"])
 def test_every_pod_resolves_names(src: str) -> None:
     net, pods = prod_network()
     assert net.allowed(pods[src], pods["dns"], 53, "UDP")
