@@ -24,7 +24,7 @@ from services.client import RetryPolicy, StewardClient
 from tests.system.harness.load import Ack, Ledger, digest, marker_of, status_name
 from tests.system.harness.stack import SystemStack
 
-__all__ = ["Accounting", "EventTally", "count_record_events", "outbox_backlog", "reconcile", "read_back", "stuck"]
+__all__ = ["Accounting", "EventTally", "count_record_events", "outbox_backlog", "read_back", "reconcile", "stuck"]
 
 RECORD_SUBJECTS = "steward.vault.record.>"
 
@@ -132,7 +132,10 @@ async def reconcile(client: StewardClient, ledger: Ledger, into: Accounting) -> 
                 stored = [await client.put_record(write.records[0], idempotency_key=write.key)]
             else:
                 stored = await client.put_records(write.records, idempotency_key=write.key)
-            after = [await _with_marker(client, r.subject_id, marker_of(n)) for r, n in zip(stored, write.records, strict=True)]
+            after = [
+                await _with_marker(client, r.subject_id, marker_of(n))
+                for r, n in zip(stored, write.records, strict=True)
+            ]
         except grpc.RpcError as exc:
             into.unreconciled[write.key] = f"{write.status} then {status_name(exc)}: {exc.details()}"
             continue

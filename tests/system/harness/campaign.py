@@ -323,8 +323,10 @@ def violations(result: CampaignResult) -> list[str]:
         if result.fuzz.count(status):
             found.append(f"{result.database}: fuzz answered {status} {result.fuzz.count(status)} times")
     if result.pids_before_fuzz != result.pids_after_fuzz:
-        found.append(f"{result.database}: processes changed during the fuzz: {result.pids_before_fuzz} -> "
-                     f"{result.pids_after_fuzz}")
+        found.append(
+            f"{result.database}: processes changed during the fuzz: {result.pids_before_fuzz} -> "
+            f"{result.pids_after_fuzz}"
+        )
     if not result.alive_after_fuzz:
         found.append(f"{result.database}: the stack did not serve a write after the fuzz")
     return found

@@ -115,7 +115,9 @@ _ids = st.one_of(
 _json_leaf = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), st.text(max_size=30))
 _json = st.recursive(
     _json_leaf,
-    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.text(max_size=10), children, max_size=4)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=30,
 )
 
@@ -131,7 +133,9 @@ def _field_value(fd: FieldDescriptor, depth: int) -> st.SearchStrategy[object]:
     if kind == FieldDescriptor.TYPE_ENUM:
         return st.one_of(st.sampled_from([v.number for v in fd.enum_type.values]), st.integers(-5, 10**6))
     if kind in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32):
-        return st.one_of(st.sampled_from([v for v in _ODD_INTS if -(2**31) <= v < 2**31]), st.integers(-(2**31), 2**31 - 1))
+        return st.one_of(
+            st.sampled_from([v for v in _ODD_INTS if -(2**31) <= v < 2**31]), st.integers(-(2**31), 2**31 - 1)
+        )
     if kind in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64):
         return st.one_of(st.sampled_from(_ODD_INTS), st.integers(-(2**63), 2**63 - 1))
     if kind in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32):
@@ -156,8 +160,7 @@ def _message(descriptor: Descriptor, depth: int = 3) -> st.SearchStrategy[Messag
         return st.just(cls())
     fields = [fd for fd in descriptor.fields if not (fd.message_type and fd.message_type.GetOptions().map_entry)]
     values = {
-        fd.name: (st.lists(_field_value(fd, depth), max_size=3) if fd.is_repeated
-                  else _field_value(fd, depth))
+        fd.name: (st.lists(_field_value(fd, depth), max_size=3) if fd.is_repeated else _field_value(fd, depth))
         for fd in fields
     }
     return st.fixed_dictionaries({}, optional=values).map(lambda chosen: _build(cls, chosen))
@@ -213,7 +216,9 @@ def body_strategies(method: MethodDescriptor, *, huge: bool) -> dict[str, st.Sea
         "random-bytes": st.binary(max_size=512),
         "from-descriptor": valid,
         "mutated": st.builds(
-            _mutate, valid, st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4096), st.integers(0, 255)), max_size=4)
+            _mutate,
+            valid,
+            st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4096), st.integers(0, 255)), max_size=4),
         ),
     }
     strings = string_fields(descriptor)
@@ -294,49 +299,53 @@ async def fuzz_stack(
     concurrency: int = 6,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> FuzzResult:
-    """Send ``examples`` bodies per family to every forwarded method; count the statuses."""
+    """Send ``examples`` bodies per family (two huge strings) to every forwarded method; count the statuses."""
     result = FuzzResult()
     credentials = grpc.ssl_channel_credentials(stack.ca_file.read_bytes())
     metadata = (("authorization", f"Bearer {stack.api_key}"),)
-    async with aio.secure_channel(
-        stack.gateway_address, credentials, options=[("grpc.max_send_message_length", 64 << 20)]
-    ) as channel:
+    options = [("grpc.max_send_message_length", 64 << 20)]
+    async with aio.secure_channel(stack.gateway_address, credentials, options=options) as channel:
         for method in forwarded_methods():
-            name = full_name(method)
-            counter: Counter[str] = Counter()
-            result.statuses[name] = counter
             bodies = [
                 (family, body)
                 for index, (family, strategy) in enumerate(sorted(body_strategies(method, huge=huge).items()))
                 for body in generate_bodies(strategy, examples if family != "huge-string" else 2, seed + index)
             ]
-            if method.server_streaming:
-                stream_call = channel.unary_stream(name, request_serializer=None, response_deserializer=None)
-
-                async def send(body: bytes) -> None:
-                    async for _ in stream_call(body, metadata=metadata, timeout=15):
-                        pass
-
-            else:
-                unary_call = channel.unary_unary(name, request_serializer=None, response_deserializer=None)
-
-                async def send(body: bytes) -> None:
-                    await unary_call(body, metadata=metadata, timeout=15)
-
-            queue = list(bodies)
-
-            async def worker(send: Callable[[bytes], object] = send) -> None:
-                while queue:
-                    family, body = queue.pop()
-                    try:
-                        await send(body)  # type: ignore[misc]
-                        status = "OK"
-                    except grpc.RpcError as exc:
-                        status = exc.code().name
-                        if status in FORBIDDEN:
-                            result.forbidden.append((name, family, f"{status}: {exc.details()}", body[:200]))
-                    counter[status] += 1
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            progress(f"fuzz {name}: {dict(counter)}")
+            await _fuzz_method(channel, method, bodies, metadata, result, concurrency)
+            progress(f"fuzz {full_name(method)}: {dict(result.statuses[full_name(method)])}")
     return result
+
+
+async def _fuzz_method(
+    channel: aio.Channel,
+    method: MethodDescriptor,
+    bodies: list[tuple[str, bytes]],
+    metadata: tuple[tuple[str, str], ...],
+    result: FuzzResult,
+    concurrency: int,
+) -> None:
+    name = full_name(method)
+    counter = result.statuses.setdefault(name, Counter())
+    unary = channel.unary_unary(name, request_serializer=None, response_deserializer=None)
+    streaming = channel.unary_stream(name, request_serializer=None, response_deserializer=None)
+
+    async def send(body: bytes) -> None:
+        if method.server_streaming:
+            async for _ in streaming(body, metadata=metadata, timeout=15):
+                pass
+        else:
+            await unary(body, metadata=metadata, timeout=15)
+
+    async def worker() -> None:
+        while bodies:
+            family, body = bodies.pop()
+            try:
+                await send(body)
+                status = "OK"
+            except grpc.RpcError as exc:
+                status = exc.code().name
+                if status in FORBIDDEN:
+                    result.forbidden.append((name, family, f"{status}: {exc.details()}", body[:200]))
+            counter[status] += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -32,7 +32,19 @@ from steward.vault.v1 import vault_pb2 as pb
 
 from services.client import StewardClient
 
-__all__ = ["FLOWS", "Ack", "Flow", "Ledger", "Load", "ReadFlow", "Unsettled", "WriteFlow", "digest", "marker_of", "new_record"]
+__all__ = [
+    "FLOWS",
+    "Ack",
+    "Flow",
+    "Ledger",
+    "Load",
+    "ReadFlow",
+    "Unsettled",
+    "WriteFlow",
+    "digest",
+    "marker_of",
+    "new_record",
+]
 
 KINDS = (
     pb.RECORD_KIND_LEAD_CONTACT,
@@ -189,7 +201,7 @@ class WriteFlow:
                 stored = [await load.client.put_record(batch[0], idempotency_key=key)]
             else:
                 stored = await load.client.put_records(batch, idempotency_key=key)
-        except (grpc.RpcError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, grpc.RpcError) as exc:
             ledger.outcome(self.name, status_name(exc))
             ledger.unsettled.append(Unsettled(key=key, records=batch, phase=phase, status=status_name(exc)))
             return
@@ -220,7 +232,7 @@ class ReadFlow:
                 record = found[0] if found else None
             else:
                 record = await load.client.get_record(ack.record_id)
-        except (grpc.RpcError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, grpc.RpcError) as exc:
             name = status_name(exc)
             if name == "NOT_FOUND":
                 ledger.lost_reads.append(ack.record_id)

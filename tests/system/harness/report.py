@@ -57,9 +57,8 @@ def render(results: list[CampaignResult], *, sizes: str) -> str:
         for phase in result.phases:
             recovery = "-" if phase.recovery_s is None else f"{phase.recovery_s:.2f}s"
             acc = phase.accounting
-            lines.append(
-                f"{phase.name:<24} {phase.attempted:>9} {phase.acknowledged:>6} {recovery:>9}  {_statuses(phase.statuses)}"
-            )
+            counts = f"{phase.attempted:>9} {phase.acknowledged:>6} {recovery:>9}"
+            lines.append(f"{phase.name:<24} {counts}  {_statuses(phase.statuses)}")
             lines.append(
                 f"{'':<24} after: lost {len(acc.lost)}, corrupted {len(acc.corrupted)}, events missing "
                 f"{len(acc.missing_events)}/duplicated {len(acc.duplicated_events)}, outbox "
@@ -67,13 +66,19 @@ def render(results: list[CampaignResult], *, sizes: str) -> str:
                 f"{acc.reconciled} (committed-but-failed {acc.committed_but_failed})"
             )
         fuzz = result.fuzz
-        lines += ["", f"fuzz: {fuzz.total} requests; UNKNOWN = {fuzz.count('UNKNOWN')}, "
-                  f"INTERNAL = {fuzz.count('INTERNAL')}; pids unchanged: "
-                  f"{result.pids_before_fuzz == result.pids_after_fuzz}; serves after: {result.alive_after_fuzz}"]
+        lines += [
+            "",
+            f"fuzz: {fuzz.total} requests; UNKNOWN = {fuzz.count('UNKNOWN')}, "
+            f"INTERNAL = {fuzz.count('INTERNAL')}; pids unchanged: "
+            f"{result.pids_before_fuzz == result.pids_after_fuzz}; serves after: {result.alive_after_fuzz}",
+        ]
         for method, counter in fuzz.statuses.items():
             lines.append(f"  {method.rsplit('.', 1)[-1]:<40} {sum(counter.values()):>5}  {_statuses(counter)}")
-        lines += ["", f"{'process':<10} {'soak before':>12} {'soak after':>12} {'growth':>22} "
-                  f"{'fuzz before':>12} {'fuzz after':>12} {'growth':>22}"]
+        lines += [
+            "",
+            f"{'process':<10} {'soak before':>12} {'soak after':>12} {'growth':>22} "
+            f"{'fuzz before':>12} {'fuzz after':>12} {'growth':>22}",
+        ]
         for name in sorted(set(result.rss_soak) | set(result.rss_fuzz)):
             soak = result.rss_soak.get(name, (None, None))
             fuzz_rss = result.rss_fuzz.get(name, (None, None))
