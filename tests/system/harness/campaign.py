@@ -28,7 +28,7 @@ from tests.system.harness.accounting import (
 )
 from tests.system.harness.faults import Fault, faults_for
 from tests.system.harness.fuzz import FORBIDDEN, FuzzResult, fuzz_stack
-from tests.system.harness.load import Ledger, Load, flows, new_record
+from tests.system.harness.load import AttemptCounter, Ledger, Load, flows, new_record
 from tests.system.harness.stack import SystemStack
 
 __all__ = ["CampaignResult", "FaultOutcome", "Sizes", "account", "run_campaign", "violations"]
@@ -99,6 +99,7 @@ class FaultOutcome:
     attempted: int = 0
     acknowledged: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
+    attempts: Counter[str] = field(default_factory=Counter)
     recovery_s: float | None = None
     accounting: Accounting = field(default_factory=Accounting)
     duration_s: float = 0.0
@@ -207,6 +208,7 @@ async def _run_phase(
         await load.stop()
     outcome.attempted, outcome.acknowledged = ledger.attempted[name], ledger.acknowledged[name]
     outcome.statuses = Counter(ledger.statuses[name])
+    outcome.attempts = Counter(ledger.attempts[name])
     outcome.accounting = await account(stack, ledger, name)
     outcome.duration_s = time.monotonic() - began
     progress(f"{stack.database}: {name} done: {_summary(outcome)}")
@@ -229,7 +231,8 @@ async def run_campaign(stack: SystemStack, sizes: Sizes, progress: Progress = la
     ledger = Ledger(run=uuid.uuid4().hex[:8])
     result.ledger = ledger
     retry = RetryPolicy(max_attempts=5, budget_s=sizes.retry_budget_s)
-    async with stack.client(timeout_s=sizes.write_timeout_s, retry=retry) as client:
+    counter = AttemptCounter(ledger)
+    async with stack.client(timeout_s=sizes.write_timeout_s, retry=retry, interceptors=[counter]) as client:
         load = Load(client, ledger, flows(writers=sizes.writers, readers=sizes.readers))
         result.phases.append(await _run_phase(stack, load, ledger, sizes, None, progress))
         for fault in sizes.faults(stack.database):
@@ -268,6 +271,7 @@ async def _soak(
     result.rss_soak = _rss_pairs(before, stack.rss())
     outcome.attempted, outcome.acknowledged = ledger.attempted["soak"], ledger.acknowledged["soak"]
     outcome.statuses = Counter(ledger.statuses["soak"])
+    outcome.attempts = Counter(ledger.attempts["soak"])
     outcome.accounting = await account(stack, ledger, "soak")
     outcome.duration_s = time.monotonic() - began
     progress(f"{stack.database}: soak done: {_summary(outcome)}")
@@ -319,6 +323,10 @@ def violations(result: CampaignResult) -> list[str]:
             found.append(f"{result.database} {phase.name}: no write succeeded after the fault ended")
     if result.lost_reads or result.corrupt_reads:
         found.append(f"{result.database}: reads during load: {result.lost_reads} lost, {result.corrupt_reads} corrupt")
+    for phase in result.phases:
+        bad = {key: n for key, n in (phase.statuses + phase.attempts).items() if key.rsplit(":", 1)[-1] in FORBIDDEN}
+        if bad:
+            found.append(f"{result.database} {phase.name}: the load was answered {bad}")
     for status in FORBIDDEN:
         if result.fuzz.count(status):
             found.append(f"{result.database}: fuzz answered {status} {result.fuzz.count(status)} times")

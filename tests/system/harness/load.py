@@ -23,11 +23,12 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
+from grpc import aio
 from steward.vault.v1 import vault_pb2 as pb
 
 from services.client import StewardClient
@@ -94,6 +95,7 @@ class Ledger:
     attempted: Counter[str] = field(default_factory=Counter)
     acknowledged: Counter[str] = field(default_factory=Counter)
     statuses: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    attempts: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     corrupt_reads: list[str] = field(default_factory=list)
     lost_reads: list[str] = field(default_factory=list)
     ack_times: list[float] = field(default_factory=list)
@@ -128,6 +130,25 @@ class Ledger:
             if new.kind == pb.RECORD_KIND_LEAD_CONTACT:
                 # Later notes attach to recent leads, so subjects get a few records each, not hundreds.
                 self.recent_leads = [*self.recent_leads[-49:], record.subject_id]
+
+
+class AttemptCounter(aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Counts the status of every attempt (retries included) per phase, as ``Method:STATUS``.
+
+    The flows record each operation's final outcome; this shows what the retries absorbed.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        """Pass the call on and count its status once it finished."""
+        call = await continuation(client_call_details, request)
+        code = await call.code()
+        method = client_call_details.method
+        method = method.decode() if isinstance(method, bytes) else str(method)
+        self.ledger.attempts[self.ledger.phase][f"{method.rsplit('/', 1)[-1]}:{code.name}"] += 1
+        return call
 
 
 def new_record(ledger: Ledger, rng: random.Random) -> pb.NewRecord:

@@ -52,13 +52,14 @@ def render(results: list[CampaignResult], *, sizes: str) -> str:
             f"{final.stuck_consumers or 'none'}; reads during load: {result.lost_reads} lost, "
             f"{result.corrupt_reads} corrupt",
             "",
-            f"{'phase':<24} {'attempted':>9} {'acked':>6} {'recovery':>9}  statuses (flow:status count)",
+            f"{'phase':<24} {'attempted':>9} {'acked':>6} {'recovery':>9}  final status per operation (flow:status n)",
         ]
         for phase in result.phases:
             recovery = "-" if phase.recovery_s is None else f"{phase.recovery_s:.2f}s"
             acc = phase.accounting
             counts = f"{phase.attempted:>9} {phase.acknowledged:>6} {recovery:>9}"
             lines.append(f"{phase.name:<24} {counts}  {_statuses(phase.statuses)}")
+            lines.append(f"{'':<24} every attempt (retries included): {_statuses(phase.attempts)}")
             lines.append(
                 f"{'':<24} after: lost {len(acc.lost)}, corrupted {len(acc.corrupted)}, events missing "
                 f"{len(acc.missing_events)}/duplicated {len(acc.duplicated_events)}, outbox "
@@ -74,6 +75,8 @@ def render(results: list[CampaignResult], *, sizes: str) -> str:
         ]
         for method, counter in fuzz.statuses.items():
             lines.append(f"  {method.rsplit('.', 1)[-1]:<40} {sum(counter.values()):>5}  {_statuses(counter)}")
+        for method, family, answer, body in fuzz.forbidden[:10]:
+            lines.append(f"  FORBIDDEN {method} ({family}): {answer[:300]!r} body[:200]={body.hex()}")
         lines += [
             "",
             f"{'process':<10} {'soak before':>12} {'soak after':>12} {'growth':>22} "

@@ -16,7 +16,7 @@ import os
 import ssl
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,9 +217,18 @@ class SystemStack:
 
     # -- clients -----------------------------------------------------------------------------------------------
 
-    def client(self, *, timeout_s: float = 5.0, retry: RetryPolicy | None = None) -> StewardClient:
+    def client(
+        self, *, timeout_s: float = 5.0, retry: RetryPolicy | None = None, interceptors: Sequence[Any] = ()
+    ) -> StewardClient:
         """A :class:`StewardClient` for the demo tenant over TLS with the dev CA (idempotency keys, retries)."""
-        return StewardClient(self.gateway_address, self.api_key, ca_file=self.ca_file, timeout_s=timeout_s, retry=retry)
+        return StewardClient(
+            self.gateway_address,
+            self.api_key,
+            ca_file=self.ca_file,
+            timeout_s=timeout_s,
+            retry=retry,
+            interceptors=interceptors,
+        )
 
     async def ops_nats(self) -> Any:
         """A NATS connection as the operators' ``ops`` user (the only one that may read the whole stream)."""
