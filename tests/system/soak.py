@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import asdict
@@ -41,15 +42,19 @@ def main() -> int:
     """Run every database, print the report, keep a copy; non-zero exit when anything was violated."""
     sizes = Sizes.full()
     databases = [name.strip() for name in os.environ.get("SOAK_DATABASES", "sqlite,postgresql").split(",") if name]
-    with tempfile.TemporaryDirectory(prefix="steward-soak-") as scratch:
-        results = [run(database, sizes, Path(scratch)) for database in databases]
+    scratch = Path(tempfile.mkdtemp(prefix="steward-soak-"))
+    results = [run(database, sizes, scratch) for database in databases]
     text = render(results, sizes=", ".join(f"{k}={v}" for k, v in asdict(sizes).items()))
     sys.stdout.write(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"soak-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}.txt"
     out.write_text(text)
     _progress(f"report written to {out}")
-    return 1 if any(violations(result) for result in results) else 0
+    if any(violations(result) for result in results):
+        _progress(f"promises broken: the stacks' logs are kept in {scratch}")
+        return 1
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
