@@ -21,7 +21,7 @@ from steward.vault.v1 import vault_pb2 as pb
 
 from services.chassis.nats_permissions import STREAM
 from services.client import RetryPolicy, StewardClient
-from tests.system.harness.load import Ack, Ledger, digest, marker_of, status_name
+from tests.system.harness.load import Ack, Ledger, marker_of, status_name, store
 from tests.system.harness.stack import SystemStack
 
 __all__ = ["Accounting", "EventTally", "count_record_events", "outbox_backlog", "read_back", "reconcile", "stuck"]
@@ -82,7 +82,7 @@ async def read_back(client: StewardClient, acks: Iterable[Ack], into: Accounting
                 else:
                     into.unreadable[ack.record_id] = status_name(exc)
                 continue
-            if digest(record.data) != ack.digest or record.kind != ack.kind or record.subject_id != ack.subject_id:
+            if not ack.matches(record):
                 into.corrupted.append(ack.record_id)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -128,10 +128,7 @@ async def reconcile(client: StewardClient, ledger: Ledger, into: Accounting) -> 
         try:
             subjects = [await _subject_of(client, new) for new in write.records]
             before = [await _with_marker(client, s, marker_of(n)) for s, n in zip(subjects, write.records, strict=True)]
-            if len(write.records) == 1:
-                stored = [await client.put_record(write.records[0], idempotency_key=write.key)]
-            else:
-                stored = await client.put_records(write.records, idempotency_key=write.key)
+            stored = await store(client, write.records, write.key)
             after = [
                 await _with_marker(client, r.subject_id, marker_of(n))
                 for r, n in zip(stored, write.records, strict=True)

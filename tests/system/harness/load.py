@@ -73,6 +73,10 @@ class Ack:
     digest: str
     phase: str
 
+    def matches(self, record: pb.Record) -> bool:
+        """True when ``record`` is what was acknowledged: same subject, kind and payload."""
+        return digest(record.data) == self.digest and record.kind == self.kind and record.subject_id == self.subject_id
+
 
 @dataclass
 class Unsettled:
@@ -193,6 +197,13 @@ def status_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+async def store(client: StewardClient, records: Sequence[pb.NewRecord], key: str) -> list[pb.Record]:
+    """PutRecord for one record, PutRecords for more, under idempotency key ``key``."""
+    if len(records) == 1:
+        return [await client.put_record(records[0], idempotency_key=key)]
+    return await client.put_records(records, idempotency_key=key)
+
+
 class Flow(Protocol):
     """One kind of operation the load runs, ``workers`` loops of ``step`` in parallel."""
 
@@ -218,10 +229,7 @@ class WriteFlow:
         phase = ledger.phase
         ledger.attempted[phase] += 1
         try:
-            if len(batch) == 1:
-                stored = [await load.client.put_record(batch[0], idempotency_key=key)]
-            else:
-                stored = await load.client.put_records(batch, idempotency_key=key)
+            stored = await store(load.client, batch, key)
         except (TimeoutError, grpc.RpcError) as exc:
             ledger.outcome(self.name, status_name(exc))
             ledger.unsettled.append(Unsettled(key=key, records=batch, phase=phase, status=status_name(exc)))
@@ -262,7 +270,7 @@ class ReadFlow:
         if record is None:
             ledger.lost_reads.append(ack.record_id)
             ledger.outcome(self.name, "MISSING_FROM_PAGE")
-        elif digest(record.data) != ack.digest or record.kind != ack.kind or record.subject_id != ack.subject_id:
+        elif not ack.matches(record):
             ledger.corrupt_reads.append(ack.record_id)
             ledger.outcome(self.name, "CORRUPT")
         else:
