@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 BUF_VERSION := 1.75.0
 PROTO_FILES := $(shell find protos -name '*.proto')
 
-.PHONY: run test lint lock deploy-check protos protos-check buf bench install clean
+.PHONY: run test soak lint lock deploy-check protos protos-check buf bench install clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ run: $(STAMP)
 ## test: the full suite (unit + integration against real NATS, OpenBao, SQLite, PostgreSQL)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## soak: the full system campaign (tests/system) on SQLite and PostgreSQL — every fault under load, accounting,
+## soak, fuzz — one report on stdout and in bench/results/soak-<time>.txt. Sizes: SOAK_* variables (tests/system/harness/campaign.py).
+soak: $(STAMP)
+	SOAK=1 $(BIN)/python -m tests.system.soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check services tests bench

@@ -208,9 +208,10 @@ class GroupCommitWriter:
                             with session.begin_nested():
                                 unit.result = unit.context.run(unit.work, session)
                         except Exception as exc:
+                            # Rolling back the savepoint expires exactly the objects this unit changed
+                            # (SQLAlchemy tracks them per savepoint). Expiring everything would also expire
+                            # the rows earlier units return, unreadable once the session closes.
                             unit.error = exc
-                            # The savepoint rolled back; objects it touched may hold its values.
-                            session.expire_all()
         except Exception as exc:
             for unit in batch:
                 if unit.error is None:

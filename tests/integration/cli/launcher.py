@@ -47,6 +47,8 @@ class Launcher:
     home: Path
     log_file: Path
     extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables added to this process's environment for the launcher (and so its children)."""
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
@@ -70,7 +72,9 @@ class Launcher:
             *self.extra_args,
         ]
         log = open(self.log_file, "a")  # the child inherits the descriptor; ours closes right away
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, **self.env} if self.env else None
+        )
         log.close()
         self._lines = queue.Queue()
         threading.Thread(target=self._read_stdout, args=(self.proc, self._lines), daemon=True).start()
