@@ -40,6 +40,7 @@ from services.chassis.bus import Bus, Consumer, Handler, OutboxRelay
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.grpc_server import RunningServer, build_server
+from services.chassis.metrics import ServiceMetrics
 from services.chassis.migrations import require_head, upgrade
 from services.chassis.settings import ServiceSettings, SettingsError, load_settings, variable_name
 from services.chassis.tasks import BackgroundTask
@@ -104,6 +105,8 @@ class ServiceRuntime(Generic[SettingsT]):
         self._stopping = False
         self._grace_s = settings.grpc.shutdown_grace_s
         self._health_update: asyncio.Task[None] | None = None  # kept referenced until it ran
+        # Collected always (the benchmarks measure what production runs); served on settings.metrics.port.
+        self.metrics = ServiceMetrics(service, settings.metrics)
 
     async def __aenter__(self) -> ServiceRuntime[SettingsT]:
         return self
@@ -141,6 +144,7 @@ class ServiceRuntime(Generic[SettingsT]):
         url = getattr(self.settings, field)
         db = Database(url.get_secret_value() if isinstance(url, SecretStr) else str(url), workers=workers)
         self.on_stop(f"database {field}", db.close)
+        self.metrics.watch_database(field, db)
         package = f"services.{self.service}"
         if self.settings.migrate_on_start:
             await db.call(upgrade, db, package)
@@ -162,6 +166,7 @@ class ServiceRuntime(Generic[SettingsT]):
         self.on_stop("nats connection", bus.close)
         self.bus = bus
         self.relay = await self.task(OutboxRelay(outbox_db, bus))
+        self.metrics.watch_outbox(outbox_db)
         return bus
 
     async def consume(
@@ -170,7 +175,9 @@ class ServiceRuntime(Generic[SettingsT]):
         """Start a durable consumer on the bus (:meth:`start_bus` first); ``None`` when NATS is disabled."""
         if self.bus is None:
             return None
-        return await self.task(Consumer(self.bus, db, durable=durable, subjects=subjects, handler=handler))
+        consumer = await self.task(Consumer(self.bus, db, durable=durable, subjects=subjects, handler=handler))
+        self.metrics.watch_consumer(consumer)
+        return consumer
 
     async def serve_grpc(
         self,
@@ -179,12 +186,16 @@ class ServiceRuntime(Generic[SettingsT]):
         trust_identity_metadata: bool = False,
         interceptors: Sequence[aio.ServerInterceptor] = (),
     ) -> RunningServer:
-        """Build, bind and start the gRPC server with health; on stop it drains within the grace period."""
+        """Build, bind and start the gRPC server with health (and ``/metrics``); on stop it drains in the grace period."""
+        self.metrics.serve(self.settings.grpc.host)
+        self.on_stop("metrics endpoint", self.metrics.close)
+        self.metrics.watch_certificate("grpc_server", self.settings.grpc.tls.cert_file)
         running = await build_server(
             self.settings.grpc,
             register=register,
             trust_identity_metadata=trust_identity_metadata,
             extra_interceptors=interceptors,
+            outer_interceptors=[self.metrics.interceptor()],
             port=self._port,
         )
         self.server = running
