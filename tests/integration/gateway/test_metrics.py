@@ -124,14 +124,16 @@ async def test_outbox_age_rises_while_nats_is_down(stack: Stack) -> None:
     await _until(
         stack.vault_port,
         "outbox holds the write and its age grows",
-        lambda s: (sample(s, "steward_outbox_pending_rows") or 0) >= 1
-        and (sample(s, "steward_outbox_oldest_age_seconds") or 0) > 1.0,
+        lambda s: (
+            (sample(s, "steward_outbox_pending_rows") or 0) >= 1
+            and (sample(s, "steward_outbox_oldest_age_seconds") or 0) > 1.0
+        ),
     )
 
 
 async def test_a_dek_cache_hit_moves_the_hit_ratio(stack: Stack) -> None:
     stored = await stack.put()
-    get = vault_pb2.GetRecordRequest(record_id=stored.record_id)
+    get = vault_pb2.GetRecordRequest(record_id=stored.id)
     # Forgetting the DEK makes the next read a miss, so the ratio is below 1 and a hit can raise it.
     stack.vault.app.ctx.keyring.cache.clear()
     await stack.env.c.vault.GetRecord(get, metadata=bearer(stack.env.key_a))
