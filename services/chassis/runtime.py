@@ -186,7 +186,7 @@ class ServiceRuntime(Generic[SettingsT]):
         trust_identity_metadata: bool = False,
         interceptors: Sequence[aio.ServerInterceptor] = (),
     ) -> RunningServer:
-        """Build, bind and start the gRPC server with health (and ``/metrics``); on stop it drains in the grace period."""
+        """Build, bind and start the gRPC server with health, and /metrics; on stop it drains in the grace period."""
         self.metrics.serve(self.settings.grpc.host)
         self.on_stop("metrics endpoint", self.metrics.close)
         self.metrics.watch_certificate("grpc_server", self.settings.grpc.tls.cert_file)
