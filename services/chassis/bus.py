@@ -502,6 +502,10 @@ class Consumer(BackgroundTask):
                 self.stats.resubscribes += 1
                 await asyncio.sleep(delay)
 
+    async def info(self) -> Any:
+        """JetStream's view of this consumer (``num_pending``, ``num_ack_pending``, ``num_redelivered``): metrics."""
+        return await self.bus.js.consumer_info(self.bus.settings.stream, self.durable)
+
     def _apply(self, session: Session, event: events_pb2.Event) -> bool:
         seen = session.get(InboxEntry, (self.durable, event.id))
         if seen is not None:

@@ -135,12 +135,15 @@ async def build_server(
     register: Callable[[aio.Server], Sequence[str]],
     trust_identity_metadata: bool = False,
     extra_interceptors: Sequence[aio.ServerInterceptor] = (),
+    outer_interceptors: Sequence[aio.ServerInterceptor] = (),
     port: int | None = None,
     serving: bool = True,
 ) -> RunningServer:
     """Create, bind and start a server. ``register`` adds servicers and returns their full service names.
 
     Health reports SERVING at once, or with ``serving=False`` NOT_SERVING until the caller flips it.
+    ``outer_interceptors`` run before all others (metrics: they see the status the caller gets);
+    ``extra_interceptors`` run after error mapping and the peer allowlist.
 
     Without mTLS a service would trust identity metadata from anyone, so that requires the explicit
     ``trust_identity_metadata`` switch (tests, benchmarks); otherwise start-up fails.
@@ -157,6 +160,7 @@ async def build_server(
     interceptors: list[aio.ServerInterceptor] = [aio_server_interceptor(), ErrorMappingInterceptor()]
     if mtls and tls.allowed_client_names:
         interceptors.insert(1, PeerAllowlistInterceptor(tls.allowed_client_names))
+    interceptors[:0] = outer_interceptors
     interceptors.extend(extra_interceptors)
     interceptors.append(RequestDecodingInterceptor())
     server = aio.server(

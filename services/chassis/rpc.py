@@ -31,6 +31,7 @@ __all__ = [
     "Around",
     "DecodeFailureLog",
     "UndecodableRequest",
+    "rebuild_handler",
     "refuse_undecodable_requests",
     "wrap_rpc_handler",
 ]
@@ -66,6 +67,10 @@ def _rebuild(
                 response_serializer=handler.response_serializer,
             )
     return handler
+
+
+rebuild_handler = _rebuild
+"""Public name of :func:`_rebuild` for wrappers that need the outcome, not just an ``around`` (metrics)."""
 
 
 def _unary(behavior: Behaviour, around: Around) -> Behaviour:

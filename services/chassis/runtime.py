@@ -44,6 +44,7 @@ from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.errors import DomainError, abort_for
 from services.chassis.grpc_server import RunningServer, build_server
+from services.chassis.metrics import ServiceMetrics
 from services.chassis.migrations import require_head, upgrade
 from services.chassis.rpc import wrap_rpc_handler
 from services.chassis.settings import ServiceSettings, SettingsError, load_settings, variable_name
@@ -159,6 +160,8 @@ class ServiceRuntime(Generic[SettingsT]):
         self._stopping = False
         self._grace_s = settings.grpc.shutdown_grace_s
         self._health_update: asyncio.Task[None] | None = None  # kept referenced until it ran
+        # Collected always (the benchmarks measure what production runs); served on settings.metrics.port.
+        self.metrics = ServiceMetrics(service, settings.metrics)
 
     async def __aenter__(self) -> ServiceRuntime[SettingsT]:
         return self
@@ -196,6 +199,7 @@ class ServiceRuntime(Generic[SettingsT]):
         url = getattr(self.settings, field)
         db = Database(url.get_secret_value() if isinstance(url, SecretStr) else str(url), workers=workers)
         self.on_stop(f"database {field}", db.close)
+        self.metrics.watch_database(field, db)
         package = f"services.{self.service}"
         if self.settings.migrate_on_start:
             await db.call(upgrade, db, package)
@@ -217,6 +221,7 @@ class ServiceRuntime(Generic[SettingsT]):
         self.on_stop("nats connection", bus.close)
         self.bus = bus
         self.relay = await self.task(OutboxRelay(outbox_db, bus))
+        self.metrics.watch_outbox(outbox_db)
         return bus
 
     async def consume(
@@ -225,7 +230,9 @@ class ServiceRuntime(Generic[SettingsT]):
         """Start a durable consumer on the bus (:meth:`start_bus` first); ``None`` when NATS is disabled."""
         if self.bus is None:
             return None
-        return await self.task(Consumer(self.bus, db, durable=durable, subjects=subjects, handler=handler))
+        consumer = await self.task(Consumer(self.bus, db, durable=durable, subjects=subjects, handler=handler))
+        self.metrics.watch_consumer(consumer)
+        return consumer
 
     async def serve_grpc(
         self,
@@ -235,17 +242,21 @@ class ServiceRuntime(Generic[SettingsT]):
         interceptors: Sequence[aio.ServerInterceptor] = (),
         ready: ReadyCheck | None = None,
     ) -> RunningServer:
-        """Build, bind and start the gRPC server with health; on stop it drains within the grace period.
+        """Build, bind and start the gRPC server with health, and /metrics; on stop it drains in the grace period.
 
         With ``ready`` the server listens NOT_SERVING and refuses calls while the check runs, and returns
         once it passed and health says SERVING (probes can watch the wait; a client's first call is served).
         """
+        self.metrics.serve(self.settings.grpc.host)
+        self.on_stop("metrics endpoint", self.metrics.close)
+        self.metrics.watch_certificate("grpc_server", self.settings.grpc.tls.cert_file)
         gate = None if ready is None else _StartupGate(ready.refusal)
         running = await build_server(
             self.settings.grpc,
             register=register,
             trust_identity_metadata=trust_identity_metadata,
             extra_interceptors=(*interceptors, *([gate] if gate else [])),
+            outer_interceptors=[self.metrics.interceptor()],
             port=self._port,
             serving=ready is None,
         )

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "GrpcSettings",
+    "MetricsSettings",
     "NatsSettings",
     "ServiceSettings",
     "SettingsError",
@@ -71,6 +72,19 @@ class GrpcSettings(BaseModel):
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
+class MetricsSettings(BaseModel):
+    """The Prometheus ``/metrics`` endpoint (plaintext HTTP; series hold names and counts, never customer data)."""
+
+    port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port serving /metrics in Prometheus text format; unset = no endpoint (the default, so tests and "
+        "local runs bind nothing), 0 = any free port. The Kubernetes manifests set 9464.",
+    )
+    host: str | None = Field(default=None, description="Address to bind; unset = the gRPC host.")
+
+
 class NatsSettings(BaseModel):
     """Where the NATS JetStream server is and how the bus behaves."""
 
@@ -107,6 +121,7 @@ class ServiceSettings(BaseSettings):
     )
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
     nats: NatsSettings = Field(default_factory=NatsSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: str = "INFO"
     migrate_on_start: bool = Field(
         default=True,

@@ -60,7 +60,10 @@ async def assemble(runtime: ServiceRuntime[VaultSettings]) -> VaultApp:
     db = await runtime.database("database_url", workers=settings.db_workers)
     ledger_db = await runtime.database("tombstone_database_url", workers=2)
     transit = runtime.client("transit", _transit_client(settings, clock))
+    runtime.metrics.watch_transit(transit)
     keyring = KeyRing(transit, DekCache(settings.dek_cache_max_entries, settings.dek_cache_max_age_s, clock=clock))
+    runtime.metrics.watch_key_cache("dek", keyring.cache)
+    runtime.metrics.watch_key_cache("blind_index", keyring.blind_cache)
     policy = VaultPolicy(
         max_record_bytes=settings.max_record_bytes,
         max_message_bytes=settings.grpc.max_message_bytes,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -205,6 +206,9 @@ class TransitClient:
         self._upsert_disabled = False
         self._signing_key_ready = False
         self._public_keys: dict[int, bytes] = {}
+        self.call_observer: Callable[[str, str, float], None] | None = None
+        """Told ``(op, outcome, seconds)`` after each call (metrics); outcome: ok, breaker_open, unreachable,
+        sealed, unavailable, error."""
 
     @property
     def calls(self) -> int:
@@ -412,12 +416,19 @@ class TransitClient:
         A direct probe: it ignores the breaker's state and does not feed it, so readiness checks can see
         Transit come back before the breaker's next probe. Counted in ``calls``.
         """
+        return self.health_status() == 200
+
+    def health_status(self) -> int | None:
+        """``/sys/health``'s HTTP status (200 serving, 503 sealed, 501 uninitialised), None when unreachable.
+
+        Like :meth:`healthy`, outside the breaker and counted in ``calls``.
+        """
         self._count_call()
         try:
             response = self._client.sys.read_health_status(method="GET", standby_ok=True)
         except requests.RequestException:
-            return False
-        return bool(response.status_code == 200)
+            return None
+        return int(response.status_code)
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -427,27 +438,37 @@ class TransitClient:
 
     def _send(self, op: str, send: Callable[[], requests.Response]) -> requests.Response:
         """Run one HTTP call through the breaker; outages become Unavailable, any answer is returned."""
-        if not self.breaker.allow():
-            raise Unavailable(UNAVAILABLE_MESSAGE, retry_after_s=self.breaker.retry_after_s())
-        self._count_call()
+        started = time.perf_counter()
+        outcome = "error"
         try:
-            response = send()
-        except requests.RequestException as exc:
-            self.breaker.record_failure()
-            # The exception text is host/port/reason only; the request body never appears in it.
-            log.warning("Transit %s failed: %s: %s", op, type(exc).__name__, exc)
-            raise Unavailable(UNAVAILABLE_MESSAGE) from None
-        except BaseException:
-            self.breaker.record_failure()
-            raise
-        status = response.status_code
-        if status >= 500 or status in _UNAVAILABLE_STATUSES:
-            self.breaker.record_failure()
-            level = logging.ERROR if status in (401, 403) else logging.WARNING
-            log.log(level, "Transit %s answered HTTP %d (%s)", op, status, "; ".join(_errors(_body(response))))
-            raise Unavailable(UNAVAILABLE_MESSAGE)
-        self.breaker.record_success()
-        return response
+            if not self.breaker.allow():
+                outcome = "breaker_open"
+                raise Unavailable(UNAVAILABLE_MESSAGE, retry_after_s=self.breaker.retry_after_s())
+            self._count_call()
+            try:
+                response = send()
+            except requests.RequestException as exc:
+                self.breaker.record_failure()
+                outcome = "unreachable"
+                # The exception text is host/port/reason only; the request body never appears in it.
+                log.warning("Transit %s failed: %s: %s", op, type(exc).__name__, exc)
+                raise Unavailable(UNAVAILABLE_MESSAGE) from None
+            except BaseException:
+                self.breaker.record_failure()
+                raise
+            status = response.status_code
+            if status >= 500 or status in _UNAVAILABLE_STATUSES:
+                self.breaker.record_failure()
+                outcome = "sealed" if status == 503 else "unavailable"
+                level = logging.ERROR if status in (401, 403) else logging.WARNING
+                log.log(level, "Transit %s answered HTTP %d (%s)", op, status, "; ".join(_errors(_body(response))))
+                raise Unavailable(UNAVAILABLE_MESSAGE)
+            self.breaker.record_success()
+            outcome = "ok"
+            return response
+        finally:
+            if self.call_observer is not None:
+                self.call_observer(op, outcome, time.perf_counter() - started)
 
     def _management_body(self, op: str, response: requests.Response) -> dict[str, Any]:
         """Body of a key-management answer (requests without data, so server errors are safe to quote)."""

@@ -520,6 +520,7 @@ def prod_network() -> tuple[Network, dict[str, Pod]]:
         ),
         "openbao": Pod("openbao-0", "openbao", {"app.kubernetes.io/name": "openbao", "component": "server"}),
         "dns": Pod("coredns", "kube-system", {"k8s-app": "kube-dns"}),
+        "prometheus": Pod("prometheus-0", "monitoring", {"app.kubernetes.io/name": "prometheus"}),
         "cnpg": Pod("cnpg", "cnpg-system", {"app.kubernetes.io/name": "cloudnative-pg"}),
         "internet": Pod("idp", "", ip="203.0.113.10"),
         "private": Pod("private", "", ip="10.1.2.3"),
@@ -568,6 +569,13 @@ FLOWS = [
     ("vault-migrate", "nats", 4222, False),
     ("vault-migrate", "vault", 50052, False),
     ("gateway-migrate", "internet", 443, False),
+    # Metrics (components/observability): Prometheus scrapes the metrics port and nothing else; nobody else scrapes.
+    ("prometheus", "vault", 9464, True),
+    ("prometheus", "gateway", 9464, True),
+    ("prometheus", "vault", 50052, False),
+    ("stranger", "vault", 9464, False),
+    ("crm-app", "gateway", 9464, False),
+    ("steward-stranger", "vault", 9464, False),
 ]
 
 
