@@ -113,6 +113,10 @@ CATALOG: tuple[EventKind, ...] = (
     EventKind(ev.SupportAccessGranted, ("gateway.support.granted",)),
     EventKind(ev.SupportAccessRevoked, ("gateway.support.revoked",)),
     EventKind(ev.AuditCheckpointed, ("vault.audit.checkpointed",)),
+    EventKind(ev.DsrRequestChanged, ("dsr.request.changed",)),
+    EventKind(ev.DsrRequestOverdue, ("dsr.request.overdue",)),
+    EventKind(ev.OptOutRequested, ("dsr.optout.requested",)),
+    EventKind(ev.OptOutCompleted, ("notify.optout.completed",)),
 )
 
 _BY_NAME = {kind.name: kind for kind in CATALOG}
