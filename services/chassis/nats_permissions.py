@@ -102,11 +102,18 @@ class NatsUser:
 NATS_USERS: tuple[NatsUser, ...] = (
     NatsUser("vault", consumes=(DurableConsumer("vault-dsr-tasks", (DSR_TASK_SUBJECT,)),)),
     NatsUser("gateway", listens=("steward.gateway.apikey.revoked",)),
-    # dsr: the results of the tasks it sends (the vault's, and notify's opt-out answers).
+    # dsr: the results of the tasks it sends (the vault's, notify's opt-out answers) and legal-hold releases.
     NatsUser(
         "dsr",
         consumes=(
-            DurableConsumer("dsr-task-results", ("steward.vault.task.completed", "steward.notify.optout.completed")),
+            DurableConsumer(
+                "dsr-task-results",
+                (
+                    "steward.vault.task.completed",
+                    "steward.notify.optout.completed",
+                    "steward.vault.subject.released",
+                ),
+            ),
         ),
     ),
     # notify is not built yet: its row is what it will need, adjusted when it lands.

@@ -23,7 +23,8 @@ from services.chassis.identity import CallerIdentity
 from services.chassis.ids import is_id, is_reference, is_tenant_id
 from services.vault import records
 from services.vault.domain import VaultContext
-from services.vault.models import Record
+from services.vault.models import DataKey, Record, Subject, SubjectIdentifier
+from services.vault.tombstones import TombstoneRecord
 
 __all__ = ["DSR_TASK_SUBJECT", "VaultTaskHandler"]
 
@@ -71,8 +72,12 @@ class VaultTaskHandler:
             result.counts_by_kind.update(digest.counts)
             result.export_sha256 = digest.hexdigest()
         elif action == A.VAULT_ACTION_ERASE:
+            key_id = session.scalar(
+                select(Subject.key_id).where(Subject.tenant_id == who.tenant_id, Subject.id == task.subject_id)
+            )
             tomb = records.erase_subject(session, ctx, who, task.subject_id, task.request_id)
             result.counts_by_kind["records_erased"] = tomb.records_erased
+            result.counts_by_kind.update(_erasure_proof(session, who.tenant_id, task.subject_id, key_id, tomb))
         elif action in (A.VAULT_ACTION_RESTRICT, A.VAULT_ACTION_LIFT_RESTRICTION):
             records.set_restriction(
                 session, ctx, who, task.subject_id, task.request_id, action == A.VAULT_ACTION_RESTRICT
@@ -97,6 +102,38 @@ class VaultTaskHandler:
             result.counts_by_kind["records_corrected"] = int(changed or 0)
         else:
             raise InvalidArgument("unknown vault action")
+
+
+def _erasure_proof(
+    session: Session, tenant_id: str, subject_id: str, key_id: str | None, tomb: TombstoneRecord
+) -> dict[str, int]:
+    """Erasure re-checked in the same transaction, for dsr's evidence: the blind-index lookups of every erased
+    identifier find nothing, no record is left, and the subject's DEK is gone (all must be 0)."""
+    matches = 0
+    for entry in tomb.identifier_digests:
+        field, _, digest = entry.partition(":")
+        matches += int(
+            session.scalar(
+                select(func.count())
+                .select_from(SubjectIdentifier)
+                .where(
+                    SubjectIdentifier.tenant_id == tenant_id,
+                    SubjectIdentifier.field == field,
+                    SubjectIdentifier.digest == bytes.fromhex(digest),
+                )
+            )
+            or 0
+        )
+    records_left = session.scalar(
+        select(func.count()).select_from(Record).where(Record.tenant_id == tenant_id, Record.subject_id == subject_id)
+    )
+    keys_left = session.scalar(select(func.count()).select_from(DataKey).where(DataKey.id == (key_id or "")))
+    return {
+        "identifiers_erased": len(tomb.identifier_digests),
+        "identifier_matches_after_erasure": matches,
+        "records_remaining": int(records_left or 0),
+        "subject_keys_remaining": int(keys_left or 0),
+    }
 
 
 def _acceptable_task(event: events_pb2.Event) -> A.VaultTaskRequested:
