@@ -223,9 +223,10 @@ class Gatekeeper:
         tenant_id = ""
         if not method.startswith(LOCAL_PREFIX) and not policy.any_caller:
             tenant_id = valid_id(MD_TARGET_TENANT, _single(metadata, MD_TARGET_TENANT))
-            if not tenant_id:
+            # Without a target, only an all-tenants method (ListOverdue) may go on: the service then answers for all.
+            if not tenant_id and not policy.all_tenants:
                 raise InvalidArgument(f"operators must name the tenant in {MD_TARGET_TENANT} metadata")
-            exists = await self.db.run(lambda s: s.get(TenantRow, tenant_id) is not None)
+            exists = not tenant_id or await self.db.run(lambda s: s.get(TenantRow, tenant_id) is not None)
             if not exists:
                 raise NotFound(f"no such tenant: check {MD_TARGET_TENANT}", reason=Reason.TENANT_NOT_FOUND)
         return Caller(

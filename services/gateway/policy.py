@@ -52,6 +52,7 @@ class RoutePolicy:
     ``support_read``: a ``support`` operator may call it under a live grant for the grant's tenant.
     ``any_caller``: every authenticated caller (WhoAmI).
     ``deadline_cap_s``: default downstream deadline cap (settings may override).
+    ``all_tenants``: an operator may omit the target tenant and act across every tenant (ListOverdue).
     """
 
     scopes: frozenset[str] = frozenset()
@@ -59,6 +60,7 @@ class RoutePolicy:
     support_read: bool = False
     any_caller: bool = False
     deadline_cap_s: float | None = None
+    all_tenants: bool = False
 
 
 def _p(
@@ -68,16 +70,18 @@ def _p(
     support_read: bool = False,
     any_caller: bool = False,
     cap: float | None = None,
+    all_tenants: bool = False,
 ) -> RoutePolicy:
     unknown = set(scopes) - SCOPES
     if unknown:
         raise ValueError(f"unknown scopes in policy: {sorted(unknown)}")
-    return RoutePolicy(frozenset(scopes), frozenset(roles), support_read, any_caller, cap)
+    return RoutePolicy(frozenset(scopes), frozenset(roles), support_read, any_caller, cap, all_tenants)
 
 
 _VAULT = "/steward.vault.v1.VaultService/"
 _VAULT_ADMIN = "/steward.vault.v1.VaultAdminService/"
 _GW = "/steward.gateway.v1.GatewayAdminService/"
+_DSR = "/steward.dsr.v1.DsrService/"
 _OPS = (OPS_ADMIN, OPS_ONCALL)
 
 POLICIES: dict[str, RoutePolicy] = {
@@ -106,6 +110,20 @@ POLICIES: dict[str, RoutePolicy] = {
     _VAULT_ADMIN + "VerifyAuditChain": _p(["audit:read"], _OPS, cap=300.0),
     _VAULT_ADMIN + "ApplyTombstones": _p(roles=_OPS, cap=3600.0),
     _VAULT_ADMIN + "GetAuditCheckpoint": _p(["audit:read"], _OPS),
+    # --- dsr: tenants submit (dsr:submit) and handle (dsr:manage) their requests; operators read any tenant's
+    _DSR + "SubmitRequest": _p(["dsr:submit", "dsr:manage"]),
+    _DSR + "GetRequest": _p(["dsr:submit", "dsr:manage"], _OPS),
+    _DSR + "ListRequests": _p(["dsr:manage"], _OPS),
+    _DSR + "ApproveRequest": _p(["dsr:manage"]),
+    _DSR + "RejectRequest": _p(["dsr:manage"]),
+    _DSR + "CancelRequest": _p(["dsr:manage"]),
+    _DSR + "ExtendDeadline": _p(["dsr:manage"]),
+    _DSR + "GetEvidence": _p(["dsr:manage"], _OPS),
+    _DSR + "VerifyEvidence": _p(["dsr:manage"], _OPS),
+    _DSR + "GetPolicy": _p(["dsr:manage"], _OPS),
+    _DSR + "SetPolicy": _p(["dsr:manage"]),
+    _DSR + "ListOverdue": _p(["dsr:manage"], _OPS, all_tenants=True),
+    _DSR + "RunRetentionSweep": _p(roles=[OPS_ADMIN], all_tenants=True, cap=3600.0),
     # --- the gateway's own admin API (tenant targeting is resolved by the servicer)
     _GW + "CreateTenant": _p(roles=[OPS_ADMIN]),
     _GW + "GetTenant": _p(["keys:manage", "audit:read"], (*_OPS, SUPPORT)),
