@@ -622,7 +622,11 @@ class VaultTaskCompleted(_message.Message):
     export_sha256: _builtins.str
     """Hex SHA-256 of the export, for EXPORT."""
     @_builtins.property
-    def counts_by_kind(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def counts_by_kind(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """EXPORT: records per kind; RECTIFY: records_corrected; ERASE: records_erased, identifiers_erased and the erasure
+        proof re-checked after erasing (identifier_matches_after_erasure, records_remaining, subject_keys_remaining: 0).
+        """
+
     @_builtins.property
     def reason_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The refusal's ErrorInfo metadata, e.g. {"hold_id": ...} for LEGAL_HOLD; never customer data."""
