@@ -57,7 +57,7 @@ class SubjectResolver:
     async def resolve(self, tenant_id: str, field: str, raw: str) -> str:
         """The subject id, or "" when the vault knows no subject with that identifier."""
         if self._stub is None:
-            raise Unavailable("the vault is not configured for dsr (STEWARD_DSR__VAULT__ADDRESS)")
+            raise Unavailable("the vault is not configured for dsr (STEWARD_DSR__UPSTREAMS__VAULT__ADDRESS)")
         who = CallerIdentity(tenant_id=tenant_id, principal="service:dsr", principal_kind="service")
         try:
             answer = await self._stub.ResolveSubject(

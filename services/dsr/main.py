@@ -52,9 +52,10 @@ async def assemble(runtime: ServiceRuntime[DsrSettings]) -> DsrApp:
     """Start dsr's resources on ``runtime``, in the runtime's order."""
     settings, clock = runtime.settings, runtime.clock
     db = await runtime.database(workers=settings.db_workers)
-    upstreams = runtime.client("vault channel", Upstreams({"vault": settings.vault}, settings.grpc))
+    upstreams = runtime.client("upstream channels", Upstreams(settings.upstreams, settings.grpc))
+    vault = settings.upstreams.get("vault")
     resolver = SubjectResolver(
-        upstreams.channel("vault") if settings.vault.address else None, timeout_s=settings.vault_timeout_s
+        upstreams.channel("vault") if vault is not None and vault.address else None, timeout_s=settings.vault_timeout_s
     )
     signer = EvidenceSigner(runtime.client("transit", _transit_client(settings, clock)))
     await db.call(signer.ensure_key)  # created at start-up: GetEvidence can always publish the public key

@@ -36,9 +36,10 @@ class DsrSettings(ServiceSettings):
     model_config = service_settings_config("DSR")
 
     database_url: SecretStr = SecretStr("sqlite:///.steward/data/dsr.db")
-    vault: UpstreamSettings = Field(
-        default_factory=UpstreamSettings,
-        description="The vault's gRPC address (and mTLS material: dsr's client certificate, name 'dsr').",
+    upstreams: dict[str, UpstreamSettings] = Field(
+        default_factory=lambda: {"vault": UpstreamSettings()},
+        description="The services dsr calls: 'vault' (its address and mTLS material: dsr's client certificate, "
+        "name 'dsr', which the vault must allow).",
     )
     vault_timeout_s: float = Field(default=5.0, gt=0)
     transit: EvidenceSigningSettings

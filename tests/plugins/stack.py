@@ -163,7 +163,7 @@ async def dsr_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[DsrF
         name = uuid.uuid4().hex[:8]
         settings = DsrSettings(
             database_url=database_url or f"sqlite:///{tmp_path / f'dsr-{name}.db'}",
-            vault={"address": f"127.0.0.1:{vault.port}" if vault else ""},
+            upstreams={"vault": {"address": f"127.0.0.1:{vault.port}" if vault else ""}},
             transit={"url": openbao.url, "token": openbao.token, "signing_key": signing_key or f"dsr-evidence-{name}"},
             nats={
                 "url": nats_url or "nats://127.0.0.1:1",
