@@ -29,6 +29,7 @@ from services.cli.home import StewardHome
 from services.cli.ops.apikey import apikey
 from services.cli.ops.audit import audit
 from services.cli.ops.db import db
+from services.cli.ops.dsr import dsr
 from services.cli.ops.keys import keys
 from services.cli.ops.local import demo, token
 from services.cli.ops.support import support
@@ -131,7 +132,7 @@ def doctor(home: Path | None, json_output: bool) -> None:
     sys.exit(exit_code(checks))
 
 
-for _command in (tenant, apikey, keys, audit, support, whoami, demo, token, db):
+for _command in (tenant, apikey, keys, audit, support, dsr, whoami, demo, token, db):
     cli.add_command(_command)
 
 

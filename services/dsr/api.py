@@ -126,6 +126,7 @@ def _message(row: DsrRequestRow, steps: list[TimelineRow] | None = None) -> pb.D
 
 def _entry(row: EvidenceRow) -> pb.EvidenceEntry:
     return pb.EvidenceEntry(
+        tenant_id=row.tenant_id,
         seq=row.seq,
         request_id=row.request_id,
         kind=row.kind,

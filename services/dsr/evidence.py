@@ -172,6 +172,21 @@ class EntryView:
     signature: str
 
     @classmethod
+    def of_message(cls, entry: Any) -> EntryView:
+        """The view of a ``steward.dsr.v1.EvidenceEntry`` (what GetEvidence returns to a verifier)."""
+        return cls(
+            entry.tenant_id,
+            entry.seq,
+            entry.request_id,
+            entry.kind,
+            entry.facts_json,
+            entry.at.ToDatetime(tzinfo=UTC),
+            entry.prev_hash,
+            entry.entry_hash,
+            entry.signature,
+        )
+
+    @classmethod
     def of(cls, row: EvidenceRow) -> EntryView:
         """The view of a stored row."""
         return cls(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from datetime import UTC
 
 from steward.dsr.v1 import dsr_pb2 as pb
 
@@ -12,21 +11,8 @@ from services.dsr.evidence import EntryView, verify_entries
 from tests.integration.dsr.support import DsrStack, submit, wait_state
 
 
-def _views(tenant: str, answer: pb.GetEvidenceResponse) -> list[EntryView]:
-    return [
-        EntryView(
-            tenant,
-            e.seq,
-            e.request_id,
-            e.kind,
-            e.facts_json,
-            e.at.ToDatetime(tzinfo=UTC),
-            e.prev_hash,
-            e.entry_hash,
-            e.signature,
-        )
-        for e in answer.entries
-    ]
+def _views(answer: pb.GetEvidenceResponse) -> list[EntryView]:
+    return [EntryView.of_message(e) for e in answer.entries]
 
 
 async def test_evidence_verifies_offline_and_one_changed_byte_fails(stack: DsrStack) -> None:
@@ -36,7 +22,7 @@ async def test_evidence_verifies_offline_and_one_changed_byte_fails(stack: DsrSt
     answer = await stack.dsr.dsr.GetEvidence(pb.GetEvidenceRequest(request_id=request.request_id), metadata=stack.md())
     public_key = base64.b64decode(answer.public_key)
     assert len(public_key) == 32 and answer.key_version == 1
-    entries = _views(stack.tenant, answer)
+    entries = _views(answer)
     assert [e.kind for e in entries] == ["request.received", "task.requested", "request.completed"]
     assert [e.seq for e in entries] == [1, 2, 3]
     # PII-free: the subject's email appears nowhere in the evidence.

@@ -359,6 +359,7 @@ class EvidenceEntry(_message.Message):
     ENTRY_HASH_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     request_id: _builtins.str
     kind: _builtins.str
@@ -373,6 +374,8 @@ class EvidenceEntry(_message.Message):
     """Hex SHA-256 over prev_hash and the canonical entry; what is signed."""
     signature: _builtins.str
     """"vault:v<key_version>:<base64 Ed25519 signature>" of entry_hash, by dsr's Transit signing key."""
+    tenant_id: _builtins.str
+    """The tenant whose chain holds the entry (part of the hashed bytes)."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -386,10 +389,11 @@ class EvidenceEntry(_message.Message):
         entry_hash: _builtins.str = ...,
         signature: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "entry_hash", b"entry_hash", "facts_json", b"facts_json", "kind", b"kind", "prev_hash", b"prev_hash", "request_id", b"request_id", "seq", b"seq", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "entry_hash", b"entry_hash", "facts_json", b"facts_json", "kind", b"kind", "prev_hash", b"prev_hash", "request_id", b"request_id", "seq", b"seq", "signature", b"signature", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
