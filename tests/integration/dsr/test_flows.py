@@ -4,10 +4,13 @@ dsr advances on the result — and on nothing else (duplicates, late and foreign
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import nats
+import pytest
 from steward.dsr.v1 import dsr_pb2 as pb
 from steward.events.v1 import events_pb2 as ev
 from steward.vault.v1 import vault_pb2
@@ -240,3 +243,25 @@ async def test_approval_policy_holds_requests_but_a_minors_deletion_skips_it_and
         .entries[0]
         .facts_json
     )["is_minor"]
+
+
+async def test_the_subjects_identifier_never_reaches_dsrs_database_nats_or_logs(
+    stack: DsrStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    email, _ = await stack.new_lead(notes=1)
+    unknown = canary_email()
+    for kind, who in (
+        (pb.REQUEST_TYPE_ACCESS, email),
+        (pb.REQUEST_TYPE_DELETION, email),
+        (pb.REQUEST_TYPE_ACCESS, unknown),
+    ):
+        request = await submit(stack, kind, email=who)
+        await wait_state(stack, request.request_id, COMPLETED)
+    database = Path(stack.dsr.settings.database_url.get_secret_value().removeprefix("sqlite:///"))
+    stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    on_nats = b"".join(m.data for m in await stream_messages(stack.nats_url))
+    for canary in (email, unknown):
+        assert canary.encode() not in stored
+        assert canary.encode() not in on_nats
+        assert canary not in caplog.text
