@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
@@ -83,9 +83,16 @@ def _time(stamp: object) -> datetime | None:
     return stamp.ToDatetime(tzinfo=UTC)  # type: ignore[attr-defined,no-any-return]
 
 
+def _short(enum: Any, value: int) -> str:
+    """A domain code from an enum value: REJECTION_REASON_EXCESSIVE -> EXCESSIVE; "" for 0 and unknown values."""
+    if not value or value not in enum.values():
+        return ""
+    prefix = enum.DESCRIPTOR.values[0].name.removesuffix("UNSPECIFIED")
+    return str(enum.Name(value)).removeprefix(prefix)
+
+
 def _type_name(value: pb.RequestType.ValueType) -> str:
-    name = pb.RequestType.Name(value) if value in pb.RequestType.values() else ""
-    return name.removeprefix("REQUEST_TYPE_") if name != "REQUEST_TYPE_UNSPECIFIED" else ""
+    return _short(pb.RequestType, value)
 
 
 def _state_name(value: pb.RequestState.ValueType) -> str:
@@ -169,6 +176,11 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
         identity = require_identity(context, tenant_required=tenant_required)
         return await self.db.run(lambda session: work(session, identity), timeout_s=context.time_remaining())
 
+    async def _public_key(self, rows: list[EvidenceRow]) -> tuple[int, bytes | None]:
+        """The signing key version of ``rows`` and its public key (read from Transit, never the database)."""
+        version = max((r.key_version for r in rows), default=1)
+        return version, await self.db.call(self.ctx.signer.public_key, version)
+
     async def SubmitRequest(
         self, request: pb.SubmitRequestRequest, context: aio.ServicerContext
     ) -> pb.SubmitRequestResponse:
@@ -241,11 +253,7 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
     async def RejectRequest(
         self, request: pb.RejectRequestRequest, context: aio.ServicerContext
     ) -> pb.RejectRequestResponse:
-        reason = (
-            pb.RejectionReason.Name(request.reason).removeprefix("REJECTION_REASON_")
-            if request.reason in pb.RejectionReason.values()
-            else ""
-        )
+        reason = _short(pb.RejectionReason, request.reason)
         row = await self._run(context, lambda s, who: requests.reject(s, self.ctx, who, request.request_id, reason))
         return pb.RejectRequestResponse(request=_message(row))
 
@@ -258,11 +266,7 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
     async def ExtendDeadline(
         self, request: pb.ExtendDeadlineRequest, context: aio.ServicerContext
     ) -> pb.ExtendDeadlineResponse:
-        reason = (
-            pb.ExtensionReason.Name(request.reason).removeprefix("EXTENSION_REASON_")
-            if request.reason in pb.ExtensionReason.values()
-            else ""
-        )
+        reason = _short(pb.ExtensionReason, request.reason)
         row = await self._run(
             context,
             lambda s, who: requests.extend(s, self.ctx, who, request.request_id, reason, request.additional_months),
@@ -275,8 +279,7 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
             return evidence.entries_for(s, who.tenant_id, row.request_id)
 
         rows = await self._run(context, work)
-        version = max((r.key_version for r in rows), default=1)
-        public_key = await self.db.call(self.ctx.signer.public_key, version)
+        version, public_key = await self._public_key(rows)
         return pb.GetEvidenceResponse(
             entries=[_entry(r) for r in rows],
             public_key=base64_key(public_key),
@@ -294,8 +297,7 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
             return evidence.tenant_chain_until(s, who.tenant_id, own[-1].seq) if own else []
 
         rows = await self._run(context, work)
-        version = max((r.key_version for r in rows), default=1)
-        public_key = await self.db.call(self.ctx.signer.public_key, version)
+        _version, public_key = await self._public_key(rows)
         report = evidence.verify_entries([evidence.EntryView.of(r) for r in rows], public_key)
         return pb.VerifyEvidenceResponse(
             valid=report.valid, entries_checked=report.checked, failed_seq=report.failed_seq, failure=report.failure

@@ -174,32 +174,17 @@ class EntryView:
     @classmethod
     def of_message(cls, entry: Any) -> EntryView:
         """The view of a ``steward.dsr.v1.EvidenceEntry`` (what GetEvidence returns to a verifier)."""
-        return cls(
-            entry.tenant_id,
-            entry.seq,
-            entry.request_id,
-            entry.kind,
-            entry.facts_json,
-            entry.at.ToDatetime(tzinfo=UTC),
-            entry.prev_hash,
-            entry.entry_hash,
-            entry.signature,
-        )
+        return cls._of(entry, entry.at.ToDatetime(tzinfo=UTC))
 
     @classmethod
     def of(cls, row: EvidenceRow) -> EntryView:
         """The view of a stored row."""
-        return cls(
-            row.tenant_id,
-            row.seq,
-            row.request_id,
-            row.kind,
-            row.facts_json,
-            row.at,
-            row.prev_hash,
-            row.entry_hash,
-            row.signature,
-        )
+        return cls._of(row, row.at)
+
+    @classmethod
+    def _of(cls, source: Any, at: datetime) -> EntryView:
+        s = source
+        return cls(s.tenant_id, s.seq, s.request_id, s.kind, s.facts_json, at, s.prev_hash, s.entry_hash, s.signature)
 
 
 @dataclass(frozen=True, slots=True)

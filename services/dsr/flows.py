@@ -134,7 +134,7 @@ def apply_vault_result(session: Session, ctx: DsrContext, tenant_id: str, result
         facts["export_sha256"] = result.export_sha256
     row.task_id = ""
     if result.outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED:
-        requests.transition(session, ctx, row, "COMPLETED", actor=SERVICE_ACTOR, facts=facts)
+        _finish(session, ctx, row, result.outcome, "", facts)
     elif result.reason_code == Reason.LEGAL_HOLD and row.type == "DELETION":
         row.hold_id = result.reason_metadata.get("hold_id", "")
         facts["hold_id"] = row.hold_id
@@ -153,14 +153,23 @@ def apply_vault_result(session: Session, ctx: DsrContext, tenant_id: str, result
             facts={**facts, "no_data_held": True},
         )
     else:
+        _finish(session, ctx, row, result.outcome, result.reason_code, facts)
+
+
+def _finish(
+    session: Session,
+    ctx: DsrContext,
+    row: DsrRequestRow,
+    outcome: ev.VaultTaskOutcome.ValueType,
+    reason_code: str,
+    facts: dict[str, Any],
+) -> None:
+    """A task's final answer: COMPLETED when it succeeded, else FAILED with the executor's reason."""
+    if outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED:
+        requests.transition(session, ctx, row, "COMPLETED", actor=SERVICE_ACTOR, facts=facts)
+    else:
         requests.transition(
-            session,
-            ctx,
-            row,
-            "FAILED",
-            actor=SERVICE_ACTOR,
-            reason_code=result.reason_code or "TASK_FAILED",
-            facts=facts,
+            session, ctx, row, "FAILED", actor=SERVICE_ACTOR, reason_code=reason_code or "TASK_FAILED", facts=facts
         )
 
 
@@ -171,18 +180,7 @@ def apply_opt_out_result(session: Session, ctx: DsrContext, tenant_id: str, resu
         return
     row.task_id = ""
     facts = {"task_id": result.task_id, "outcome": ev.VaultTaskOutcome.Name(result.outcome)}
-    if result.outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED:
-        requests.transition(session, ctx, row, "COMPLETED", actor=SERVICE_ACTOR, facts=facts)
-    else:
-        requests.transition(
-            session,
-            ctx,
-            row,
-            "FAILED",
-            actor=SERVICE_ACTOR,
-            reason_code=result.reason_code or "TASK_FAILED",
-            facts=facts,
-        )
+    _finish(session, ctx, row, result.outcome, result.reason_code, facts)
 
 
 def resume_after_hold_release(session: Session, ctx: DsrContext, tenant_id: str, released: ev.LegalHoldChanged) -> None:

@@ -51,6 +51,13 @@ def _tenant(tenant_id: str) -> str | None:
     return tenant_id or None  # an API key carries its tenant; operators name one
 
 
+def _emit_page(run: Invocation, page: Any) -> None:
+    text = table(_HEADERS, _rows(page.requests))
+    if page.next_page_token:
+        text += f"\nmore: --page-token {page.next_page_token}"
+    run.emit({"requests": [as_json(r) for r in page.requests], "next_page_token": page.next_page_token}, text)
+
+
 @click.group()
 def dsr() -> None:
     """Data-subject requests: answered within 30 days, with signed evidence."""
@@ -116,10 +123,7 @@ def dsr_list(
     )
     client = run.client
     page = client.call(client.dsr.ListRequests, request, tenant_id=_tenant(tenant_id))
-    text = table(_HEADERS, _rows(page.requests))
-    if page.next_page_token:
-        text += f"\nmore: --page-token {page.next_page_token}"
-    run.emit({"requests": [as_json(r) for r in page.requests], "next_page_token": page.next_page_token}, text)
+    _emit_page(run, page)
 
 
 @operator_command(dsr, "show")
@@ -195,10 +199,7 @@ def dsr_overdue(run: Invocation, tenant_id: str, page_size: int, page_token: str
     client = run.client
     request = pb.ListOverdueRequest(page_size=page_size, page_token=page_token)
     page = client.call(client.dsr.ListOverdue, request, tenant_id=_tenant(tenant_id))
-    text = table(_HEADERS, _rows(page.requests))
-    if page.next_page_token:
-        text += f"\nmore: --page-token {page.next_page_token}"
-    run.emit({"requests": [as_json(r) for r in page.requests], "next_page_token": page.next_page_token}, text)
+    _emit_page(run, page)
 
 
 @operator_command(dsr, "evidence")
