@@ -102,7 +102,7 @@ class NatsUser:
 NATS_USERS: tuple[NatsUser, ...] = (
     NatsUser("vault", consumes=(DurableConsumer("vault-dsr-tasks", (DSR_TASK_SUBJECT,)),)),
     NatsUser("gateway", listens=("steward.gateway.apikey.revoked",)),
-    # dsr: the results of the tasks it sends (the vault's, notify's opt-out answers) and legal-hold releases.
+    # dsr: the results of the tasks it sends (the vault's, notify's opt-out answers), hold releases, record updates.
     NatsUser(
         "dsr",
         consumes=(
@@ -112,6 +112,7 @@ NATS_USERS: tuple[NatsUser, ...] = (
                     "steward.vault.task.completed",
                     "steward.notify.optout.completed",
                     "steward.vault.subject.released",
+                    "steward.vault.record.updated",
                 ),
             ),
         ),

@@ -1,7 +1,8 @@
 """dsr's NATS side: the subjects its result consumer reads, and the overdue watcher.
 
 The consumer (durable ``dsr-task-results``) reads the vault's task results, the notification service's
-opt-out answers and the vault's legal-hold releases; :class:`~services.dsr.flows.ResultHandler` applies them.
+opt-out answers, the vault's legal-hold releases and record updates (which re-check waiting corrections);
+:class:`~services.dsr.flows.ResultHandler` applies them.
 :class:`OverdueWatcher` looks, every ``interval_s`` on the injected clock's time, for unfinished requests past
 their due date and publishes ``dsr.request.overdue`` once per due date (an extension re-arms it).
 """
@@ -32,6 +33,7 @@ RESULT_SUBJECTS = (
     subject_of(ev.VaultTaskCompleted),
     subject_of(ev.OptOutCompleted),
     next(s for s in kind_of(ev.LegalHoldChanged).subjects if s.endswith(".released")),
+    next(s for s in kind_of(ev.RecordChanged).subjects if s.endswith(".updated")),
 )
 
 

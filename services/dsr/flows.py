@@ -8,8 +8,9 @@ another state or waiting on another task and changes nothing.
 
 Outcomes: success -> COMPLETED with the result's PII-free facts as evidence; a deletion refused for a legal
 hold -> BLOCKED_BY_HOLD with the hold id (it is sent again when the vault announces that hold released); a
-subject the vault no longer knows -> COMPLETED with "no data held"; any other refusal -> FAILED with the
-vault's reason code.
+subject the vault no longer knows -> COMPLETED with "no data held"; a correction with nothing corrected yet stays
+IN_PROGRESS (AWAITING_CORRECTION) and is checked again when one of the subject's records is updated; any other
+refusal -> FAILED with the vault's reason code.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ VAULT_ACTIONS = {
     "LIFT_RESTRICTION": ev.VAULT_ACTION_LIFT_RESTRICTION,
 }
 NO_DATA_HELD = "NO_DATA_HELD"
+AWAITING_CORRECTION = "AWAITING_CORRECTION"
 
 
 def submit(
@@ -133,7 +135,24 @@ def apply_vault_result(session: Session, ctx: DsrContext, tenant_id: str, result
     if result.export_sha256:
         facts["export_sha256"] = result.export_sha256
     row.task_id = ""
-    if result.outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED:
+    if (
+        result.action == ev.VAULT_ACTION_RECTIFY
+        and result.outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED
+        and not (result.counts_by_kind.get("records_corrected", 0))
+    ):
+        # Nothing corrected yet: the request waits (and becomes overdue), never completes silently. The next
+        # update of one of the subject's records sends the check again (resume_after_record_update).
+        requests.transition(
+            session,
+            ctx,
+            row,
+            "IN_PROGRESS",
+            actor=SERVICE_ACTOR,
+            reason_code=AWAITING_CORRECTION,
+            facts=facts,
+            evidence_kind="correction.pending",
+        )
+    elif result.outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED:
         _finish(session, ctx, row, result.outcome, "", facts)
     elif result.reason_code == Reason.LEGAL_HOLD and row.type == "DELETION":
         row.hold_id = result.reason_metadata.get("hold_id", "")
@@ -196,6 +215,24 @@ def resume_after_hold_release(session: Session, ctx: DsrContext, tenant_id: str,
         dispatch(session, ctx, row, actor=SERVICE_ACTOR, evidence_kind="task.resumed")
 
 
+def resume_after_record_update(session: Session, ctx: DsrContext, tenant_id: str, changed: ev.RecordChanged) -> None:
+    """A record was updated: correction requests of its subject that found nothing corrected check again."""
+    subjects = {ref.subject_id for ref in changed.records if ref.subject_id}
+    if not subjects:
+        return
+    waiting = session.scalars(
+        select(DsrRequestRow).where(
+            DsrRequestRow.tenant_id == tenant_id,
+            DsrRequestRow.subject_id.in_(subjects),
+            DsrRequestRow.type == "CORRECTION",
+            DsrRequestRow.state == "IN_PROGRESS",
+            DsrRequestRow.task_id == "",
+        )
+    )
+    for row in list(waiting):
+        dispatch(session, ctx, row, actor=SERVICE_ACTOR, evidence_kind="task.resumed")
+
+
 class ResultHandler:
     """The consumer of task results and hold releases (``events.py`` subscribes it)."""
 
@@ -208,6 +245,9 @@ class ResultHandler:
             apply_vault_result(session, self.ctx, event.tenant_id, event.vault_task_completed)
         elif kind == "opt_out_completed" and event.source == "notify":
             apply_opt_out_result(session, self.ctx, event.tenant_id, event.opt_out_completed)
+        elif kind == "record_changed" and event.source == "vault":
+            if event.record_changed.change == ev.RECORD_CHANGE_UPDATED:
+                resume_after_record_update(session, self.ctx, event.tenant_id, event.record_changed)
         elif kind == "legal_hold_changed" and event.source == "vault":
             if not event.legal_hold_changed.active:
                 resume_after_hold_release(session, self.ctx, event.tenant_id, event.legal_hold_changed)

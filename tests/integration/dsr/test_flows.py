@@ -117,6 +117,31 @@ async def test_correction_completes_with_the_records_the_tenant_changed_after_re
     assert completed["counts_by_kind"]["records_corrected"] == 1
 
 
+async def test_a_correction_with_nothing_corrected_waits_and_completes_once_a_record_is_updated(
+    stack: DsrStack,
+) -> None:
+    email, subject_id = await stack.new_lead(notes=0)
+    request = await submit(stack, pb.REQUEST_TYPE_CORRECTION, email=email)
+
+    async def pending() -> bool:
+        got = await stack.dsr.dsr.GetRequest(pb.GetRequestRequest(request_id=request.request_id), metadata=stack.md())
+        return got.request.reason_code == "AWAITING_CORRECTION"
+
+    await eventually(pending, 30, what="the first check finding nothing corrected")
+    still = await stack.dsr.dsr.GetRequest(pb.GetRequestRequest(request_id=request.request_id), metadata=stack.md())
+    assert still.request.state == pb.REQUEST_STATE_IN_PROGRESS  # not silently complete
+    [record] = (
+        await stack.vault.records.ListRecords(
+            vault_pb2.ListRecordsRequest(subject_id=subject_id), metadata=stack.vault.md(stack.tenant)
+        )
+    ).records
+    fixed = vault_pb2.UpdateRecordRequest(record_id=record.id, expected_version=1)
+    fixed.data.update({"name": "Corrected Lead"})
+    await stack.vault.records.UpdateRecord(fixed, metadata=stack.vault.md(stack.tenant))
+    await wait_state(stack, request.request_id, COMPLETED)
+    assert (await facts(stack, request.request_id, "request.completed"))["counts_by_kind"]["records_corrected"] == 1
+
+
 async def test_opt_out_waits_in_progress_until_the_notification_service_answers(stack: DsrStack) -> None:
     email, subject_id = await stack.new_lead(notes=0)
     request = await submit(stack, pb.REQUEST_TYPE_OPT_OUT, email=email)
