@@ -151,6 +151,14 @@ def _page_size(value: int) -> int:
     return value or DEFAULT_PAGE
 
 
+def _page(rows: list[DsrRequestRow], size: int) -> dict[str, Any]:
+    """A page's fields: the requests (without timelines) and the token of the next page ("" on the last)."""
+    return {
+        "requests": [_message(r) for r in rows],
+        "next_page_token": rows[-1].request_id if len(rows) == size else "",
+    }
+
+
 def _policy(view: PolicyView) -> pb.TenantPolicy:
     return pb.TenantPolicy(
         approval_required=[pb.RequestType.Value(f"REQUEST_TYPE_{t}") for t in view.approval_required],
@@ -240,9 +248,7 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
                 after=after,
             ),
         )
-        return pb.ListRequestsResponse(
-            requests=[_message(r) for r in rows], next_page_token=rows[-1].request_id if len(rows) == size else ""
-        )
+        return pb.ListRequestsResponse(**_page(rows, size))
 
     async def ApproveRequest(
         self, request: pb.ApproveRequestRequest, context: aio.ServicerContext
@@ -323,9 +329,7 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
             ),
             tenant_required=False,
         )
-        return pb.ListOverdueResponse(
-            requests=[_message(r) for r in rows], next_page_token=rows[-1].request_id if len(rows) == size else ""
-        )
+        return pb.ListOverdueResponse(**_page(rows, size))
 
     async def RunRetentionSweep(
         self, request: pb.RunRetentionSweepRequest, context: aio.ServicerContext
