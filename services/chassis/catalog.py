@@ -114,6 +114,10 @@ CATALOG: tuple[EventKind, ...] = (
     EventKind(ev.SupportAccessRevoked, ("gateway.support.revoked",)),
     EventKind(ev.AuditCheckpointed, ("vault.audit.checkpointed",)),
     EventKind(ev.TombstonesApplied, ("vault.tombstones.applied",)),
+    EventKind(ev.DsrRequestChanged, ("dsr.request.changed",)),
+    EventKind(ev.DsrRequestOverdue, ("dsr.request.overdue",)),
+    EventKind(ev.OptOutRequested, ("dsr.optout.requested",)),
+    EventKind(ev.OptOutCompleted, ("notify.optout.completed",)),
 )
 
 _BY_NAME = {kind.name: kind for kind in CATALOG}

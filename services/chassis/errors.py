@@ -91,6 +91,15 @@ class Reason(StrEnum):
     LEGAL_HOLD_NOT_FOUND = "LEGAL_HOLD_NOT_FOUND"
     API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
     GRANT_NOT_FOUND = "GRANT_NOT_FOUND"
+    DSR_REQUEST_NOT_FOUND = "DSR_REQUEST_NOT_FOUND"
+    # Data-subject requests (dsr): what the caller sent or asked for does not fit the request.
+    UNKNOWN_REQUEST_TYPE = "UNKNOWN_REQUEST_TYPE"
+    IDENTIFIER_REQUIRED = "IDENTIFIER_REQUIRED"
+    MALFORMED_IDENTIFIER = "MALFORMED_IDENTIFIER"  # ErrorInfo.metadata["field"] names which (email, phone ...)
+    REASON_REQUIRED = "REASON_REQUIRED"
+    DSR_INVALID_TRANSITION = "DSR_INVALID_TRANSITION"  # metadata: state (current), action
+    DSR_EXTENSION_REFUSED = "DSR_EXTENSION_REFUSED"  # already extended, or more than two months
+    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"  # the method exists in the contract but is not built yet
     # State refusals: retrying is pointless until someone changes the state.
     LEGAL_HOLD = "LEGAL_HOLD"
     TENANT_CLOSED = "TENANT_CLOSED"

@@ -102,8 +102,22 @@ class NatsUser:
 NATS_USERS: tuple[NatsUser, ...] = (
     NatsUser("vault", consumes=(DurableConsumer("vault-dsr-tasks", (DSR_TASK_SUBJECT,)),)),
     NatsUser("gateway", listens=("steward.gateway.apikey.revoked",)),
-    # dsr and notify are not built yet: their rows are what they will need, adjusted when they land.
-    NatsUser("dsr", consumes=(DurableConsumer("dsr-task-results", ("steward.vault.task.completed",)),)),
+    # dsr: the results of the tasks it sends (the vault's, notify's opt-out answers), hold releases, record updates.
+    NatsUser(
+        "dsr",
+        consumes=(
+            DurableConsumer(
+                "dsr-task-results",
+                (
+                    "steward.vault.task.completed",
+                    "steward.notify.optout.completed",
+                    "steward.vault.subject.released",
+                    "steward.vault.record.updated",
+                ),
+            ),
+        ),
+    ),
+    # notify is not built yet: its row is what it will need, adjusted when it lands.
     NatsUser(
         "notify",
         consumes=(DurableConsumer("notify-events", ("steward.gateway.tenant.>", "steward.gateway.support.>")),),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from steward.dsr.v1 import dsr_pb2_grpc
 from steward.gateway.v1 import gateway_pb2_grpc
 from steward.vault.v1 import vault_pb2_grpc
 
@@ -183,6 +184,7 @@ class GatewayClient:
         self.admin = gateway_pb2_grpc.GatewayAdminServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.vault = vault_pb2_grpc.VaultServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.vault_admin = vault_pb2_grpc.VaultAdminServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.dsr = dsr_pb2_grpc.DsrServiceStub(self.channel)  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> GatewayClient:
         return self

@@ -31,6 +31,7 @@ from services.cli.home import StewardHome
 from services.cli.ops.apikey import apikey
 from services.cli.ops.audit import audit
 from services.cli.ops.db import db
+from services.cli.ops.dsr import dsr
 from services.cli.ops.keys import keys
 from services.cli.ops.local import demo, token
 from services.cli.ops.support import support
@@ -136,7 +137,7 @@ def doctor(home: Path | None, json_output: bool) -> None:
 
 # The services ``steward serve`` can run; each has ``services/<name>/main.py`` with ``main()``. A test keeps this
 # equal to the Deployments under deploy/k8s. Importing the service only when chosen keeps other commands light.
-SERVE_SERVICES = ("gateway", "vault")
+SERVE_SERVICES = ("gateway", "vault", "dsr")
 
 
 @cli.command()
@@ -153,7 +154,7 @@ def serve(service: str) -> None:
     module.main()
 
 
-for _command in (tenant, apikey, keys, audit, support, tombstones, whoami, demo, token, db):
+for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db):
     cli.add_command(_command)
 
 

@@ -72,11 +72,11 @@ SERVICES: tuple[ServiceEntry, ...] = (
     ServiceEntry(
         "vault",
         50052,
-        allowed_clients=("gateway",),
+        allowed_clients=("gateway", "dsr"),  # dsr resolves identifiers through the blind index
         uses_transit=True,
         extra_databases=(("TOMBSTONE_DATABASE_URL", "vault-tombstones.db"),),
     ),
-    ServiceEntry("dsr", 50053, allowed_clients=("gateway",)),
+    ServiceEntry("dsr", 50053, allowed_clients=("gateway",), uses_transit=True, upstreams=("vault",)),
     ServiceEntry("notify", 50054, allowed_clients=("gateway",)),
     ServiceEntry(
         "gateway",

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
+from steward.dsr.v1 import dsr_pb2
 from steward.vault.v1 import vault_pb2
 
 from services.chassis.errors import (
@@ -62,6 +63,7 @@ class ForwardedService:
 FORWARDED_SERVICES: tuple[ForwardedService, ...] = (
     ForwardedService("vault", vault_pb2.DESCRIPTOR.services_by_name["VaultService"]),
     ForwardedService("vault", vault_pb2.DESCRIPTOR.services_by_name["VaultAdminService"]),
+    ForwardedService("dsr", dsr_pb2.DESCRIPTOR.services_by_name["DsrService"]),
 )
 
 

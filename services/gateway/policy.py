@@ -51,7 +51,8 @@ class RoutePolicy:
     ``roles``: an operator needs one of these roles.
     ``support_read``: a ``support`` operator may call it under a live grant for the grant's tenant.
     ``any_caller``: every authenticated caller (WhoAmI).
-    ``all_tenants``: operators call it for no tenant (service-wide maintenance such as ApplyAllTombstones).
+    ``all_tenants``: operators call it naming no tenant and act across every tenant (ApplyAllTombstones,
+    ListOverdue); an API key allowed by ``scopes`` still acts for its own tenant only.
     ``deadline_cap_s``: default downstream deadline cap (settings may override).
     """
 
@@ -75,14 +76,13 @@ def _p(
     unknown = set(scopes) - SCOPES
     if unknown:
         raise ValueError(f"unknown scopes in policy: {sorted(unknown)}")
-    if all_tenants and scopes:
-        raise ValueError("a method for all tenants is for operators only: API keys belong to one tenant")
     return RoutePolicy(frozenset(scopes), frozenset(roles), support_read, any_caller, cap, all_tenants)
 
 
 _VAULT = "/steward.vault.v1.VaultService/"
 _VAULT_ADMIN = "/steward.vault.v1.VaultAdminService/"
 _GW = "/steward.gateway.v1.GatewayAdminService/"
+_DSR = "/steward.dsr.v1.DsrService/"
 _OPS = (OPS_ADMIN, OPS_ONCALL)
 
 POLICIES: dict[str, RoutePolicy] = {
@@ -112,6 +112,20 @@ POLICIES: dict[str, RoutePolicy] = {
     _VAULT_ADMIN + "ApplyTombstones": _p(roles=_OPS, cap=3600.0),
     _VAULT_ADMIN + "GetAuditCheckpoint": _p(["audit:read"], _OPS),
     _VAULT_ADMIN + "ApplyAllTombstones": _p(roles=_OPS, all_tenants=True, cap=3600.0),
+    # --- dsr: tenants submit (dsr:submit) and handle (dsr:manage) their requests; operators read any tenant's
+    _DSR + "SubmitRequest": _p(["dsr:submit", "dsr:manage"]),
+    _DSR + "GetRequest": _p(["dsr:submit", "dsr:manage"], _OPS),
+    _DSR + "ListRequests": _p(["dsr:manage"], _OPS),
+    _DSR + "ApproveRequest": _p(["dsr:manage"]),
+    _DSR + "RejectRequest": _p(["dsr:manage"]),
+    _DSR + "CancelRequest": _p(["dsr:manage"]),
+    _DSR + "ExtendDeadline": _p(["dsr:manage"]),
+    _DSR + "GetEvidence": _p(["dsr:manage"], _OPS),
+    _DSR + "VerifyEvidence": _p(["dsr:manage"], _OPS),
+    _DSR + "GetPolicy": _p(["dsr:manage"], _OPS),
+    _DSR + "SetPolicy": _p(["dsr:manage"]),
+    _DSR + "ListOverdue": _p(["dsr:manage"], _OPS, all_tenants=True),
+    _DSR + "RunRetentionSweep": _p(roles=[OPS_ADMIN], all_tenants=True, cap=3600.0),
     # --- the gateway's own admin API (tenant targeting is resolved by the servicer)
     _GW + "CreateTenant": _p(roles=[OPS_ADMIN]),
     _GW + "GetTenant": _p(["keys:manage", "audit:read"], (*_OPS, SUPPORT)),

@@ -56,7 +56,11 @@ class VaultTaskHandler:
         )
 
     def _perform(
-        self, session: Session, who: CallerIdentity, task: A.VaultTaskRequested, result: A.VaultTaskCompleted
+        self,
+        session: Session,
+        who: CallerIdentity,
+        task: events_pb2.VaultTaskRequested,
+        result: events_pb2.VaultTaskCompleted,
     ) -> None:
         ctx = self.ctx
         action = task.action
@@ -69,8 +73,10 @@ class VaultTaskHandler:
             result.counts_by_kind.update(digest.counts)
             result.export_sha256 = digest.hexdigest()
         elif action == A.VAULT_ACTION_ERASE:
+            key_id = subjects.subject_key_id(session, who.tenant_id, task.subject_id)
             tomb = subjects.erase_subject(session, ctx, who, task.subject_id, task.request_id)
             result.counts_by_kind["records_erased"] = tomb.records_erased
+            result.counts_by_kind.update(subjects.erasure_proof(session, who.tenant_id, task.subject_id, key_id, tomb))
         elif action in (A.VAULT_ACTION_RESTRICT, A.VAULT_ACTION_LIFT_RESTRICTION):
             subjects.set_restriction(
                 session, ctx, who, task.subject_id, task.request_id, action == A.VAULT_ACTION_RESTRICT
@@ -87,7 +93,7 @@ class VaultTaskHandler:
             raise InvalidArgument("unknown vault action")
 
 
-def _acceptable_task(event: events_pb2.Event) -> A.VaultTaskRequested:
+def _acceptable_task(event: events_pb2.Event) -> events_pb2.VaultTaskRequested:
     """The task, or :class:`RefusedEvent` (dead-lettered with the reason, never executed).
 
     Defence in depth behind the NATS permissions (only dsr may publish tasks): the envelope must come

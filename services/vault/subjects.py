@@ -419,3 +419,40 @@ def check_rectification(
     )
     audit.append(session, tenant, identity, "subject.rectify.check", [subject.id, request_id], at=ctx.clock.now())
     return int(corrected or 0)
+
+
+def subject_key_id(session: Session, tenant_id: str, subject_id: str) -> str | None:
+    """The id of ``subject_id``'s DEK (read before an erasure, so the proof can check the key is gone)."""
+    return session.scalar(select(Subject.key_id).where(Subject.tenant_id == tenant_id, Subject.id == subject_id))
+
+
+def erasure_proof(
+    session: Session, tenant_id: str, subject_id: str, key_id: str | None, tomb: TombstoneRecord
+) -> dict[str, int]:
+    """Erasure re-checked in the same transaction, for dsr's evidence: the blind-index lookups of every erased
+    identifier find nothing, no record is left, and the subject's DEK is gone (all must be 0)."""
+    matches = 0
+    for entry in tomb.identifier_digests:
+        field, _, digest = entry.partition(":")
+        matches += int(
+            session.scalar(
+                select(func.count())
+                .select_from(SubjectIdentifier)
+                .where(
+                    SubjectIdentifier.tenant_id == tenant_id,
+                    SubjectIdentifier.field == field,
+                    SubjectIdentifier.digest == bytes.fromhex(digest),
+                )
+            )
+            or 0
+        )
+    records_left = session.scalar(
+        select(func.count()).select_from(Record).where(Record.tenant_id == tenant_id, Record.subject_id == subject_id)
+    )
+    keys_left = session.scalar(select(func.count()).select_from(DataKey).where(DataKey.id == (key_id or "")))
+    return {
+        "identifiers_erased": len(tomb.identifier_digests),
+        "identifier_matches_after_erasure": matches,
+        "records_remaining": int(records_left or 0),
+        "subject_keys_remaining": int(keys_left or 0),
+    }

@@ -15,10 +15,14 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc import aio
+from steward.dsr.v1 import dsr_pb2_grpc
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from services.chassis.clock import SYSTEM_CLOCK, Clock, ManualClock
 from services.chassis.identity import CallerIdentity, identity_metadata
+from services.dsr.main import DsrApp
+from services.dsr.main import create_server as create_dsr
+from services.dsr.settings import DsrSettings
 from services.gateway.policy import SCOPES
 from services.vault.main import VaultApp, create_server
 from services.vault.settings import VaultSettings
@@ -109,6 +113,70 @@ async def vault_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[Va
             vault_pb2_grpc.VaultAdminServiceStub(channel),
             settings,
         )
+        started.append(harness)
+        return harness
+
+    yield start
+    for harness in started:
+        await harness.channel.close()
+        await harness.app.stop(0)
+
+
+@dataclass
+class DsrHarness:
+    """A running dsr plus its stub; ``md(tenant)`` is the metadata of a caller of that tenant."""
+
+    app: DsrApp
+    port: int
+    channel: aio.Channel
+    dsr: dsr_pb2_grpc.DsrServiceStub
+    settings: DsrSettings
+
+    md = staticmethod(VaultHarness.md)
+
+    @staticmethod
+    def operator_md(tenant: str = "") -> tuple[tuple[str, str], ...]:
+        """Metadata of an operator (``tenant`` empty = across tenants, as the gateway sends ListOverdue)."""
+        return identity_metadata(CallerIdentity(tenant_id=tenant, principal="operator:olga", principal_kind="operator"))
+
+
+DsrFactory = Callable[..., Awaitable[DsrHarness]]
+
+
+@pytest.fixture
+async def dsr_factory(openbao: OpenBaoDev, tmp_path: Path) -> AsyncIterator[DsrFactory]:
+    """Start dsr services: ``await dsr_factory(vault=harness, nats_url=..., database_url=..., clock=...)``.
+
+    dsr resolves identifiers through ``vault`` (identity metadata trusted, as behind the gateway in tests) and
+    signs evidence with an Ed25519 key of the session's OpenBao (its own key name per dsr, so tests never share
+    one)."""
+    started: list[DsrHarness] = []
+
+    async def start(
+        vault: VaultHarness | None = None,
+        nats_url: str | None = None,
+        database_url: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        signing_key: str | None = None,
+        **overrides: object,
+    ) -> DsrHarness:
+        name = uuid.uuid4().hex[:8]
+        settings = DsrSettings(
+            database_url=database_url or f"sqlite:///{tmp_path / f'dsr-{name}.db'}",
+            upstreams={"vault": {"address": f"127.0.0.1:{vault.port}" if vault else ""}},
+            transit={"url": openbao.url, "token": openbao.token, "signing_key": signing_key or f"dsr-evidence-{name}"},
+            nats={
+                "url": nats_url or "nats://127.0.0.1:1",
+                "enabled": nats_url is not None,
+                "max_deliveries": 3,
+                "outbox_poll_s": 0.05,
+            },
+            trust_identity_metadata=True,
+            **overrides,
+        )
+        app, port = await create_dsr(settings, port=0, clock=clock)
+        channel = aio.insecure_channel(f"127.0.0.1:{port}")
+        harness = DsrHarness(app, port, channel, dsr_pb2_grpc.DsrServiceStub(channel), settings)
         started.append(harness)
         return harness
 

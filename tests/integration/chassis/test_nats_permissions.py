@@ -25,6 +25,7 @@ from steward.events.v1 import events_pb2
 from services.chassis.bus import DLQ_PREFIX, Bus, Consumer, OutboxRelay, RefusedEvent, enqueue, make_event
 from services.chassis.db import Base, Database
 from services.chassis.nats_permissions import DSR_TASK_SUBJECT, STREAM, inbox_prefix
+from services.dsr.events import RESULT_SUBJECTS, RESULTS_DURABLE
 from services.gateway.events import REVOCATION_SUBJECT, RevocationListener
 from tests.plugins.infra import SecuredNats
 from tests.plugins.waiting import eventually
@@ -189,8 +190,8 @@ async def test_every_service_does_its_real_work_with_exactly_its_permissions(
     dsr_results = Consumer(
         dsr,
         db,
-        durable="dsr-task-results",
-        subjects=["steward.vault.task.completed"],
+        durable=RESULTS_DURABLE,
+        subjects=list(RESULT_SUBJECTS),
         handler=lambda _s, e: results.append(e.id),
     )
     await dsr_results.start()

@@ -58,14 +58,17 @@ def test_upgrade_without_service_upgrades_every_database_of_every_service(
     monkeypatch.setenv("STEWARD_VAULT__DATABASE_URL", f"sqlite:///{tmp_path / 'vault.db'}")
     monkeypatch.setenv("STEWARD_VAULT__TOMBSTONE_DATABASE_URL", f"sqlite:///{tmp_path / 'tombstones.db'}")
     monkeypatch.setenv("STEWARD_VAULT__TRANSIT__TOKEN", "unused-by-migrations")
+    monkeypatch.setenv("STEWARD_DSR__DATABASE_URL", f"sqlite:///{tmp_path / 'dsr.db'}")
+    monkeypatch.setenv("STEWARD_DSR__TRANSIT__TOKEN", "unused-by-migrations")
     result = run_cli("db", "upgrade")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
+        "dsr.database_url: at head",
         "gateway.database_url: at head",
         "vault.database_url: at head",
         "vault.tombstone_database_url: at head",
     ]
-    for name in ("gateway.db", "vault.db", "tombstones.db"):
+    for name in ("dsr.db", "gateway.db", "vault.db", "tombstones.db"):
         assert "alembic_version" in tables(tmp_path / name), name
 
 

@@ -324,8 +324,11 @@ async def test_every_forwarded_method_answers_every_caller_as_specified(stack: S
     from services.gateway.forwarding import FORWARDED_SERVICES, method_names
 
     rows = _rows()
-    forwarded = {m for service in FORWARDED_SERVICES for m in method_names(service.descriptor)}
-    assert {row.method for row in rows} == forwarded, "every forwarded method needs a row in the matrix"
+    # dsr's methods have their own matrix in tests/integration/dsr/test_gateway.py (it needs a dsr behind the gateway).
+    forwarded = {
+        m for service in FORWARDED_SERVICES if service.upstream == "vault" for m in method_names(service.descriptor)
+    }
+    assert {row.method for row in rows} == forwarded, "every forwarded vault method needs a row in the matrix"
 
     results: dict[tuple[str, str], tuple[grpc.StatusCode, str]] = {}
     channel = stack.c.channel

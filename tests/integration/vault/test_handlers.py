@@ -154,7 +154,14 @@ async def test_erase_task_erases_and_a_legal_hold_rejects_it_naming_the_hold(dsr
     await dsr.publish(erase)
     erased = await dsr.completion(erase.vault_task_requested.task_id)
     assert erased.outcome == ev.VAULT_TASK_OUTCOME_SUCCEEDED
-    assert dict(erased.counts_by_kind) == {"records_erased": 3}
+    # The erasure proof dsr puts into its evidence: re-run lookups find nothing, no record and no DEK is left.
+    assert dict(erased.counts_by_kind) == {
+        "records_erased": 3,
+        "identifiers_erased": 1,
+        "identifier_matches_after_erasure": 0,
+        "records_remaining": 0,
+        "subject_keys_remaining": 0,
+    }
     for record in [contact, *notes]:
         await expect(
             vault.records.GetRecord(pb.GetRecordRequest(record_id=record.id), metadata=vault.md(tenant)),

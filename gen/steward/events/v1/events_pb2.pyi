@@ -129,6 +129,10 @@ class Event(_message.Message):
     SUPPORT_ACCESS_REVOKED_FIELD_NUMBER: _builtins.int
     AUDIT_CHECKPOINTED_FIELD_NUMBER: _builtins.int
     TOMBSTONES_APPLIED_FIELD_NUMBER: _builtins.int
+    DSR_REQUEST_CHANGED_FIELD_NUMBER: _builtins.int
+    DSR_REQUEST_OVERDUE_FIELD_NUMBER: _builtins.int
+    OPT_OUT_REQUESTED_FIELD_NUMBER: _builtins.int
+    OPT_OUT_COMPLETED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Globally unique event id (UUID), also the deduplication key."""
     type: _builtins.str
@@ -179,6 +183,14 @@ class Event(_message.Message):
     def audit_checkpointed(self) -> Global___AuditCheckpointed: ...
     @_builtins.property
     def tombstones_applied(self) -> Global___TombstonesApplied: ...
+    @_builtins.property
+    def dsr_request_changed(self) -> Global___DsrRequestChanged: ...
+    @_builtins.property
+    def dsr_request_overdue(self) -> Global___DsrRequestOverdue: ...
+    @_builtins.property
+    def opt_out_requested(self) -> Global___OptOutRequested: ...
+    @_builtins.property
+    def opt_out_completed(self) -> Global___OptOutCompleted: ...
     def __init__(
         self,
         *,
@@ -207,12 +219,16 @@ class Event(_message.Message):
         support_access_revoked: Global___SupportAccessRevoked | None = ...,
         audit_checkpointed: Global___AuditCheckpointed | None = ...,
         tombstones_applied: Global___TombstonesApplied | None = ...,
+        dsr_request_changed: Global___DsrRequestChanged | None = ...,
+        dsr_request_overdue: Global___DsrRequestOverdue | None = ...,
+        opt_out_requested: Global___OptOutRequested | None = ...,
+        opt_out_completed: Global___OptOutCompleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked", "audit_checkpointed", "tombstones_applied"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked", "audit_checkpointed", "tombstones_applied", "dsr_request_changed", "dsr_request_overdue", "opt_out_requested", "opt_out_completed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -610,7 +626,11 @@ class VaultTaskCompleted(_message.Message):
     export_sha256: _builtins.str
     """Hex SHA-256 of the export, for EXPORT."""
     @_builtins.property
-    def counts_by_kind(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def counts_by_kind(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """EXPORT: records per kind; RECTIFY: records_corrected; ERASE: records_erased, identifiers_erased and the erasure
+        proof re-checked after erasing (identifier_matches_after_erasure, records_remaining, subject_keys_remaining: 0).
+        """
+
     @_builtins.property
     def reason_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The refusal's ErrorInfo metadata, e.g. {"hold_id": ...} for LEGAL_HOLD; never customer data."""
@@ -955,3 +975,135 @@ class TombstonesApplied(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TombstonesApplied: _TypeAlias = TombstonesApplied  # noqa: Y015
+
+@_typing.final
+class DsrRequestChanged(_message.Message):
+    """DsrRequestChanged: dsr.request.changed — a data-subject request moved to another state (ids and codes only)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATE_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    type: _builtins.str
+    """steward.dsr.v1.RequestType name, e.g. "REQUEST_TYPE_DELETION"."""
+    state: _builtins.str
+    """steward.dsr.v1.RequestState names."""
+    previous_state: _builtins.str
+    reason_code: _builtins.str
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        state: _builtins.str = ...,
+        previous_state: _builtins.str = ...,
+        reason_code: _builtins.str = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at", "previous_state", b"previous_state", "reason_code", b"reason_code", "request_id", b"request_id", "state", b"state", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DsrRequestChanged: _TypeAlias = DsrRequestChanged  # noqa: Y015
+
+@_typing.final
+class DsrRequestOverdue(_message.Message):
+    """DsrRequestOverdue: dsr.request.overdue — a request passed its due date unfinished (published once per due date)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    type: _builtins.str
+    state: _builtins.str
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        state: _builtins.str = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at", "request_id", b"request_id", "state", b"state", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DsrRequestOverdue: _TypeAlias = DsrRequestOverdue  # noqa: Y015
+
+@_typing.final
+class OptOutRequested(_message.Message):
+    """OptOutRequested: dsr.optout.requested — a command to the notification service: suppress marketing messages to
+    the subject. Idempotent by task_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    request_id: _builtins.str
+    subject_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        subject_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "subject_id", b"subject_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OptOutRequested: _TypeAlias = OptOutRequested  # noqa: Y015
+
+@_typing.final
+class OptOutCompleted(_message.Message):
+    """OptOutCompleted: notify.optout.completed — the result of an OptOutRequested."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    request_id: _builtins.str
+    subject_id: _builtins.str
+    outcome: Global___VaultTaskOutcome.ValueType
+    reason_code: _builtins.str
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        subject_id: _builtins.str = ...,
+        outcome: Global___VaultTaskOutcome.ValueType = ...,
+        reason_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "reason_code", b"reason_code", "request_id", b"request_id", "subject_id", b"subject_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OptOutCompleted: _TypeAlias = OptOutCompleted  # noqa: Y015
