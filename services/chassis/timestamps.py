@@ -1,13 +1,15 @@
-"""datetime -> google.protobuf.Timestamp, the one conversion every servicer uses."""
+"""datetime <-> google.protobuf.Timestamp: the one conversion each way every servicer and handler uses."""
 
 from __future__ import annotations
 
 import functools
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-__all__ = ["to_timestamp"]
+from services.chassis.errors import InvalidArgument, Reason
+
+__all__ = ["from_timestamp", "to_timestamp"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -23,3 +25,16 @@ def to_timestamp(at: datetime | None) -> Timestamp | None:
     stamp = Timestamp()
     stamp.FromDatetime(at)
     return stamp
+
+
+def from_timestamp(stamp: Timestamp, field: str) -> datetime:
+    """The aware UTC datetime of a Timestamp a caller sent; INVALID_ARGUMENT naming ``field`` when it is outside
+    the range a Timestamp may hold (years 1 to 9999) or its nanos are out of range, instead of an INTERNAL
+    from the conversion."""
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument(
+            f"{field} is not a valid timestamp: seconds must lie between years 1 and 9999 and nanos in [0, 1e9)",
+            reason=Reason.INVALID_ARGUMENT,
+        ) from None

@@ -359,6 +359,9 @@ class _Stack:
                     | nats_auth.service_environment(entry.name)
                 ),
                 ready_port=(host, plan.services[entry.name]),
+                # The port opens before the service is ready (the vault applies pending tombstones while
+                # NOT_SERVING); the runtime logs "<name> serving" once health says SERVING.
+                ready_line=f"{entry.name} serving",
             )
             for entry in to_start
         ]

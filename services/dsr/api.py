@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -24,7 +25,7 @@ from services.chassis.db import Database
 from services.chassis.errors import DomainError, InvalidArgument, Reason, Unavailable, UpstreamRefusal, error_reason
 from services.chassis.identity import CallerIdentity, identity_metadata, require_identity
 from services.chassis.ids import valid_id
-from services.chassis.timestamps import to_timestamp
+from services.chassis.timestamps import from_timestamp, to_timestamp
 from services.dsr import evidence, flows, requests
 from services.dsr.models import DsrRequestRow, EvidenceRow, TimelineRow
 from services.dsr.requests import DsrContext, PolicyView, Submission
@@ -77,10 +78,10 @@ class SubjectResolver:
         return answer.subject_id
 
 
-def _time(stamp: object) -> datetime | None:
-    if not getattr(stamp, "seconds", 0) and not getattr(stamp, "nanos", 0):
+def _time(stamp: Timestamp, field: str) -> datetime | None:
+    if not stamp.seconds and not stamp.nanos:
         return None
-    return stamp.ToDatetime(tzinfo=UTC)  # type: ignore[attr-defined,no-any-return]
+    return from_timestamp(stamp, field)
 
 
 def _short(enum: Any, value: int) -> str:
@@ -195,7 +196,7 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
         who = require_identity(context)
         sub = Submission.of(
             type=_type_name(request.type),
-            received_at=_time(request.received_at) if request.HasField("received_at") else None,
+            received_at=_time(request.received_at, "received_at") if request.HasField("received_at") else None,
             channel=request.channel,
             verification_method=request.verification.method,
             verified_by=request.verification.verified_by,
@@ -234,7 +235,7 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
         size = _page_size(request.page_size)
         after = valid_id("page_token", request.page_token)
         state = _state_name(request.state)
-        due_before = _time(request.due_before) if request.HasField("due_before") else None
+        due_before = _time(request.due_before, "due_before") if request.HasField("due_before") else None
         rows = await self._run(
             context,
             lambda s, who: requests.list_requests(

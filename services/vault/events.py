@@ -10,8 +10,6 @@ well-formed task from dsr is refused before anything runs: dead-lettered with a 
 
 from __future__ import annotations
 
-from datetime import UTC
-
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
@@ -20,6 +18,7 @@ from services.chassis.catalog import subject_of
 from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import is_id, is_reference, is_tenant_id
+from services.chassis.timestamps import from_timestamp
 from services.vault import records, subjects
 from services.vault.domain import VaultContext
 
@@ -86,7 +85,7 @@ class VaultTaskHandler:
         elif action == A.VAULT_ACTION_CLEAR_LEGAL_HOLD:
             subjects.clear_legal_hold(session, ctx, who, task.subject_id, task.hold_id)
         elif action == A.VAULT_ACTION_RECTIFY:
-            since = task.request_received_at.ToDatetime(tzinfo=UTC)
+            since = from_timestamp(task.request_received_at, "request_received_at")
             corrected = subjects.check_rectification(session, ctx, who, task.subject_id, task.request_id, since)
             result.counts_by_kind["records_corrected"] = corrected
         else:

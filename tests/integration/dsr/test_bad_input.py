@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from steward.dsr.v1 import dsr_pb2 as pb
 
 from services.chassis.errors import Reason
@@ -46,6 +47,15 @@ async def test_submissions_that_cannot_be_a_request_are_refused_with_a_reason(st
             ),
             Reason.INVALID_ARGUMENT,
             "channel",
+        ),
+        (  # found by the system suite's fuzz: a received_at past year 9999 was INTERNAL
+            pb.SubmitRequestRequest(
+                type=pb.REQUEST_TYPE_ACCESS,
+                subject=pb.SubjectIdentifier(email=email),
+                received_at=Timestamp(seconds=2**62),
+            ),
+            Reason.INVALID_ARGUMENT,
+            "received_at is not a valid timestamp",
         ),
     ]
     for request, reason, needle in cases:
