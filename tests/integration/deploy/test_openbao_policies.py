@@ -1,10 +1,10 @@
-"""deploy/k8s/openbao against a real OpenBao: the policies, the Kubernetes auth role and the proxy sidecar.
+"""deploy/k8s/openbao against a real OpenBao: the policies, the Kubernetes auth roles and the proxy sidecars.
 
-The vault's own :class:`~services.vault.transit.TransitClient` runs every operation it performs in
-production with a token holding exactly the shipped policies, and everything the policies must
-refuse (exportable keys, backups, turning upserts back on, another key prefix) is tried and refused.
-The proxy test runs ``bao proxy`` with the shipped configuration (only the login method and the
-addresses swapped for a local dev server) and the vault's placeholder token.
+The vault's own :class:`~services.vault.transit.TransitClient` (and dsr's evidence signer on one) runs every
+operation it performs in production with a token holding exactly the shipped policies, and everything the
+policies must refuse (exportable keys, backups, turning upserts back on, another key prefix, another service's
+keys) is tried and refused. The proxy tests run ``bao proxy`` with the shipped configuration of each service
+(only the login method and the addresses swapped for a local dev server) and its placeholder token.
 """
 
 from __future__ import annotations
@@ -21,13 +21,19 @@ import requests
 
 from services.chassis.errors import Unavailable
 from services.devstack.devca import ensure_dev_pki
+from services.dsr.evidence import EvidenceSigner
 from services.vault.checkpoints import signature_verifies
 from services.vault.transit import KeyUnavailable, TransitClient
 from tests.plugins.infra import OpenBaoDev, free_port, wait_for_port, which
 from tests.plugins.k8s import K8S, load_docs
 
 VAULT_POLICIES = ("steward-vault-crypto", "steward-vault-keys", "steward-vault-audit-signing")
-POLICIES = (*VAULT_POLICIES, "steward-oncall-read")
+DSR_POLICIES = ("steward-dsr-evidence-signing",)
+ROLE_POLICIES = {"vault": VAULT_POLICIES, "dsr": DSR_POLICIES}
+POLICIES = (*VAULT_POLICIES, *DSR_POLICIES, "steward-oncall-read")
+# As services/dsr/main.py builds its client: a tenant-key prefix no tenant key has, the evidence key by name.
+DSR_KEY_PREFIX = "steward-dsr-no-tenant-keys-"
+DSR_SIGNING_KEY = "steward-dsr-evidence"
 AAD = b"v1|tenant|key"
 
 
@@ -58,6 +64,16 @@ def _tenant() -> str:
 
 def _vault_client(openbao: OpenBaoDev, url: str | None = None, token: str | None = None) -> TransitClient:
     return TransitClient(url or openbao.url, token or _token(openbao, *VAULT_POLICIES))
+
+
+def _dsr_signer(openbao: OpenBaoDev, url: str | None = None, token: str | None = None) -> EvidenceSigner:
+    transit = TransitClient(
+        url or openbao.url,
+        token or _token(openbao, *DSR_POLICIES),
+        key_prefix=DSR_KEY_PREFIX,
+        signing_key=DSR_SIGNING_KEY,
+    )
+    return EvidenceSigner(transit)
 
 
 def test_vault_policies_allow_everything_the_vault_does(policies: OpenBaoDev) -> None:
@@ -92,6 +108,55 @@ NEVER_SIGNING = [
     ("back it up", "get", "transit/backup/steward-audit-signing", None),
     ("rotate it", "post", f"{SIGNING_KEY}/rotate", None),
 ]
+
+
+def test_dsr_policy_allows_everything_dsr_does(policies: OpenBaoDev) -> None:
+    signer = _dsr_signer(policies)
+    signer.ensure_key()  # dsr start-up
+    signer.ensure_key()  # every later start-up: the key exists
+    assert signer.key_name == DSR_SIGNING_KEY
+    signature = signer.sign("ab" * 32)
+    public_key = signer.public_key(signature.key_version)
+    assert public_key is not None and signature_verifies(public_key, ("ab" * 32).encode("ascii"), signature.value)
+
+
+EVIDENCE_KEY = f"transit/keys/{DSR_SIGNING_KEY}"
+NEVER_DSR = [
+    ("delete the evidence key", "delete", EVIDENCE_KEY, None),
+    ("allow its deletion", "post", f"{EVIDENCE_KEY}/config", {"deletion_allowed": True}),
+    ("make it exportable", "post", f"{EVIDENCE_KEY}/config", {"exportable": True}),
+    ("recreate it exportable", "post", EVIDENCE_KEY, {"type": "ed25519", "exportable": True}),
+    ("other key type", "post", EVIDENCE_KEY, {"type": "aes256-gcm96"}),
+    ("export it", "get", f"transit/export/signing-key/{DSR_SIGNING_KEY}", None),
+    ("back it up", "get", f"transit/backup/{DSR_SIGNING_KEY}", None),
+    ("rotate it", "post", f"{EVIDENCE_KEY}/rotate", None),
+    ("create a tenant key", "post", "transit/keys/steward-tenant-{t}", {"type": "aes256-gcm96"}),
+    ("read a tenant key", "get", "transit/keys/steward-tenant-{t}", None),
+    ("wrap with a tenant key", "post", "transit/encrypt/steward-tenant-{t}", {"plaintext": "AAAA"}),
+    ("sign with the vault's audit key", "post", "transit/sign/steward-audit-signing", {"input": "AAAA"}),
+    ("create another key", "post", "transit/keys/other-{t}", {"type": "ed25519"}),
+    ("list keys", "list", "transit/keys", None),
+    ("change the mount", "post", "transit/config/keys", {"disable_upsert": False}),
+]
+
+
+@pytest.mark.parametrize(("label", "method", "path", "body"), NEVER_DSR, ids=[n[0] for n in NEVER_DSR])
+def test_dsr_policy_grants_its_evidence_key_and_nothing_else(
+    policies: OpenBaoDev, label: str, method: str, path: str, body: dict[str, object] | None
+) -> None:
+    tenant = _tenant()
+    _vault_client(policies).create_tenant_key(tenant)
+    _vault_client(policies).create_signing_key()
+    token = _token(policies, *DSR_POLICIES)
+    _dsr_signer(policies, token=token).ensure_key()
+    reply = requests.request(
+        method.upper(),
+        f"{policies.url}/v1/{path.format(t=tenant)}",
+        json=body,
+        headers={"X-Vault-Token": token},
+        timeout=10,
+    )
+    assert reply.status_code == 403, (label, reply.status_code)
 
 
 @pytest.mark.parametrize(("label", "method", "path", "body"), NEVER_SIGNING, ids=[n[0] for n in NEVER_SIGNING])
@@ -162,7 +227,8 @@ def test_oncall_policy_reads_versions_and_nothing_else(policies: OpenBaoDev) -> 
         oncall.rotate(tenant)
 
 
-def test_kubernetes_auth_role_file_is_accepted(openbao: OpenBaoDev, tmp_path: Path) -> None:
+@pytest.mark.parametrize("service", ROLE_POLICIES)
+def test_kubernetes_auth_role_file_is_accepted(openbao: OpenBaoDev, tmp_path: Path, service: str) -> None:
     """The role JSON is written exactly as README.md says (``bao write ... @file``), on its own mount."""
     mount = f"kubernetes-{uuid.uuid4().hex[:8]}"
     ca = ensure_dev_pki(tmp_path / "tls", [])[0].ca_file  # any CA certificate will do here
@@ -176,21 +242,28 @@ def test_kubernetes_auth_role_file_is_accepted(openbao: OpenBaoDev, tmp_path: Pa
     # Outside a pod there is no local CA/JWT, so this one call differs from the README's in-cluster one.
     run("write", f"auth/{mount}/config", "kubernetes_host=https://kubernetes.default.svc",
         "disable_local_ca_jwt=true", f"kubernetes_ca_cert=@{ca}")  # fmt: skip
-    run("write", f"auth/{mount}/role/steward-vault", f"@{K8S / 'openbao' / 'steward-vault-role.json'}")
-    role = _root(openbao).read(f"auth/{mount}/role/steward-vault")["data"]
-    assert role["bound_service_account_names"] == ["vault"]
+    role_name = f"steward-{service}"
+    run("write", f"auth/{mount}/role/{role_name}", f"@{K8S / 'openbao' / f'{role_name}-role.json'}")
+    role = _root(openbao).read(f"auth/{mount}/role/{role_name}")["data"]
+    assert role["bound_service_account_names"] == [service]
     assert role["bound_service_account_namespaces"] == ["steward"]
     assert role["audience"] == "openbao"
-    assert sorted(role["token_policies"]) == sorted(VAULT_POLICIES)
+    assert sorted(role["token_policies"]) == sorted(ROLE_POLICIES[service])
+
+
+def test_every_shipped_policy_is_tested_here() -> None:
+    assert {p.stem for p in (K8S / "openbao").glob("*.hcl")} == set(POLICIES)
 
 
 @pytest.fixture
-def proxy(policies: OpenBaoDev, tmp_path: Path) -> Iterator[str]:
-    """``bao proxy`` with the shipped config; a token file stands in for the Kubernetes login."""
-    (cm,) = load_docs(K8S / "base" / "vault" / "openbao-proxy-config.yaml")
+def proxy(policies: OpenBaoDev, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """``bao proxy`` with a service's shipped config (indirect param, default the vault's); a token file with
+    its role's policies stands in for the Kubernetes login."""
+    service = getattr(request, "param", "vault")
+    (cm,) = load_docs(K8S / "base" / service / "openbao-proxy-config.yaml")
     config = cm["data"]["proxy.hcl"]
     token_file = tmp_path / "token"
-    token_file.write_text(_token(policies, *VAULT_POLICIES, default_policy=True))
+    token_file.write_text(_token(policies, *ROLE_POLICIES[service], default_policy=True))
     port = free_port()
     config, n_addr = re.subn(r'address = "https://[^"]+"', f'address = "{policies.url}"', config)
     config, n_ca = re.subn(r'\n\s*ca_cert = "[^"]+"', "", config)
@@ -226,3 +299,17 @@ def test_proxy_replaces_the_placeholder_token(policies: OpenBaoDev, proxy: str) 
     (wrapped,) = through_proxy.wrap(tenant, [(b"k" * 32, AAD)])
     assert through_proxy.unwrap(tenant, [(wrapped, AAD)]) == [b"k" * 32]
     assert through_proxy.healthy()
+
+
+@pytest.mark.parametrize("proxy", ["dsr"], indirect=True)
+def test_dsr_proxy_replaces_the_placeholder_token(policies: OpenBaoDev, proxy: str) -> None:
+    (cm,) = load_docs(K8S / "base" / "dsr" / "configmap.yaml")
+    placeholder = cm["data"]["STEWARD_DSR__TRANSIT__TOKEN"]
+    assert cm["data"]["STEWARD_DSR__TRANSIT__SIGNING_KEY"] == DSR_SIGNING_KEY
+    with pytest.raises(Unavailable):  # the placeholder is worth nothing on its own
+        _dsr_signer(policies, token=placeholder).ensure_key()
+    through_proxy = _dsr_signer(policies, url=proxy, token=placeholder)
+    through_proxy.ensure_key()
+    signature = through_proxy.sign("cd" * 32)
+    public_key = through_proxy.public_key(signature.key_version)
+    assert public_key is not None and signature_verifies(public_key, ("cd" * 32).encode("ascii"), signature.value)

@@ -22,10 +22,12 @@ import pytest
 from google.protobuf import descriptor_pool
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
-from steward.gateway.v1 import gateway_pb2  # noqa: F401  (registers the descriptors)
+from steward.dsr.v1 import dsr_pb2  # noqa: F401  (registers the descriptors)
+from steward.gateway.v1 import gateway_pb2  # noqa: F401
 from steward.vault.v1 import vault_pb2  # noqa: F401
 
 from services.chassis.settings import load_settings
+from services.dsr.settings import DsrSettings
 from services.gateway.settings import GatewaySettings
 from services.vault.main import VaultSettings
 from tests.plugins.k8s import (
@@ -47,7 +49,9 @@ from tests.plugins.k8s import (
     yaml_files,
 )
 
-SETTINGS: dict[str, type[BaseSettings]] = {"gateway": GatewaySettings, "vault": VaultSettings}
+SETTINGS: dict[str, type[BaseSettings]] = {"gateway": GatewaySettings, "vault": VaultSettings, "dsr": DsrSettings}
+# The services that reach Transit through an OpenBao proxy sidecar, each with its own Kubernetes auth role.
+OPENBAO_CLIENTS = ("vault", "dsr")
 # Names of settings whose value is a credential: only ever from a Secret (a SQLite URL has none).
 SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|PEPPER|SECRET|REGISTRY_KEY|DATABASE_URL|PRIVATE_KEY)$")
 PROXY_MARKER = "replaced-by-openbao-proxy"
@@ -258,7 +262,7 @@ def test_service_account_tokens_only_for_openbao_auth(name: str, objects: list[O
     if labels.get("steward.io/openbao-auth") != "true":
         assert projected == {}
         return
-    role = json.loads((K8S / "openbao" / "steward-vault-role.json").read_text())
+    role = json.loads((K8S / "openbao" / f"steward-{app_name(deployment)}-role.json").read_text())
     ((volume, token),) = projected.items()
     assert token["audience"] == role["audience"]  # never the API server's audience
     assert token["expirationSeconds"] <= 3600
@@ -289,17 +293,30 @@ def test_tls_comes_from_a_certificate_named_after_the_service(name: str, objects
     assert env[prefix + "CERT_FILE"] == f"{mount}/tls.crt" and env[prefix + "KEY_FILE"] == f"{mount}/tls.key"
 
 
-def test_mtls_identity_matches_the_allowlist() -> None:
+# Who each mTLS server admits (by the client certificate's DNS SAN), as the design has it.
+CALLERS = {"vault": ["gateway", "dsr"], "dsr": ["gateway"]}
+
+
+@pytest.mark.parametrize(("server", "callers"), CALLERS.items())
+def test_mtls_identity_matches_the_allowlist(server: str, callers: list[str]) -> None:
     objects = tree("overlays/prod")
     certs = {c["metadata"]["name"]: c["spec"] for c in of_kind(objects, "Certificate")}
-    vault_env = config_env(objects, next(d for d in of_kind(objects, "Deployment") if app_name(d) == "vault"))
-    allowed = json.loads(vault_env["STEWARD_VAULT__GRPC__TLS__ALLOWED_CLIENT_NAMES"])
-    assert allowed == ["gateway"]
-    # gRPC reports the peer's SANs (not its CN) when it has any: the name must be a DNS SAN.
-    assert "gateway" in certs["gateway"]["dnsNames"]
-    assert "client auth" in certs["gateway"]["usages"]
+    env = config_env(objects, next(d for d in of_kind(objects, "Deployment") if app_name(d) == server))
+    prefix = f"STEWARD_{server.upper()}__GRPC__TLS__"
+    allowed = json.loads(env[prefix + "ALLOWED_CLIENT_NAMES"])
+    assert allowed == callers
+    for caller in callers:
+        # gRPC reports the peer's SANs (not its CN) when it has any: the name must be a DNS SAN.
+        assert caller in certs[caller]["dnsNames"]
+        assert "client auth" in certs[caller]["usages"]
+    assert env[prefix + "CLIENT_CA_FILE"].endswith("/ca.crt")
+
+
+def test_only_services_that_call_another_have_client_certificates() -> None:
+    certs = {c["metadata"]["name"]: c["spec"] for c in of_kind(tree("overlays/prod"), "Certificate")}
+    clients = {name for name, spec in certs.items() if "client auth" in spec.get("usages", [])}
+    assert clients == {caller for callers in CALLERS.values() for caller in callers}
     assert "client auth" not in certs["vault"]["usages"]
-    assert vault_env["STEWARD_VAULT__GRPC__TLS__CLIENT_CA_FILE"].endswith("/ca.crt")
 
 
 # ------------------------------------------------------------------------------------------------ services, PDBs, HPAs
@@ -419,33 +436,53 @@ def test_every_variable_is_a_real_setting_and_loads(
     assert settings.grpc.health_port == int(env[prefix + "GRPC__HEALTH_PORT"])
     assert settings.grpc.tls.enabled
     if service == "vault":
+        assert settings.grpc.tls.client_ca_file is not None
+        assert sorted(settings.grpc.tls.allowed_client_names) == ["dsr", "gateway"]
+        assert settings.transit.token.get_secret_value() == PROXY_MARKER
+    if service == "dsr":
         assert settings.grpc.tls.client_ca_file is not None and settings.grpc.tls.allowed_client_names == ["gateway"]
         assert settings.transit.token.get_secret_value() == PROXY_MARKER
-    if service == "gateway":
         assert set(settings.upstreams) == {"vault"} and settings.upstreams["vault"].tls
+        assert settings.upstreams["vault"].cert_file is not None, "the vault admits dsr by its client certificate"
+    if service == "gateway":
+        assert set(settings.upstreams) == {"vault", "dsr"}
+        assert all(upstream.tls and upstream.cert_file is not None for upstream in settings.upstreams.values())
 
 
 # ------------------------------------------------------------------------------------------------ OpenBao proxy
 
 
-def _proxy_hcl(objects: list[Obj]) -> str:
-    (cm,) = [c for c in of_kind(objects, "ConfigMap") if c["metadata"]["name"] == "vault-openbao-proxy"]
+def _proxy_hcl(objects: list[Obj], service: str) -> str:
+    (cm,) = [c for c in of_kind(objects, "ConfigMap") if c["metadata"]["name"] == f"{service}-openbao-proxy"]
     return str(cm["data"]["proxy.hcl"])
 
 
-def test_the_placeholder_token_is_really_replaced_by_the_proxy() -> None:
+def test_the_openbao_clients_are_exactly_the_pods_labelled_for_openbao_auth() -> None:
+    labelled = {
+        app_name(d)
+        for d in of_kind(tree("base"), "Deployment")
+        if d["spec"]["template"]["metadata"]["labels"].get("steward.io/openbao-auth") == "true"
+    }
+    assert labelled == set(OPENBAO_CLIENTS)
+    assert {p.name for p in (K8S / "openbao").glob("*-role.json")} == {f"steward-{s}-role.json" for s in labelled}
+
+
+@pytest.mark.parametrize("service", OPENBAO_CLIENTS)
+def test_the_placeholder_token_is_really_replaced_by_the_proxy(service: str) -> None:
     objects = tree("base")
-    hcl = _proxy_hcl(objects)
-    vault = next(d for d in of_kind(objects, "Deployment") if app_name(d) == "vault")
-    env = config_env(objects, vault)
+    hcl = _proxy_hcl(objects, service)
+    workload = next(d for d in of_kind(objects, "Deployment") if app_name(d) == service)
+    env = config_env(objects, workload)
+    prefix = f"STEWARD_{service.upper()}__"
+    assert env[prefix + "TRANSIT__TOKEN"] == PROXY_MARKER
     assert re.search(r'use_auto_auth_token\s*=\s*"force"', hcl)
     listen = re.search(r'listener "tcp" \{\s*address\s*=\s*"([^"]+)"', hcl)
     assert listen and listen.group(1).startswith("127.0.0.1:")
-    assert env["STEWARD_VAULT__TRANSIT__URL"] == f"http://{listen.group(1)}"
+    assert env[prefix + "TRANSIT__URL"] == f"http://{listen.group(1)}"
     role = re.search(r'role\s*=\s*"([^"]+)"', hcl)
-    assert role and role.group(1) == "steward-vault"
+    assert role and role.group(1) == f"steward-{service}"
     token_path = re.search(r'token_path\s*=\s*"([^"]+)"', hcl)
-    spec = pod_spec(vault)
+    spec = pod_spec(workload)
     assert spec is not None
     (proxy,) = spec["initContainers"]
     mounts = {m["name"]: m["mountPath"] for m in proxy["volumeMounts"]}
@@ -470,6 +507,15 @@ def test_policy_files_grant_no_export_backup_or_root() -> None:
         "transit/decrypt/steward-tenant-*",
     }
     assert set(re.findall(r"capabilities = \[(.*?)\]", crypto)) == {'"update"'}
+    # dsr: its evidence-signing key only (create/read it, sign with it), never a tenant key or a deletion.
+    evidence = (K8S / "openbao" / "steward-dsr-evidence-signing.hcl").read_text()
+    assert set(re.findall(r'path "([^"]+)"', evidence)) == {
+        "transit/keys/steward-dsr-evidence",
+        "transit/sign/steward-dsr-evidence",
+    }
+    assert "delete" not in re.findall(r"capabilities = \[(.*?)\]", evidence)[0]
+    (dsr_config,) = load_docs(K8S / "base" / "dsr" / "configmap.yaml")
+    assert dsr_config["data"]["STEWARD_DSR__TRANSIT__SIGNING_KEY"] == "steward-dsr-evidence"
 
 
 # ------------------------------------------------------------------------------------------------ network policies
@@ -507,13 +553,6 @@ def prod_network() -> tuple[Network, dict[str, Pod]]:
         "crm-app": Pod("crm-app", "crm", {"app": "crm"}),
         "stranger": Pod("stranger", "other", {"app": "stranger"}),
         "steward-stranger": Pod("steward-stranger", "steward", {"app": "debug"}),
-        # A future upstream service (dsr) copied from the vault folder: labels and named port as the vault's.
-        "dsr": Pod(
-            "dsr",
-            "steward",
-            {"app.kubernetes.io/name": "dsr", "app.kubernetes.io/part-of": "steward", "steward.io/tier": "upstream"},
-            {"grpc": 50053},
-        ),
         "nats": Pod("nats-0", "nats", {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "nats"}),
         "nats-box": Pod(
             "nats-box", "nats", {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "nats-box"}
@@ -525,7 +564,7 @@ def prod_network() -> tuple[Network, dict[str, Pod]]:
         "internet": Pod("idp", "", ip="203.0.113.10"),
         "private": Pod("private", "", ip="10.1.2.3"),
     }
-    for cluster in ("gateway-db", "vault-db", "vault-tombstones-db"):
+    for cluster in ("gateway-db", "vault-db", "vault-tombstones-db", "dsr-db"):
         pods[cluster] = Pod(f"{cluster}-1", "steward-db", {"cnpg.io/cluster": cluster})
     return net, pods
 
@@ -555,6 +594,22 @@ FLOWS = [
     ("crm-app", "vault-db", 5432, False),
     ("cnpg", "vault-db", 8000, True),
     ("vault-db", "vault-tombstones-db", 5432, True),
+    # dsr: called by the gateway, calls the vault (subject resolution), signs with Transit, owns dsr-db.
+    ("gateway", "dsr", 50053, True),
+    ("crm-app", "dsr", 50053, False),
+    ("steward-stranger", "dsr", 50053, False),
+    ("vault", "dsr", 50053, False),
+    ("dsr", "vault", 50052, True),
+    ("dsr", "vault", 8081, False),
+    ("dsr", "gateway", 50051, False),
+    ("dsr", "nats", 4222, True),
+    ("dsr", "openbao", 8200, True),
+    ("dsr", "dsr-db", 5432, True),
+    ("dsr", "vault-db", 5432, False),
+    ("dsr", "gateway-db", 5432, False),
+    ("vault", "dsr-db", 5432, False),
+    ("gateway", "dsr-db", 5432, False),
+    ("dsr", "internet", 443, False),
     ("gateway", "internet", 443, True),
     ("gateway", "private", 443, False),
     ("vault", "internet", 443, False),
@@ -569,9 +624,17 @@ FLOWS = [
     ("vault-migrate", "nats", 4222, False),
     ("vault-migrate", "vault", 50052, False),
     ("gateway-migrate", "internet", 443, False),
+    ("dsr-migrate", "dsr-db", 5432, True),
+    ("dsr-migrate", "vault-db", 5432, False),
+    ("dsr-migrate", "openbao", 8200, False),
+    ("dsr-migrate", "nats", 4222, False),
+    ("dsr-migrate", "vault", 50052, False),
+    ("vault-migrate", "dsr-db", 5432, False),
     # Metrics (components/observability): Prometheus scrapes the metrics port and nothing else; nobody else scrapes.
     ("prometheus", "vault", 9464, True),
     ("prometheus", "gateway", 9464, True),
+    ("prometheus", "dsr", 9464, True),
+    ("prometheus", "dsr", 50053, False),
     ("prometheus", "vault", 50052, False),
     ("stranger", "vault", 9464, False),
     ("crm-app", "gateway", 9464, False),
@@ -587,7 +650,14 @@ def test_network_policies_allow_exactly_the_designed_flows(src: str, dst: str, p
 
 # Each side on its own, so loosening one policy is caught even where the other side still blocks.
 ADMITS = [
-    ("dsr", "vault", 50052, False),
+    ("dsr", "vault", 50052, True),
+    ("dsr", "vault", 8081, False),
+    ("vault", "dsr", 50053, False),
+    ("gateway", "dsr", 50053, True),
+    ("steward-stranger", "dsr", 50053, False),
+    ("dsr", "openbao", 8200, True),
+    ("dsr", "dsr-db", 5432, True),
+    ("vault", "dsr-db", 5432, False),
     ("steward-stranger", "vault", 50052, False),
     ("gateway", "vault", 50052, True),
     ("crm-app", "gateway", 50051, True),
@@ -597,10 +667,15 @@ ADMITS = [
     ("vault", "gateway-db", 5432, False),
 ]
 SENDS = [
-    ("gateway", "dsr", 50053, True),  # a new upstream is reachable by copying the vault folder
+    ("gateway", "dsr", 50053, True),  # every upstream (tier label) is reachable on its grpc port
     ("gateway", "dsr", 50052, False),
-    ("dsr", "vault", 50052, False),
+    ("dsr", "vault", 50052, True),
+    ("dsr", "vault", 8081, False),
+    ("dsr", "gateway", 50051, False),
     ("vault", "dsr", 50053, False),
+    ("dsr", "openbao", 8200, True),
+    ("dsr", "dsr-db", 5432, True),
+    ("dsr", "vault-db", 5432, False),
     ("gateway", "openbao", 8200, False),
 ]
 
@@ -617,7 +692,21 @@ def test_egress_policies_send_exactly_where_designed(src: str, dst: str, port: i
     assert net.sends(pods[src], pods[dst], port) is allowed
 
 
-@pytest.mark.parametrize("src", ["gateway", "vault", "nats", "openbao", "vault-db", "vault-migrate", "gateway-migrate"])
+@pytest.mark.parametrize(
+    "src",
+    [
+        "gateway",
+        "vault",
+        "dsr",
+        "nats",
+        "openbao",
+        "vault-db",
+        "dsr-db",
+        "vault-migrate",
+        "gateway-migrate",
+        "dsr-migrate",
+    ],
+)
 def test_every_pod_resolves_names(src: str) -> None:
     net, pods = prod_network()
     assert net.allowed(pods[src], pods["dns"], 53, "UDP")
