@@ -31,8 +31,8 @@ def run(database: str, sizes: Sizes, root: Path) -> CampaignResult:
     """Start a stack on ``database``, run the campaign, stop the stack."""
     stack = SystemStack(root / database, database=database)
     _progress(f"starting `steward run` on {database} (log {root / database / 'stack.log'})")
-    stack.start()
     try:
+        stack.start()
         return asyncio.run(run_campaign(stack, sizes, _progress))
     finally:
         stack.stop()

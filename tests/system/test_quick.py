@@ -24,8 +24,9 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SystemStack, CampaignResult]]:
     """One stack and one quick campaign for the whole module (starting the stack is the expensive part)."""
-    stack = SystemStack(tmp_path_factory.mktemp("system"), database="sqlite").start()
-    try:
+    stack = SystemStack(tmp_path_factory.mktemp("system"), database="sqlite")
+    try:  # stop() also cleans up a stack whose start failed half-way (children already running)
+        stack.start()
         yield stack, asyncio.run(run_campaign(stack, Sizes()))
     finally:
         stack.stop()

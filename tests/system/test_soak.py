@@ -20,8 +20,9 @@ pytestmark = [pytest.mark.soak, pytest.mark.timeout(1200)]
 
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_full_campaign(database: str, tmp_path: Path) -> None:
-    stack = SystemStack(tmp_path, database=database).start()
+    stack = SystemStack(tmp_path, database=database)
     try:
+        stack.start()
         result = asyncio.run(run_campaign(stack, Sizes.full()))
     finally:
         stack.stop()
