@@ -25,6 +25,7 @@ from services.cli.home import StewardHome
 from services.devstack.catalog import SERVICES, installed
 from tests.integration.cli.launcher import Launcher, pid_alive, run_cli
 from tests.plugins.infra import free_port
+from tests.plugins.waiting import eventually
 
 SKIP_ALL_SERVICES = tuple(f"--skip={entry.name}" for entry in SERVICES)
 INSTALLED = [entry.name for entry in SERVICES if installed(entry)]
@@ -88,19 +89,21 @@ def services_on_nats(summary: dict[str, Any], timeout_s: float = 60) -> dict[str
         connection = await nats.connect(
             summary["nats_url"], tls=tls, nkeys_seed=str(seed), allow_reconnect=False, inbox_prefix="_INBOX.ops"
         )
+        js = connection.jetstream()
+        seen: dict[str, object] = {}
+
+        async def used() -> bool:
+            try:
+                durables = [info.name for info in await js.consumers_info("STEWARD")]
+                subjects = (await js.stream_info("STEWARD", subjects_filter="steward.>")).state.subjects or {}
+            except nats.js.errors.NotFoundError:
+                return False
+            seen.update(durables=durables, subjects=sorted(subjects))
+            return bool(durables and subjects)
+
         try:
-            js = connection.jetstream()
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    durables = [info.name for info in await js.consumers_info("STEWARD")]
-                    subjects = (await js.stream_info("STEWARD", subjects_filter="steward.>")).state.subjects or {}
-                    if durables and subjects:
-                        return {"durables": durables, "subjects": sorted(subjects)}
-                except nats.js.errors.NotFoundError:
-                    pass
-                assert time.monotonic() < deadline, "the services never used NATS"
-                await asyncio.sleep(0.2)
+            await eventually(used, timeout_s, what="the services using NATS (a durable and a subject)")
+            return seen
         finally:
             await connection.close()
 

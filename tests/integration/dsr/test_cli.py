@@ -4,8 +4,8 @@ with the public key, and operators see the overdue list of every tenant. Every c
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.devstack.catalog import SERVICES, installed
 from tests.integration.cli.launcher import Launcher, run_cli
 from tests.integration.vault.helpers import canary_email
+from tests.plugins.waiting import eventually
 
 pytestmark = pytest.mark.skipif(
     not all(installed(entry) for entry in SERVICES if entry.name in ("gateway", "vault", "dsr")),
@@ -70,13 +71,13 @@ def test_a_deletion_through_the_cli_completes_and_its_evidence_verifies_offline(
     submitted = _cli(folder, "dsr", "submit", "--type=deletion", f"--email={email}", f"--token={key}")
     request_id = submitted["request"]["request_id"]
     assert email not in json.dumps(submitted)
-    deadline = time.monotonic() + 60
-    while True:  # the saga runs over NATS between two processes; poll the documented command, bounded
+
+    # The saga runs over NATS between two processes: poll the documented command until the request completes.
+    def completed() -> bool:
         shown = _cli(folder, "dsr", "show", request_id, f"--token={key}")["request"]
-        if shown["state"] == "REQUEST_STATE_COMPLETED" or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert shown["state"] == "REQUEST_STATE_COMPLETED", shown
+        return bool(shown["state"] == "REQUEST_STATE_COMPLETED")
+
+    asyncio.run(eventually(completed, 60, what=f"request {request_id} COMPLETED per `steward dsr show`"))
 
     verified = _cli(folder, "dsr", "evidence", request_id, "--verify", f"--token={key}")
     assert verified["verification"]["valid"] and verified["verification"]["entries_checked"] == 3
