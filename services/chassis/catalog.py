@@ -118,6 +118,11 @@ CATALOG: tuple[EventKind, ...] = (
     EventKind(ev.DsrRequestOverdue, ("dsr.request.overdue",)),
     EventKind(ev.OptOutRequested, ("dsr.optout.requested",)),
     EventKind(ev.OptOutCompleted, ("notify.optout.completed",)),
+    EventKind(ev.DsrRequestReminder, ("dsr.request.reminder",)),
+    EventKind(ev.DsrDeadlineExtended, ("dsr.request.extended",)),
+    EventKind(ev.TenantOffboardingReminder, ("dsr.offboarding.reminder",)),
+    EventKind(ev.TenantShredCertified, ("dsr.tenant.certified",)),
+    EventKind(ev.LegalNoticeReleased, ("gateway.legal.released",)),
 )
 
 _BY_NAME = {kind.name: kind for kind in CATALOG}

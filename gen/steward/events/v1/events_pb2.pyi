@@ -133,6 +133,11 @@ class Event(_message.Message):
     DSR_REQUEST_OVERDUE_FIELD_NUMBER: _builtins.int
     OPT_OUT_REQUESTED_FIELD_NUMBER: _builtins.int
     OPT_OUT_COMPLETED_FIELD_NUMBER: _builtins.int
+    DSR_REQUEST_REMINDER_FIELD_NUMBER: _builtins.int
+    DSR_DEADLINE_EXTENDED_FIELD_NUMBER: _builtins.int
+    TENANT_OFFBOARDING_REMINDER_FIELD_NUMBER: _builtins.int
+    TENANT_SHRED_CERTIFIED_FIELD_NUMBER: _builtins.int
+    LEGAL_NOTICE_RELEASED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Globally unique event id (UUID), also the deduplication key."""
     type: _builtins.str
@@ -191,6 +196,18 @@ class Event(_message.Message):
     def opt_out_requested(self) -> Global___OptOutRequested: ...
     @_builtins.property
     def opt_out_completed(self) -> Global___OptOutCompleted: ...
+    @_builtins.property
+    def dsr_request_reminder(self) -> Global___DsrRequestReminder: ...
+    @_builtins.property
+    def dsr_deadline_extended(self) -> Global___DsrDeadlineExtended: ...
+    @_builtins.property
+    def tenant_offboarding_reminder(self) -> Global___TenantOffboardingReminder: ...
+    @_builtins.property
+    def tenant_shred_certified(self) -> Global___TenantShredCertified: ...
+    @_builtins.property
+    def legal_notice_released(self) -> Global___LegalNoticeReleased:
+        """88-89: dsr. 90-99: notify. 100-104: vault exports. 105-109: gateway (legal requests, account). 110-114: ops."""
+
     def __init__(
         self,
         *,
@@ -223,12 +240,17 @@ class Event(_message.Message):
         dsr_request_overdue: Global___DsrRequestOverdue | None = ...,
         opt_out_requested: Global___OptOutRequested | None = ...,
         opt_out_completed: Global___OptOutCompleted | None = ...,
+        dsr_request_reminder: Global___DsrRequestReminder | None = ...,
+        dsr_deadline_extended: Global___DsrDeadlineExtended | None = ...,
+        tenant_offboarding_reminder: Global___TenantOffboardingReminder | None = ...,
+        tenant_shred_certified: Global___TenantShredCertified | None = ...,
+        legal_notice_released: Global___LegalNoticeReleased | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_deadline_extended", b"dsr_deadline_extended", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "dsr_request_reminder", b"dsr_request_reminder", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "legal_notice_released", b"legal_notice_released", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_offboarding_reminder", b"tenant_offboarding_reminder", "tenant_shred_certified", b"tenant_shred_certified", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_deadline_extended", b"dsr_deadline_extended", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "dsr_request_reminder", b"dsr_request_reminder", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "legal_notice_released", b"legal_notice_released", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_offboarding_reminder", b"tenant_offboarding_reminder", "tenant_shred_certified", b"tenant_shred_certified", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked", "audit_checkpointed", "tombstones_applied", "dsr_request_changed", "dsr_request_overdue", "opt_out_requested", "opt_out_completed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked", "audit_checkpointed", "tombstones_applied", "dsr_request_changed", "dsr_request_overdue", "opt_out_requested", "opt_out_completed", "dsr_request_reminder", "dsr_deadline_extended", "tenant_offboarding_reminder", "tenant_shred_certified", "legal_notice_released"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1107,3 +1129,162 @@ class OptOutCompleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OptOutCompleted: _TypeAlias = OptOutCompleted  # noqa: Y015
+
+@_typing.final
+class DsrRequestReminder(_message.Message):
+    """DsrRequestReminder: dsr.request.reminder — a request is due in days_left days (sent at 7 and 2 days before due)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    type: _builtins.str
+    state: _builtins.str
+    days_left: _builtins.int
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        state: _builtins.str = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        days_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days_left", b"days_left", "due_at", b"due_at", "request_id", b"request_id", "state", b"state", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DsrRequestReminder: _TypeAlias = DsrRequestReminder  # noqa: Y015
+
+@_typing.final
+class DsrDeadlineExtended(_message.Message):
+    """DsrDeadlineExtended: dsr.request.extended — a request's due date moved (once, at most two further months)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_DUE_AT_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    type: _builtins.str
+    reason_code: _builtins.str
+    @_builtins.property
+    def previous_due_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        previous_due_at: _timestamp_pb2.Timestamp | None = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        reason_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at", "previous_due_at", b"previous_due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at", "previous_due_at", b"previous_due_at", "reason_code", b"reason_code", "request_id", b"request_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DsrDeadlineExtended: _TypeAlias = DsrDeadlineExtended  # noqa: Y015
+
+@_typing.final
+class TenantOffboardingReminder(_message.Message):
+    """TenantOffboardingReminder: dsr.offboarding.reminder — a closed tenant will be shredded in days_left days
+    (sent at 7 and 1 days left of its grace period).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SHRED_AT_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    days_left: _builtins.int
+    @_builtins.property
+    def shred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        shred_at: _timestamp_pb2.Timestamp | None = ...,
+        days_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shred_at", b"shred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days_left", b"days_left", "shred_at", b"shred_at", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantOffboardingReminder: _TypeAlias = TenantOffboardingReminder  # noqa: Y015
+
+@_typing.final
+class TenantShredCertified(_message.Message):
+    """TenantShredCertified: dsr.tenant.certified — a signed shred certificate was issued for a tenant (the
+    certificate itself is fetched by id; it holds counts and key ids only).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_ID_FIELD_NUMBER: _builtins.int
+    SHREDDED_AT_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    certificate_id: _builtins.str
+    @_builtins.property
+    def shredded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        certificate_id: _builtins.str = ...,
+        shredded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shredded_at", b"shredded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_id", b"certificate_id", "shredded_at", b"shredded_at", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantShredCertified: _TypeAlias = TenantShredCertified  # noqa: Y015
+
+@_typing.final
+class LegalNoticeReleased(_message.Message):
+    """LegalNoticeReleased: gateway.legal.released — a legal disclosure request may now be told to the tenant
+    (no non-disclosure order, or its date passed). Ids and codes only.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEGAL_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AUTHORITY_TYPE_FIELD_NUMBER: _builtins.int
+    EXECUTED_AT_FIELD_NUMBER: _builtins.int
+    legal_request_id: _builtins.str
+    authority_type: _builtins.str
+    @_builtins.property
+    def executed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        legal_request_id: _builtins.str = ...,
+        authority_type: _builtins.str = ...,
+        executed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["executed_at", b"executed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority_type", b"authority_type", "executed_at", b"executed_at", "legal_request_id", b"legal_request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LegalNoticeReleased: _TypeAlias = LegalNoticeReleased  # noqa: Y015
