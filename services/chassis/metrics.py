@@ -305,6 +305,10 @@ class ServiceMetrics:
 
     # ------------------------------------------------------------------ serving
 
+    def counter(self, name: str, description: str, unit: str = "1") -> Any:
+        """A service-specific counter (e.g. the gateway's ``steward_legal_reviews_due``) on this registry."""
+        return self._meter.create_counter(name, unit=unit, description=description)
+
     def serve(self, host: str) -> int | None:
         """Start the ``/metrics`` HTTP server (plaintext, one thread) when a port is configured; returns it."""
         if self.settings.port is None:
