@@ -111,7 +111,9 @@ async def assemble(runtime: ServiceRuntime[GatewaySettings]) -> GatewayHandle:
         register, trust_identity_metadata=True, interceptors=[AdmissionInterceptor(gate, access_log)]
     )
     revocations = await runtime.task(RevocationListener(bus, keys)) if bus is not None else None
-    reviews = runtime.metrics.counter("steward_legal_reviews_due", "Non-disclosure orders that reached a review date.")
+    reviews = runtime.metrics.counter(
+        "steward_legal_reviews_due_total", "Non-disclosure orders that reached a review date."
+    )
     legal_notices = await runtime.task(
         LegalNoticeWatcher(db, clock=clock, interval_s=settings.legal_scan_interval_s, reviews_counter=reviews)
     )
