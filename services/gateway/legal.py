@@ -33,6 +33,7 @@ __all__ = [
     "NDO_UNTIL_DATE",
     "NewLegalRequest",
     "TransparencyCount",
+    "abandon_execution",
     "approve",
     "begin_execution",
     "find_request",
@@ -227,6 +228,13 @@ def begin_execution(session: Session, request_id: str, *, by: str, now: datetime
     session.add(grant)
     session.flush()
     return row, grant.id
+
+
+def abandon_execution(session: Session, grant_id: str, *, now: datetime) -> None:
+    """An execution that failed part-way: its grant ends ``now`` (the request stays APPROVED, to be run again)."""
+    grant = session.get(SupportGrantRow, grant_id)
+    if grant is not None:
+        grant.expires_at = now
 
 
 def _notice_allowed(row: LegalRequestRow, now: datetime) -> bool:

@@ -228,30 +228,35 @@ class LegalRequestServicer(legal_pb2_grpc.LegalRequestServiceServicer):
         kinds = {int(kind) for kind in row.data_categories.split()}
         counts: Counter[str] = Counter()
         timeout = self.deadlines.cap_for(_VAULT + "ExportSubject")
-        for subject_id in chosen:
-            seq = await self.db.run(lambda s: self._open_access(s, grant_id))
-            status = "OK"
-            try:
-                stream = self._vault().ExportSubject(
-                    vault_pb2.ExportSubjectRequest(subject_id=subject_id, request_id=row.id),
-                    metadata=self._identity(caller, row.tenant_id, grant_id),
-                    timeout=timeout,
-                )
-                async for item in stream:
-                    if item.WhichOneof("item") != "record":
-                        continue
-                    record = item.record
-                    created = record.created_at.ToDatetime(tzinfo=UTC)
-                    if int(record.kind) in kinds and row.window_start <= created < row.window_end:
-                        counts[vault_pb2.RecordKind.Name(record.kind)] += 1
-                        yield legal_pb2.ExecuteLegalRequestResponse(
-                            record=legal_pb2.DisclosedRecord(subject_id=subject_id, record=record)
-                        )
-            except aio.AioRpcError as err:
-                status = err.code().name
-                raise upstream_error(err, upstream="vault", cap=timeout) from None
-            finally:
-                await self.db.run(partial(grants.complete_access, seq=seq, status=status, latency_ms=0))
+        try:
+            for subject_id in chosen:
+                seq = await self.db.run(lambda s: self._open_access(s, grant_id))
+                status = "OK"
+                try:
+                    stream = self._vault().ExportSubject(
+                        vault_pb2.ExportSubjectRequest(subject_id=subject_id, request_id=row.id),
+                        metadata=self._identity(caller, row.tenant_id, grant_id),
+                        timeout=timeout,
+                    )
+                    async for item in stream:
+                        if item.WhichOneof("item") != "record":
+                            continue
+                        record = item.record
+                        created = record.created_at.ToDatetime(tzinfo=UTC)
+                        if int(record.kind) in kinds and row.window_start <= created < row.window_end:
+                            counts[vault_pb2.RecordKind.Name(record.kind)] += 1
+                            yield legal_pb2.ExecuteLegalRequestResponse(
+                                record=legal_pb2.DisclosedRecord(subject_id=subject_id, record=record)
+                            )
+                except aio.AioRpcError as err:
+                    status = err.code().name
+                    raise upstream_error(err, upstream="vault", cap=timeout) from None
+                finally:
+                    await self.db.run(partial(grants.complete_access, seq=seq, status=status, latency_ms=0))
+        except BaseException:
+            # A failed or cancelled export leaves nothing live: the grant ends, the request stays APPROVED.
+            await self.db.run(lambda s: legal.abandon_execution(s, grant_id, now=self.clock.now()))
+            raise
         done = self.clock.now()
         total = sum(counts.values())
         final = await self.db.run(

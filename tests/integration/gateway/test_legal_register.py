@@ -14,6 +14,7 @@ from steward.legal.v1 import legal_pb2
 from steward.vault.v1 import vault_pb2
 
 from services.chassis.errors import error_info
+from services.gateway import legal
 from tests.integration.gateway.legal_stack import LegalStack, collect
 from tests.integration.gateway.support import bearer
 from tests.plugins.waiting import eventually
@@ -220,10 +221,10 @@ async def test_no_order_releases_the_notice_and_shows_the_grant_at_once(legal_st
     grants = await s.c.admin.ListSupportGrants(
         gateway_pb2.ListSupportGrantsRequest(include_inactive=True), metadata=bearer(s.key_a)
     )
-    legal = [g for g in grants.grants if g.legal_request_id == request.legal_request_id]
-    assert len(legal) == 1 and legal[0].principal == "operator:bob"
+    shown = [g for g in grants.grants if g.legal_request_id == request.legal_request_id]
+    assert len(shown) == 1 and shown[0].principal == "operator:bob"
     accesses = await s.c.admin.ListSupportAccesses(
-        gateway_pb2.ListSupportAccessesRequest(grant_id=legal[0].grant_id), metadata=bearer(s.key_a)
+        gateway_pb2.ListSupportAccessesRequest(grant_id=shown[0].grant_id), metadata=bearer(s.key_a)
     )
     assert [a.method for a in accesses.accesses] == ["/steward.vault.v1.VaultService/ExportSubject"]
     assert accesses.accesses[0].status == "OK"
@@ -231,7 +232,7 @@ async def test_no_order_releases_the_notice_and_shows_the_grant_at_once(legal_st
     err = await _refused(
         s.c.vault.ListRecords(
             vault_pb2.ListRecordsRequest(),
-            metadata=s.op("bob", ("support",), x_steward_support_grant=legal[0].grant_id),
+            metadata=s.op("bob", ("support",), x_steward_support_grant=shown[0].grant_id),
         )
     )
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -344,3 +345,47 @@ async def test_the_register_keeps_no_identifier(legal_stack: LegalStack) -> None
         s.db_file.with_suffix(".db-wal").read_bytes() if s.db_file.with_suffix(".db-wal").exists() else b""
     )
     assert b"canary.legal.7f3a" not in raw
+
+
+async def test_a_live_legal_grant_cannot_be_used_for_forwarded_calls(legal_stack: LegalStack) -> None:
+    s = legal_stack
+    await s.lead(s.key_a, "grant.misuse@example.org")
+    request = await s.approved(s.record_request(s.tenant_a, ["grant.misuse@example.org"]))
+    # The grant as it is while an execution runs (opened by the domain rule, not yet ended).
+    _row, grant_id = await s.gateway.db.run(
+        lambda session: legal.begin_execution(session, request.legal_request_id, by="operator:bob", now=s.clock.now())
+    )
+    err = await _refused(
+        s.c.vault.ListRecords(
+            vault_pb2.ListRecordsRequest(), metadata=s.op("bob", ("support",), x_steward_support_grant=grant_id)
+        )
+    )
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_failed_execution_ends_its_grant_and_can_be_run_again(legal_stack: LegalStack) -> None:
+    s = legal_stack
+    lead = await s.lead(s.key_a, "erased.meanwhile@example.org")
+    await s.lead(s.key_a, "still.here@example.org")
+    request = await s.approved(s.record_request(s.tenant_a, ["erased.meanwhile@example.org", "still.here@example.org"]))
+    await s.c.vault.EraseSubject(
+        vault_pb2.EraseSubjectRequest(subject_id=lead.subject_id, request_id="dsr-erase-1"), metadata=bearer(s.key_a)
+    )
+    err = await _refused(
+        s.legal.ExecuteLegalRequest(
+            legal_pb2.ExecuteLegalRequestRequest(legal_request_id=request.legal_request_id), metadata=s.op("bob")
+        )
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    listed = await s.c.admin.ListSupportGrants(
+        gateway_pb2.ListSupportGrantsRequest(tenant_id=s.tenant_a, include_inactive=True), metadata=s.op()
+    )
+    legal_grants = [g for g in listed.grants if g.legal_request_id == request.legal_request_id]
+    assert [g.state for g in legal_grants] == [gateway_pb2.SUPPORT_GRANT_STATE_EXPIRED]
+    still = await s.legal.ListLegalRequests(legal_pb2.ListLegalRequestsRequest(tenant_id=s.tenant_a), metadata=s.op())
+    assert still.legal_requests[0].state == legal_pb2.LEGAL_REQUEST_STATE_APPROVED
+    # Narrowed to the subject that still exists, it runs.
+    items = await s.execute(
+        request.legal_request_id, only_subjects=[vault_pb2.SubjectIdentifiers(email="still.here@example.org")]
+    )
+    assert items[-1].summary.records == 1
