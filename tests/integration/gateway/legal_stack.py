@@ -45,7 +45,7 @@ class LegalStack:
     tenant_b: str
     key_a: str
     key_b: str
-    db_file: Path
+    database_url: str
 
     def op(self, who: str = "alice", roles: tuple[str, ...] = ("ops:admin",), **extra: str) -> Any:
         """Metadata of operator ``who``."""
@@ -118,13 +118,13 @@ async def collect(nats_url: str, subject: str) -> tuple[Any, list[events_pb2.Eve
 
 @pytest.fixture
 async def legal_stack(
-    vault_factory: VaultFactory, nats_server: NatsServer, tmp_path: Path, manual_clock: ManualClock
+    vault_factory: VaultFactory, nats_server: NatsServer, tmp_path: Path, manual_clock: ManualClock, database_url: str
 ) -> AsyncIterator[LegalStack]:
+    """The stack, with the gateway's registry on SQLite and on PostgreSQL (the vault on SQLite)."""
     vault = await vault_factory(clock=manual_clock)
     idp = TestIdP(tmp_path)
-    db_file = tmp_path / "gateway.db"
     settings = gateway_settings(
-        database_url=f"sqlite:///{db_file}",
+        database_url=database_url,
         idp=idp,
         vault_address=f"127.0.0.1:{vault.port}",
         nats_url=nats_server.url,
@@ -157,7 +157,7 @@ async def legal_stack(
         ids[1],
         keys[0],
         keys[1],
-        db_file,
+        database_url,
     )
     yield stack
     await c.channel.close()
