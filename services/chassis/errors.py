@@ -106,6 +106,8 @@ class Reason(StrEnum):
     TENANT_NOT_CLOSED = "TENANT_NOT_CLOSED"
     TENANT_SHREDDED = "TENANT_SHREDDED"
     SUBJECT_RESTRICTED = "SUBJECT_RESTRICTED"
+    SUBJECT_ERASED = "SUBJECT_ERASED"  # the subject's tombstone is all that is left: nothing may be sent to it
+    CONTACT_ADDRESS_MISSING = "CONTACT_ADDRESS_MISSING"  # the vault holds no readable address; metadata: channel
     KEY_UNAVAILABLE = "KEY_UNAVAILABLE"
     API_KEY_NOT_ACTIVE = "API_KEY_NOT_ACTIVE"
     GRANT_NOT_PENDING = "GRANT_NOT_PENDING"
