@@ -214,12 +214,44 @@ class GraphStandIn:
 
     async def deliver_status(self, message_id: str, status: str, *, error_code: int | None = None) -> int:
         """POST one signed status webhook to ``webhook_url``; returns the HTTP status it answered."""
+        answer = await self._post_webhook(self.status_payload(message_id, status, error_code=error_code))
+        self.webhooks_delivered.append({"message_id": message_id, "status": status, "answer": answer})
+        return answer
+
+    def inbound_payload(
+        self, from_number: str, *, text: str = "", button: str = "", replied_to: str | None = None
+    ) -> dict[str, Any]:
+        """An inbound user message webhook body (``value.messages[]``): typed ``text`` or a quick-reply ``button``."""
+        item: dict[str, Any] = {
+            "from": from_number.lstrip("+"),
+            "id": "wamid." + secrets.token_urlsafe(24),
+            "timestamp": str(int(self.clock.now().timestamp())),
+        }
+        if button:
+            item |= {"type": "button", "button": {"payload": button, "text": button}}
+        else:
+            item |= {"type": "text", "text": {"body": text}}
+        if replied_to:
+            item["context"] = {"from": "15550000000", "id": replied_to}
+        value = {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": self.phone_number_id},
+            "contacts": [{"profile": {"name": "User"}, "wa_id": item["from"]}],
+            "messages": [item],
+        }
+        changes = [{"value": value, "field": "messages"}]
+        return {"object": "whatsapp_business_account", "entry": [{"id": "200000000000002", "changes": changes}]}
+
+    async def deliver_inbound(self, from_number: str, **kwargs: Any) -> int:
+        """POST one signed inbound-message webhook (see :meth:`inbound_payload`); returns the HTTP status."""
+        return await self._post_webhook(self.inbound_payload(from_number, **kwargs))
+
+    async def _post_webhook(self, payload: dict[str, Any]) -> int:
         if not self.webhook_url or self._session is None:
             raise RuntimeError("no webhook_url configured (or the stand-in is not started)")
-        body = json.dumps(self.status_payload(message_id, status, error_code=error_code)).encode()
+        body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json", "X-Hub-Signature-256": self.sign(body)}
         async with self._session.post(self.webhook_url, data=body, headers=headers) as reply:
-            self.webhooks_delivered.append({"message_id": message_id, "status": status, "answer": reply.status})
             return reply.status
 
     async def _auto(self, message_id: str) -> None:

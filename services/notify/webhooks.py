@@ -9,7 +9,11 @@ Routes of :func:`create_webhook_app`:
   and nothing is read from the body. Each ``entry[].changes[].value.statuses[]`` item is merged into the stored
   status by :func:`merge_status` through a :class:`StatusStore` (compare-and-set), so a replayed or late webhook
   changes nothing; ``on_status(message_id, status, error_code, timestamp)`` runs once per change actually applied.
-  Verified POSTs answer 200 whatever they held, because Meta retries anything else for days.
+  Verified POSTs answer 200 whatever they held, because Meta retries anything else for days. An inbound message
+  that asks to stop (``STOP``/``UNSUBSCRIBE`` typed, or a quick-reply button whose payload or title says so) calls
+  the optional ``on_stop(StopRequest)``: the marketing template's STOP path. ``replied_to`` is the ``wamid`` of our
+  message when the user replied to one (notify maps it to the delivery, hence tenant and subject); ``wa_id`` is the
+  sender's number, held in memory for that call only. Withdrawing twice is harmless, so replays need no guard.
 - ``POST /unsubscribe?token=…`` with the form body ``List-Unsubscribe=One-Click`` (RFC 8058): the token is verified
   (:mod:`services.notify.unsubscribe`) and ``on_unsubscribe(claims)`` withdraws consent before the 200. A refused
   token answers 400 (malformed), 403 (forged, wrong tenant) or 410 (expired) with ``{"reason": …}``.
@@ -46,9 +50,11 @@ __all__ = [
     "DeliveryStatus",
     "InMemoryStatusStore",
     "OnStatus",
+    "OnStop",
     "OnUnsubscribe",
     "StatusState",
     "StatusStore",
+    "StopRequest",
     "create_webhook_app",
     "merge_status",
     "signature_valid",
@@ -127,8 +133,19 @@ class InMemoryStatusStore:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class StopRequest:
+    """A user asked on WhatsApp to stop receiving marketing. ``wa_id`` is personal: use it, never store or log it."""
+
+    wa_id: str
+    replied_to: str | None
+    at: datetime
+
+
 OnStatus = Callable[[str, DeliveryStatus, int | None, datetime], Awaitable[None]]
 OnUnsubscribe = Callable[[UnsubscribeClaims], Awaitable[None]]
+OnStop = Callable[[StopRequest], Awaitable[None]]
+STOP_WORDS = frozenset({"stop", "unsubscribe", "stop promotions", "stop marketing"})
 
 
 def signature_valid(app_secret: bytes, body: bytes, header: str | None) -> bool:
@@ -153,6 +170,50 @@ def _status_items(payload: Any) -> list[tuple[str, DeliveryStatus, int | None, d
                 if parsed is not None:
                     found.append(parsed)
     return found
+
+
+def _stop_requests(payload: Any) -> list[StopRequest]:
+    """Every inbound message of a webhook body that asks to stop."""
+    found = []
+    entries = payload.get("entry") if isinstance(payload, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        for change in changes if isinstance(changes, list) else []:
+            value = change.get("value") if isinstance(change, dict) else None
+            messages = value.get("messages") if isinstance(value, dict) else None
+            for item in messages if isinstance(messages, list) else []:
+                request = _stop_request(item)
+                if request is not None:
+                    found.append(request)
+    return found
+
+
+def _said(item: dict[str, Any]) -> list[str]:
+    said: list[Any] = []
+    kind = item.get("type")
+    if kind == "text" and isinstance(item.get("text"), dict):
+        said.append(item["text"].get("body"))
+    elif kind == "button" and isinstance(item.get("button"), dict):
+        said += [item["button"].get("payload"), item["button"].get("text")]
+    elif kind == "interactive" and isinstance(item.get("interactive"), dict):
+        reply = item["interactive"].get("button_reply")
+        if isinstance(reply, dict):
+            said += [reply.get("id"), reply.get("title")]
+    return [" ".join(text.split()).lower() for text in said if isinstance(text, str)]
+
+
+def _stop_request(item: Any) -> StopRequest | None:
+    if not isinstance(item, dict) or not isinstance(item.get("from"), str) or not item["from"]:
+        return None
+    if not any(text in STOP_WORDS for text in _said(item)):
+        return None
+    try:
+        at = datetime.fromtimestamp(int(item.get("timestamp", "")), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    context = item.get("context")
+    replied_to = context.get("id") if isinstance(context, dict) else None
+    return StopRequest(item["from"], replied_to if isinstance(replied_to, str) and replied_to else None, at)
 
 
 def _status_item(item: Any) -> tuple[str, DeliveryStatus, int | None, datetime] | None:
@@ -202,6 +263,7 @@ def create_webhook_app(
     on_status: OnStatus,
     tokens: UnsubscribeTokens,
     on_unsubscribe: OnUnsubscribe,
+    on_stop: OnStop | None = None,
     webhook_path: str = "/webhooks/whatsapp",
 ) -> web.Application:
     """The aiohttp application of notify's HTTP endpoints (see the module docstring for the routes)."""
@@ -236,7 +298,12 @@ def create_webhook_app(
             if await _apply(message_id, StatusState(status, error_code, at)):
                 applied += 1
                 await on_status(message_id, status, error_code, at)
-        return web.json_response({"applied": applied})
+        stops = 0
+        if on_stop is not None:
+            for stop in _stop_requests(payload):
+                await on_stop(stop)
+                stops += 1
+        return web.json_response({"applied": applied, "stops": stops})
 
     async def _apply(message_id: str, incoming: StatusState) -> bool:
         for _ in range(_CAS_ATTEMPTS):

@@ -241,3 +241,46 @@ async def test_get_shows_a_confirmation_page_and_changes_nothing(endpoints: Endp
 
 async def test_healthz(endpoints: Endpoints) -> None:
     assert await _get(endpoints, "/healthz", {}) == (200, "ok")
+
+
+# -- STOP from WhatsApp -------------------------------------------------------------------------------------
+
+
+async def _stop_app(env: Endpoints) -> tuple[str, list[Any], web.AppRunner]:
+    stops: list[Any] = []
+
+    async def on_stop(request: Any) -> None:
+        stops.append(request)
+
+    async def ignore(*_: Any) -> None:
+        return None
+
+    app = create_webhook_app(
+        app_secret=SecretStr(APP_SECRET),
+        verify_token=SecretStr(VERIFY_TOKEN),
+        statuses=env.store,
+        on_status=ignore,
+        tokens=env.tokens,
+        on_unsubscribe=ignore,
+        on_stop=on_stop,
+    )
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return f"http://127.0.0.1:{runner.addresses[0][1]}{PATH}", stops, runner
+
+
+async def test_a_stop_reply_reaches_on_stop_with_the_message_it_answers(endpoints: Endpoints) -> None:
+    url, stops, runner = await _stop_app(endpoints)
+    endpoints.standin.webhook_url = url
+    try:
+        standin = endpoints.standin
+        assert await standin.deliver_inbound("+919812345678", button="Stop promotions", replied_to="wamid.M") == 200
+        assert await standin.deliver_inbound("+919812345678", text="  stop ") == 200
+        assert await standin.deliver_inbound("+919812345678", text="when is my order coming?") == 200
+        body = json.dumps(endpoints.standin.inbound_payload("+919812345678", text="STOP")).encode()
+        async with endpoints.http.post(url, data=body, headers=endpoints.signed(body, "other")) as reply:
+            assert reply.status == 403  # unsigned STOPs withdraw nothing either
+    finally:
+        await runner.cleanup()
+    assert [(s.wa_id, s.replied_to) for s in stops] == [("919812345678", "wamid.M"), ("919812345678", None)]
