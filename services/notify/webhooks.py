@@ -21,6 +21,11 @@ Routes of :func:`create_webhook_app`:
   nothing (mail scanners follow links) and the page shows no personal data.
 - ``GET /healthz``: 200 ``ok``.
 
+``on_status`` runs after the merged state is stored: if it raises, the POST answers 500 and Meta redelivers, but
+the replay then changes nothing, so the callback is not called again. Effects that must not be lost (suppressing
+after ``failed`` 131050, say) belong in the store's ``compare_and_set`` transaction, or must be re-derivable from
+the stored state.
+
 Status order: ``sent`` < ``delivered`` < ``read``; ``failed`` is terminal and keeps its error code (a later
 ``read`` cannot undo it, a ``failed`` after ``delivered`` is taken). Meta may skip ``delivered`` when ``read``
 arrives, and may deliver webhooks out of order: a status never moves backwards.
