@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -179,3 +180,33 @@ async def test_a_template_without_parameters_sends_no_components(
     body = channel.request_body(_notice(template_name="dsr_receipt", parameters=()))
     assert "components" not in body["template"]
     assert (await channel.send(_notice(template_name="dsr_receipt", parameters=()))).outcome is Outcome.SENT
+
+
+@pytest.mark.parametrize(("code", "http_status"), [(130429, 429), (131000, 500), (131026, 400), (131056, 400)])
+async def test_the_standin_answers_errors_in_the_documented_shape(
+    channel: WhatsAppChannel, standin: GraphStandIn, code: int, http_status: int
+) -> None:
+    """What the classification relies on: Meta's HTTP status and ``error.code`` in the Graph error envelope."""
+
+    standin.fail(NUMBER, code)
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        reply = await http.post(standin.messages_url, json=channel.request_body(_notice()))
+        unauthorised = await http.post(standin.messages_url, json={}, headers={"Authorization": "Bearer x"})
+    error = reply.json()["error"]
+    assert reply.status_code == http_status
+    assert error["code"] == code and error["type"] == "OAuthException" and error["fbtrace_id"]
+    assert set(error["error_data"]) == {"messaging_product", "details"}
+    assert (unauthorised.status_code, unauthorised.json()["error"]["code"]) == (401, 190)
+
+
+async def test_the_standin_answers_success_in_the_documented_shape(
+    channel: WhatsAppChannel, standin: GraphStandIn
+) -> None:
+
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        reply = await http.post(standin.messages_url, json=channel.request_body(_notice()))
+    assert reply.json() == {
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": NUMBER, "wa_id": NUMBER[1:]}],
+        "messages": [{"id": standin.sent[0].message_id}],
+    }
