@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
@@ -143,14 +143,20 @@ def resolve_batch_subjects(
         digests = {i: identifier_digests(index, items[i], f"records[{i}]: " if len(items) > 1 else "") for i in wanting}
         every = {pair for pairs in digests.values() for pair in pairs}
         known: dict[tuple[str, bytes], str] = {}
+        unsealed: set[tuple[str, bytes]] = set()  # contact identifiers stored before they were kept sealed
         for chunk in _chunks(sorted(every), 200):
             condition = or_(*(and_(SubjectIdentifier.field == f, SubjectIdentifier.digest == d) for f, d in chunk))
-            for f, d, sid in session.execute(
-                select(SubjectIdentifier.field, SubjectIdentifier.digest, SubjectIdentifier.subject_id).where(
-                    SubjectIdentifier.tenant_id == tid, condition
-                )
+            for f, d, sid, missing_seal in session.execute(
+                select(
+                    SubjectIdentifier.field,
+                    SubjectIdentifier.digest,
+                    SubjectIdentifier.subject_id,
+                    SubjectIdentifier.sealed.is_(None),
+                ).where(SubjectIdentifier.tenant_id == tid, condition)
             ):
                 known[(f, d)] = sid
+                if missing_seal and f in CONTACT_FIELDS:
+                    unsealed.add((f, d))
         # Items naming the same new identifier share one new subject.
         pending: dict[tuple[str, bytes], int] = {}
         new_groups: list[list[int]] = []
@@ -196,6 +202,26 @@ def resolve_batch_subjects(
                     tenant_id=tid, field=field_name, digest=digest, subject_id=subject_ids[i], sealed=blob
                 )
             )
+        if unsealed:
+            # The tenant sent again an address stored before addresses were sealed: seal it now (once per batch).
+            reseal = []
+            for i in wanting:
+                for field_name, digest in digests[i]:
+                    if (field_name, digest) in unsealed:
+                        reseal.append((i, field_name, digest))
+                        unsealed.discard((field_name, digest))
+            for (_, field_name, digest), blob in zip(
+                reseal, _seal_contacts(session, ctx, tid, items, subject_ids, subjects, reseal), strict=True
+            ):
+                session.execute(
+                    update(SubjectIdentifier)
+                    .where(
+                        SubjectIdentifier.tenant_id == tid,
+                        SubjectIdentifier.field == field_name,
+                        SubjectIdentifier.digest == digest,
+                    )
+                    .values(sealed=blob)
+                )
     return subject_ids, subjects
 
 

@@ -119,6 +119,21 @@ async def test_the_newest_address_the_tenant_gave_wins(vault: MtlsVault) -> None
     assert (await vault.read(tenant, subject, pb.CONTACT_CHANNEL_WHATSAPP)).address == phone
 
 
+async def test_an_address_stored_before_sealing_is_missing_until_the_tenant_sends_it_again(vault: MtlsVault) -> None:
+    tenant = await vault.new_tenant()
+    email = canary_email()
+    subject = await vault.subject(tenant, email=email)
+    raw = RawDatabase(vault.database_url)
+    try:  # what a row written before migration 0005 looks like
+        assert raw.execute("UPDATE vault_subject_identifiers SET sealed = NULL WHERE subject_id = :s", s=subject) == 1
+    finally:
+        raw.close()
+    code, reason, _ = await _refused(vault.read(tenant, subject))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, Reason.CONTACT_ADDRESS_MISSING)
+    assert await vault.subject(tenant, email=email.upper()) == subject
+    assert (await vault.read(tenant, subject)).address == email
+
+
 @pytest.mark.parametrize("caller", ["gateway", "dsr"])
 async def test_only_notifys_identity_may_read_addresses(vault: MtlsVault, caller: str) -> None:
     tenant = await vault.new_tenant()
