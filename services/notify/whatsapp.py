@@ -39,6 +39,7 @@ import phonenumbers
 from pydantic import BaseModel, Field, SecretStr
 
 from services.chassis.errors import InvalidArgument, Reason
+from services.chassis.settings import SettingsError
 from services.notify.channels import Outcome, OutgoingMessage, SendResult
 
 log = logging.getLogger("steward.notify.whatsapp")
@@ -171,6 +172,18 @@ class WhatsAppChannel:
         templates: Mapping[str, int] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        missing = [
+            name
+            for name, value in (
+                ("PHONE_NUMBER_ID", settings.phone_number_id),
+                ("ACCESS_TOKEN", settings.access_token.get_secret_value()),
+            )
+            if not value
+        ]
+        if missing:
+            # Fail at start-up, not at the first breach notice.
+            names = ", ".join(f"STEWARD_NOTIFY__WHATSAPP__{name}" for name in missing)
+            raise SettingsError(f"WhatsApp is not configured: set {names}")
         self.settings = settings
         self.templates = dict(settings.templates if templates is None else templates)
         self._client = httpx.AsyncClient(

@@ -10,6 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from services.chassis.errors import InvalidArgument, Reason
+from services.chassis.settings import SettingsError
 from services.devstack.graph_standin import GraphStandIn
 from services.notify.channels import Lane, Outcome, OutgoingMessage
 from services.notify.whatsapp import WhatsAppChannel, WhatsAppMessageInvalid, WhatsAppSettings
@@ -210,3 +211,11 @@ async def test_the_standin_answers_success_in_the_documented_shape(
         "contacts": [{"input": NUMBER, "wa_id": NUMBER[1:]}],
         "messages": [{"id": standin.sent[0].message_id}],
     }
+
+
+def test_a_channel_without_number_id_or_token_refuses_to_start() -> None:
+
+    with pytest.raises(SettingsError, match=r"PHONE_NUMBER_ID.*ACCESS_TOKEN"):
+        WhatsAppChannel(WhatsAppSettings())
+    with pytest.raises(SettingsError, match="ACCESS_TOKEN"):
+        WhatsAppChannel(WhatsAppSettings(phone_number_id="123"))
