@@ -38,7 +38,7 @@ import hmac
 import html
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -161,36 +161,25 @@ def signature_valid(app_secret: bytes, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(header[len("sha256=") :].strip().lower().encode(), expected.encode())
 
 
-def _status_items(payload: Any) -> list[tuple[str, DeliveryStatus, int | None, datetime]]:
-    """(message id, status, error code, time) of every tracked status in a webhook body; malformed items skipped."""
-    found = []
+def _value_items(payload: Any, key: str) -> Iterator[Any]:
+    """Every item of ``entry[].changes[].value.<key>[]`` in a webhook body; whatever has another shape is skipped."""
     entries = payload.get("entry") if isinstance(payload, dict) else None
     for entry in entries if isinstance(entries, list) else []:
         changes = entry.get("changes") if isinstance(entry, dict) else None
         for change in changes if isinstance(changes, list) else []:
             value = change.get("value") if isinstance(change, dict) else None
-            statuses = value.get("statuses") if isinstance(value, dict) else None
-            for item in statuses if isinstance(statuses, list) else []:
-                parsed = _status_item(item)
-                if parsed is not None:
-                    found.append(parsed)
-    return found
+            items = value.get(key) if isinstance(value, dict) else None
+            yield from items if isinstance(items, list) else []
+
+
+def _status_items(payload: Any) -> list[tuple[str, DeliveryStatus, int | None, datetime]]:
+    """(message id, status, error code, time) of every tracked status in a webhook body; malformed items skipped."""
+    return [parsed for item in _value_items(payload, "statuses") if (parsed := _status_item(item)) is not None]
 
 
 def _stop_requests(payload: Any) -> list[StopRequest]:
     """Every inbound message of a webhook body that asks to stop."""
-    found = []
-    entries = payload.get("entry") if isinstance(payload, dict) else None
-    for entry in entries if isinstance(entries, list) else []:
-        changes = entry.get("changes") if isinstance(entry, dict) else None
-        for change in changes if isinstance(changes, list) else []:
-            value = change.get("value") if isinstance(change, dict) else None
-            messages = value.get("messages") if isinstance(value, dict) else None
-            for item in messages if isinstance(messages, list) else []:
-                request = _stop_request(item)
-                if request is not None:
-                    found.append(request)
-    return found
+    return [stop for item in _value_items(payload, "messages") if (stop := _stop_request(item)) is not None]
 
 
 def _said(item: dict[str, Any]) -> list[str]:
