@@ -111,6 +111,8 @@ class Reason(StrEnum):
     FOUR_EYES_REQUIRED = "FOUR_EYES_REQUIRED"  # the recorder of a legal request cannot approve it
     OUT_OF_SCOPE = "OUT_OF_SCOPE"  # a subject outside a legal request's approved scope
     SUBJECT_RESTRICTED = "SUBJECT_RESTRICTED"
+    SUBJECT_ERASED = "SUBJECT_ERASED"  # the subject's tombstone is all that is left: nothing may be sent to it
+    CONTACT_ADDRESS_MISSING = "CONTACT_ADDRESS_MISSING"  # the vault holds no readable address; metadata: channel
     KEY_UNAVAILABLE = "KEY_UNAVAILABLE"
     API_KEY_NOT_ACTIVE = "API_KEY_NOT_ACTIVE"
     GRANT_NOT_PENDING = "GRANT_NOT_PENDING"

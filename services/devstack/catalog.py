@@ -72,7 +72,7 @@ SERVICES: tuple[ServiceEntry, ...] = (
     ServiceEntry(
         "vault",
         50052,
-        allowed_clients=("gateway", "dsr"),  # dsr resolves identifiers through the blind index
+        allowed_clients=("gateway", "dsr", "notify"),  # dsr resolves identifiers; notify reads addresses to send
         uses_transit=True,
         extra_databases=(("TOMBSTONE_DATABASE_URL", "vault-tombstones.db"),),
     ),

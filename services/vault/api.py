@@ -25,7 +25,7 @@ from services.vault.checkpoints import signed_fields
 from services.vault.domain import RecordInput, RecordView, VaultContext
 from services.vault.models import AuditEntry, TenantVault
 
-__all__ = ["VaultAdminServicer", "VaultServicer"]
+__all__ = ["CONTACT_READERS", "VaultAdminServicer", "VaultContactServicer", "VaultServicer"]
 
 T = TypeVar("T")
 _TENANT_STATES = {
@@ -429,3 +429,38 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
                 key_name=signed.key_name,
             )
         )
+
+
+_CONTACT_FIELDS = {pb.CONTACT_CHANNEL_EMAIL: "email", pb.CONTACT_CHANNEL_WHATSAPP: "phone"}
+CONTACT_READERS = ("notify",)
+"""mTLS identities (certificate names) that may read subjects' addresses: notify, which sends."""
+
+
+class VaultContactServicer(_Base, vault_pb2_grpc.VaultContactServiceServicer):
+    """VaultContactService: a subject's address for notify at send time (never forwarded by the gateway)."""
+
+    def __init__(self, db: Database, ctx: VaultContext, readers: tuple[str, ...] = CONTACT_READERS) -> None:
+        super().__init__(db, ctx)
+        self.readers = frozenset(name.encode() for name in readers)
+
+    async def GetSubjectContact(
+        self, request: pb.GetSubjectContactRequest, context: aio.ServicerContext
+    ) -> pb.GetSubjectContactResponse:
+        # The verified certificate, not metadata: without mTLS there is no peer name and nobody may read addresses.
+        if not self.readers.intersection(context.peer_identities() or ()):
+            raise PermissionDenied(
+                "GetSubjectContact is served only to notify's mTLS identity", reason=Reason.PEER_NOT_ALLOWED
+            )
+        who = require_identity(context)
+        if request.tenant_id != who.tenant_id:
+            raise PermissionDenied("tenant_id differs from the tenant of the caller's identity; send the same tenant")
+        valid_id("subject_id", request.subject_id)
+        field = _CONTACT_FIELDS.get(request.channel)
+        if field is None:
+            raise InvalidArgument("channel must be CONTACT_CHANNEL_EMAIL or CONTACT_CHANNEL_WHATSAPP")
+        read = await self._run(
+            context, lambda s, who: subjects.read_contact(s, self.ctx, who, request.subject_id, field)
+        )
+        if read.refusal is not None:
+            raise read.refusal
+        return pb.GetSubjectContactResponse(address=read.address)

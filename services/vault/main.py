@@ -20,7 +20,7 @@ from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.errors import Reason, Unavailable
 from services.chassis.runtime import ReadyCheck, ServiceRuntime, run_service, start_service
-from services.vault.api import VaultAdminServicer, VaultServicer
+from services.vault.api import VaultAdminServicer, VaultContactServicer, VaultServicer
 from services.vault.checkpoints import AuditCheckpointer
 from services.vault.domain import VaultContext, VaultPolicy
 from services.vault.events import DSR_TASK_SUBJECT, VaultTaskHandler
@@ -76,6 +76,7 @@ async def assemble(runtime: ServiceRuntime[VaultSettings]) -> VaultApp:
     def register(server: aio.Server) -> list[str]:
         vault_pb2_grpc.add_VaultServiceServicer_to_server(VaultServicer(db, ctx), server)
         vault_pb2_grpc.add_VaultAdminServiceServicer_to_server(VaultAdminServicer(db, ctx), server)
+        vault_pb2_grpc.add_VaultContactServiceServicer_to_server(VaultContactServicer(db, ctx), server)
         return [service.full_name for service in vault_pb2.DESCRIPTOR.services_by_name.values()]
 
     applied: list[AppliedTombstones] = []

@@ -107,6 +107,10 @@ class SubjectIdentifier(VaultBase):
     field: Mapped[str] = mapped_column(String(16))
     digest: Mapped[bytes] = mapped_column(LargeBinary(32))
     subject_id: Mapped[str] = mapped_column(String(36), ForeignKey("vault_subjects.id", ondelete="CASCADE"), index=True)
+    # Email and phone only: the normalised value sealed under the subject's DEK (AAD: sealing.contact_aad), so the
+    # vault can give notify the address at send time (VaultContactService). Erasing the subject deletes the row and
+    # destroys the DEK. Null for external ids and for identifiers stored before this column existed.
+    sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None)
 
 
 class Record(VaultBase):

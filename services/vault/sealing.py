@@ -17,7 +17,7 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["KEY_BYTES", "NONCE_BYTES", "SealBroken", "Sealer", "key_aad", "new_key", "record_aad"]
+__all__ = ["KEY_BYTES", "NONCE_BYTES", "SealBroken", "Sealer", "contact_aad", "key_aad", "new_key", "record_aad"]
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -25,6 +25,7 @@ TAG_BYTES = 16
 
 _RECORD_AAD_TAG = "v1"
 _KEY_AAD_TAG = "dek.v1"
+_CONTACT_AAD_TAG = "contact.v1"
 
 
 class SealBroken(Exception):
@@ -62,6 +63,11 @@ def record_aad(tenant_id: str, record_id: str, kind: str, subject_id: str | None
 def key_aad(tenant_id: str, key_id: str) -> bytes:
     """AAD used when Transit wraps a DEK: binds the wrapped key to its tenant and its DEK id."""
     return _canonical(_KEY_AAD_TAG, tenant_id, key_id)
+
+
+def contact_aad(tenant_id: str, subject_id: str, field: str) -> bytes:
+    """AAD of a sealed contact identifier (email or phone): binds it to its tenant, subject and field."""
+    return _canonical(_CONTACT_AAD_TAG, tenant_id, subject_id, field)
 
 
 class Sealer:

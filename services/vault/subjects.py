@@ -10,29 +10,34 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
-from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
+from services.chassis.errors import DataLoss, DomainError, FailedPrecondition, InvalidArgument, NotFound, Reason
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
 from services.vault import audit
 from services.vault.blind_index import BlindIndex, normalize_email, normalize_external_id, normalize_phone
 from services.vault.domain import RecordInput, VaultContext, assume_utc
 from services.vault.models import DataKey, LegalHold, Record, Subject, SubjectIdentifier, TenantVault, Tombstone
+from services.vault.sealing import SealBroken, contact_aad
 from services.vault.tombstones import TombstoneRecord, advance_applied_mark, tombstone_row
 
 __all__ = [
+    "CONTACT_FIELDS",
+    "ContactRead",
     "blind_index",
     "check_rectification",
     "clear_legal_hold",
     "erase_subject",
     "find_subject",
     "identifier_digests",
+    "read_contact",
     "reapply_tombstone",
     "requested_subject",
     "require_unrestricted",
@@ -48,6 +53,7 @@ _HOLD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{0,128}$")
 
 _NORMALISERS = {"email": normalize_email, "phone": normalize_phone, "external_id": normalize_external_id}
+CONTACT_FIELDS = ("email", "phone")  # identifiers kept sealed as well as digested: notify may be given them
 
 
 def find_subject(session: Session, tenant_id: str, subject_id: str) -> Subject:
@@ -137,14 +143,20 @@ def resolve_batch_subjects(
         digests = {i: identifier_digests(index, items[i], f"records[{i}]: " if len(items) > 1 else "") for i in wanting}
         every = {pair for pairs in digests.values() for pair in pairs}
         known: dict[tuple[str, bytes], str] = {}
+        unsealed: set[tuple[str, bytes]] = set()  # contact identifiers stored before they were kept sealed
         for chunk in _chunks(sorted(every), 200):
             condition = or_(*(and_(SubjectIdentifier.field == f, SubjectIdentifier.digest == d) for f, d in chunk))
-            for f, d, sid in session.execute(
-                select(SubjectIdentifier.field, SubjectIdentifier.digest, SubjectIdentifier.subject_id).where(
-                    SubjectIdentifier.tenant_id == tid, condition
-                )
+            for f, d, sid, missing_seal in session.execute(
+                select(
+                    SubjectIdentifier.field,
+                    SubjectIdentifier.digest,
+                    SubjectIdentifier.subject_id,
+                    SubjectIdentifier.sealed.is_(None),
+                ).where(SubjectIdentifier.tenant_id == tid, condition)
             ):
                 known[(f, d)] = sid
+                if missing_seal and f in CONTACT_FIELDS:
+                    unsealed.add((f, d))
         # Items naming the same new identifier share one new subject.
         pending: dict[tuple[str, bytes], int] = {}
         new_groups: list[list[int]] = []
@@ -172,19 +184,73 @@ def resolve_batch_subjects(
                 for i in members:
                     subject_ids[i] = subject.id
         session.flush()
-        linked: set[tuple[str, bytes]] = set(known)
-        for i in wanting:
-            for pair in digests[i]:
-                if pair not in linked:
-                    session.add(
-                        SubjectIdentifier(tenant_id=tid, field=pair[0], digest=pair[1], subject_id=subject_ids[i])
-                    )
-                    linked.add(pair)
         missing = {sid for sid in subject_ids if sid and sid not in subjects}
         if missing:
             for row in session.scalars(select(Subject).where(Subject.id.in_(missing))).all():
                 subjects[row.id] = row
+        linked: set[tuple[str, bytes]] = set(known)
+        new_links: list[tuple[int, str, bytes]] = []
+        for i in wanting:
+            for field_name, digest in digests[i]:
+                if (field_name, digest) not in linked:
+                    new_links.append((i, field_name, digest))
+                    linked.add((field_name, digest))
+        blobs = _seal_contacts(session, ctx, tid, items, subject_ids, subjects, new_links)
+        for (i, field_name, digest), blob in zip(new_links, blobs, strict=True):
+            session.add(
+                SubjectIdentifier(
+                    tenant_id=tid, field=field_name, digest=digest, subject_id=subject_ids[i], sealed=blob
+                )
+            )
+        if unsealed:
+            # The tenant sent again an address stored before addresses were sealed: seal it now (once per batch).
+            reseal = []
+            for i in wanting:
+                for field_name, digest in digests[i]:
+                    if (field_name, digest) in unsealed:
+                        reseal.append((i, field_name, digest))
+                        unsealed.discard((field_name, digest))
+            for (_, field_name, digest), blob in zip(
+                reseal, _seal_contacts(session, ctx, tid, items, subject_ids, subjects, reseal), strict=True
+            ):
+                session.execute(
+                    update(SubjectIdentifier)
+                    .where(
+                        SubjectIdentifier.tenant_id == tid,
+                        SubjectIdentifier.field == field_name,
+                        SubjectIdentifier.digest == digest,
+                    )
+                    .values(sealed=blob)
+                )
     return subject_ids, subjects
+
+
+def _seal_contacts(
+    session: Session,
+    ctx: VaultContext,
+    tenant_id: str,
+    items: Sequence[RecordInput],
+    subject_ids: Sequence[str],
+    subjects: dict[str, Subject],
+    links: Sequence[tuple[int, str, bytes]],
+) -> list[bytes | None]:
+    """Each new email or phone identifier sealed under its subject's DEK (None for external ids).
+
+    The DEKs are the ones the batch's records are sealed with next, so this adds no Transit call.
+    """
+    if not any(field_name in CONTACT_FIELDS for _, field_name, _ in links):
+        return [None] * len(links)
+    key_ids = {subjects[subject_ids[i]].key_id for i, field_name, _ in links if field_name in CONTACT_FIELDS}
+    sealers = ctx.keyring.sealers(session, tenant_id, key_ids)
+    blobs: list[bytes | None] = []
+    for i, field_name, _ in links:
+        if field_name not in CONTACT_FIELDS:
+            blobs.append(None)
+            continue
+        sid = subject_ids[i]
+        value = _NORMALISERS[field_name](getattr(items[i], field_name))
+        blobs.append(sealers[subjects[sid].key_id].seal(value.encode(), contact_aad(tenant_id, sid, field_name)))
+    return blobs
 
 
 def _chunks(items: Sequence[tuple[str, bytes]], size: int) -> Iterator[Sequence[tuple[str, bytes]]]:
@@ -456,3 +522,75 @@ def erasure_proof(
         "records_remaining": int(records_left or 0),
         "subject_keys_remaining": int(keys_left or 0),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRead:
+    """The outcome of :func:`read_contact`: the address, or the refusal to raise once the audit entry is committed."""
+
+    address: str = ""
+    refusal: DomainError | None = None
+
+
+def read_contact(
+    session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, field: str
+) -> ContactRead:
+    """The subject's ``field`` (``email`` or ``phone``) decrypted in memory, for notify's send; audited either way.
+
+    Unknown (or another tenant's) subject: NOT_FOUND. Erased: FAILED_PRECONDITION ``SUBJECT_ERASED``. Restricted:
+    FAILED_PRECONDITION ``SUBJECT_RESTRICTED`` (sending is processing). No sealed address for ``field`` (never given,
+    or stored before addresses were sealed): FAILED_PRECONDITION ``CONTACT_ADDRESS_MISSING``.
+    """
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    if field not in CONTACT_FIELDS:
+        raise InvalidArgument("the contact channel must be email or whatsapp (phone)")
+    if not subject_id:
+        raise InvalidArgument("subject_id is empty; send the subject's id (ResolveSubject finds it by identifier)")
+    tid = tenant.tenant_id
+    subject = session.get(Subject, subject_id)
+    refusal: DomainError | None = None
+    address = ""
+    if subject is None or subject.tenant_id != tid:
+        if session.get(Tombstone, (tid, subject_id)) is not None:
+            refusal = FailedPrecondition(
+                "this subject was erased; nothing may be sent to it", reason=Reason.SUBJECT_ERASED
+            )
+        else:
+            refusal = NotFound("subject not found", reason=Reason.SUBJECT_NOT_FOUND)
+    elif subject.restricted:
+        refusal = FailedPrecondition(
+            "processing restricted: nothing may be sent to this subject until the restriction is lifted",
+            reason=Reason.SUBJECT_RESTRICTED,
+        )
+    else:
+        blob = session.scalar(
+            select(SubjectIdentifier.sealed)
+            .where(
+                SubjectIdentifier.tenant_id == tid,
+                SubjectIdentifier.subject_id == subject.id,
+                SubjectIdentifier.field == field,
+                SubjectIdentifier.sealed.is_not(None),
+            )
+            .order_by(SubjectIdentifier.id.desc())  # the newest address the tenant gave
+            .limit(1)
+        )
+        if blob is None:
+            refusal = FailedPrecondition(
+                f"the vault holds no {field} for this subject; store one with a LEAD_CONTACT record",
+                reason=Reason.CONTACT_ADDRESS_MISSING,
+                metadata={"channel": "email" if field == "email" else "whatsapp"},
+            )
+        else:
+            try:
+                address = (
+                    ctx.keyring.sealer(session, tid, subject.key_id)
+                    .open(blob, contact_aad(tid, subject.id, field))
+                    .decode()
+                )
+            except SealBroken:
+                raise DataLoss(
+                    "a stored contact failed its integrity check; it was altered outside Steward — call on-call"
+                ) from None
+    result = "ok" if refusal is None else str(refusal.reason).lower()
+    audit.append(session, tenant, identity, "subject.contact_read", [subject_id, field], result, at=ctx.clock.now())
+    return ContactRead(address, refusal)

@@ -111,6 +111,24 @@ AUDIT_FAULT_CHECKPOINT_SIGNATURE_INVALID: AuditFault.ValueType  # 4
 """A stored checkpoint's signature does not verify with the vault's audit-signing key."""
 Global___AuditFault: _TypeAlias = AuditFault  # noqa: Y015
 
+class _ContactChannel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContactChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContactChannel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTACT_CHANNEL_UNSPECIFIED: _ContactChannel.ValueType  # 0
+    CONTACT_CHANNEL_EMAIL: _ContactChannel.ValueType  # 1
+    CONTACT_CHANNEL_WHATSAPP: _ContactChannel.ValueType  # 2
+
+class ContactChannel(_ContactChannel, metaclass=_ContactChannelEnumTypeWrapper):
+    """ContactChannel says which address: the subject's email, or its phone number for WhatsApp."""
+
+CONTACT_CHANNEL_UNSPECIFIED: ContactChannel.ValueType  # 0
+CONTACT_CHANNEL_EMAIL: ContactChannel.ValueType  # 1
+CONTACT_CHANNEL_WHATSAPP: ContactChannel.ValueType  # 2
+Global___ContactChannel: _TypeAlias = ContactChannel  # noqa: Y015
+
 @_typing.final
 class SubjectIdentifiers(_message.Message):
     """SubjectIdentifiers identify a data subject; at least one is needed to create or resolve one."""
@@ -1528,3 +1546,49 @@ class ReopenTenantResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReopenTenantResponse: _TypeAlias = ReopenTenantResponse  # noqa: Y015
+
+@_typing.final
+class GetSubjectContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Must equal the tenant of the caller's identity metadata (a guard against a mixed-up call, not a source of truth)."""
+    subject_id: _builtins.str
+    channel: Global___ContactChannel.ValueType
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        subject_id: _builtins.str = ...,
+        channel: Global___ContactChannel.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "subject_id", b"subject_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubjectContactRequest: _TypeAlias = GetSubjectContactRequest  # noqa: Y015
+
+@_typing.final
+class GetSubjectContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """The normalised address: lower-cased email, or the phone number in E.164 form."""
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubjectContactResponse: _TypeAlias = GetSubjectContactResponse  # noqa: Y015

@@ -1176,3 +1176,87 @@ class VaultAdminService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class VaultContactServiceStub:
+    """VaultContactService: a data subject's address for notify, at send time. Served only to the peer whose mTLS
+    certificate names notify (every other caller, the gateway included, gets PERMISSION_DENIED), and never
+    forwarded by the gateway (it is not in its forwarded services). The address is decrypted in the vault's memory
+    from the subject's sealed identifier and travels only in this reply; every read is audited.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetSubjectContact = channel.unary_unary(
+                '/steward.vault.v1.VaultContactService/GetSubjectContact',
+                request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactRequest.SerializeToString,
+                response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactResponse.FromString,
+                _registered_method=True)
+
+
+class VaultContactServiceServicer:
+    """VaultContactService: a data subject's address for notify, at send time. Served only to the peer whose mTLS
+    certificate names notify (every other caller, the gateway included, gets PERMISSION_DENIED), and never
+    forwarded by the gateway (it is not in its forwarded services). The address is decrypted in the vault's memory
+    from the subject's sealed identifier and travels only in this reply; every read is audited.
+    """
+
+    def GetSubjectContact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_VaultContactServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetSubjectContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubjectContact,
+                    request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactRequest.FromString,
+                    response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'steward.vault.v1.VaultContactService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('steward.vault.v1.VaultContactService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class VaultContactService:
+    """VaultContactService: a data subject's address for notify, at send time. Served only to the peer whose mTLS
+    certificate names notify (every other caller, the gateway included, gets PERMISSION_DENIED), and never
+    forwarded by the gateway (it is not in its forwarded services). The address is decrypted in the vault's memory
+    from the subject's sealed identifier and travels only in this reply; every read is audited.
+    """
+
+    @staticmethod
+    def GetSubjectContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.vault.v1.VaultContactService/GetSubjectContact',
+            steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactRequest.SerializeToString,
+            steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

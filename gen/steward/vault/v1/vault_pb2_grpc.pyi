@@ -343,3 +343,43 @@ class VaultAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_VaultAdminServiceServicer_to_server(servicer: VaultAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class VaultContactServiceStub:
+    """VaultContactService: a data subject's address for notify, at send time. Served only to the peer whose mTLS
+    certificate names notify (every other caller, the gateway included, gets PERMISSION_DENIED), and never
+    forwarded by the gateway (it is not in its forwarded services). The address is decrypted in the vault's memory
+    from the subject's sealed identifier and travels only in this reply; every read is audited.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> VaultContactServiceAsyncStub: ...
+    GetSubjectContact: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GetSubjectContactRequest, _vault_pb2.GetSubjectContactResponse]
+
+@_typing.type_check_only
+class VaultContactServiceAsyncStub(VaultContactServiceStub):
+    """VaultContactService: a data subject's address for notify, at send time. Served only to the peer whose mTLS
+    certificate names notify (every other caller, the gateway included, gets PERMISSION_DENIED), and never
+    forwarded by the gateway (it is not in its forwarded services). The address is decrypted in the vault's memory
+    from the subject's sealed identifier and travels only in this reply; every read is audited.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetSubjectContact: _aio.UnaryUnaryMultiCallable[_vault_pb2.GetSubjectContactRequest, _vault_pb2.GetSubjectContactResponse]  # type: ignore[assignment]
+
+class VaultContactServiceServicer(metaclass=_abc_1.ABCMeta):
+    """VaultContactService: a data subject's address for notify, at send time. Served only to the peer whose mTLS
+    certificate names notify (every other caller, the gateway included, gets PERMISSION_DENIED), and never
+    forwarded by the gateway (it is not in its forwarded services). The address is decrypted in the vault's memory
+    from the subject's sealed identifier and travels only in this reply; every read is audited.
+    """
+
+    @_abc_1.abstractmethod
+    def GetSubjectContact(
+        self,
+        request: _vault_pb2.GetSubjectContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.GetSubjectContactResponse, _abc.Awaitable[_vault_pb2.GetSubjectContactResponse]]: ...
+
+def add_VaultContactServiceServicer_to_server(servicer: VaultContactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
