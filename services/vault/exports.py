@@ -50,7 +50,6 @@ from services.vault.sealing import SealBroken, Sealer
 from services.vault.transit import Signature
 
 __all__ = [
-    "advance",
     "BUNDLE_TTL",
     "FORMAT",
     "MANIFEST_FORMAT",
@@ -60,6 +59,7 @@ __all__ = [
     "ExportCursor",
     "Manifest",
     "SentChunk",
+    "advance",
     "build_chunk",
     "continuation_token",
     "finish_export",
