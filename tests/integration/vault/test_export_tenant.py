@@ -5,6 +5,9 @@ tenant exports and a shredded one does not."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -78,8 +81,6 @@ def content(chunks: list[pb.ExportChunk]) -> list[tuple[int, list[Any], list[Any
 
 def verifies(chunks: list[pb.ExportChunk], manifest: pb.ExportManifest) -> bool:
     """The chunks are the manifest's (digests, whole digest) and its signature verifies offline."""
-    import hashlib
-
     digests = [hashlib.sha256(chunk.body).hexdigest() for chunk in chunks]
     return (
         digests == list(manifest.chunk_sha256)
@@ -202,9 +203,6 @@ async def test_forged_expired_and_other_tenants_tokens_are_refused_with_distinct
     for forged in ("not-a-token", "abc.def", body + "." + mac[:-2] + ("A" if mac[-2] != "A" else "B") + mac[-1]):
         assert (await refusal(vault, tenant, forged))[:2] == invalid, forged
     # The body altered (another position) with the old MAC.
-    import base64
-    import json
-
     fields = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     fields[3] = 0
     altered = base64.urlsafe_b64encode(json.dumps(fields, separators=(",", ":")).encode()).decode().rstrip("=")
@@ -263,7 +261,7 @@ async def test_a_closed_tenant_exports_and_a_shredded_one_does_not(vault: VaultH
     chunks, manifest = await read_export(vault, tenant)
     assert manifest is not None and manifest.record_count == len(stored) and verifies(chunks, manifest)
 
-    holder = [s for _seq, subjects, _r in content(chunks) for s in subjects if s.get("legalHoldIds")][0]["id"]
+    holder = next(s for _seq, subjects, _r in content(chunks) for s in subjects if s.get("legalHoldIds"))["id"]
     await vault.records.ClearLegalHold(pb.ClearLegalHoldRequest(subject_id=holder, hold_id="case-7"), metadata=md)
     await vault.admin.ShredTenant(pb.ShredTenantRequest(confirm_tenant_id=tenant), metadata=md)
     for token in ("", started[0].continuation_token):
