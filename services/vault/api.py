@@ -252,26 +252,33 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         else:
             size = request.chunk_records
             cursor = await self._run(context, lambda s, who: exports.start_export(s, self.ctx, who, size))
+
         # One bounded chunk at a time: read (keyset), decrypt and hash off the loop, record its digest, send.
-        while not cursor.done:
-            rows = await self.db.run(lambda s: exports.read_chunk(s, self.ctx, cursor))
-            if rows is None:
-                break
-            chunk = await asyncio.to_thread(exports.build_chunk, cursor, rows, _record)
-            await self.db.run(lambda s: exports.record_chunk(s, cursor, chunk))  # noqa: B023 - awaited here
-            exports.advance(cursor, rows, chunk)
-            yield pb.ExportTenantResponse(
-                chunk=pb.ExportChunk(
-                    body=chunk.body,
-                    sha256=chunk.sha256,
-                    seq=chunk.seq,
-                    continuation_token=exports.continuation_token(cursor, self.ctx.clock.now()),
-                    subjects_done=cursor.subjects_done,
-                    records_done=cursor.records_done,
-                    subjects_total=cursor.subjects_total,
-                    records_total=cursor.records_total,
+        # The next chunk's rows are read while this one is built (its position is known once this one is read).
+        def read(phase: str, after: tuple[str, str]) -> asyncio.Future[exports.ChunkRows | None]:
+            return asyncio.ensure_future(self.db.run(lambda s: exports.read_chunk(s, self.ctx, cursor, phase, after)))
+
+        reading = read(cursor.phase, cursor.after)
+        try:
+            while (rows := await reading) is not None:
+                reading = read(rows.phase, rows.after)
+                chunk = await asyncio.to_thread(exports.build_chunk, cursor, rows)
+                await self.db.run(lambda s: exports.record_chunk(s, cursor, chunk))  # noqa: B023 - awaited here
+                exports.advance(cursor, rows, chunk)
+                yield pb.ExportTenantResponse(
+                    chunk=pb.ExportChunk(
+                        body=chunk.body,
+                        sha256=chunk.sha256,
+                        seq=chunk.seq,
+                        continuation_token=exports.continuation_token(cursor, self.ctx.clock.now()),
+                        subjects_done=cursor.subjects_done,
+                        records_done=cursor.records_done,
+                        subjects_total=cursor.subjects_total,
+                        records_total=cursor.records_total,
+                    )
                 )
-            )
+        finally:
+            reading.cancel()  # a dropped stream leaves no read behind
         manifest = await self._run(context, lambda s, who: exports.finish_export(s, self.ctx, who, cursor))
         yield pb.ExportTenantResponse(manifest=await self.db.call(exports.sign_manifest, self.ctx, manifest))
 
