@@ -264,9 +264,13 @@ async def test_a_closed_tenant_exports_and_a_shredded_one_does_not(vault: VaultH
     holder = next(s for _seq, subjects, _r in content(chunks) for s in subjects if s.get("legalHoldIds"))["id"]
     await vault.records.ClearLegalHold(pb.ClearLegalHoldRequest(subject_id=holder, hold_id="case-7"), metadata=md)
     await vault.admin.ShredTenant(pb.ShredTenantRequest(confirm_tenant_id=tenant), metadata=md)
+    entries = (await vault.admin.VerifyAuditChain(pb.VerifyAuditChainRequest(), metadata=md)).entries_checked
     for token in ("", started[0].continuation_token):
         code, reason, _ = await refusal(vault, tenant, token)
         assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TENANT_SHREDDED")
+    # Refused before anything began: the (surviving) audit chain gained no export entry after the shred.
+    verified = await vault.admin.VerifyAuditChain(pb.VerifyAuditChainRequest(), metadata=md)
+    assert verified.intact and verified.entries_checked == entries
 
 
 async def test_a_tenant_with_no_data_exports_an_empty_signed_manifest(vault: VaultHarness) -> None:

@@ -120,16 +120,16 @@ class DroppingClient(GatewayClient):
         self.timeout_s = 30.0
         self.channel = grpc.insecure_channel(self.target.address)
         self.vault = vault_pb2_grpc.VaultServiceStub(self.channel)  # type: ignore[no-untyped-call]
-        self.drop_after, self.drops, self.calls = drop_after, drops, 0
+        self.drop_after, self.drops, self.calls, self.received = drop_after, drops, 0, 0
 
     def stream(self, method: Any, request: Any, **kwargs: Any) -> Iterator[Any]:
         self.calls += 1
         stream = super().stream(method, request, **kwargs)
-        if self.calls > self.drops:
-            yield from stream
-            return
         for sent, item in enumerate(stream, start=1):
+            self.received += 1
             yield item
+            if self.calls > self.drops:
+                continue
             if sent == self.drop_after:
                 stream.close()
                 raise GatewayCallError("UNAVAILABLE", "connection reset (injected by the test)")
@@ -143,6 +143,8 @@ async def test_the_cli_resumes_a_dropped_export_and_verifies_it(env: Env, tmp_pa
     finally:
         client.close()
     assert client.calls == 3 and manifest.record_count == env.records
+    # Resumed, not restarted: every chunk crossed the wire once, plus the manifest.
+    assert client.received == len(manifest.chunk_sha256) + 1
     assert verify_export_dir(folder).ok
 
     verified = CliRunner().invoke(cli, ["tenant", "export", "--verify", str(folder), "--json"])
