@@ -125,6 +125,12 @@ class Reason(StrEnum):
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
     UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
     TOMBSTONES_PENDING = "TOMBSTONES_PENDING"  # the vault is re-applying erasures to a restored database
+    # Tenant exports and export bundles (vault).
+    EXPORT_TOKEN_INVALID = "EXPORT_TOKEN_INVALID"  # noqa: S105 - forged, altered or unreadable continuation token
+    EXPORT_TOKEN_EXPIRED = "EXPORT_TOKEN_EXPIRED"  # noqa: S105 - a genuine token past its expiry: start again
+    EXPORT_TOKEN_OTHER_TENANT = "EXPORT_TOKEN_OTHER_TENANT"  # noqa: S105 - a genuine token of another tenant
+    EXPORT_NOT_FOUND = "EXPORT_NOT_FOUND"
+    EXPORT_EXPIRED = "EXPORT_EXPIRED"
 
 
 class DomainError(Exception):

@@ -37,6 +37,7 @@ from services.cli.ops.legal import legal
 from services.cli.ops.local import demo, token
 from services.cli.ops.support import support
 from services.cli.ops.tenant import tenant
+from services.cli.ops.tenant_export import tenant_export  # noqa: F401 - registers ``steward tenant export``
 from services.cli.ops.tombstones import tombstones
 from services.cli.ops.whoami import whoami
 

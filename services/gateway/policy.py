@@ -101,6 +101,9 @@ POLICIES: dict[str, RoutePolicy] = {
     _VAULT + "LiftRestriction": _p(["dsr:manage"]),
     _VAULT + "SetLegalHold": _p(["dsr:manage"]),
     _VAULT + "ClearLegalHold": _p(["dsr:manage"]),
+    # the whole tenant's plaintext, to the tenant admin only (never operators, never support)
+    _VAULT + "ExportTenant": _p(["keys:manage"], cap=3600.0),
+    _VAULT + "DownloadExport": _p(["subjects:export", "dsr:manage"], cap=300.0),
     # --- vault admin: lifecycle is the gateway's (GatewayAdminService) or ops:admin's; audit is the tenant's
     _VAULT_ADMIN + "CreateTenant": _p(roles=[OPS_ADMIN]),
     _VAULT_ADMIN + "GetTenant": _p(["audit:read", "keys:manage"], _OPS),

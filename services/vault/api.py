@@ -19,7 +19,7 @@ from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied,
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.ids import PAGE_TOKEN_MAX_LENGTH, valid_id
 from services.chassis.timestamps import to_timestamp
-from services.vault import admin, records, restore, subjects
+from services.vault import admin, exports, records, restore, subjects
 from services.vault.audit import Fault
 from services.vault.checkpoints import signed_fields
 from services.vault.domain import RecordInput, RecordView, VaultContext
@@ -34,6 +34,7 @@ _TENANT_STATES = {
     "shredded": pb.TENANT_STATE_SHREDDED,
 }
 EXPORT_CHUNK = 500
+DOWNLOAD_PIECE = 256 * 1024  # bytes of an export bundle per DownloadExport message
 _AUDIT_FAULTS = {
     Fault.NONE: pb.AUDIT_FAULT_UNSPECIFIED,
     Fault.ENTRY_MISMATCH: pb.AUDIT_FAULT_ENTRY_MISMATCH,
@@ -240,6 +241,55 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         yield pb.ExportSubjectResponse(
             summary=pb.ExportSummary(record_count=digest.total, counts_by_kind=digest.counts, sha256=digest.hexdigest())
         )
+
+    async def ExportTenant(
+        self, request: pb.ExportTenantRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ExportTenantResponse]:
+        valid_id("continuation_token", request.continuation_token, max_length=PAGE_TOKEN_MAX_LENGTH)
+        token = request.continuation_token
+        if token:
+            cursor = await self._run(context, lambda s, who: exports.resume_export(s, self.ctx, who, token))
+        else:
+            size = request.chunk_records
+            cursor = await self._run(context, lambda s, who: exports.start_export(s, self.ctx, who, size))
+
+        # One bounded chunk at a time: read (keyset), decrypt and hash off the loop, record its digest, send.
+        # The next chunk's rows are read while this one is built (its position is known once this one is read).
+        def read(phase: str, after: tuple[str, str]) -> asyncio.Future[exports.ChunkRows | None]:
+            return asyncio.ensure_future(self.db.run(lambda s: exports.read_chunk(s, self.ctx, cursor, phase, after)))
+
+        reading = read(cursor.phase, cursor.after)
+        try:
+            while (rows := await reading) is not None:
+                reading = read(rows.phase, rows.after)
+                chunk = await asyncio.to_thread(exports.build_chunk, cursor, rows)
+                await self.db.run(lambda s: exports.record_chunk(s, cursor, chunk))  # noqa: B023 - awaited here
+                exports.advance(cursor, rows, chunk)
+                yield pb.ExportTenantResponse(
+                    chunk=pb.ExportChunk(
+                        body=chunk.body,
+                        sha256=chunk.sha256,
+                        seq=chunk.seq,
+                        continuation_token=exports.continuation_token(cursor, self.ctx.clock.now()),
+                        subjects_done=cursor.subjects_done,
+                        records_done=cursor.records_done,
+                        subjects_total=cursor.subjects_total,
+                        records_total=cursor.records_total,
+                    )
+                )
+        finally:
+            reading.cancel()  # a dropped stream leaves no read behind
+        manifest = await self._run(context, lambda s, who: exports.finish_export(s, self.ctx, who, cursor))
+        yield pb.ExportTenantResponse(manifest=await self.db.call(exports.sign_manifest, self.ctx, manifest))
+
+    async def DownloadExport(
+        self, request: pb.DownloadExportRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.DownloadExportResponse]:
+        valid_id("export_id", request.export_id)
+        bundle = await self._run(context, lambda s, who: exports.open_bundle(s, self.ctx, who, request.export_id))
+        for start in range(0, len(bundle.document), DOWNLOAD_PIECE):
+            yield pb.DownloadExportResponse(data=bundle.document[start : start + DOWNLOAD_PIECE])
+        yield pb.DownloadExportResponse(info=bundle.info)
 
     async def EraseSubject(
         self, request: pb.EraseSubjectRequest, context: aio.ServicerContext

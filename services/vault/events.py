@@ -19,7 +19,7 @@ from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFoun
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import is_id, is_reference, is_tenant_id
 from services.chassis.timestamps import from_timestamp
-from services.vault import records, subjects
+from services.vault import exports, records, subjects
 from services.vault.domain import VaultContext
 
 __all__ = ["DSR_TASK_SUBJECT", "VaultTaskHandler"]
@@ -66,8 +66,12 @@ class VaultTaskHandler:
         if action == A.VAULT_ACTION_EXPORT:
             plan = records.export_subject(session, ctx, who, task.subject_id, task.request_id)
             digest = records.ExportDigest()
+            views = []
             for view in records.iter_export(plan):
                 digest.update(view)
+                views.append(view)
+            # The bundle the tenant downloads (DownloadExport, export id = request id), sealed under the subject's DEK.
+            exports.store_bundle(session, ctx, plan, task.request_id, views, digest)
             records.announce_export(session, ctx, who.tenant_id, plan.subject_id, task.request_id, digest)
             result.counts_by_kind.update(digest.counts)
             result.export_sha256 = digest.hexdigest()

@@ -23,11 +23,14 @@ __all__ = [
     "AuditCheckpoint",
     "AuditEntry",
     "DataKey",
+    "ExportBundle",
     "IdempotencyKey",
     "LegalHold",
     "Record",
     "Subject",
     "SubjectIdentifier",
+    "TenantExport",
+    "TenantExportChunk",
     "TenantVault",
     "Tombstone",
     "TombstoneMark",
@@ -226,3 +229,51 @@ class IdempotencyKey(VaultBase):
     request_digest: Mapped[bytes] = mapped_column(LargeBinary(32))
     result: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TenantExport(VaultBase):
+    """One tenant-wide export (``ExportTenant``): who started it, its chunk size and the key of its continuation
+    tokens (random per export, so a token names one export of one tenant). No customer data."""
+
+    __tablename__ = "vault_tenant_exports"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    principal: Mapped[str] = mapped_column(String(200))
+    token_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    chunk_records: Mapped[int] = mapped_column(Integer)
+    subjects_total: Mapped[int] = mapped_column(Integer, default=0)
+    records_total: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class TenantExportChunk(VaultBase):
+    """What the manifest needs of one sent chunk: its digest and counts (kept so a resumed export can sign it)."""
+
+    __tablename__ = "vault_tenant_export_chunks"
+
+    export_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    subjects: Mapped[int] = mapped_column(Integer)
+    records: Mapped[int] = mapped_column(Integer)
+    counts: Mapped[str] = mapped_column(Text)  # JSON {kind name: count}
+
+
+class ExportBundle(VaultBase):
+    """A data-subject request's export bundle, sealed under the subject's DEK (erasing the subject destroys it);
+    ``export_id`` is the request id. Served by ``DownloadExport`` until ``expires_at``."""
+
+    __tablename__ = "vault_export_bundles"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    export_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(36), index=True)
+    key_id: Mapped[str] = mapped_column(String(36))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    record_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -135,6 +135,15 @@ def _rows() -> list[Row]:
             OK,
             True,
         ),
+        # The whole tenant's plaintext goes to the tenant admin's key (keys:manage) only; no bundle exists here.
+        Row(V + "ExportTenant", lambda o: vault_pb2.ExportTenantRequest(), OK, False, streaming=True),
+        Row(
+            V + "DownloadExport",
+            lambda o: vault_pb2.DownloadExportRequest(export_id="dsr-1"),
+            NOT_FOUND,
+            False,
+            streaming=True,
+        ),
         # Tenant lifecycle belongs to the gateway's own admin API and ops:admin, never to an API key.
         Row(VA + "CreateTenant", lambda o: vault_pb2.CreateTenantRequest(), DENIED, False),
         Row(VA + "GetTenant", lambda o: vault_pb2.GetTenantRequest(), OK, False),

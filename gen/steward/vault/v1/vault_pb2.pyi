@@ -1592,3 +1592,353 @@ class GetSubjectContactResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSubjectContactResponse: _TypeAlias = GetSubjectContactResponse  # noqa: Y015
+
+@_typing.final
+class ExportTenantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTINUATION_TOKEN_FIELD_NUMBER: _builtins.int
+    CHUNK_RECORDS_FIELD_NUMBER: _builtins.int
+    continuation_token: _builtins.str
+    """Empty to start an export; the continuation_token of the last chunk received to resume after it."""
+    chunk_records: _builtins.int
+    """Records (or subjects) per chunk, 1..5000; 0 means 1000. A resumed export keeps the size it started with."""
+    def __init__(
+        self,
+        *,
+        continuation_token: _builtins.str = ...,
+        chunk_records: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_records", b"chunk_records", "continuation_token", b"continuation_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportTenantRequest: _TypeAlias = ExportTenantRequest  # noqa: Y015
+
+@_typing.final
+class ExportedSubject(_message.Message):
+    """ExportedSubject is a data subject in a tenant export. Its identifiers are in its LEAD_CONTACT records."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESTRICTED_FIELD_NUMBER: _builtins.int
+    LEGAL_HOLD_IDS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    restricted: _builtins.bool
+    @_builtins.property
+    def legal_hold_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        restricted: _builtins.bool = ...,
+        legal_hold_ids: _abc.Iterable[_builtins.str] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "legal_hold_ids", b"legal_hold_ids", "restricted", b"restricted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedSubject: _TypeAlias = ExportedSubject  # noqa: Y015
+
+@_typing.final
+class ExportChunkBody(_message.Message):
+    """ExportChunkBody is the unit of the steward.export.v1 tenant format: every subject first (by id), then every
+    record (by subject id, then record id), in chunks of bounded size. The manifest hashes its serialised bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    EXPORT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """"steward.export.v1"."""
+    export_id: _builtins.str
+    seq: _builtins.int
+    """1, 2, 3 ... in export order."""
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedSubject]: ...
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___Record]:
+        """Records with their plaintext data."""
+
+    def __init__(
+        self,
+        *,
+        format: _builtins.str = ...,
+        export_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        subjects: _abc.Iterable[Global___ExportedSubject] | None = ...,
+        records: _abc.Iterable[Global___Record] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["export_id", b"export_id", "format", b"format", "records", b"records", "seq", b"seq", "subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportChunkBody: _TypeAlias = ExportChunkBody  # noqa: Y015
+
+@_typing.final
+class ExportChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    CONTINUATION_TOKEN_FIELD_NUMBER: _builtins.int
+    SUBJECTS_DONE_FIELD_NUMBER: _builtins.int
+    RECORDS_DONE_FIELD_NUMBER: _builtins.int
+    SUBJECTS_TOTAL_FIELD_NUMBER: _builtins.int
+    RECORDS_TOTAL_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """The deterministic serialisation of an ExportChunkBody: store these bytes as they are."""
+    sha256: _builtins.str
+    """Hex SHA-256 of body."""
+    seq: _builtins.int
+    continuation_token: _builtins.str
+    """Resumes the export after this chunk (signed, tenant-bound, expires 24 hours after it was issued)."""
+    subjects_done: _builtins.int
+    """Progress: what this export has sent so far, and what the tenant held when the call started."""
+    records_done: _builtins.int
+    subjects_total: _builtins.int
+    records_total: _builtins.int
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+        sha256: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        continuation_token: _builtins.str = ...,
+        subjects_done: _builtins.int = ...,
+        records_done: _builtins.int = ...,
+        subjects_total: _builtins.int = ...,
+        records_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "continuation_token", b"continuation_token", "records_done", b"records_done", "records_total", b"records_total", "seq", b"seq", "sha256", b"sha256", "subjects_done", b"subjects_done", "subjects_total", b"subjects_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportChunk: _TypeAlias = ExportChunk  # noqa: Y015
+
+@_typing.final
+class ExportManifest(_message.Message):
+    """ExportManifest closes a tenant export. Verify offline: SHA-256 of each chunk body equals chunk_sha256[i];
+    sha256 is the SHA-256 of the raw (32-byte) chunk digests concatenated in order; message is the compact JSON
+    ["steward.export.manifest.v1", export_id, tenant_id, started_at, completed_at, subject_count, record_count,
+    {kind: count} with sorted keys, [chunk_sha256...], sha256] (times ISO-8601 UTC with microseconds, no offset);
+    signature is Ed25519 over message with public_key (the vault's audit-signing key, as GetAuditCheckpoint gives).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CountsByKindEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    EXPORT_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    COMPLETED_AT_FIELD_NUMBER: _builtins.int
+    SUBJECT_COUNT_FIELD_NUMBER: _builtins.int
+    RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    COUNTS_BY_KIND_FIELD_NUMBER: _builtins.int
+    CHUNK_SHA256_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    KEY_NAME_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    export_id: _builtins.str
+    tenant_id: _builtins.str
+    subject_count: _builtins.int
+    record_count: _builtins.int
+    sha256: _builtins.str
+    message: _builtins.bytes
+    signature: _builtins.str
+    """Transit form: "vault:v<key_version>:<base64 Ed25519 signature>"."""
+    key_version: _builtins.int
+    public_key: _builtins.bytes
+    """Raw 32-byte Ed25519 public key of key_version."""
+    key_name: _builtins.str
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def completed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def counts_by_kind(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def chunk_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        format: _builtins.str = ...,
+        export_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        completed_at: _timestamp_pb2.Timestamp | None = ...,
+        subject_count: _builtins.int = ...,
+        record_count: _builtins.int = ...,
+        counts_by_kind: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        chunk_sha256: _abc.Iterable[_builtins.str] | None = ...,
+        sha256: _builtins.str = ...,
+        message: _builtins.bytes = ...,
+        signature: _builtins.str = ...,
+        key_version: _builtins.int = ...,
+        public_key: _builtins.bytes = ...,
+        key_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_sha256", b"chunk_sha256", "completed_at", b"completed_at", "counts_by_kind", b"counts_by_kind", "export_id", b"export_id", "format", b"format", "key_name", b"key_name", "key_version", b"key_version", "message", b"message", "public_key", b"public_key", "record_count", b"record_count", "sha256", b"sha256", "signature", b"signature", "started_at", b"started_at", "subject_count", b"subject_count", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportManifest: _TypeAlias = ExportManifest  # noqa: Y015
+
+@_typing.final
+class ExportTenantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chunk(self) -> Global___ExportChunk: ...
+    @_builtins.property
+    def manifest(self) -> Global___ExportManifest: ...
+    def __init__(
+        self,
+        *,
+        chunk: Global___ExportChunk | None = ...,
+        manifest: Global___ExportManifest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "item", b"item", "manifest", b"manifest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "item", b"item", "manifest", b"manifest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["chunk", "manifest"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___ExportTenantResponse: _TypeAlias = ExportTenantResponse  # noqa: Y015
+
+@_typing.final
+class DownloadExportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPORT_ID_FIELD_NUMBER: _builtins.int
+    export_id: _builtins.str
+    """The export id: the data-subject request id the export answered."""
+    def __init__(
+        self,
+        *,
+        export_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["export_id", b"export_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadExportRequest: _TypeAlias = DownloadExportRequest  # noqa: Y015
+
+@_typing.final
+class DownloadExportResponse(_message.Message):
+    """DownloadExportResponse: the bundle's bytes in order (a versioned JSON document, steward.export.v1, holding the
+    subject's records by kind and a plain-text summary), then a last message with its size and SHA-256.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    INFO_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def info(self) -> Global___ExportBundleInfo: ...
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        info: Global___ExportBundleInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info", "item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info", "item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["data", "info"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___DownloadExportResponse: _TypeAlias = DownloadExportResponse  # noqa: Y015
+
+@_typing.final
+class ExportBundleInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPORT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    export_id: _builtins.str
+    subject_id: _builtins.str
+    size_bytes: _builtins.int
+    sha256: _builtins.str
+    """Hex SHA-256 of the bundle's bytes."""
+    record_count: _builtins.int
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        export_id: _builtins.str = ...,
+        subject_id: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        record_count: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "export_id", b"export_id", "record_count", b"record_count", "sha256", b"sha256", "size_bytes", b"size_bytes", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportBundleInfo: _TypeAlias = ExportBundleInfo  # noqa: Y015

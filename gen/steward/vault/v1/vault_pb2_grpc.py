@@ -100,6 +100,16 @@ class VaultServiceStub:
                 request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ClearLegalHoldRequest.SerializeToString,
                 response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ClearLegalHoldResponse.FromString,
                 _registered_method=True)
+        self.ExportTenant = channel.unary_stream(
+                '/steward.vault.v1.VaultService/ExportTenant',
+                request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ExportTenantRequest.SerializeToString,
+                response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ExportTenantResponse.FromString,
+                _registered_method=True)
+        self.DownloadExport = channel.unary_stream(
+                '/steward.vault.v1.VaultService/DownloadExport',
+                request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.DownloadExportRequest.SerializeToString,
+                response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.DownloadExportResponse.FromString,
+                _registered_method=True)
 
 
 class VaultServiceServicer:
@@ -187,6 +197,24 @@ class VaultServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportTenant(self, request, context):
+        """Every subject and record of the calling tenant in the steward.export.v1 format (portability, business
+        transfer): chunks of bounded size, then a manifest signed by the vault's Transit Ed25519 key. After a dropped
+        stream, call again with the continuation_token of the last chunk received: the chunks that follow are the
+        ones an uninterrupted export would have sent. Allowed while the tenant is closed; refused once shredded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadExport(self, request, context):
+        """The export bundle of a data-subject request (ACCESS / PORTABILITY) the vault made for dsr, streamed in pieces
+        to the tenant that owns it until it expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaultServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -254,6 +282,16 @@ def add_VaultServiceServicer_to_server(servicer, server):
                     servicer.ClearLegalHold,
                     request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ClearLegalHoldRequest.FromString,
                     response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ClearLegalHoldResponse.SerializeToString,
+            ),
+            'ExportTenant': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportTenant,
+                    request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ExportTenantRequest.FromString,
+                    response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ExportTenantResponse.SerializeToString,
+            ),
+            'DownloadExport': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadExport,
+                    request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.DownloadExportRequest.FromString,
+                    response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.DownloadExportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -608,6 +646,60 @@ class VaultService:
             '/steward.vault.v1.VaultService/ClearLegalHold',
             steward_dot_vault_dot_v1_dot_vault__pb2.ClearLegalHoldRequest.SerializeToString,
             steward_dot_vault_dot_v1_dot_vault__pb2.ClearLegalHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/steward.vault.v1.VaultService/ExportTenant',
+            steward_dot_vault_dot_v1_dot_vault__pb2.ExportTenantRequest.SerializeToString,
+            steward_dot_vault_dot_v1_dot_vault__pb2.ExportTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/steward.vault.v1.VaultService/DownloadExport',
+            steward_dot_vault_dot_v1_dot_vault__pb2.DownloadExportRequest.SerializeToString,
+            steward_dot_vault_dot_v1_dot_vault__pb2.DownloadExportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,16 @@ class VaultServiceStub:
     LiftRestriction: _grpc.UnaryUnaryMultiCallable[_vault_pb2.LiftRestrictionRequest, _vault_pb2.LiftRestrictionResponse]
     SetLegalHold: _grpc.UnaryUnaryMultiCallable[_vault_pb2.SetLegalHoldRequest, _vault_pb2.SetLegalHoldResponse]
     ClearLegalHold: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ClearLegalHoldRequest, _vault_pb2.ClearLegalHoldResponse]
+    ExportTenant: _grpc.UnaryStreamMultiCallable[_vault_pb2.ExportTenantRequest, _vault_pb2.ExportTenantResponse]
+    """Every subject and record of the calling tenant in the steward.export.v1 format (portability, business
+    transfer): chunks of bounded size, then a manifest signed by the vault's Transit Ed25519 key. After a dropped
+    stream, call again with the continuation_token of the last chunk received: the chunks that follow are the
+    ones an uninterrupted export would have sent. Allowed while the tenant is closed; refused once shredded.
+    """
+    DownloadExport: _grpc.UnaryStreamMultiCallable[_vault_pb2.DownloadExportRequest, _vault_pb2.DownloadExportResponse]
+    """The export bundle of a data-subject request (ACCESS / PORTABILITY) the vault made for dsr, streamed in pieces
+    to the tenant that owns it until it expires.
+    """
 
 @_typing.type_check_only
 class VaultServiceAsyncStub(VaultServiceStub):
@@ -75,6 +85,16 @@ class VaultServiceAsyncStub(VaultServiceStub):
     LiftRestriction: _aio.UnaryUnaryMultiCallable[_vault_pb2.LiftRestrictionRequest, _vault_pb2.LiftRestrictionResponse]  # type: ignore[assignment]
     SetLegalHold: _aio.UnaryUnaryMultiCallable[_vault_pb2.SetLegalHoldRequest, _vault_pb2.SetLegalHoldResponse]  # type: ignore[assignment]
     ClearLegalHold: _aio.UnaryUnaryMultiCallable[_vault_pb2.ClearLegalHoldRequest, _vault_pb2.ClearLegalHoldResponse]  # type: ignore[assignment]
+    ExportTenant: _aio.UnaryStreamMultiCallable[_vault_pb2.ExportTenantRequest, _vault_pb2.ExportTenantResponse]  # type: ignore[assignment]
+    """Every subject and record of the calling tenant in the steward.export.v1 format (portability, business
+    transfer): chunks of bounded size, then a manifest signed by the vault's Transit Ed25519 key. After a dropped
+    stream, call again with the continuation_token of the last chunk received: the chunks that follow are the
+    ones an uninterrupted export would have sent. Allowed while the tenant is closed; refused once shredded.
+    """
+    DownloadExport: _aio.UnaryStreamMultiCallable[_vault_pb2.DownloadExportRequest, _vault_pb2.DownloadExportResponse]  # type: ignore[assignment]
+    """The export bundle of a data-subject request (ACCESS / PORTABILITY) the vault made for dsr, streamed in pieces
+    to the tenant that owns it until it expires.
+    """
 
 class VaultServiceServicer(metaclass=_abc_1.ABCMeta):
     """VaultService is the tenant-facing API for customer records and data subjects."""
@@ -172,6 +192,28 @@ class VaultServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vault_pb2.ClearLegalHoldRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vault_pb2.ClearLegalHoldResponse, _abc.Awaitable[_vault_pb2.ClearLegalHoldResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ExportTenant(
+        self,
+        request: _vault_pb2.ExportTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_vault_pb2.ExportTenantResponse], _abc.AsyncIterator[_vault_pb2.ExportTenantResponse]]:
+        """Every subject and record of the calling tenant in the steward.export.v1 format (portability, business
+        transfer): chunks of bounded size, then a manifest signed by the vault's Transit Ed25519 key. After a dropped
+        stream, call again with the continuation_token of the last chunk received: the chunks that follow are the
+        ones an uninterrupted export would have sent. Allowed while the tenant is closed; refused once shredded.
+        """
+
+    @_abc_1.abstractmethod
+    def DownloadExport(
+        self,
+        request: _vault_pb2.DownloadExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_vault_pb2.DownloadExportResponse], _abc.AsyncIterator[_vault_pb2.DownloadExportResponse]]:
+        """The export bundle of a data-subject request (ACCESS / PORTABILITY) the vault made for dsr, streamed in pieces
+        to the tenant that owns it until it expires.
+        """
 
 def add_VaultServiceServicer_to_server(servicer: VaultServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
