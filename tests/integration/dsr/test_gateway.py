@@ -36,8 +36,23 @@ UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 D = "/steward.dsr.v1.DsrService/"
-OPS_READS = {D + m for m in ("GetRequest", "ListRequests", "GetEvidence", "VerifyEvidence", "GetPolicy", "ListOverdue")}
+OPS_READS = {
+    D + m
+    for m in (
+        "GetRequest",
+        "ListRequests",
+        "GetEvidence",
+        "VerifyEvidence",
+        "GetPolicy",
+        "ListOverdue",
+        "GetShredCertificate",
+        "ListOffboarding",
+    )
+}
+ACROSS_TENANTS = {D + "ListOverdue", D + "ListOffboarding", D + "RunRetentionSweep"}
 SUBMITTER = {D + "SubmitRequest", D + "GetRequest"}
+# Reaches dsr, which has nothing to show: tenant A was never shredded.
+NO_CERTIFICATE = D + "GetShredCertificate"
 
 
 @dataclass
@@ -94,6 +109,8 @@ def _rows() -> list[Row]:
         Row(D + "SetPolicy", lambda i, e: pb.SetPolicyRequest(policy=policy), OK, False),
         Row(D + "ListOverdue", lambda i, e: pb.ListOverdueRequest(), OK, False),
         Row(D + "RunRetentionSweep", lambda i, e: pb.RunRetentionSweepRequest(dry_run=True), DENIED, False),
+        Row(D + "GetShredCertificate", lambda i, e: pb.GetShredCertificateRequest(), NOT_FOUND, False),
+        Row(D + "ListOffboarding", lambda i, e: pb.ListOffboardingRequest(), OK, False),
     ]
 
 
@@ -202,12 +219,12 @@ def _expected(column: str, row: Row) -> grpc.StatusCode:
     if column == "dsr:submit only":
         return OK if row.method in SUBMITTER else DENIED
     if column == "ops:oncall naming tenant A":
+        if row.method == NO_CERTIFICATE:
+            return NOT_FOUND
         return OK if row.method in OPS_READS else DENIED
     if column == "ops:admin naming no tenant":
-        if row.method == D + "ListOverdue":
+        if row.method in ACROSS_TENANTS:
             return OK
-        if row.method == D + "RunRetentionSweep":
-            return grpc.StatusCode.UNIMPLEMENTED  # reached dsr: sweeps are not built yet
         return INVALID if row.method in OPS_READS else DENIED
     if column in ("other tenant's id", "nonexistent id"):
         return NOT_FOUND
