@@ -18,7 +18,7 @@ import logging
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2 as ev
 
@@ -31,7 +31,7 @@ from services.chassis.timestamps import from_timestamp, to_timestamp
 from services.dsr import offboarding
 from services.dsr.lease import take_lease
 from services.dsr.models import DsrRequestRow
-from services.dsr.requests import OPEN_STATES, DsrContext, utc
+from services.dsr.requests import OPEN_STATES, TYPES, DsrContext, utc
 from services.dsr.retention import RetentionSweep, SweepItem
 
 log = logging.getLogger("steward.dsr.events")
@@ -46,6 +46,7 @@ __all__ = [
     "RetentionSweeper",
     "TenantLifecycleHandler",
     "announce_overdue",
+    "count_open_requests",
     "remind_due_requests",
 ]
 
@@ -179,6 +180,25 @@ class OverdueWatcher(BackgroundTask):
             except Exception as exc:
                 log.warning("overdue scan failed; retrying next round", extra={"error_type": type(exc).__name__})
             await asyncio.sleep(self.interval_s)
+
+
+def count_open_requests(db: Database, ctx: DsrContext, *, overdue: bool) -> list[tuple[float, dict[str, str]]]:
+    """Unfinished requests by state and type (only those past their due date when ``overdue``), for the
+    ``steward_dsr_*`` gauges: every state and type is reported, 0 included, so an alert sees the series drop to
+    0. No tenant label: the overdue list names tenants (``steward dsr overdue``)."""
+    query = select(DsrRequestRow.state, DsrRequestRow.type, func.count()).where(DsrRequestRow.state.in_(OPEN_STATES))
+    if overdue:
+        query = query.where(DsrRequestRow.due_at < ctx.clock.now())
+    with db.engine.connect() as connection:
+        counts = {
+            (state, type_): n
+            for state, type_, n in connection.execute(query.group_by(DsrRequestRow.state, DsrRequestRow.type))
+        }
+    return [
+        (float(counts.get((state, type_), 0)), {"state": state, "type": type_})
+        for state in OPEN_STATES
+        for type_ in TYPES
+    ]
 
 
 class TenantLifecycleHandler:

@@ -17,6 +17,7 @@ from services.chassis.bus import Bus, Consumer
 from services.chassis.circuit import CircuitBreaker
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
+from services.chassis.metrics import DSR_OPEN, DSR_OVERDUE
 from services.chassis.runtime import ServiceRuntime, run_service, start_service
 from services.dsr.api import DsrServicer, SubjectResolver
 from services.dsr.events import (
@@ -27,6 +28,7 @@ from services.dsr.events import (
     OverdueWatcher,
     RetentionSweeper,
     TenantLifecycleHandler,
+    count_open_requests,
 )
 from services.dsr.evidence import EvidenceSigner
 from services.dsr.flows import ResultHandler
@@ -85,6 +87,12 @@ async def assemble(runtime: ServiceRuntime[DsrSettings]) -> DsrApp:
         return [service.full_name for service in dsr_pb2.DESCRIPTOR.services_by_name.values()]
 
     await runtime.serve_grpc(register, trust_identity_metadata=settings.trust_identity_metadata)
+    runtime.metrics.watch_gauge(
+        DSR_OVERDUE, lambda: count_open_requests(db, ctx, overdue=True), "Unfinished requests past their due date"
+    )
+    runtime.metrics.watch_gauge(
+        DSR_OPEN, lambda: count_open_requests(db, ctx, overdue=False), "Unfinished requests by state and type"
+    )
     overdue = await runtime.task(OverdueWatcher(db, ctx, interval_s=settings.overdue_scan_s))
     sweeper = await runtime.task(
         RetentionSweeper(db, sweep, interval_s=settings.retention_sweep_s, lease_s=settings.retention_lease_s)
