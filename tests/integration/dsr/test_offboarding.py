@@ -77,6 +77,10 @@ async def test_a_closed_tenant_is_reminded_then_shredded_with_a_certificate_that
         7,
     )
     assert await _sweep(stack) == []  # once
+    # A sweep that planned the same reminder before this one committed (another replica) claims nothing.
+    claim = offboarding.claim_reminder
+    at = reminder.shred_at.ToDatetime().replace(tzinfo=manual_clock.now().tzinfo)
+    assert not await stack.dsr.app.db.run(lambda s: claim(s, stack.dsr.app.ctx, stack.tenant, 7, at))
     manual_clock.advance(6 * DAY)  # 23 h left
     assert [i.days_left for i in await _sweep(stack)] == [1]
     dry = await _sweep(stack, dry_run=True)
