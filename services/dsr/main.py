@@ -19,6 +19,8 @@ from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.metrics import DSR_OPEN, DSR_OVERDUE
 from services.chassis.runtime import ServiceRuntime, run_service, start_service
+from services.chassis.transit import TransitClient
+from services.chassis.upstreams import Upstreams
 from services.dsr.api import DsrServicer, SubjectResolver
 from services.dsr.events import (
     LIFECYCLE_DURABLE,
@@ -35,8 +37,6 @@ from services.dsr.flows import ResultHandler
 from services.dsr.requests import DsrContext
 from services.dsr.retention import RetentionSweep
 from services.dsr.settings import DsrSettings
-from services.gateway.forwarding import Upstreams
-from services.vault.transit import TransitClient
 
 __all__ = ["DsrApp", "DsrSettings", "assemble", "create_server", "main"]
 

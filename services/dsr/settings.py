@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, SecretStr
 
 from services.chassis.settings import ServiceSettings, service_settings_config
-from services.gateway.settings import UpstreamSettings
+from services.chassis.upstreams import UpstreamSettings
 
 __all__ = ["DsrSettings", "EvidenceSigningSettings"]
 

@@ -21,9 +21,9 @@ from steward.dsr.v1 import dsr_pb2 as pb
 from steward.gateway.v1 import gateway_pb2
 from steward.vault.v1 import vault_pb2
 
+from services.chassis.upstreams import UpstreamSettings
 from services.gateway.forwarding import FORWARDED_SERVICES, method_names
 from services.gateway.main import GatewayHandle, create_server
-from services.gateway.settings import UpstreamSettings
 from tests.integration.gateway.support import Clients, TestIdP, bearer, clients, gateway_settings, sample_details
 from tests.integration.vault.helpers import canary_email
 from tests.plugins.infra import NatsServer
