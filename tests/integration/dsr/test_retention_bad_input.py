@@ -3,6 +3,7 @@ a certificate that does not exist, ListOffboarding's paging, and TenantClosed ev
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import grpc
@@ -10,11 +11,13 @@ import pytest
 from steward.dsr.v1 import dsr_pb2 as pb
 from steward.events.v1 import events_pb2 as ev
 
-from services.chassis.bus import RefusedEvent, make_event
+from services.chassis.bus import RefusedEvent, enqueue, make_event
 from services.chassis.errors import Reason
 from services.chassis.timestamps import to_timestamp
 from services.dsr.events import TenantLifecycleHandler
 from tests.integration.dsr.support import DsrStack, expect_refusal
+from tests.integration.vault.helpers import stream_messages
+from tests.plugins.waiting import eventually
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -111,3 +114,26 @@ async def test_tenant_closed_events_dsr_cannot_trust_are_refused(stack: DsrStack
     assert reason in str(refused.value)
     listed = await stack.dsr.dsr.ListOffboarding(pb.ListOffboardingRequest(), metadata=stack.dsr.operator_md())
     assert list(listed.tenants) == []
+
+
+async def test_a_purge_task_naming_no_known_record_kind_is_rejected_by_the_vault(stack: DsrStack) -> None:
+    task = ev.VaultTaskRequested(
+        task_id=str(uuid.uuid4()),
+        request_id=str(uuid.uuid4()),
+        action=ev.VAULT_ACTION_PURGE_EXPIRED,
+        record_kind=99,
+        older_than=to_timestamp(datetime(2030, 1, 1, tzinfo=UTC)),
+    )
+    await stack.dsr.app.db.run(lambda s: enqueue(s, make_event(task, source="dsr", tenant_id=stack.tenant)))
+    answers: list[ev.VaultTaskCompleted] = []
+
+    async def answered() -> bool:
+        answers[:] = [
+            m.event().vault_task_completed
+            for m in await stream_messages(stack.nats_url)
+            if m.subject == "steward.vault.task.completed" and m.event().vault_task_completed.task_id == task.task_id
+        ]
+        return bool(answers)
+
+    await eventually(answered, 30, what="the vault's answer to the purge task")
+    assert (answers[0].outcome, answers[0].reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, Reason.INVALID_ARGUMENT)
