@@ -21,7 +21,7 @@ from grpc import aio
 from steward.dsr.v1 import dsr_pb2 as pb
 from steward.dsr.v1 import dsr_pb2_grpc
 
-from tests.integration.dsr.support import DsrStack, wait_state
+from tests.integration.dsr.support import DsrStack, stop_processes, wait_state
 from tests.integration.vault.helpers import stream_messages
 from tests.plugins.infra import NatsServer, OpenBaoDev, free_port, wait_for_port
 from tests.plugins.stack import DsrHarness, VaultFactory, VaultHarness
@@ -76,14 +76,7 @@ class DsrProcess:
         self.proc.wait(10)
 
     async def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+        stop_processes(self.procs)
         if self.channel is not None:
             await self.channel.close()
 

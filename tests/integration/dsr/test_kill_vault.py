@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from steward.dsr.v1 import dsr_pb2 as pb
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
-from tests.integration.dsr.support import DsrStack, submit, wait_state
+from tests.integration.dsr.support import DsrStack, stop_processes, submit, wait_state
 from tests.integration.vault.helpers import canary_email, lead
 from tests.plugins.infra import NatsServer, OpenBaoDev, free_port, wait_for_port
 from tests.plugins.stack import DsrFactory, VaultHarness
@@ -78,14 +78,7 @@ class VaultProcess:
         self.proc.wait(10)
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+        stop_processes(self.procs)
 
 
 @pytest.fixture
