@@ -4,9 +4,11 @@ certificate that verifies offline. Vault and dsr share one ManualClock (the vaul
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,7 +19,7 @@ from services.chassis.clock import ManualClock
 from services.chassis.errors import Reason
 from services.dsr import evidence, offboarding
 from tests.integration.dsr.support import DsrStack, expect_refusal
-from tests.integration.vault.helpers import stream_messages
+from tests.integration.vault.helpers import leaks, stream_messages
 from tests.plugins.infra import NatsServer
 from tests.plugins.stack import DsrFactory, VaultFactory
 from tests.plugins.waiting import eventually
@@ -63,7 +65,7 @@ async def test_a_closed_tenant_is_reminded_then_shredded_with_a_certificate_that
     shared_clock_stack: DsrStack, manual_clock: ManualClock
 ) -> None:
     stack = shared_clock_stack
-    await stack.new_lead(notes=2)
+    email, _ = await stack.new_lead(notes=2)
     closure = await _close(stack)
     assert closure.state == pb.OFFBOARDING_STATE_GRACE_PERIOD
     assert closure.shred_at.ToDatetime() - closure.closed_at.ToDatetime() == timedelta(days=30)
@@ -122,6 +124,15 @@ async def test_a_closed_tenant_is_reminded_then_shredded_with_a_certificate_that
         return len(certified) == 1 and [e.tenant_offboarding_reminder.days_left for e in reminders] == [7, 1]  # type: ignore[attr-defined]
 
     await eventually(published, 30, what="one certificate event and the 7- and 1-day reminders on NATS")
+    # Nothing personal in dsr's database or on NATS (the lead's email is a canary).
+    dsr_db = Path(stack.dsr.settings.database_url.get_secret_value().removeprefix("sqlite:///"))
+    stream = b"".join(m.data for m in await stream_messages(stack.nats_url))
+    assert leaks(await asyncio.to_thread(_sqlite_bytes, dsr_db) + stream, [email]) == []
+
+
+def _sqlite_bytes(path: Path) -> bytes:
+    """The database file and its write-ahead log (recent commits may still sit there)."""
+    return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
 async def test_a_legal_hold_blocks_the_shred_and_shows_until_it_is_cleared(
