@@ -99,6 +99,7 @@ class Reason(StrEnum):
     REASON_REQUIRED = "REASON_REQUIRED"
     DSR_INVALID_TRANSITION = "DSR_INVALID_TRANSITION"  # metadata: state (current), action
     DSR_EXTENSION_REFUSED = "DSR_EXTENSION_REFUSED"  # already extended, or more than two months
+    SHRED_CERTIFICATE_NOT_FOUND = "SHRED_CERTIFICATE_NOT_FOUND"  # the tenant has not been shredded (yet)
     NOT_IMPLEMENTED = "NOT_IMPLEMENTED"  # the method exists in the contract but is not built yet
     # State refusals: retrying is pointless until someone changes the state.
     LEGAL_HOLD = "LEGAL_HOLD"

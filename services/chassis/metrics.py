@@ -82,6 +82,8 @@ DEK_CACHE_ENTRIES = "steward_dek_cache_entries"
 CERT_EXPIRY = "steward_tls_certificate_expiry_seconds"
 DB_POOL_IN_USE = "steward_db_pool_connections_in_use"
 DB_POOL_SIZE = "steward_db_pool_size"
+DSR_OVERDUE = "steward_dsr_overdue_requests"
+DSR_OPEN = "steward_dsr_open_requests"
 
 METRIC_NAMES: tuple[str, ...] = (
     RPC_REQUESTS,
@@ -105,6 +107,8 @@ METRIC_NAMES: tuple[str, ...] = (
     CERT_EXPIRY,
     DB_POOL_IN_USE,
     DB_POOL_SIZE,
+    DSR_OVERDUE,
+    DSR_OPEN,
 )
 """Every Prometheus series a Steward service exports (later services append theirs)."""
 
@@ -381,6 +385,15 @@ class ServiceMetrics:
             duration.record(seconds, {"operation": op})
 
         transit.call_observer = observe_call
+
+    def watch_gauge(
+        self, name: str, read: Callable[[], Iterable[tuple[float, dict[str, str]]]], description: str
+    ) -> None:
+        """Report a service's own gauge ``name`` (one of :data:`METRIC_NAMES`), read at each scrape as
+        (value, labels) pairs. Labels never name a tenant or a person."""
+        if name not in METRIC_NAMES:
+            raise ValueError(f"{name} is not in METRIC_NAMES: add it there first")
+        self._observe(name, lambda: (Observation(value, labels) for value, labels in read()), description)
 
     # ------------------------------------------------------------------ scrape-time readers
 

@@ -115,6 +115,7 @@ NATS_USERS: tuple[NatsUser, ...] = (
                     "steward.vault.record.updated",
                 ),
             ),
+            DurableConsumer("dsr-tenant-lifecycle", ("steward.gateway.tenant.closed", "steward.vault.tenant.closed")),
         ),
     ),
     # notify is not built yet: its row is what it will need, adjusted when it lands.

@@ -22,26 +22,27 @@ from steward.dsr.v1 import dsr_pb2_grpc
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from services.chassis.db import Database
-from services.chassis.errors import DomainError, InvalidArgument, Reason, Unavailable, UpstreamRefusal, error_reason
+from services.chassis.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    Reason,
+    Unavailable,
+    UpstreamRefusal,
+    error_reason,
+)
 from services.chassis.identity import CallerIdentity, identity_metadata, require_identity
 from services.chassis.ids import valid_id
 from services.chassis.timestamps import from_timestamp, to_timestamp
-from services.dsr import evidence, flows, requests
-from services.dsr.models import DsrRequestRow, EvidenceRow, TimelineRow
+from services.dsr import evidence, flows, offboarding, requests
+from services.dsr.models import DsrRequestRow, EvidenceRow, ShredCertificateRow, TenantClosureRow, TimelineRow
 from services.dsr.requests import DsrContext, PolicyView, Submission
+from services.dsr.retention import RetentionSweep, SweepItem
 
 __all__ = ["DsrServicer", "SubjectResolver"]
 
 T = TypeVar("T")
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
-
-
-class NotImplementedYet(DomainError):
-    """A method of the contract that is not built yet: UNIMPLEMENTED with reason NOT_IMPLEMENTED."""
-
-    code = grpc.StatusCode.UNIMPLEMENTED
-    reason = Reason.NOT_IMPLEMENTED
 
 
 class SubjectResolver:
@@ -164,16 +165,79 @@ def _policy(view: PolicyView) -> pb.TenantPolicy:
     return pb.TenantPolicy(
         approval_required=[pb.RequestType.Value(f"REQUEST_TYPE_{t}") for t in view.approval_required],
         minor_age_threshold=view.minor_age_threshold,
+        grace_period_days=view.grace_period_days,
+        retention=[pb.RetentionRule(record_kind=k, max_age_days=d) for k, d in sorted(view.retention.items())],
+    )
+
+
+def _wanted_policy(policy: pb.TenantPolicy) -> PolicyView:
+    """The policy a SetPolicy asks for (validated by ``requests.set_policy``; one rule per kind)."""
+    rules: dict[str, int] = {}
+    for rule in policy.retention:
+        if rule.record_kind in rules:
+            raise InvalidArgument(
+                "retention names a record kind twice; send one rule per kind",
+                metadata={"field": "policy.retention.record_kind"},
+            )
+        rules[rule.record_kind] = rule.max_age_days
+    types = tuple(_type_name(t) for t in policy.approval_required)
+    return PolicyView(types, policy.minor_age_threshold, policy.grace_period_days, rules)
+
+
+def _stamp(at: datetime | None) -> Timestamp | None:
+    return to_timestamp(requests.utc(at)) if at is not None else None
+
+
+def _sweep_item(item: SweepItem) -> pb.SweepItem:
+    return pb.SweepItem(
+        tenant_id=item.tenant_id,
+        action=pb.SweepAction.Value(f"SWEEP_ACTION_{item.action}"),
+        outcome=pb.SweepOutcome.Value(f"SWEEP_OUTCOME_{item.outcome}"),
+        hold_id=item.hold_id,
+        certificate_id=item.certificate_id,
+        record_kind=item.record_kind,
+        cutoff=_stamp(item.cutoff),
+        shred_at=_stamp(item.shred_at),
+        days_left=item.days_left,
+        reason_code=item.reason_code,
+    )
+
+
+def _certificate(row: ShredCertificateRow) -> pb.ShredCertificate:
+    return pb.ShredCertificate(
+        certificate_id=row.certificate_id,
+        tenant_id=row.tenant_id,
+        key_id=row.key_id,
+        key_deleted_at=_stamp(row.key_deleted_at),
+        records_removed=row.records_removed,
+        subjects_removed=row.subjects_removed,
+        closed_at=_stamp(row.closed_at),
+        vault_certificate_id=row.vault_certificate_id,
+        audit_head=row.audit_head,
+    )
+
+
+def _offboarding(session: Session, row: TenantClosureRow, now: datetime) -> pb.TenantOffboarding:
+    return pb.TenantOffboarding(
+        tenant_id=row.tenant_id,
+        state=pb.OffboardingState.Value(f"OFFBOARDING_STATE_{offboarding.closure_state(session, row, now)}"),
+        closed_at=_stamp(row.closed_at),
+        shred_at=_stamp(offboarding.shred_at(session, row)),
+        hold_id=row.hold_id,
+        certificate_id=row.certificate_id,
+        shredded_at=_stamp(row.shredded_at),
+        reminded_days_left=row.reminded_days,
     )
 
 
 class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
     """DsrService over the domain modules."""
 
-    def __init__(self, db: Database, ctx: DsrContext, resolver: SubjectResolver) -> None:
+    def __init__(self, db: Database, ctx: DsrContext, resolver: SubjectResolver, sweep: RetentionSweep) -> None:
         self.db = db
         self.ctx = ctx
         self.resolver = resolver
+        self.sweep = sweep
 
     async def _run(
         self,
@@ -315,8 +379,7 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
         return pb.GetPolicyResponse(policy=_policy(view))
 
     async def SetPolicy(self, request: pb.SetPolicyRequest, context: aio.ServicerContext) -> pb.SetPolicyResponse:
-        types = tuple(_type_name(t) for t in request.policy.approval_required)
-        wanted = PolicyView(types, request.policy.minor_age_threshold)
+        wanted = _wanted_policy(request.policy)
         view = await self._run(context, lambda s, who: requests.set_policy(s, self.ctx, who.tenant_id, wanted))
         return pb.SetPolicyResponse(policy=_policy(view))
 
@@ -335,11 +398,40 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
     async def RunRetentionSweep(
         self, request: pb.RunRetentionSweepRequest, context: aio.ServicerContext
     ) -> pb.RunRetentionSweepResponse:
-        require_identity(context, tenant_required=False)
-        raise NotImplementedYet(
-            "retention sweeps are not built yet (closed-tenant shredding, account-data purge, log purge, expired "
-            "export bundles); nothing was swept"
+        identity = require_identity(context, tenant_required=False)
+        if identity.principal_kind != "operator":
+            raise PermissionDenied("RunRetentionSweep spans every tenant: only operators (ops:admin) may call it")
+        items = await self.sweep.run(dry_run=request.dry_run)
+        return pb.RunRetentionSweepResponse(items=[_sweep_item(i) for i in items], dry_run=request.dry_run)
+
+    async def GetShredCertificate(
+        self, request: pb.GetShredCertificateRequest, context: aio.ServicerContext
+    ) -> pb.GetShredCertificateResponse:
+        certificate, entry = await self._run(context, lambda s, who: offboarding.get_certificate(s, who.tenant_id))
+        version, public_key = await self._public_key([entry])
+        return pb.GetShredCertificateResponse(
+            certificate=_certificate(certificate),
+            entry=_entry(entry),
+            public_key=base64_key(public_key),
+            key_name=self.ctx.signer.key_name,
+            key_version=version,
         )
+
+    async def ListOffboarding(
+        self, request: pb.ListOffboardingRequest, context: aio.ServicerContext
+    ) -> pb.ListOffboardingResponse:
+        size = _page_size(request.page_size)
+        after = valid_id("page_token", request.page_token)
+
+        def work(s: Session, who: CallerIdentity) -> pb.ListOffboardingResponse:
+            rows = offboarding.list_closures(s, who.tenant_id, page_size=size, after=after)
+            now = self.ctx.clock.now()
+            return pb.ListOffboardingResponse(
+                tenants=[_offboarding(s, r, now) for r in rows],
+                next_page_token=rows[-1].tenant_id if len(rows) == size else "",
+            )
+
+        return await self._run(context, work, tenant_required=False)
 
 
 def base64_key(public_key: bytes | None) -> str:

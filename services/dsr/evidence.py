@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from services.chassis.signatures import signature_verifies
+from services.chassis.transit import Signature, TransitClient
 from services.dsr.models import EvidenceRow
-from services.vault.checkpoints import signature_verifies
-from services.vault.transit import Signature, TransitClient
 
 __all__ = [
     "ENTRY_FORMAT",

@@ -27,7 +27,7 @@ from services.chassis.errors import Reason
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
 from services.chassis.timestamps import to_timestamp
-from services.dsr import requests
+from services.dsr import requests, retention
 from services.dsr.models import DsrRequestRow
 from services.dsr.requests import SERVICE_ACTOR, DsrContext, Submission
 
@@ -242,7 +242,10 @@ class ResultHandler:
     def __call__(self, session: Session, event: ev.Event) -> None:
         kind = event.WhichOneof("payload")
         if kind == "vault_task_completed" and event.source == "vault":
-            apply_vault_result(session, self.ctx, event.tenant_id, event.vault_task_completed)
+            if event.vault_task_completed.action == ev.VAULT_ACTION_PURGE_EXPIRED:
+                retention.apply_purge_result(session, self.ctx, event.tenant_id, event.vault_task_completed)
+            else:
+                apply_vault_result(session, self.ctx, event.tenant_id, event.vault_task_completed)
         elif kind == "opt_out_completed" and event.source == "notify":
             apply_opt_out_result(session, self.ctx, event.tenant_id, event.opt_out_completed)
         elif kind == "record_changed" and event.source == "vault":

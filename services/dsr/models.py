@@ -8,7 +8,17 @@ from datetime import datetime
 from sqlalchemy import Boolean, DateTime, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["DsrBase", "DsrPolicy", "DsrRequestRow", "EvidenceRow", "TimelineRow"]
+__all__ = [
+    "DsrBase",
+    "DsrPolicy",
+    "DsrRequestRow",
+    "EvidenceRow",
+    "LeaseRow",
+    "RetentionTaskRow",
+    "ShredCertificateRow",
+    "TenantClosureRow",
+    "TimelineRow",
+]
 
 
 class DsrBase(DeclarativeBase):
@@ -53,6 +63,8 @@ class DsrRequestRow(DsrBase):
     task_id: Mapped[str] = mapped_column(String(36), default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
     overdue_notified_due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The smallest days-before-due reminder sent for the current due date (0 = none; an extension resets it).
+    reminded_days: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -97,4 +109,68 @@ class DsrPolicy(DsrBase):
     tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     approval_required: Mapped[str] = mapped_column(String(400), default="")  # space-separated type names
     minor_age_threshold: Mapped[int] = mapped_column(Integer, default=16)
+    grace_period_days: Mapped[int] = mapped_column(Integer, default=30)
+    # Space-separated KIND=DAYS pairs (record kind name, max age in days since the last update).
+    retention: Mapped[str] = mapped_column(String(400), default="")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LeaseRow(DsrBase):
+    """A leader lease: one dsr replica (``holder``) runs the periodic work named ``name`` until ``expires_at``."""
+
+    __tablename__ = "dsr_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TenantClosureRow(DsrBase):
+    """A tenant dsr heard was closed (TenantClosed), and how far its offboarding is.
+
+    ``closed_at`` None = reopened (the shred is off until another TenantClosed).
+    """
+
+    __tablename__ = "dsr_tenant_closures"
+
+    tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reminded_days: Mapped[int] = mapped_column(Integer, default=0)
+    hold_id: Mapped[str] = mapped_column(String(128), default="")
+    last_error: Mapped[str] = mapped_column(String(64), default="")
+    certificate_id: Mapped[str] = mapped_column(String(36), default="")
+    shredded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ShredCertificateRow(DsrBase):
+    """A tenant's shred certificate (its signature is the evidence entry ``evidence_seq`` of the tenant)."""
+
+    __tablename__ = "dsr_shred_certificates"
+
+    certificate_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(128), unique=True)
+    key_id: Mapped[str] = mapped_column(String(200))
+    key_deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    records_removed: Mapped[int] = mapped_column(Integer)
+    subjects_removed: Mapped[int] = mapped_column(Integer)
+    closed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    vault_certificate_id: Mapped[str] = mapped_column(String(36))
+    audit_head: Mapped[str] = mapped_column(String(64))
+    evidence_seq: Mapped[int] = mapped_column(Integer)
+
+
+class RetentionTaskRow(DsrBase):
+    """A retention purge sent to the vault; one outstanding per tenant and record kind."""
+
+    __tablename__ = "dsr_retention_tasks"
+    __table_args__ = (Index("ix_dsr_retention_tasks_open", "tenant_id", "record_kind", "completed_at"),)
+
+    task_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(128))
+    record_kind: Mapped[str] = mapped_column(String(32))
+    older_than: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    records_purged: Mapped[int] = mapped_column(Integer, default=0)
+    records_held: Mapped[int] = mapped_column(Integer, default=0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,10 +33,12 @@ from services.dsr.evidence import EvidenceSigner
 from services.dsr.models import DsrPolicy, DsrRequestRow, TimelineRow
 
 __all__ = [
+    "DEFAULT_GRACE_DAYS",
     "DEFAULT_MINOR_AGE",
     "DUE_AFTER",
     "MINOR_DELETION_DUE_AFTER",
     "OPEN_STATES",
+    "RECORD_KINDS",
     "TYPES",
     "DsrContext",
     "PolicyView",
@@ -46,10 +48,12 @@ __all__ = [
     "create",
     "extend",
     "find_by_idempotency_key",
+    "format_rules",
     "get",
     "get_policy",
     "list_overdue",
     "list_requests",
+    "parse_rules",
     "reject",
     "require_state",
     "set_policy",
@@ -65,6 +69,11 @@ DUE_AFTER = timedelta(days=30)
 MINOR_DELETION_DUE_AFTER = timedelta(hours=72)
 DEFAULT_MINOR_AGE = 16  # the privacy policy's age; a tenant may only raise it
 MAX_EXTENSION_MONTHS = 2
+DEFAULT_GRACE_DAYS = 30  # between a tenant's closure and the shred of its customer data
+MAX_GRACE_DAYS = 365
+# steward.vault.v1.RecordKind names (without the prefix) and values: what retention rules name.
+RECORD_KINDS = {"LEAD_CONTACT": 1, "INTERACTION": 2, "OPPORTUNITY": 3, "NOTE": 4, "CUSTOM": 5}
+MAX_AGE_DAYS = 36500
 REJECTION_REASONS = (
     "IDENTITY_NOT_VERIFIED",
     "MANIFESTLY_UNFOUNDED",
@@ -389,6 +398,22 @@ def extend(
     old_due = utc(row.due_at)
     row.due_at = add_months(old_due, months)
     row.extension_reason = reason
+    row.reminded_days = 0  # reminders come again before the new due date
+    enqueue(
+        session,
+        make_event(
+            events_pb2.DsrDeadlineExtended(
+                request_id=row.request_id,
+                type=f"REQUEST_TYPE_{row.type}",
+                previous_due_at=to_timestamp(old_due),
+                due_at=to_timestamp(utc(row.due_at)),
+                reason_code=reason,
+            ),
+            source=ctx.source,
+            tenant_id=row.tenant_id,
+            occurred_at=ctx.clock.now(),
+        ),
+    )
     row.updated_at = ctx.clock.now()
     record_step(session, ctx, row, actor=who.principal, reason_code="EXTENDED", previous=row.state)
     evidence.append(
@@ -446,20 +471,53 @@ def list_overdue(session: Session, tenant_id: str, *, now: datetime, page_size: 
 # ---------------------------------------------------------------------------------------------- policy
 
 
+def parse_rules(stored: str) -> dict[str, int]:
+    """A policy's stored rules (``KIND=DAYS ...``) as {kind: days}."""
+    pairs = (item.split("=", 1) for item in stored.split())
+    return {kind: int(days) for kind, days in pairs}
+
+
+def format_rules(rules: dict[str, int]) -> str:
+    """Validate and store rules: known kinds, 1-36500 days, one rule per kind."""
+    for kind, days in rules.items():
+        if kind not in RECORD_KINDS:
+            raise InvalidArgument(
+                f"retention.record_kind must be one of {', '.join(RECORD_KINDS)}",
+                metadata={"field": "policy.retention.record_kind"},
+            )
+        if not 1 <= days <= MAX_AGE_DAYS:
+            raise InvalidArgument(
+                f"retention.max_age_days must be between 1 and {MAX_AGE_DAYS}",
+                metadata={"field": "policy.retention.max_age_days"},
+            )
+    return " ".join(f"{kind}={days}" for kind, days in sorted(rules.items()))
+
+
 @dataclass(frozen=True)
 class PolicyView:
     """A tenant's policy (the defaults when it never set one)."""
 
     approval_required: tuple[str, ...] = ()
     minor_age_threshold: int = DEFAULT_MINOR_AGE
+    grace_period_days: int = DEFAULT_GRACE_DAYS
+    # Record kind -> max age in days (retention sweeps delete older records).
+    retention: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, row: DsrPolicy) -> PolicyView:
+        """The view of a stored policy."""
+        return cls(
+            tuple(row.approval_required.split()),
+            row.minor_age_threshold,
+            row.grace_period_days,
+            parse_rules(row.retention),
+        )
 
 
 def get_policy(session: Session, tenant_id: str) -> PolicyView:
     """The tenant's policy."""
     row = session.get(DsrPolicy, tenant_id)
-    if row is None:
-        return PolicyView()
-    return PolicyView(tuple(row.approval_required.split()), row.minor_age_threshold)
+    return PolicyView() if row is None else PolicyView.of(row)
 
 
 def set_policy(session: Session, ctx: DsrContext, tenant_id: str, policy: PolicyView) -> PolicyView:
@@ -473,11 +531,20 @@ def set_policy(session: Session, ctx: DsrContext, tenant_id: str, policy: Policy
             f"minor_age_threshold must be between {DEFAULT_MINOR_AGE} (the privacy policy's age) and 21",
             metadata={"field": "policy.minor_age_threshold"},
         )
+    grace = policy.grace_period_days or DEFAULT_GRACE_DAYS
+    if not 1 <= grace <= MAX_GRACE_DAYS:
+        raise InvalidArgument(
+            f"grace_period_days must be between 1 and {MAX_GRACE_DAYS} (0 = {DEFAULT_GRACE_DAYS})",
+            metadata={"field": "policy.grace_period_days"},
+        )
+    retention = format_rules(dict(policy.retention))
     row = session.get(DsrPolicy, tenant_id)
     if row is None:
         row = DsrPolicy(tenant_id=tenant_id)
         session.add(row)
     row.approval_required = " ".join(sorted(set(policy.approval_required)))
     row.minor_age_threshold = age
+    row.grace_period_days = grace
+    row.retention = retention
     row.updated_at = ctx.clock.now()
-    return PolicyView(tuple(row.approval_required.split()), age)
+    return PolicyView.of(row)

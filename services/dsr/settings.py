@@ -2,7 +2,7 @@
 
 Its database, the vault it resolves identifiers with (mTLS, dsr's own client certificate; the vault must list
 ``dsr`` in ``grpc.tls.allowed_client_names``), the OpenBao Transit key that signs evidence, and how often
-overdue requests are looked for.
+overdue requests are looked for, and how often the retention sweep runs (on one replica: the lease holder).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, SecretStr
 
 from services.chassis.settings import ServiceSettings, service_settings_config
-from services.gateway.settings import UpstreamSettings
+from services.chassis.upstreams import UpstreamSettings
 
 __all__ = ["DsrSettings", "EvidenceSigningSettings"]
 
@@ -45,4 +45,8 @@ class DsrSettings(ServiceSettings):
     transit: EvidenceSigningSettings
     trust_identity_metadata: bool = False
     overdue_scan_s: float = Field(default=60.0, gt=0)
+    retention_sweep_s: float = Field(default=300.0, gt=0, description="How often the lease holder sweeps.")
+    retention_lease_s: float = Field(
+        default=900.0, gt=0, description="How long the sweep lease lasts unrenewed (a dead leader hands over after it)."
+    )
     db_workers: int = Field(default=4, ge=1)

@@ -22,9 +22,10 @@ from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied,
 from services.chassis.identity import CallerIdentity, identity_metadata
 from services.chassis.ids import valid_id
 from services.chassis.timestamps import to_timestamp
+from services.chassis.upstreams import Upstreams
 from services.gateway import account, apikeys, grants, tenants
 from services.gateway.caller import Caller, current_caller
-from services.gateway.forwarding import DeadlinePolicy, Upstreams, upstream_error
+from services.gateway.forwarding import DeadlinePolicy, upstream_error
 from services.gateway.models import ApiKeyRow, SupportAccessRow, SupportGrantRow, TenantRow
 from services.gateway.policy import OPS_ADMIN, OPS_ONCALL, SUPPORT
 

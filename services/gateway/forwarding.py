@@ -12,7 +12,7 @@ To front another service: one line in :data:`FORWARDED_SERVICES` (plus its rows 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +31,11 @@ from services.chassis.errors import (
     UpstreamRefusal,
     error_info,
 )
-from services.chassis.grpc_server import channel_options
 from services.chassis.identity import identity_metadata
-from services.chassis.settings import GrpcSettings
 from services.chassis.telemetry import inject_headers
+from services.chassis.upstreams import Upstreams
 from services.gateway.caller import Caller, current_caller
 from services.gateway.policy import policy_for
-from services.gateway.settings import UpstreamSettings
 
 log = logging.getLogger("steward.gateway.forwarding")
 
@@ -46,7 +44,6 @@ __all__ = [
     "DeadlinePolicy",
     "ForwardedService",
     "Forwarder",
-    "Upstreams",
     "method_names",
     "upstream_error",
 ]
@@ -70,58 +67,6 @@ FORWARDED_SERVICES: tuple[ForwardedService, ...] = (
 def method_names(descriptor: ServiceDescriptor) -> list[str]:
     """Full method names (``/pkg.Service/Method``) of a service."""
     return [f"/{descriptor.full_name}/{method.name}" for method in descriptor.methods]
-
-
-class Upstreams:
-    """One long-lived channel per configured upstream (mTLS when a CA is configured)."""
-
-    def __init__(
-        self,
-        settings: Mapping[str, UpstreamSettings],
-        grpc_settings: GrpcSettings,
-        *,
-        interceptors: Iterable[aio.ClientInterceptor] = (),
-    ) -> None:
-        self._settings = dict(settings)
-        self._channels: dict[str, aio.Channel] = {}
-        base = channel_options(grpc_settings)
-        client_interceptors = list(interceptors)
-        for name, upstream in self._settings.items():
-            if not upstream.address:
-                continue
-            # round_robin: with a headless Service (dns:///vault-headless:50051) every pod gets calls,
-            # including pods the HPA adds; pick_first would pin all traffic to one of them.
-            options: list[tuple[str, Any]] = [*base, ("grpc.lb_policy_name", "round_robin")]
-            if upstream.server_name:
-                options.append(("grpc.ssl_target_name_override", upstream.server_name))
-            if upstream.tls:
-                assert upstream.ca_file is not None
-                credentials = grpc.ssl_channel_credentials(
-                    root_certificates=upstream.ca_file.read_bytes(),
-                    private_key=upstream.key_file.read_bytes() if upstream.key_file else None,
-                    certificate_chain=upstream.cert_file.read_bytes() if upstream.cert_file else None,
-                )
-                channel = aio.secure_channel(
-                    upstream.address, credentials, options=options, interceptors=client_interceptors
-                )
-            else:
-                channel = aio.insecure_channel(upstream.address, options=options, interceptors=client_interceptors)
-            self._channels[name] = channel
-
-    def channel(self, name: str) -> aio.Channel:
-        """The channel to ``name``; UNAVAILABLE when that service is not configured."""
-        channel = self._channels.get(name)
-        if channel is None:
-            raise Unavailable(
-                f"the {name} service is not reachable through this gateway (no address configured)",
-                reason=Reason.UPSTREAM_UNAVAILABLE,
-            )
-        return channel
-
-    async def close(self) -> None:
-        """Close every channel."""
-        for channel in self._channels.values():
-            await channel.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,9 +30,10 @@ from services.chassis.identity import CallerIdentity, identity_metadata
 from services.chassis.ids import valid_id
 from services.chassis.tasks import BackgroundTask
 from services.chassis.timestamps import from_timestamp, to_timestamp
+from services.chassis.upstreams import Upstreams
 from services.gateway import grants, legal, tenants
 from services.gateway.caller import Caller, current_caller
-from services.gateway.forwarding import DeadlinePolicy, Upstreams, upstream_error
+from services.gateway.forwarding import DeadlinePolicy, upstream_error
 from services.gateway.models import LegalRequestRow
 
 __all__ = ["LegalNoticeWatcher", "LegalRequestServicer"]

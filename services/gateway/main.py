@@ -18,12 +18,13 @@ from services.chassis.bus import Bus, OutboxRelay
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.runtime import ServiceRuntime, run_service, start_service
+from services.chassis.upstreams import Upstreams
 from services.gateway.accesslog import AccessLog
 from services.gateway.admission import AdmissionInterceptor, Gatekeeper
 from services.gateway.api import GatewayAdminServicer
 from services.gateway.apikeys import ApiKeyAuthenticator
 from services.gateway.events import RevocationListener
-from services.gateway.forwarding import FORWARDED_SERVICES, DeadlinePolicy, Forwarder, Upstreams, method_names
+from services.gateway.forwarding import FORWARDED_SERVICES, DeadlinePolicy, Forwarder, method_names
 from services.gateway.jwt_auth import OperatorVerifier
 from services.gateway.legal_api import LegalNoticeWatcher, LegalRequestServicer
 from services.gateway.policy import check_complete

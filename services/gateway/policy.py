@@ -131,6 +131,8 @@ POLICIES: dict[str, RoutePolicy] = {
     _DSR + "SetPolicy": _p(["dsr:manage"]),
     _DSR + "ListOverdue": _p(["dsr:manage"], _OPS, all_tenants=True),
     _DSR + "RunRetentionSweep": _p(roles=[OPS_ADMIN], all_tenants=True, cap=3600.0),
+    _DSR + "GetShredCertificate": _p(["dsr:manage"], _OPS),
+    _DSR + "ListOffboarding": _p(["dsr:manage"], _OPS, all_tenants=True),
     # --- the gateway's own admin API (tenant targeting is resolved by the servicer)
     _GW + "CreateTenant": _p(roles=[OPS_ADMIN]),
     _GW + "GetTenant": _p(["keys:manage", "audit:read"], (*_OPS, SUPPORT)),

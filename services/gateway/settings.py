@@ -13,36 +13,14 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from services.chassis.settings import ServiceSettings, service_settings_config
+from services.chassis.upstreams import UpstreamSettings
 
-__all__ = ["GatewaySettings", "JwtSettings", "RateLimitSettings", "UpstreamSettings"]
+__all__ = ["GatewaySettings", "JwtSettings", "RateLimitSettings"]
 
 # Asymmetric algorithms only: an HS* algorithm would let anyone holding the (public) JWKS mint tokens.
 ALLOWED_JWT_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
-
-
-class UpstreamSettings(BaseModel):
-    """Where one forwarded service listens and the client certificate the gateway shows it (mTLS)."""
-
-    address: str = Field(default="", description="host:port of the service; empty = not deployed (UNAVAILABLE).")
-    ca_file: Path | None = Field(default=None, description="CA that signed the service's certificate.")
-    cert_file: Path | None = Field(default=None, description="The gateway's client certificate (name 'gateway').")
-    key_file: Path | None = None
-    server_name: str = Field(default="", description="TLS name to verify when it differs from the address host.")
-
-    @property
-    def tls(self) -> bool:
-        """True when the channel to this service uses (m)TLS."""
-        return self.ca_file is not None
-
-    @model_validator(mode="after")
-    def _client_cert_pair(self) -> UpstreamSettings:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("set both cert_file and key_file (the gateway's client certificate) or neither")
-        if self.cert_file is not None and self.ca_file is None:
-            raise ValueError("a client certificate needs ca_file to verify the service")
-        return self
 
 
 class JwtSettings(BaseModel):

@@ -23,20 +23,19 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
 from services.chassis.db import Database
+from services.chassis.signatures import signature_verifies
 from services.chassis.tasks import BackgroundTask
 from services.chassis.timestamps import to_timestamp
+from services.chassis.transit import TransitClient
 from services.vault import audit
 from services.vault.domain import VaultContext
 from services.vault.models import AuditCheckpoint, TenantVault
-from services.vault.transit import Signature, TransitClient
 
 __all__ = [
     "MESSAGE_FORMAT",
@@ -72,17 +71,6 @@ def checkpoint_message(tenant_id: str, seq: int, head_hash: str, signed_at: date
 
 def _message_of(row: AuditCheckpoint) -> bytes:
     return checkpoint_message(row.tenant_id, row.seq, row.head_hash, row.signed_at)
-
-
-def signature_verifies(public_key: bytes | None, message: bytes, signature: str) -> bool:
-    """Does ``signature`` (Transit form) verify ``message`` under the raw Ed25519 ``public_key``? Offline."""
-    if public_key is None:
-        return False
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(Signature.parse(signature).raw, message)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 def _sign(transit: TransitClient, heads: Sequence[Head], signed_at: datetime) -> list[AuditCheckpoint]:

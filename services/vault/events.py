@@ -92,6 +92,10 @@ class VaultTaskHandler:
             since = from_timestamp(task.request_received_at, "request_received_at")
             corrected = subjects.check_rectification(session, ctx, who, task.subject_id, task.request_id, since)
             result.counts_by_kind["records_corrected"] = corrected
+        elif action == A.VAULT_ACTION_PURGE_EXPIRED:
+            cutoff = from_timestamp(task.older_than, "older_than")
+            purged, held = records.purge_expired(session, ctx, who, task.record_kind, cutoff)
+            result.counts_by_kind.update({"records_purged": purged, "records_held": held})
         else:
             raise InvalidArgument("unknown vault action")
 
@@ -112,6 +116,7 @@ def _acceptable_task(event: events_pb2.Event) -> events_pb2.VaultTaskRequested:
     task = event.vault_task_requested
     if not is_reference(task.task_id):
         raise RefusedEvent("invalid_task_id")
-    if not is_id(task.subject_id):
+    # A retention purge names a record kind, not a subject.
+    if task.action != A.VAULT_ACTION_PURGE_EXPIRED and not is_id(task.subject_id):
         raise RefusedEvent("invalid_subject_id")
     return task

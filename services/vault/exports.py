@@ -42,13 +42,13 @@ from steward.vault.v1 import vault_pb2 as pb
 from services.chassis.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Reason
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
+from services.chassis.signatures import signature_verifies
 from services.chassis.timestamps import to_timestamp
+from services.chassis.transit import Signature
 from services.vault import audit, records
-from services.vault.checkpoints import signature_verifies
 from services.vault.domain import KIND_NAMES, RecordView, VaultContext, assume_utc
 from services.vault.models import ExportBundle, LegalHold, Record, Subject, TenantExport, TenantExportChunk
 from services.vault.sealing import SealBroken, Sealer
-from services.vault.transit import Signature
 
 __all__ = [
     "BUNDLE_TTL",

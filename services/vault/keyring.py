@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session
 
 from services.chassis.errors import FailedPrecondition, Reason
 from services.chassis.ids import new_id
+from services.chassis.transit import KeyUnavailable, TransitClient
 from services.vault.blind_index import BlindIndex
 from services.vault.keycache import DekCache
 from services.vault.models import DataKey, TenantVault
 from services.vault.sealing import Sealer, key_aad, new_key
-from services.vault.transit import KeyUnavailable, TransitClient
 
 __all__ = ["TRANSIT_BATCH", "KeyRing", "NewKey"]
 

@@ -20,6 +20,7 @@ from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.errors import Reason, Unavailable
 from services.chassis.runtime import ReadyCheck, ServiceRuntime, run_service, start_service
+from services.chassis.transit import TransitClient
 from services.vault.api import VaultAdminServicer, VaultContactServicer, VaultServicer
 from services.vault.checkpoints import AuditCheckpointer
 from services.vault.domain import VaultContext, VaultPolicy
@@ -29,7 +30,6 @@ from services.vault.keyring import KeyRing
 from services.vault.restore import AppliedTombstones, apply_pending_tombstones
 from services.vault.settings import TransitSettings, VaultSettings
 from services.vault.tombstones import TombstoneLedger
-from services.vault.transit import TransitClient
 
 __all__ = ["TransitSettings", "VaultApp", "VaultSettings", "assemble", "create_server", "main"]
 

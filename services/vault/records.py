@@ -37,7 +37,7 @@ from services.vault.domain import (
     assume_utc,
     check_kind,
 )
-from services.vault.models import DataKey, IdempotencyKey, Record, Subject, TenantVault
+from services.vault.models import DataKey, IdempotencyKey, LegalHold, Record, Subject, TenantVault
 from services.vault.sealing import SealBroken, Sealer, record_aad
 from services.vault.subjects import (
     blind_index,
@@ -58,6 +58,7 @@ __all__ = [
     "iter_export",
     "list_records",
     "page_byte_budget",
+    "purge_expired",
     "put_records",
     "update_record",
 ]
@@ -463,6 +464,33 @@ def delete_record(
     session.delete(row)
     enqueue(session, _record_event(ctx, tid, 3, [row]))
     audit.append(session, tenant, identity, "record.delete", [row.id], at=ctx.clock.now())
+
+
+def purge_expired(
+    session: Session, ctx: VaultContext, identity: CallerIdentity, kind: int, older_than: datetime, *, limit: int = 5000
+) -> tuple[int, int]:
+    """Retention: delete the tenant's records of ``kind`` last updated before ``older_than`` (at most ``limit``
+    per call; the next sweep takes the rest), keeping those of subjects under a legal hold.
+
+    Returns (purged, held). Allowed on a closed tenant: retention runs until the shred.
+    """
+    if kind not in KIND_NAMES:
+        raise InvalidArgument("record_kind is not a known RecordKind")
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    tid = tenant.tenant_id
+    expired = (Record.tenant_id == tid, Record.kind == kind, Record.updated_at < older_than)
+    held_subject = exists().where(
+        LegalHold.tenant_id == tid, LegalHold.subject_id == Record.subject_id, Record.subject_id != ""
+    )
+    rows = list(session.scalars(select(Record).where(*expired, ~held_subject).order_by(Record.id).limit(limit)))
+    held = session.scalar(select(func.count()).select_from(Record).where(*expired, held_subject)) or 0
+    if rows:
+        session.execute(delete(Record).where(Record.id.in_([r.id for r in rows])))
+        enqueue(session, _record_event(ctx, tid, 3, rows))
+    audit.append(
+        session, tenant, identity, "record.purge", [f"kind:{KIND_NAMES[kind]}", f"n:{len(rows)}"], at=ctx.clock.now()
+    )
+    return len(rows), int(held)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """deploy/k8s/openbao against a real OpenBao: the policies, the Kubernetes auth roles and the proxy sidecars.
 
-The vault's own :class:`~services.vault.transit.TransitClient` (and dsr's evidence signer on one) runs every
+The vault's own :class:`~services.chassis.transit.TransitClient` (and dsr's evidence signer on one) runs every
 operation it performs in production with a token holding exactly the shipped policies, and everything the
 policies must refuse (exportable keys, backups, turning upserts back on, another key prefix, another service's
 keys) is tried and refused. The proxy tests run ``bao proxy`` with the shipped configuration of each service
@@ -20,10 +20,10 @@ import pytest
 import requests
 
 from services.chassis.errors import Unavailable
+from services.chassis.signatures import signature_verifies
+from services.chassis.transit import KeyUnavailable, TransitClient
 from services.devstack.devca import ensure_dev_pki
 from services.dsr.evidence import EvidenceSigner
-from services.vault.checkpoints import signature_verifies
-from services.vault.transit import KeyUnavailable, TransitClient
 from tests.plugins.infra import OpenBaoDev, free_port, wait_for_port, which
 from tests.plugins.k8s import K8S, load_docs
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +18,7 @@ from tests.integration.vault.helpers import canary_email, lead, put, rpc_error
 from tests.plugins.stack import DsrHarness, VaultHarness
 from tests.plugins.waiting import eventually
 
-__all__ = ["DsrStack", "expect_refusal", "facts", "submit", "wait_state"]
+__all__ = ["DsrStack", "expect_refusal", "facts", "stop_processes", "submit", "wait_state"]
 
 
 @dataclass
@@ -85,3 +88,15 @@ async def expect_refusal(call: Any, code: grpc.StatusCode, reason: str, *needles
     for needle in needles:
         assert needle in message, f"{needle!r} not in {message!r}"
     return message
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """Test teardown of service processes a test started: SIGTERM, then SIGKILL after 30 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

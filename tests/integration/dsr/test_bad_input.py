@@ -145,9 +145,10 @@ async def test_state_changes_that_do_not_apply_are_refused_with_the_current_stat
         "16",
     )
     await expect_refusal(
-        stack.dsr.dsr.RunRetentionSweep(pb.RunRetentionSweepRequest(dry_run=True), metadata=stack.dsr.operator_md()),
-        grpc.StatusCode.UNIMPLEMENTED,
-        Reason.NOT_IMPLEMENTED,
+        stack.dsr.dsr.RunRetentionSweep(pb.RunRetentionSweepRequest(dry_run=True), metadata=stack.md()),
+        grpc.StatusCode.PERMISSION_DENIED,
+        Reason.PERMISSION_DENIED,
+        "only operators",
     )
 
 

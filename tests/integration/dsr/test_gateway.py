@@ -21,9 +21,9 @@ from steward.dsr.v1 import dsr_pb2 as pb
 from steward.gateway.v1 import gateway_pb2
 from steward.vault.v1 import vault_pb2
 
+from services.chassis.upstreams import UpstreamSettings
 from services.gateway.forwarding import FORWARDED_SERVICES, method_names
 from services.gateway.main import GatewayHandle, create_server
-from services.gateway.settings import UpstreamSettings
 from tests.integration.gateway.support import Clients, TestIdP, bearer, clients, gateway_settings, sample_details
 from tests.integration.vault.helpers import canary_email
 from tests.plugins.infra import NatsServer
@@ -36,8 +36,23 @@ UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 D = "/steward.dsr.v1.DsrService/"
-OPS_READS = {D + m for m in ("GetRequest", "ListRequests", "GetEvidence", "VerifyEvidence", "GetPolicy", "ListOverdue")}
+OPS_READS = {
+    D + m
+    for m in (
+        "GetRequest",
+        "ListRequests",
+        "GetEvidence",
+        "VerifyEvidence",
+        "GetPolicy",
+        "ListOverdue",
+        "GetShredCertificate",
+        "ListOffboarding",
+    )
+}
+ACROSS_TENANTS = {D + "ListOverdue", D + "ListOffboarding", D + "RunRetentionSweep"}
 SUBMITTER = {D + "SubmitRequest", D + "GetRequest"}
+# Reaches dsr, which has nothing to show: tenant A was never shredded.
+NO_CERTIFICATE = D + "GetShredCertificate"
 
 
 @dataclass
@@ -94,6 +109,8 @@ def _rows() -> list[Row]:
         Row(D + "SetPolicy", lambda i, e: pb.SetPolicyRequest(policy=policy), OK, False),
         Row(D + "ListOverdue", lambda i, e: pb.ListOverdueRequest(), OK, False),
         Row(D + "RunRetentionSweep", lambda i, e: pb.RunRetentionSweepRequest(dry_run=True), DENIED, False),
+        Row(D + "GetShredCertificate", lambda i, e: pb.GetShredCertificateRequest(), NOT_FOUND, False),
+        Row(D + "ListOffboarding", lambda i, e: pb.ListOffboardingRequest(), OK, False),
     ]
 
 
@@ -202,12 +219,12 @@ def _expected(column: str, row: Row) -> grpc.StatusCode:
     if column == "dsr:submit only":
         return OK if row.method in SUBMITTER else DENIED
     if column == "ops:oncall naming tenant A":
+        if row.method == NO_CERTIFICATE:
+            return NOT_FOUND
         return OK if row.method in OPS_READS else DENIED
     if column == "ops:admin naming no tenant":
-        if row.method == D + "ListOverdue":
+        if row.method in ACROSS_TENANTS:
             return OK
-        if row.method == D + "RunRetentionSweep":
-            return grpc.StatusCode.UNIMPLEMENTED  # reached dsr: sweeps are not built yet
         return INVALID if row.method in OPS_READS else DENIED
     if column in ("other tenant's id", "nonexistent id"):
         return NOT_FOUND

@@ -35,7 +35,8 @@ from services.chassis.errors import NotFound, error_info
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.settings import GrpcSettings, NatsSettings, TlsSettings
-from services.gateway.settings import GatewaySettings, JwtSettings, RateLimitSettings, UpstreamSettings
+from services.chassis.upstreams import UpstreamSettings
+from services.gateway.settings import GatewaySettings, JwtSettings, RateLimitSettings
 
 ISSUER = "https://idp.test.91leads.example"
 AUDIENCE = "steward-gateway"

@@ -13,8 +13,8 @@ from steward.vault.v1 import vault_pb2
 from services.chassis.errors import error_info
 from services.chassis.grpc_server import build_server
 from services.chassis.settings import TlsSettings
+from services.chassis.upstreams import UpstreamSettings
 from services.gateway.main import create_server
-from services.gateway.settings import UpstreamSettings
 from tests.integration.gateway.conftest import GatewayEnv, start_env
 from tests.integration.gateway.support import (
     FakeVaultState,

@@ -8,7 +8,7 @@ import pytest
 from steward.vault.v1 import vault_pb2 as pb
 
 from services.chassis.clock import ManualClock
-from services.vault.transit import UNAVAILABLE_MESSAGE
+from services.chassis.transit import UNAVAILABLE_MESSAGE
 from tests.integration.vault.helpers import RawDatabase, canary_email, get, lead, new_record, put, rpc_error, struct
 from tests.plugins.infra import OpenBaoDev
 from tests.plugins.stack import VaultFactory, VaultHarness

@@ -15,8 +15,8 @@ import pytest
 from services.chassis.circuit import CircuitBreaker
 from services.chassis.clock import ManualClock
 from services.chassis.errors import Unavailable
+from services.chassis.transit import UNAVAILABLE_MESSAGE, KeyUnavailable, TransitClient
 from services.vault.sealing import key_aad, new_key
-from services.vault.transit import UNAVAILABLE_MESSAGE, KeyUnavailable, TransitClient
 from tests.plugins.infra import OpenBaoDev
 
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from steward.vault.v1 import vault_pb2 as pb
 
-from services.vault.transit import UNAVAILABLE_MESSAGE
+from services.chassis.transit import UNAVAILABLE_MESSAGE
 from tests.integration.vault.helpers import (
     VAULT_TABLES,
     RawDatabase,

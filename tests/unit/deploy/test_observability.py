@@ -17,7 +17,7 @@ COMPONENT = K8S / "components" / "observability"
 RUNBOOKS = ROOT / "docs" / "runbooks"
 # Series an alert may use before the service that exports them exists; each must say so in its description.
 # Remove an entry once its service lands (the test below fails when a planned name is exported already).
-PLANNED = {"steward_dsr_overdue_requests": "dsr service"}
+PLANNED: dict[str, str] = {}
 SERIES = re.compile(r"\bsteward_[a-z0-9_]+")
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 

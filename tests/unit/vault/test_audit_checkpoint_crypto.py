@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from services.chassis.signatures import signature_verifies
+from services.chassis.transit import Signature
 from services.vault.audit import HASHED_FIELDS, entry_hash
-from services.vault.checkpoints import checkpoint_message, signature_verifies
+from services.vault.checkpoints import checkpoint_message
 from services.vault.models import AuditEntry
-from services.vault.transit import Signature
 
 
 def test_every_audit_column_but_the_links_is_hashed() -> None:

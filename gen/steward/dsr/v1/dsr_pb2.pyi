@@ -152,6 +152,92 @@ EXTENSION_REASON_COMPLEXITY: ExtensionReason.ValueType  # 1
 EXTENSION_REASON_NUMBER_OF_REQUESTS: ExtensionReason.ValueType  # 2
 Global___ExtensionReason: _TypeAlias = ExtensionReason  # noqa: Y015
 
+class _SweepAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SweepActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SweepAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SWEEP_ACTION_UNSPECIFIED: _SweepAction.ValueType  # 0
+    SWEEP_ACTION_SHRED_TENANT: _SweepAction.ValueType  # 1
+    """Shred a closed tenant whose grace period has passed (through VaultAdminService.ShredTenant)."""
+    SWEEP_ACTION_REMIND_OFFBOARDING: _SweepAction.ValueType  # 2
+    """Remind a closed tenant of its coming shred (7 and 1 days left)."""
+    SWEEP_ACTION_PURGE_RECORDS: _SweepAction.ValueType  # 3
+    """Ask the vault to delete a tenant's records of one kind older than its retention rule."""
+
+class SweepAction(_SweepAction, metaclass=_SweepActionEnumTypeWrapper):
+    """SweepAction is one thing a retention sweep does (or, in a dry run, would do)."""
+
+SWEEP_ACTION_UNSPECIFIED: SweepAction.ValueType  # 0
+SWEEP_ACTION_SHRED_TENANT: SweepAction.ValueType  # 1
+"""Shred a closed tenant whose grace period has passed (through VaultAdminService.ShredTenant)."""
+SWEEP_ACTION_REMIND_OFFBOARDING: SweepAction.ValueType  # 2
+"""Remind a closed tenant of its coming shred (7 and 1 days left)."""
+SWEEP_ACTION_PURGE_RECORDS: SweepAction.ValueType  # 3
+"""Ask the vault to delete a tenant's records of one kind older than its retention rule."""
+Global___SweepAction: _TypeAlias = SweepAction  # noqa: Y015
+
+class _SweepOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SweepOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SweepOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SWEEP_OUTCOME_UNSPECIFIED: _SweepOutcome.ValueType  # 0
+    SWEEP_OUTCOME_WOULD_DO: _SweepOutcome.ValueType  # 1
+    """Dry run: this would happen now."""
+    SWEEP_OUTCOME_DONE: _SweepOutcome.ValueType  # 2
+    SWEEP_OUTCOME_BLOCKED: _SweepOutcome.ValueType  # 3
+    """A legal hold blocks it (hold_id says which); retried by every later sweep."""
+    SWEEP_OUTCOME_FAILED: _SweepOutcome.ValueType  # 4
+    """Refused or unreachable (reason_code says why); retried by every later sweep."""
+    SWEEP_OUTCOME_SENT: _SweepOutcome.ValueType  # 5
+    """A task was sent to the vault; its result lands in the tenant's evidence."""
+
+class SweepOutcome(_SweepOutcome, metaclass=_SweepOutcomeEnumTypeWrapper):
+    """SweepOutcome is how one sweep item ended."""
+
+SWEEP_OUTCOME_UNSPECIFIED: SweepOutcome.ValueType  # 0
+SWEEP_OUTCOME_WOULD_DO: SweepOutcome.ValueType  # 1
+"""Dry run: this would happen now."""
+SWEEP_OUTCOME_DONE: SweepOutcome.ValueType  # 2
+SWEEP_OUTCOME_BLOCKED: SweepOutcome.ValueType  # 3
+"""A legal hold blocks it (hold_id says which); retried by every later sweep."""
+SWEEP_OUTCOME_FAILED: SweepOutcome.ValueType  # 4
+"""Refused or unreachable (reason_code says why); retried by every later sweep."""
+SWEEP_OUTCOME_SENT: SweepOutcome.ValueType  # 5
+"""A task was sent to the vault; its result lands in the tenant's evidence."""
+Global___SweepOutcome: _TypeAlias = SweepOutcome  # noqa: Y015
+
+class _OffboardingState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OffboardingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OffboardingState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OFFBOARDING_STATE_UNSPECIFIED: _OffboardingState.ValueType  # 0
+    OFFBOARDING_STATE_GRACE_PERIOD: _OffboardingState.ValueType  # 1
+    """Closed, in its grace period: reads and exports allowed."""
+    OFFBOARDING_STATE_BLOCKED_BY_HOLD: _OffboardingState.ValueType  # 2
+    """Past its grace period but a legal hold blocks the shred."""
+    OFFBOARDING_STATE_SHRED_DUE: _OffboardingState.ValueType  # 3
+    """Past its grace period, waiting for (or retrying) the sweep."""
+    OFFBOARDING_STATE_SHREDDED: _OffboardingState.ValueType  # 4
+
+class OffboardingState(_OffboardingState, metaclass=_OffboardingStateEnumTypeWrapper):
+    """OffboardingState is where a closed tenant is."""
+
+OFFBOARDING_STATE_UNSPECIFIED: OffboardingState.ValueType  # 0
+OFFBOARDING_STATE_GRACE_PERIOD: OffboardingState.ValueType  # 1
+"""Closed, in its grace period: reads and exports allowed."""
+OFFBOARDING_STATE_BLOCKED_BY_HOLD: OffboardingState.ValueType  # 2
+"""Past its grace period but a legal hold blocks the shred."""
+OFFBOARDING_STATE_SHRED_DUE: OffboardingState.ValueType  # 3
+"""Past its grace period, waiting for (or retrying) the sweep."""
+OFFBOARDING_STATE_SHREDDED: OffboardingState.ValueType  # 4
+Global___OffboardingState: _TypeAlias = OffboardingState  # noqa: Y015
+
 @_typing.final
 class SubjectIdentifier(_message.Message):
     """SubjectIdentifier names the data subject; exactly one is needed. Used in memory only, never stored by dsr."""
@@ -325,25 +411,63 @@ class TenantPolicy(_message.Message):
 
     APPROVAL_REQUIRED_FIELD_NUMBER: _builtins.int
     MINOR_AGE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_DAYS_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
     minor_age_threshold: _builtins.int
     """Age under which a subject counts as a minor; at least the privacy policy's 16."""
+    grace_period_days: _builtins.int
+    """Days between the tenant's closure and the automatic shred of its customer data (1-365; 0 = 30)."""
     @_builtins.property
     def approval_required(self) -> _containers.RepeatedScalarFieldContainer[Global___RequestType.ValueType]:
         """Types that wait in AWAITING_APPROVAL until ApproveRequest (a minor's deletion never waits)."""
+
+    @_builtins.property
+    def retention(self) -> _containers.RepeatedCompositeFieldContainer[Global___RetentionRule]:
+        """Records older than their kind's max age (by last update) are deleted by the retention sweep (subjects under
+        a legal hold are kept). One rule per kind; none = kept while the account is active.
+        """
 
     def __init__(
         self,
         *,
         approval_required: _abc.Iterable[Global___RequestType.ValueType] | None = ...,
         minor_age_threshold: _builtins.int = ...,
+        grace_period_days: _builtins.int = ...,
+        retention: _abc.Iterable[Global___RetentionRule] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_required", b"approval_required", "minor_age_threshold", b"minor_age_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_required", b"approval_required", "grace_period_days", b"grace_period_days", "minor_age_threshold", b"minor_age_threshold", "retention", b"retention"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TenantPolicy: _TypeAlias = TenantPolicy  # noqa: Y015
+
+@_typing.final
+class RetentionRule(_message.Message):
+    """RetentionRule is the longest a tenant keeps records of one kind."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_KIND_FIELD_NUMBER: _builtins.int
+    MAX_AGE_DAYS_FIELD_NUMBER: _builtins.int
+    record_kind: _builtins.str
+    """A steward.vault.v1.RecordKind name without its prefix: LEAD_CONTACT, INTERACTION, OPPORTUNITY, NOTE, CUSTOM."""
+    max_age_days: _builtins.int
+    """1-36500 days since the record's last update."""
+    def __init__(
+        self,
+        *,
+        record_kind: _builtins.str = ...,
+        max_age_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_age_days", b"max_age_days", "record_kind", b"record_kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetentionRule: _TypeAlias = RetentionRule  # noqa: Y015
 
 @_typing.final
 class EvidenceEntry(_message.Message):
@@ -972,7 +1096,134 @@ class RunRetentionSweepRequest(_message.Message):
 Global___RunRetentionSweepRequest: _TypeAlias = RunRetentionSweepRequest  # noqa: Y015
 
 @_typing.final
+class SweepItem(_message.Message):
+    """SweepItem is one action of a sweep on one tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_ID_FIELD_NUMBER: _builtins.int
+    RECORD_KIND_FIELD_NUMBER: _builtins.int
+    CUTOFF_FIELD_NUMBER: _builtins.int
+    SHRED_AT_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    action: Global___SweepAction.ValueType
+    outcome: Global___SweepOutcome.ValueType
+    hold_id: _builtins.str
+    certificate_id: _builtins.str
+    record_kind: _builtins.str
+    """PURGE_RECORDS: the record kind and the cut-off (records last updated before it go)."""
+    days_left: _builtins.int
+    reason_code: _builtins.str
+    @_builtins.property
+    def cutoff(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def shred_at(self) -> _timestamp_pb2.Timestamp:
+        """SHRED_TENANT / REMIND_OFFBOARDING: when the tenant is (or was) due for shredding."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        action: Global___SweepAction.ValueType = ...,
+        outcome: Global___SweepOutcome.ValueType = ...,
+        hold_id: _builtins.str = ...,
+        certificate_id: _builtins.str = ...,
+        record_kind: _builtins.str = ...,
+        cutoff: _timestamp_pb2.Timestamp | None = ...,
+        shred_at: _timestamp_pb2.Timestamp | None = ...,
+        days_left: _builtins.int = ...,
+        reason_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cutoff", b"cutoff", "shred_at", b"shred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "certificate_id", b"certificate_id", "cutoff", b"cutoff", "days_left", b"days_left", "hold_id", b"hold_id", "outcome", b"outcome", "reason_code", b"reason_code", "record_kind", b"record_kind", "shred_at", b"shred_at", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepItem: _TypeAlias = SweepItem  # noqa: Y015
+
+@_typing.final
 class RunRetentionSweepResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___SweepItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___SweepItem] | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRetentionSweepResponse: _TypeAlias = RunRetentionSweepResponse  # noqa: Y015
+
+@_typing.final
+class ShredCertificate(_message.Message):
+    """ShredCertificate proves that a tenant's customer data was destroyed: its Transit key is gone, so every wrapped
+    key and every backup of its records is undecryptable. Signed as an entry of the tenant's evidence chain.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_DELETED_AT_FIELD_NUMBER: _builtins.int
+    RECORDS_REMOVED_FIELD_NUMBER: _builtins.int
+    SUBJECTS_REMOVED_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
+    VAULT_CERTIFICATE_ID_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
+    certificate_id: _builtins.str
+    tenant_id: _builtins.str
+    key_id: _builtins.str
+    """The Transit key that was deleted."""
+    records_removed: _builtins.int
+    subjects_removed: _builtins.int
+    vault_certificate_id: _builtins.str
+    """The vault's own certificate id and the hash of its last audit entry before the shred."""
+    audit_head: _builtins.str
+    @_builtins.property
+    def key_deleted_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        certificate_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        key_deleted_at: _timestamp_pb2.Timestamp | None = ...,
+        records_removed: _builtins.int = ...,
+        subjects_removed: _builtins.int = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
+        vault_certificate_id: _builtins.str = ...,
+        audit_head: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "key_deleted_at", b"key_deleted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "certificate_id", b"certificate_id", "closed_at", b"closed_at", "key_deleted_at", b"key_deleted_at", "key_id", b"key_id", "records_removed", b"records_removed", "subjects_removed", b"subjects_removed", "tenant_id", b"tenant_id", "vault_certificate_id", b"vault_certificate_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShredCertificate: _TypeAlias = ShredCertificate  # noqa: Y015
+
+@_typing.final
+class GetShredCertificateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -984,4 +1235,131 @@ class RunRetentionSweepResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RunRetentionSweepResponse: _TypeAlias = RunRetentionSweepResponse  # noqa: Y015
+Global___GetShredCertificateRequest: _TypeAlias = GetShredCertificateRequest  # noqa: Y015
+
+@_typing.final
+class GetShredCertificateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    KEY_NAME_FIELD_NUMBER: _builtins.int
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    public_key: _builtins.str
+    key_name: _builtins.str
+    key_version: _builtins.int
+    @_builtins.property
+    def certificate(self) -> Global___ShredCertificate: ...
+    @_builtins.property
+    def entry(self) -> Global___EvidenceEntry:
+        """The evidence entry that signs it (facts_json holds the certificate's fields); verify it with public_key."""
+
+    def __init__(
+        self,
+        *,
+        certificate: Global___ShredCertificate | None = ...,
+        entry: Global___EvidenceEntry | None = ...,
+        public_key: _builtins.str = ...,
+        key_name: _builtins.str = ...,
+        key_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "entry", b"entry", "key_name", b"key_name", "key_version", b"key_version", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShredCertificateResponse: _TypeAlias = GetShredCertificateResponse  # noqa: Y015
+
+@_typing.final
+class TenantOffboarding(_message.Message):
+    """TenantOffboarding is one closed tenant's offboarding."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
+    SHRED_AT_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_ID_FIELD_NUMBER: _builtins.int
+    SHREDDED_AT_FIELD_NUMBER: _builtins.int
+    REMINDED_DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    state: Global___OffboardingState.ValueType
+    hold_id: _builtins.str
+    certificate_id: _builtins.str
+    reminded_days_left: _builtins.int
+    """Reminders sent so far: the smallest days-left threshold reached (0 = none)."""
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def shred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def shredded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        state: Global___OffboardingState.ValueType = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
+        shred_at: _timestamp_pb2.Timestamp | None = ...,
+        hold_id: _builtins.str = ...,
+        certificate_id: _builtins.str = ...,
+        shredded_at: _timestamp_pb2.Timestamp | None = ...,
+        reminded_days_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "shred_at", b"shred_at", "shredded_at", b"shredded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_id", b"certificate_id", "closed_at", b"closed_at", "hold_id", b"hold_id", "reminded_days_left", b"reminded_days_left", "shred_at", b"shred_at", "shredded_at", b"shredded_at", "state", b"state", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantOffboarding: _TypeAlias = TenantOffboarding  # noqa: Y015
+
+@_typing.final
+class ListOffboardingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1-500; 0 = 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOffboardingRequest: _TypeAlias = ListOffboardingRequest  # noqa: Y015
+
+@_typing.final
+class ListOffboardingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantOffboarding]: ...
+    def __init__(
+        self,
+        *,
+        tenants: _abc.Iterable[Global___TenantOffboarding] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOffboardingResponse: _TypeAlias = ListOffboardingResponse  # noqa: Y015

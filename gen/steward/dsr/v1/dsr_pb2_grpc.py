@@ -100,6 +100,16 @@ class DsrServiceStub:
                 request_serializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.RunRetentionSweepRequest.SerializeToString,
                 response_deserializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.RunRetentionSweepResponse.FromString,
                 _registered_method=True)
+        self.GetShredCertificate = channel.unary_unary(
+                '/steward.dsr.v1.DsrService/GetShredCertificate',
+                request_serializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.GetShredCertificateRequest.SerializeToString,
+                response_deserializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.GetShredCertificateResponse.FromString,
+                _registered_method=True)
+        self.ListOffboarding = channel.unary_unary(
+                '/steward.dsr.v1.DsrService/ListOffboarding',
+                request_serializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.ListOffboardingRequest.SerializeToString,
+                response_deserializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.ListOffboardingResponse.FromString,
+                _registered_method=True)
 
 
 class DsrServiceServicer:
@@ -183,7 +193,21 @@ class DsrServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RunRetentionSweep(self, request, context):
-        """Operators: retention sweeps (not built yet: answers UNIMPLEMENTED with reason NOT_IMPLEMENTED).
+        """Operators: one retention sweep now (the periodic sweep does the same); dry_run lists what would go.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetShredCertificate(self, request, context):
+        """The signed shred certificate of the caller's tenant (operators name the tenant as for GetRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOffboarding(self, request, context):
+        """Where closed tenants are in their offboarding (operators: every tenant; a tenant: its own).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -256,6 +280,16 @@ def add_DsrServiceServicer_to_server(servicer, server):
                     servicer.RunRetentionSweep,
                     request_deserializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.RunRetentionSweepRequest.FromString,
                     response_serializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.RunRetentionSweepResponse.SerializeToString,
+            ),
+            'GetShredCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShredCertificate,
+                    request_deserializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.GetShredCertificateRequest.FromString,
+                    response_serializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.GetShredCertificateResponse.SerializeToString,
+            ),
+            'ListOffboarding': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOffboarding,
+                    request_deserializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.ListOffboardingRequest.FromString,
+                    response_serializer=steward_dot_dsr_dot_v1_dot_dsr__pb2.ListOffboardingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -610,6 +644,60 @@ class DsrService:
             '/steward.dsr.v1.DsrService/RunRetentionSweep',
             steward_dot_dsr_dot_v1_dot_dsr__pb2.RunRetentionSweepRequest.SerializeToString,
             steward_dot_dsr_dot_v1_dot_dsr__pb2.RunRetentionSweepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShredCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.dsr.v1.DsrService/GetShredCertificate',
+            steward_dot_dsr_dot_v1_dot_dsr__pb2.GetShredCertificateRequest.SerializeToString,
+            steward_dot_dsr_dot_v1_dot_dsr__pb2.GetShredCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOffboarding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.dsr.v1.DsrService/ListOffboarding',
+            steward_dot_dsr_dot_v1_dot_dsr__pb2.ListOffboardingRequest.SerializeToString,
+            steward_dot_dsr_dot_v1_dot_dsr__pb2.ListOffboardingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,7 +56,11 @@ class DsrServiceStub:
     ListOverdue: _grpc.UnaryUnaryMultiCallable[_dsr_pb2.ListOverdueRequest, _dsr_pb2.ListOverdueResponse]
     """Operators: overdue requests of every tenant."""
     RunRetentionSweep: _grpc.UnaryUnaryMultiCallable[_dsr_pb2.RunRetentionSweepRequest, _dsr_pb2.RunRetentionSweepResponse]
-    """Operators: retention sweeps (not built yet: answers UNIMPLEMENTED with reason NOT_IMPLEMENTED)."""
+    """Operators: one retention sweep now (the periodic sweep does the same); dry_run lists what would go."""
+    GetShredCertificate: _grpc.UnaryUnaryMultiCallable[_dsr_pb2.GetShredCertificateRequest, _dsr_pb2.GetShredCertificateResponse]
+    """The signed shred certificate of the caller's tenant (operators name the tenant as for GetRequest)."""
+    ListOffboarding: _grpc.UnaryUnaryMultiCallable[_dsr_pb2.ListOffboardingRequest, _dsr_pb2.ListOffboardingResponse]
+    """Where closed tenants are in their offboarding (operators: every tenant; a tenant: its own)."""
 
 @_typing.type_check_only
 class DsrServiceAsyncStub(DsrServiceStub):
@@ -80,7 +84,11 @@ class DsrServiceAsyncStub(DsrServiceStub):
     ListOverdue: _aio.UnaryUnaryMultiCallable[_dsr_pb2.ListOverdueRequest, _dsr_pb2.ListOverdueResponse]  # type: ignore[assignment]
     """Operators: overdue requests of every tenant."""
     RunRetentionSweep: _aio.UnaryUnaryMultiCallable[_dsr_pb2.RunRetentionSweepRequest, _dsr_pb2.RunRetentionSweepResponse]  # type: ignore[assignment]
-    """Operators: retention sweeps (not built yet: answers UNIMPLEMENTED with reason NOT_IMPLEMENTED)."""
+    """Operators: one retention sweep now (the periodic sweep does the same); dry_run lists what would go."""
+    GetShredCertificate: _aio.UnaryUnaryMultiCallable[_dsr_pb2.GetShredCertificateRequest, _dsr_pb2.GetShredCertificateResponse]  # type: ignore[assignment]
+    """The signed shred certificate of the caller's tenant (operators name the tenant as for GetRequest)."""
+    ListOffboarding: _aio.UnaryUnaryMultiCallable[_dsr_pb2.ListOffboardingRequest, _dsr_pb2.ListOffboardingResponse]  # type: ignore[assignment]
+    """Where closed tenants are in their offboarding (operators: every tenant; a tenant: its own)."""
 
 class DsrServiceServicer(metaclass=_abc_1.ABCMeta):
     """DsrService is the tenant-facing API for data-subject requests."""
@@ -179,6 +187,22 @@ class DsrServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dsr_pb2.RunRetentionSweepRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dsr_pb2.RunRetentionSweepResponse, _abc.Awaitable[_dsr_pb2.RunRetentionSweepResponse]]:
-        """Operators: retention sweeps (not built yet: answers UNIMPLEMENTED with reason NOT_IMPLEMENTED)."""
+        """Operators: one retention sweep now (the periodic sweep does the same); dry_run lists what would go."""
+
+    @_abc_1.abstractmethod
+    def GetShredCertificate(
+        self,
+        request: _dsr_pb2.GetShredCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dsr_pb2.GetShredCertificateResponse, _abc.Awaitable[_dsr_pb2.GetShredCertificateResponse]]:
+        """The signed shred certificate of the caller's tenant (operators name the tenant as for GetRequest)."""
+
+    @_abc_1.abstractmethod
+    def ListOffboarding(
+        self,
+        request: _dsr_pb2.ListOffboardingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dsr_pb2.ListOffboardingResponse, _abc.Awaitable[_dsr_pb2.ListOffboardingResponse]]:
+        """Where closed tenants are in their offboarding (operators: every tenant; a tenant: its own)."""
 
 def add_DsrServiceServicer_to_server(servicer: DsrServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

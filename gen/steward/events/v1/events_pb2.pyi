@@ -57,6 +57,10 @@ class _VaultActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VaultActi
     VAULT_ACTION_LIFT_RESTRICTION: _VaultAction.ValueType  # 5
     VAULT_ACTION_SET_LEGAL_HOLD: _VaultAction.ValueType  # 6
     VAULT_ACTION_CLEAR_LEGAL_HOLD: _VaultAction.ValueType  # 7
+    VAULT_ACTION_PURGE_EXPIRED: _VaultAction.ValueType  # 8
+    """Retention: delete the tenant's records of record_kind last updated before older_than, except those of
+    subjects under a legal hold (no subject_id; counts records_purged and records_held).
+    """
 
 class VaultAction(_VaultAction, metaclass=_VaultActionEnumTypeWrapper):
     """VaultAction is a data-subject task the vault performs for dsr."""
@@ -72,6 +76,10 @@ VAULT_ACTION_RESTRICT: VaultAction.ValueType  # 4
 VAULT_ACTION_LIFT_RESTRICTION: VaultAction.ValueType  # 5
 VAULT_ACTION_SET_LEGAL_HOLD: VaultAction.ValueType  # 6
 VAULT_ACTION_CLEAR_LEGAL_HOLD: VaultAction.ValueType  # 7
+VAULT_ACTION_PURGE_EXPIRED: VaultAction.ValueType  # 8
+"""Retention: delete the tenant's records of record_kind last updated before older_than, except those of
+subjects under a legal hold (no subject_id; counts records_purged and records_held).
+"""
 Global___VaultAction: _TypeAlias = VaultAction  # noqa: Y015
 
 class _VaultTaskOutcome:
@@ -569,14 +577,20 @@ class VaultTaskRequested(_message.Message):
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     HOLD_ID_FIELD_NUMBER: _builtins.int
     REQUEST_RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    RECORD_KIND_FIELD_NUMBER: _builtins.int
+    OLDER_THAN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     request_id: _builtins.str
     action: Global___VaultAction.ValueType
     subject_id: _builtins.str
     hold_id: _builtins.str
     """For legal-hold actions."""
+    record_kind: _builtins.int
+    """PURGE_EXPIRED: a steward.vault.v1.RecordKind value and the cut-off."""
     @_builtins.property
     def request_received_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def older_than(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -586,10 +600,12 @@ class VaultTaskRequested(_message.Message):
         subject_id: _builtins.str = ...,
         hold_id: _builtins.str = ...,
         request_received_at: _timestamp_pb2.Timestamp | None = ...,
+        record_kind: _builtins.int = ...,
+        older_than: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["request_received_at", b"request_received_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["older_than", b"older_than", "request_received_at", b"request_received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hold_id", b"hold_id", "request_id", b"request_id", "request_received_at", b"request_received_at", "subject_id", b"subject_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hold_id", b"hold_id", "older_than", b"older_than", "record_kind", b"record_kind", "request_id", b"request_id", "request_received_at", b"request_received_at", "subject_id", b"subject_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

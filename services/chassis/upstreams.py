@@ -1,0 +1,93 @@
+"""Channels to the other Steward services a service calls (the gateway forwards to them; dsr resolves
+subjects and shreds tenants through the vault): one long-lived channel per upstream, mTLS when a CA is set."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+from pydantic import BaseModel, Field, model_validator
+
+from services.chassis.errors import Reason, Unavailable
+from services.chassis.grpc_server import channel_options
+from services.chassis.settings import GrpcSettings
+
+__all__ = ["UpstreamSettings", "Upstreams"]
+
+
+class UpstreamSettings(BaseModel):
+    """Where one forwarded service listens and the client certificate the gateway shows it (mTLS)."""
+
+    address: str = Field(default="", description="host:port of the service; empty = not deployed (UNAVAILABLE).")
+    ca_file: Path | None = Field(default=None, description="CA that signed the service's certificate.")
+    cert_file: Path | None = Field(default=None, description="The gateway's client certificate (name 'gateway').")
+    key_file: Path | None = None
+    server_name: str = Field(default="", description="TLS name to verify when it differs from the address host.")
+
+    @property
+    def tls(self) -> bool:
+        """True when the channel to this service uses (m)TLS."""
+        return self.ca_file is not None
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> UpstreamSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set both cert_file and key_file (the gateway's client certificate) or neither")
+        if self.cert_file is not None and self.ca_file is None:
+            raise ValueError("a client certificate needs ca_file to verify the service")
+        return self
+
+
+class Upstreams:
+    """One long-lived channel per configured upstream (mTLS when a CA is configured)."""
+
+    def __init__(
+        self,
+        settings: Mapping[str, UpstreamSettings],
+        grpc_settings: GrpcSettings,
+        *,
+        interceptors: Iterable[aio.ClientInterceptor] = (),
+    ) -> None:
+        self._settings = dict(settings)
+        self._channels: dict[str, aio.Channel] = {}
+        base = channel_options(grpc_settings)
+        client_interceptors = list(interceptors)
+        for name, upstream in self._settings.items():
+            if not upstream.address:
+                continue
+            # round_robin: with a headless Service (dns:///vault-headless:50051) every pod gets calls,
+            # including pods the HPA adds; pick_first would pin all traffic to one of them.
+            options: list[tuple[str, Any]] = [*base, ("grpc.lb_policy_name", "round_robin")]
+            if upstream.server_name:
+                options.append(("grpc.ssl_target_name_override", upstream.server_name))
+            if upstream.tls:
+                assert upstream.ca_file is not None
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=upstream.ca_file.read_bytes(),
+                    private_key=upstream.key_file.read_bytes() if upstream.key_file else None,
+                    certificate_chain=upstream.cert_file.read_bytes() if upstream.cert_file else None,
+                )
+                channel = aio.secure_channel(
+                    upstream.address, credentials, options=options, interceptors=client_interceptors
+                )
+            else:
+                channel = aio.insecure_channel(upstream.address, options=options, interceptors=client_interceptors)
+            self._channels[name] = channel
+
+    def channel(self, name: str) -> aio.Channel:
+        """The channel to ``name``; UNAVAILABLE when that service is not configured."""
+        channel = self._channels.get(name)
+        if channel is None:
+            raise Unavailable(
+                f"the {name} service is not reachable through this gateway (no address configured)",
+                reason=Reason.UPSTREAM_UNAVAILABLE,
+            )
+        return channel
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for channel in self._channels.values():
+            await channel.close()
