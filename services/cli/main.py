@@ -34,6 +34,7 @@ from services.cli.ops.db import db
 from services.cli.ops.dsr import dsr
 from services.cli.ops.keys import keys
 from services.cli.ops.local import demo, token
+from services.cli.ops.nats import nats
 from services.cli.ops.support import support
 from services.cli.ops.tenant import tenant
 from services.cli.ops.tombstones import tombstones
@@ -156,6 +157,7 @@ def serve(service: str) -> None:
 
 for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db):
     cli.add_command(_command)
+cli.add_command(nats)
 
 
 if __name__ == "__main__":
