@@ -660,6 +660,11 @@ FLOWS = [
     ("dsr-migrate", "nats", 4222, False),
     ("dsr-migrate", "vault", 50052, False),
     ("vault-migrate", "dsr-db", 5432, False),
+    # The streams Job (components/nats-streams) reaches NATS and nothing else.
+    ("nats-streams", "nats", 4222, True),
+    ("nats-streams", "vault-db", 5432, False),
+    ("nats-streams", "openbao", 8200, False),
+    ("nats-streams", "vault", 50052, False),
     # Metrics (components/observability): Prometheus scrapes the metrics port and nothing else; nobody else scrapes.
     ("prometheus", "vault", 9464, True),
     ("prometheus", "gateway", 9464, True),
