@@ -466,7 +466,10 @@ def test_the_openbao_clients_are_exactly_the_pods_labelled_for_openbao_auth() ->
     }
     assert labelled == set(OPENBAO_CLIENTS)
     # The vault has a second role (key administration); the raft snapshot CronJob has its own in "openbao".
-    roles = {f"steward-{s}-role.json" for s in labelled} | {"steward-vault-keys-role.json", "openbao-snapshot-role.json"}
+    roles = {f"steward-{s}-role.json" for s in labelled} | {
+        "steward-vault-keys-role.json",
+        "openbao-snapshot-role.json",
+    }
     assert {p.name for p in (K8S / "openbao").glob("*-role.json")} == roles
 
 
