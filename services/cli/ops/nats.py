@@ -37,11 +37,14 @@ class NatsOpsSettings(BaseSettings):
     connect_timeout_s: float = Field(default=10.0, gt=0)
 
 
-async def _on_streams(settings: NatsSettings, limit_s: float, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``work(jetstream)`` on a connection as ``settings`` says (creating and checking nothing by itself)."""
+async def _on_streams(
+    settings: NatsSettings, limit_s: float, work: Callable[[Any], Awaitable[T]], *, user: str = "ops"
+) -> T:
+    """Run ``work(jetstream)`` on a connection as ``settings`` says (creating and checking nothing by itself);
+    ``user`` picks the reply-inbox prefix that NATS user may subscribe to."""
     from services.chassis.bus import Bus
 
-    bus = Bus(settings, name="ops", provision=False)
+    bus = Bus(settings, name=user, provision=False)
     await bus.start()
     try:
         await bus.wait_connected(limit_s)
@@ -61,10 +64,10 @@ async def apply_declared_streams(settings: NatsSettings, *, limit_s: float = 10.
     return await _on_streams(settings, limit_s, work)
 
 
-async def _check(settings: NatsSettings, limit_s: float) -> list[str]:
+async def _check(settings: NatsSettings, limit_s: float, user: str) -> list[str]:
     from services.chassis.streams import check_streams
 
-    return await _on_streams(settings, limit_s, lambda js: check_streams(js, settings))
+    return await _on_streams(settings, limit_s, lambda js: check_streams(js, settings), user=user)
 
 
 def _settings(url: str | None) -> NatsOpsSettings:
@@ -105,11 +108,22 @@ def nats_apply(url: str | None) -> None:
 
 @nats.command("check")
 @_URL
-def nats_check(url: str | None) -> None:
+@click.option("--debug", is_flag=True, help="Log every connection attempt and its error (JSON lines on stderr).")
+@click.option(
+    "--user",
+    default="ops",
+    show_default=True,
+    help="NATS user the seed belongs to (a service's name, to check with that service's own seed).",
+)
+def nats_check(url: str | None, debug: bool, user: str) -> None:
     """Compare the live streams with the declaration (replicas, retention, the dead-letter source); exit 1 if short."""
+    if debug:
+        from services.chassis.telemetry import setup_logging
+
+        setup_logging("ops", "DEBUG")
     settings = _settings(url)
     try:
-        problems = asyncio.run(_check(settings.nats, settings.connect_timeout_s))
+        problems = asyncio.run(_check(settings.nats, settings.connect_timeout_s, user))
     except TimeoutError:
         click.echo(f"steward: cannot reach NATS at {settings.nats.url} (retry when it is up)", err=True)
         sys.exit(EXIT_RETRYABLE)

@@ -149,3 +149,16 @@ def test_cli_applies_and_checks(nats_server: NatsServer) -> None:
     assert unreachable.exit_code == 3 and "cannot reach NATS" in unreachable.stderr
     bad = steward("check", STEWARD_OPS__NATS__STREAM_REPLICAS="0")
     assert bad.exit_code == 2 and "STEWARD_OPS__NATS__STREAM_REPLICAS" in bad.stderr
+
+
+def test_cli_checks_with_a_service_own_seed(secured_nats: SecuredNats) -> None:
+    """nats-down.md: run inside a service's pod with its own seed and CA, nothing restarted."""
+    env = {
+        "STEWARD_OPS__NATS__URL": secured_nats.url,
+        "STEWARD_OPS__NATS__NKEY_SEED_FILE": str(secured_nats.seed_files["vault"]),
+        "STEWARD_OPS__NATS__TLS_CA_FILE": str(secured_nats.ca_file),
+        "STEWARD_OPS__CONNECT_TIMEOUT_S": "5",
+    }
+    checked = CliRunner().invoke(cli, ["nats", "check", "--user", "vault"], env=env)
+    assert checked.exit_code == 1, checked.output  # connected and read both streams' state as vault
+    assert "stream STEWARD is missing" in checked.stdout and "stream STEWARD_DLQ is missing" in checked.stdout
