@@ -36,7 +36,8 @@ ROLE_POLICIES = {
     "dsr": DSR_POLICIES,
 }
 ROLE_ACCOUNTS = {"vault": "vault", "vault-keys": "vault", "dsr": "dsr"}
-POLICIES = (*VAULT_POLICIES, *DSR_POLICIES, "steward-oncall-read")
+# openbao-snapshot (the raft snapshot CronJob's) is tested in test_openbao_backup_restore.py.
+POLICIES = (*VAULT_POLICIES, *DSR_POLICIES, "steward-oncall-read", "openbao-snapshot")
 # As services/dsr/main.py builds its client: a tenant-key prefix no tenant key has, the evidence key by name.
 DSR_KEY_PREFIX = "steward-dsr-no-tenant-keys-"
 DSR_SIGNING_KEY = "steward-dsr-evidence"
