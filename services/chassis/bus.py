@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from sqlalchemy import DateTime, Integer, LargeBinary, String, Text, delete, select, update
@@ -48,6 +48,7 @@ from services.chassis.errors import is_transient
 from services.chassis.fastsql import insert_rows
 from services.chassis.nats_permissions import inbox_prefix
 from services.chassis.settings import NatsSettings
+from services.chassis.streams import EVENT_SUBJECTS, StreamsBelowDeclared, check_streams, ensure_events_stream
 from services.chassis.tasks import BackgroundTask
 from services.chassis.telemetry import extract_context, inject_headers
 from services.chassis.timestamps import to_timestamp
@@ -70,8 +71,9 @@ __all__ = [
 ]
 
 DLQ_PREFIX = "steward.dlq."
-# What the STEWARD stream holds: every subject of the event catalog, and the dead letters.
-STREAM_SUBJECTS = ("steward.>",)
+# What the STEWARD stream holds: every subject of the event catalog, and the dead letters (declared with the
+# rest of the stream in services/chassis/streams.py).
+STREAM_SUBJECTS = EVENT_SUBJECTS
 
 Handler = Callable[[Session, events_pb2.Event], None]
 
@@ -171,13 +173,16 @@ def enqueue_many(session: Session, events: Sequence[events_pb2.Event]) -> None:
 class Bus:
     """A NATS connection that (re)connects in the background and provisions the stream."""
 
-    def __init__(self, settings: NatsSettings, *, name: str) -> None:
+    def __init__(self, settings: NatsSettings, *, name: str, provision: bool = True) -> None:
         self.settings = settings
         self.name = name
+        self.provision = provision  # False: connect only (``steward nats apply`` manages the streams itself)
         self.nc: NatsClient | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
         self._connect_task: asyncio.Task[None] | None = None
+        self.stream_problems: list[str] = []
+        """What the last start-up check found short in the live streams (empty: as declared)."""
 
     @property
     def js(self) -> JetStreamContext:
@@ -225,7 +230,8 @@ class Bus:
         delay = 0.1
         while True:
             try:
-                await self.ensure_stream()
+                if self.provision:
+                    await self.ensure_stream()
                 self.connected.set()
                 return
             except Exception as exc:
@@ -234,17 +240,21 @@ class Bus:
                 delay = min(delay * 2, 5.0)
 
     async def ensure_stream(self) -> None:
-        """Create (or update) the ``STEWARD`` stream over ``steward.>``."""
-        config = StreamConfig(
-            name=self.settings.stream,
-            subjects=list(STREAM_SUBJECTS),
-            duplicate_window=120.0,
-        )
-        js = self.js
-        try:
-            await js.stream_info(self.settings.stream)
-        except NotFoundError:
-            await js.add_stream(config)
+        """Create the ``STEWARD`` stream as declared (:mod:`services.chassis.streams`) when it is missing, then
+        check the live streams against the declaration.
+
+        Each shortfall is logged; with ``stream_check = "refuse"`` :class:`StreamsBelowDeclared` is raised, so
+        the bus stays unconnected (events wait in the outbox, nothing is consumed) and provisioning retries
+        until someone runs ``steward nats apply``.
+        """
+        await ensure_events_stream(self.js, self.settings)
+        if self.settings.stream_check == "off":
+            return
+        self.stream_problems = await check_streams(self.js, self.settings)
+        for problem in self.stream_problems:
+            log.warning("NATS streams below their declaration: %s", problem)
+        if self.stream_problems and self.settings.stream_check == "refuse":
+            raise StreamsBelowDeclared(self.stream_problems)
 
     async def _on_disconnected(self) -> None:
         self.connected.clear()

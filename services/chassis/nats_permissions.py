@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "DLQ_STREAM",
     "DSR_TASK_SUBJECT",
     "NATS_USERS",
     "OPS",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 STREAM = "STEWARD"
+DLQ_STREAM = "STEWARD_DLQ"  # the dead letters' longer-kept copy (services/chassis/streams.py)
 DSR_TASK_SUBJECT = "steward.dsr.task.requested"
 DLQ_PREFIX = "steward.dlq."
 OPS = "ops"
@@ -79,6 +81,7 @@ class NatsUser:
             return ["steward.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>"]
         allow = [f"steward.{self.name}.>", *self.publishes]
         allow += [f"$JS.API.STREAM.INFO.{STREAM}", f"$JS.API.STREAM.CREATE.{STREAM}"]
+        allow.append(f"$JS.API.STREAM.INFO.{DLQ_STREAM}")  # the start-up check reads it; only ops creates it
         for durable in self.consumes:
             if len(durable.subjects) == 1:
                 allow.append(f"$JS.API.CONSUMER.CREATE.{STREAM}.{durable.name}.{durable.subjects[0]}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +101,18 @@ class NatsSettings(BaseModel):
     tls_ca_file: Path | None = Field(default=None, description="CA that signed the NATS server's certificate.")
     tls_cert_file: Path | None = Field(default=None, description="Client certificate when NATS requires mTLS.")
     tls_key_file: Path | None = None
+    # The streams as declared (services/chassis/streams.py; `steward nats apply` makes them so).
+    stream_replicas: int = Field(default=1, ge=1, le=5, description="Replicas of the events and dead-letter streams.")
+    stream_max_age_s: float = Field(
+        default=0.0, ge=0, description="How long the events stream keeps messages; 0 = forever."
+    )
+    dlq_stream: str = "STEWARD_DLQ"
+    dlq_max_age_s: float = Field(default=0.0, ge=0, description="How long dead letters are kept; 0 = forever.")
+    stream_check: Literal["warn", "refuse", "off"] = Field(
+        default="warn",
+        description="At start, when the live streams keep less than declared: log it (warn), or also keep events in "
+        "the outbox and consume nothing until they are fixed (refuse).",
+    )
 
     def tls_context(self) -> ssl.SSLContext | None:
         """A client TLS context when a CA is configured (verifying the server, with a client cert if set)."""

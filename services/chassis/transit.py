@@ -166,6 +166,12 @@ class TransitClient:
     ``url``/``token`` address the server; keys are named ``key_prefix + tenant_id`` under ``mount``, and
     ``signing_key`` (Ed25519, one per deployment) signs every tenant's audit checkpoints.
     ``breaker`` may be shared with other clients of the same server; a private one is made if omitted.
+
+    Two identities: ``token`` is the data path (wrap, unwrap, rewrap, sign; OpenBao policies
+    ``steward-vault-crypto`` and ``steward-vault-audit-signing``) and ``admin_token``, when given, does the
+    tenant-key administration (create, read, rotate, retire versions, delete; ``steward-vault-keys``), so a
+    leaked data-path token cannot delete a tenant key; ``admin_url`` (default ``url``) lets it go through its
+    own OpenBao proxy. Without ``admin_token`` (dev, ``steward run``) one token does both.
     """
 
     def __init__(
@@ -180,6 +186,8 @@ class TransitClient:
         read_timeout_s: float = 5.0,
         breaker: CircuitBreaker | None = None,
         verify: bool | str = True,
+        admin_token: str | None = None,
+        admin_url: str | None = None,
     ) -> None:
         self.mount = mount.strip("/")
         self.key_prefix = key_prefix
@@ -201,6 +209,19 @@ class TransitClient:
             ignore_exceptions=True,
         )
         self._transit = self._client.secrets.transit
+        # The key-administration identity: its own hvac client on the same pooled session, or the data-path one.
+        self._admin_client = self._client
+        if admin_token is not None:
+            self._admin_client = hvac.Client(
+                url=admin_url or url,
+                token=admin_token,
+                verify=verify,
+                timeout=(connect_timeout_s, read_timeout_s),
+                session=self._session,
+                adapter=RawAdapter,
+                ignore_exceptions=True,
+            )
+        self._admin_transit = self._admin_client.secrets.transit
         self._calls_lock = threading.Lock()
         self._calls = 0
         self._upsert_disabled = False
@@ -240,13 +261,17 @@ class TransitClient:
         name = self.key_name(tenant_id)
         if not self._upsert_disabled:
             self.disable_upsert()
-        self._create_key(name, KEY_TYPE, "this tenant")
+        self._create_key(name, KEY_TYPE, "this tenant", admin=True)
 
-    def _create_key(self, name: str, key_type: str, owner: str) -> None:
-        """Create a non-exportable key without plaintext backup, or check and re-lock the existing one."""
+    def _create_key(self, name: str, key_type: str, owner: str, *, admin: bool) -> None:
+        """Create a non-exportable key without plaintext backup, or check and re-lock the existing one.
+
+        ``admin``: as the key-administration identity (tenant keys) or the data-path one (the signing key).
+        """
+        transit = self._admin_transit if admin else self._transit
         response = self._send(
             "create key",
-            lambda: self._transit.create_key(
+            lambda: transit.create_key(
                 name,
                 key_type=key_type,
                 exportable=False,
@@ -258,26 +283,27 @@ class TransitClient:
         data = body.get("data") or {}
         if not data:
             # Older servers answer 204 without the key; read it to check the settings below.
-            data = self._read_key(name)
+            data = self._read_key(name, admin=admin)
         if data.get("type") != key_type or data.get("exportable") or data.get("allow_plaintext_backup"):
             raise TransitRejected(
                 f"an existing Transit key for {owner} has unsafe settings (wrong type, exportable or "
                 "plaintext backup); an operator must resolve it"
             )
         if data.get("deletion_allowed"):
-            self._configure("lock key", name, deletion_allowed=False)
+            self._configure("lock key", name, deletion_allowed=False, admin=admin)
 
     def disable_upsert(self) -> None:
         """Set ``disable_upsert`` on the mount: encrypting under a missing key fails instead of creating it."""
         path = f"/v1/{self.mount}/config/keys"
-        response = self._send("disable upsert", lambda: self._client.adapter.post(path, json={"disable_upsert": True}))
+        adapter = self._admin_client.adapter
+        response = self._send("disable upsert", lambda: adapter.post(path, json={"disable_upsert": True}))
         self._management_body("disable upsert", response)
         self._upsert_disabled = True
 
     def key_info(self, tenant_id: str) -> KeyInfo:
         """Versions and flags of the tenant key; :class:`KeyUnavailable` if it does not exist."""
         name = self.key_name(tenant_id)
-        data = self._read_key(name)
+        data = self._read_key(name, admin=True)
         return KeyInfo(
             name=name,
             key_type=str(data.get("type", "")),
@@ -292,10 +318,10 @@ class TransitClient:
     def rotate(self, tenant_id: str) -> int:
         """Add a key version; new wraps use it. Returns the new latest version."""
         name = self.key_name(tenant_id)
-        response = self._send("rotate key", lambda: self._transit.rotate_key(name, mount_point=self.mount))
+        response = self._send("rotate key", lambda: self._admin_transit.rotate_key(name, mount_point=self.mount))
         data = self._management_body("rotate key", response).get("data") or {}
         if "latest_version" not in data:
-            data = self._read_key(name)
+            data = self._read_key(name, admin=True)
         return int(data["latest_version"])
 
     def set_min_decryption_version(self, tenant_id: str, version: int) -> None:
@@ -305,7 +331,9 @@ class TransitClient:
         """
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ValueError("min_decryption_version must be a positive integer")
-        self._configure("set min decryption version", self.key_name(tenant_id), min_decryption_version=version)
+        self._configure(
+            "set min decryption version", self.key_name(tenant_id), min_decryption_version=version, admin=True
+        )
 
     def delete_tenant_key(self, tenant_id: str) -> None:
         """Shred the tenant: allow deletion of its key only now, then delete it (two calls).
@@ -315,10 +343,10 @@ class TransitClient:
         """
         name = self.key_name(tenant_id)
         try:
-            self._configure("allow deletion", name, deletion_allowed=True)
+            self._configure("allow deletion", name, deletion_allowed=True, admin=True)
         except KeyUnavailable:
             return
-        response = self._send("delete key", lambda: self._transit.delete_key(name, mount_point=self.mount))
+        response = self._send("delete key", lambda: self._admin_transit.delete_key(name, mount_point=self.mount))
         try:
             self._management_body("delete key", response)
         except KeyUnavailable:
@@ -328,7 +356,7 @@ class TransitClient:
 
     def create_signing_key(self) -> None:
         """Create the Ed25519 audit-signing key (not exportable, not deletable). Idempotent."""
-        self._create_key(self.signing_key_name, SIGNING_KEY_TYPE, "audit signing")
+        self._create_key(self.signing_key_name, SIGNING_KEY_TYPE, "audit signing", admin=False)
         self._signing_key_ready = True
 
     def sign(self, messages: Sequence[bytes]) -> list[Signature]:
@@ -352,7 +380,7 @@ class TransitClient:
             cached = self._public_keys.get(version)
         if cached is not None:
             return cached
-        keys = self._read_key(self.signing_key_name).get("keys") or {}
+        keys = self._read_key(self.signing_key_name, admin=False).get("keys") or {}
         found = {int(v): base64.b64decode(k["public_key"]) for v, k in keys.items() if k.get("public_key")}
         with self._calls_lock:
             self._public_keys.update(found)
@@ -479,15 +507,15 @@ class TransitClient:
             raise KeyUnavailable(KeyUnavailable.KEY_MISSING)
         raise TransitRejected(f"Transit refused {op} (HTTP {response.status_code}): {'; '.join(errors)}")
 
-    def _read_key(self, name: str) -> dict[str, Any]:
-        response = self._send("read key", lambda: self._transit.read_key(name, mount_point=self.mount))
+    def _read_key(self, name: str, *, admin: bool) -> dict[str, Any]:
+        transit = self._admin_transit if admin else self._transit
+        response = self._send("read key", lambda: transit.read_key(name, mount_point=self.mount))
         data = self._management_body("read key", response).get("data")
         return data if isinstance(data, dict) else {}
 
-    def _configure(self, op: str, name: str, **settings: Any) -> None:
-        response = self._send(
-            op, lambda: self._transit.update_key_configuration(name, mount_point=self.mount, **settings)
-        )
+    def _configure(self, op: str, name: str, *, admin: bool, **settings: Any) -> None:
+        transit = self._admin_transit if admin else self._transit
+        response = self._send(op, lambda: transit.update_key_configuration(name, mount_point=self.mount, **settings))
         self._management_body(op, response)
 
     def _batch_results(self, op: str, response: requests.Response, expected: int) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from services.cli.ops.dsr import dsr
 from services.cli.ops.keys import keys
 from services.cli.ops.legal import legal
 from services.cli.ops.local import demo, token
+from services.cli.ops.nats import nats
 from services.cli.ops.support import support
 from services.cli.ops.tenant import tenant
 from services.cli.ops.tenant_export import tenant_export  # noqa: F401 - registers ``steward tenant export``
@@ -158,6 +159,7 @@ def serve(service: str) -> None:
 
 for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db, legal):
     cli.add_command(_command)
+cli.add_command(nats)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import TextIO
 
 from services.chassis.nats_config import ServerTls, ensure_embedded_nats
+from services.chassis.nats_permissions import OPS
+from services.chassis.settings import NatsSettings
 from services.cli.client import GatewayCallError, GatewayClient, GatewayTarget
 from services.cli.home import StewardHome
+from services.cli.ops.nats import apply_declared_streams
 from services.cli.state import ServiceState, StackState
 from services.devstack.catalog import (
     CLI_IDENTITY,
@@ -303,6 +306,10 @@ class _Stack:
                 ready_line=NATS_READY_LINE,
             )
         )
+        # The streams as declared (services/chassis/streams.py), as the Kubernetes Job does with `steward nats apply`.
+        ops_nats = NatsSettings(url=nats_url, nkey_seed_file=nats_auth.seed_files[OPS], tls_ca_file=nats_auth.ca_file)
+        applied, short = await apply_declared_streams(ops_nats)
+        note("NATS streams " + ", ".join(applied) + ("; short: " + "; ".join(short) if short else ""))
 
         openbao_url = f"http://{host}:{plan.openbao}"
         config = write_server_config(home, host=host, port=plan.openbao, cluster_port=plan.openbao_cluster)

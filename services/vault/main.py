@@ -113,7 +113,7 @@ TOMBSTONES_PENDING = Unavailable(
 
 
 def _transit_client(settings: VaultSettings, clock: Clock) -> TransitClient:
-    transit = settings.transit
+    transit, admin = settings.transit, settings.transit_admin
     return TransitClient(
         transit.url,
         transit.token.get_secret_value(),
@@ -123,6 +123,8 @@ def _transit_client(settings: VaultSettings, clock: Clock) -> TransitClient:
         connect_timeout_s=transit.connect_timeout_s,
         read_timeout_s=transit.read_timeout_s,
         breaker=CircuitBreaker(transit.breaker_failures, transit.breaker_reset_s, clock=clock),
+        admin_token=admin.token.get_secret_value() if admin else None,
+        admin_url=admin.url if admin else None,
     )
 
 

@@ -1,6 +1,7 @@
 """Typed configuration of the vault (``STEWARD_VAULT__...`` environment variables).
 
-Where Transit is and the token to reach it (``SecretStr``, never printed), the main database and the
+Where Transit is and the tokens to reach it (``SecretStr``, never printed: the data path's and, apart, the key
+administration's), the main database and the
 tombstone ledger (two databases, restored separately, so they must differ), record size limit, DEK
 cache bounds, tenant-level DEK rotation thresholds and how often audit chain heads are signed.
 """
@@ -11,7 +12,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validato
 
 from services.chassis.settings import ServiceSettings, service_settings_config
 
-__all__ = ["TransitSettings", "VaultSettings"]
+__all__ = ["TransitAdminSettings", "TransitSettings", "VaultSettings"]
 
 
 class TransitSettings(BaseModel):
@@ -28,6 +29,18 @@ class TransitSettings(BaseModel):
     breaker_reset_s: float = Field(default=5.0, gt=0)
 
 
+class TransitAdminSettings(BaseModel):
+    """The key-administration identity on the same Transit server (create, rotate, retire, delete tenant keys).
+
+    Set it in production (``STEWARD_VAULT__TRANSIT_ADMIN__TOKEN``, OpenBao policy ``steward-vault-keys``) so
+    the data-path token (``transit.token``: wrap, unwrap, sign) cannot delete a key. Unset, the data-path
+    token does both (dev, ``steward run``).
+    """
+
+    token: SecretStr
+    url: str | None = Field(default=None, description="Defaults to transit.url (a second proxy in Kubernetes).")
+
+
 class VaultSettings(ServiceSettings):
     """``STEWARD_VAULT__*`` configuration."""
 
@@ -39,6 +52,7 @@ class VaultSettings(ServiceSettings):
         description="Erasure ledger; must be a different database from database_url, restored separately.",
     )
     transit: TransitSettings
+    transit_admin: TransitAdminSettings | None = None
     max_record_bytes: int = Field(default=1024 * 1024, ge=1024)
     dek_cache_max_entries: int = Field(default=100_000, ge=1)
     dek_cache_max_age_s: float = Field(default=900.0, gt=0)

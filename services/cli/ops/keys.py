@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from steward.vault.v1 import vault_pb2
@@ -41,27 +41,81 @@ def keys_status(run: Invocation, tenant_id: str) -> None:
 
 
 @operator_command(keys, "rotate")
-@click.option("--tenant", "tenant_id", required=True)
-def keys_rotate(run: Invocation, tenant_id: str) -> None:
-    """Add a KEK version; new DEKs use it at once. Then run `steward keys rewrap` (ops:admin, ops:oncall)."""
-    client = run.client
-    version = client.call(
-        client.vault_admin.RotateTenantKey, vault_pb2.RotateTenantKeyRequest(), tenant_id=tenant_id
-    ).key_version
+@click.option("--tenant", "tenant_id", help="The tenant whose KEK to rotate.")
+@click.option(
+    "--all-tenants",
+    is_flag=True,
+    help="Every tenant listed in --tenants-file: rotate, then rewrap, one after the other, with progress.",
+)
+@click.option(
+    "--tenants-file",
+    type=click.File("r"),
+    help="Tenant ids, one per line ('-' = stdin; blank lines and # comments ignored). With --all-tenants.",
+)
+@click.option("--batch-size", type=click.IntRange(0, 1000), default=0, help="DEKs per Transit call [200].")
+def keys_rotate(
+    run: Invocation, tenant_id: str | None, all_tenants: bool, tenants_file: TextIO | None, batch_size: int
+) -> None:
+    """Add a KEK version; new DEKs use it at once. Then run `steward keys rewrap` (ops:admin, ops:oncall).
+
+    With --all-tenants (key compromise: docs/runbooks/key-compromise.md) each listed tenant is rotated and
+    rewrapped in turn; a tenant that fails is reported and the rest go on; exit 1 if any failed. Re-running
+    for the failed ones is safe (one more KEK version, and the rewrap finishes what is left).
+    """
+    if all_tenants == (tenant_id is not None) or all_tenants != (tenants_file is not None):
+        raise click.UsageError("give --tenant ID, or --all-tenants with --tenants-file")
+    if tenants_file is None:
+        assert tenant_id is not None
+        version = _rotate(run, tenant_id)
+        run.emit(
+            {"tenant_id": tenant_id, "key_version": version},
+            f"{tenant_id}: KEK rotated to version {version}; next: steward keys rewrap --tenant {tenant_id}",
+        )
+        return
+    tenants = _tenant_ids(tenants_file)
+    failed: dict[str, str] = {}
+    for number, tenant in enumerate(tenants, 1):
+        label = f"[{number}/{len(tenants)}] {tenant}"
+        try:
+            version = _rotate(run, tenant)
+            last = _rewrap(run, tenant, batch_size, label=f"{label}: rewrapping DEKs")
+        except GatewayCallError as exc:
+            failed[tenant] = str(exc)
+            run.emit({"tenant_id": tenant, "error": str(exc)}, f"{label}: FAILED {exc}")
+            continue
+        run.emit(
+            {"tenant_id": tenant, "key_version": version, "rewrapped": last.rewrapped, "total": last.total},
+            f"{label}: KEK version {version}, rewrapped {last.rewrapped} of {last.total} DEKs",
+        )
+    done = len(tenants) - len(failed)
     run.emit(
-        {"tenant_id": tenant_id, "key_version": version},
-        f"{tenant_id}: KEK rotated to version {version}; next: steward keys rewrap --tenant {tenant_id}",
+        {"tenants": len(tenants), "done": done, "failed": sorted(failed)},
+        f"{done} of {len(tenants)} tenants rotated and rewrapped"
+        + (f"; failed (re-run for these): {' '.join(sorted(failed))}" if failed else ""),
+    )
+    if failed:
+        sys.exit(1)
+
+
+def _tenant_ids(source: TextIO) -> list[str]:
+    ids = [line.split("#", 1)[0].strip() for line in source]
+    unique = list(dict.fromkeys(i for i in ids if i))
+    if not unique:
+        raise click.UsageError("--tenants-file lists no tenant")
+    return unique
+
+
+def _rotate(run: Invocation, tenant_id: str) -> int:
+    client = run.client
+    return int(
+        client.call(
+            client.vault_admin.RotateTenantKey, vault_pb2.RotateTenantKeyRequest(), tenant_id=tenant_id
+        ).key_version
     )
 
 
-@operator_command(keys, "rewrap")
-@click.option("--tenant", "tenant_id", required=True)
-@click.option("--batch-size", type=click.IntRange(0, 1000), default=0, help="DEKs per Transit call [200].")
-def keys_rewrap(run: Invocation, tenant_id: str, batch_size: int) -> None:
-    """Rewrap every stored DEK to the newest KEK version, then retire older versions (ops:admin, ops:oncall).
-
-    Data is not re-encrypted; progress streams from the vault. Safe to re-run after an interruption.
-    """
+def _rewrap(run: Invocation, tenant_id: str, batch_size: int, *, label: str) -> Any:
+    """Stream RewrapTenantKeys with a progress bar on stderr (none with --json); the final step."""
     client = run.client
     last: Any = None
     shown = 0
@@ -73,15 +127,25 @@ def keys_rewrap(run: Invocation, tenant_id: str, batch_size: int) -> None:
             tenant_id=tenant_id,
         ):
             if bar is None and not run.json_output:
-                bar = stack.enter_context(
-                    click.progressbar(length=max(step.total, 1), label="rewrapping DEKs", file=sys.stderr)
-                )
+                bar = stack.enter_context(click.progressbar(length=max(step.total, 1), label=label, file=sys.stderr))
             if bar is not None:
                 bar.update(max(step.rewrapped - shown, 0) if step.total else 1)
             shown = step.rewrapped
             last = step
     if last is None or not last.done:
         raise GatewayCallError("ABORTED", "the rewrap stream ended before the vault reported completion; re-run it")
+    return last
+
+
+@operator_command(keys, "rewrap")
+@click.option("--tenant", "tenant_id", required=True)
+@click.option("--batch-size", type=click.IntRange(0, 1000), default=0, help="DEKs per Transit call [200].")
+def keys_rewrap(run: Invocation, tenant_id: str, batch_size: int) -> None:
+    """Rewrap every stored DEK to the newest KEK version, then retire older versions (ops:admin, ops:oncall).
+
+    Data is not re-encrypted; progress streams from the vault. Safe to re-run after an interruption.
+    """
+    last = _rewrap(run, tenant_id, batch_size, label="rewrapping DEKs")
     run.emit(
         {
             "tenant_id": tenant_id,

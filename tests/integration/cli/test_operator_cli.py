@@ -322,6 +322,33 @@ def test_keys_rotate_then_rewrap_completes_and_every_record_stays_readable(stack
     assert verified["intact"] is True and verified["entries_checked"] >= len(actions)
 
 
+def test_keys_rotate_all_tenants_rotates_and_rewraps_each_with_progress_and_names_a_failure(
+    stack: Stack, tmp_path: Path
+) -> None:
+    tenants = [new_tenant(stack, f"Compromise Drill {n} Pvt") for n in range(2)]
+    key = stack.cli_json("apikey", "create", f"--tenant={tenants[0]}", "--name=app", "--scope=records:write")["token"]
+    channel, vault = stack.vault()
+    with channel:
+        put_note(vault, key, "stored before the compromise")
+    listed = tmp_path / "tenants.txt"
+    listed.write_text(f"# every tenant\n{tenants[0]}\n\ntnt_nope\n{tenants[1]}\n{tenants[0]}\n")
+
+    result = stack.cli("keys", "rotate", "--all-tenants", f"--tenants-file={listed}")
+    assert result.returncode == 1, result.stderr  # one tenant failed: the others still went through
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(rf"\[1/3\] {tenants[0]}: KEK version 2, rewrapped (\d+) of \1 DEKs", lines[0]), lines[0]
+    assert lines[1].startswith("[2/3] tnt_nope: FAILED NOT_FOUND")
+    assert re.fullmatch(rf"\[3/3\] {tenants[1]}: KEK version 2, rewrapped (\d+) of \1 DEKs", lines[2]), lines[2]
+    assert lines[3] == "2 of 3 tenants rotated and rewrapped; failed (re-run for these): tnt_nope"
+    assert "rewrapping DEKs" in result.stderr  # the progress bars
+    for tenant in tenants:
+        status = stack.cli_json("keys", "status", f"--tenant={tenant}")["tenant"]
+        assert (status["key_version"], status["min_decryption_version"]) == ("2", "2")
+
+    usage = stack.cli("keys", "rotate", "--all-tenants")
+    assert usage.returncode == 2 and "--tenants-file" in usage.stderr
+
+
 # --------------------------------------------------------------------------------------------- support
 
 

@@ -29,8 +29,15 @@ from tests.plugins.k8s import K8S, load_docs
 
 VAULT_POLICIES = ("steward-vault-crypto", "steward-vault-keys", "steward-vault-audit-signing")
 DSR_POLICIES = ("steward-dsr-evidence-signing",)
-ROLE_POLICIES = {"vault": VAULT_POLICIES, "dsr": DSR_POLICIES}
-POLICIES = (*VAULT_POLICIES, *DSR_POLICIES, "steward-oncall-read")
+# Kubernetes auth role (steward-<name>) -> its policies; the vault's two roles split data path and key admin.
+ROLE_POLICIES = {
+    "vault": ("steward-vault-crypto", "steward-vault-audit-signing"),
+    "vault-keys": ("steward-vault-keys",),
+    "dsr": DSR_POLICIES,
+}
+ROLE_ACCOUNTS = {"vault": "vault", "vault-keys": "vault", "dsr": "dsr"}
+# openbao-snapshot (the raft snapshot CronJob's) is tested in test_openbao_backup_restore.py.
+POLICIES = (*VAULT_POLICIES, *DSR_POLICIES, "steward-oncall-read", "openbao-snapshot")
 # As services/dsr/main.py builds its client: a tenant-key prefix no tenant key has, the evidence key by name.
 DSR_KEY_PREFIX = "steward-dsr-no-tenant-keys-"
 DSR_SIGNING_KEY = "steward-dsr-evidence"
@@ -245,7 +252,7 @@ def test_kubernetes_auth_role_file_is_accepted(openbao: OpenBaoDev, tmp_path: Pa
     role_name = f"steward-{service}"
     run("write", f"auth/{mount}/role/{role_name}", f"@{K8S / 'openbao' / f'{role_name}-role.json'}")
     role = _root(openbao).read(f"auth/{mount}/role/{role_name}")["data"]
-    assert role["bound_service_account_names"] == [service]
+    assert role["bound_service_account_names"] == [ROLE_ACCOUNTS[service]]
     assert role["bound_service_account_namespaces"] == ["steward"]
     assert role["audience"] == "openbao"
     assert sorted(role["token_policies"]) == sorted(ROLE_POLICIES[service])
@@ -260,8 +267,11 @@ def proxy(policies: OpenBaoDev, tmp_path: Path, request: pytest.FixtureRequest) 
     """``bao proxy`` with a service's shipped config (indirect param, default the vault's); a token file with
     its role's policies stands in for the Kubernetes login."""
     service = getattr(request, "param", "vault")
-    (cm,) = load_docs(K8S / "base" / service / "openbao-proxy-config.yaml")
-    config = cm["data"]["proxy.hcl"]
+    folder, key, listen = (service, "proxy.hcl", "8100")
+    if service == "vault-keys":  # the vault's second sidecar: its own file in the same ConfigMap
+        folder, key, listen = ("vault", "proxy-keys.hcl", "8101")
+    (cm,) = load_docs(K8S / "base" / folder / "openbao-proxy-config.yaml")
+    config = cm["data"][key]
     token_file = tmp_path / "token"
     token_file.write_text(_token(policies, *ROLE_POLICIES[service], default_policy=True))
     port = free_port()
@@ -273,7 +283,7 @@ def proxy(policies: OpenBaoDev, tmp_path: Path, request: pytest.FixtureRequest) 
         config,
         flags=re.S,
     )
-    config, n_listen = re.subn(r'"127\.0\.0\.1:8100"', f'"127.0.0.1:{port}"', config)
+    config, n_listen = re.subn(rf'"127\.0\.0\.1:{listen}"', f'"127.0.0.1:{port}"', config)
     assert (n_addr, n_ca, n_method, n_listen) == (1, 1, 1, 1), "the shipped proxy config changed shape"
     (tmp_path / "proxy.hcl").write_text(config)
     log = (tmp_path / "proxy.log").open("wb")
@@ -295,10 +305,28 @@ def test_proxy_replaces_the_placeholder_token(policies: OpenBaoDev, proxy: str) 
         direct.create_tenant_key(_tenant())
     through_proxy = _vault_client(policies, url=proxy, token=placeholder)
     tenant = _tenant()
-    through_proxy.create_tenant_key(tenant)
+    _vault_client(policies).create_tenant_key(tenant)  # the key-administration proxy's job (next test)
     (wrapped,) = through_proxy.wrap(tenant, [(b"k" * 32, AAD)])
     assert through_proxy.unwrap(tenant, [(wrapped, AAD)]) == [b"k" * 32]
     assert through_proxy.healthy()
+    with pytest.raises(Unavailable):  # the data-path role administers no key
+        through_proxy.delete_tenant_key(tenant)
+
+
+@pytest.mark.parametrize("proxy", ["vault-keys"], indirect=True)
+def test_key_admin_proxy_manages_keys_and_reads_no_data(policies: OpenBaoDev, proxy: str) -> None:
+    (cm,) = load_docs(K8S / "base" / "vault" / "configmap.yaml")
+    assert cm["data"]["STEWARD_VAULT__TRANSIT_ADMIN__URL"] == "http://127.0.0.1:8101"
+    placeholder = cm["data"]["STEWARD_VAULT__TRANSIT_ADMIN__TOKEN"]
+    admin = _vault_client(policies, url=proxy, token=placeholder)
+    tenant = _tenant()
+    admin.create_tenant_key(tenant)
+    assert admin.rotate(tenant) == 2
+    with pytest.raises(Unavailable):  # no data path through this identity
+        admin.wrap(tenant, [(b"k" * 32, AAD)])
+    admin.delete_tenant_key(tenant)
+    with pytest.raises(KeyUnavailable):
+        admin.key_info(tenant)
 
 
 @pytest.mark.parametrize("proxy", ["dsr"], indirect=True)

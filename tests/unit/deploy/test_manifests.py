@@ -267,7 +267,8 @@ def test_service_account_tokens_only_for_openbao_auth(name: str, objects: list[O
     assert token["audience"] == role["audience"]  # never the API server's audience
     assert token["expirationSeconds"] <= 3600
     users = [c["name"] for c in pod_containers(deployment) if volume in {m["name"] for m in c.get("volumeMounts", [])}]
-    assert users == ["openbao-proxy"]
+    # Only the OpenBao proxy sidecars (the vault runs two: data path and key administration), never the service.
+    assert users[0] == "openbao-proxy" and set(users) <= {"openbao-proxy", "openbao-proxy-keys"}
     assert role["bound_service_account_names"] == [spec["serviceAccountName"]]
     assert role["bound_service_account_namespaces"] == [deployment["metadata"]["namespace"]]
 
@@ -464,7 +465,12 @@ def test_the_openbao_clients_are_exactly_the_pods_labelled_for_openbao_auth() ->
         if d["spec"]["template"]["metadata"]["labels"].get("steward.io/openbao-auth") == "true"
     }
     assert labelled == set(OPENBAO_CLIENTS)
-    assert {p.name for p in (K8S / "openbao").glob("*-role.json")} == {f"steward-{s}-role.json" for s in labelled}
+    # The vault has a second role (key administration); the raft snapshot CronJob has its own in "openbao".
+    roles = {f"steward-{s}-role.json" for s in labelled} | {
+        "steward-vault-keys-role.json",
+        "openbao-snapshot-role.json",
+    }
+    assert {p.name for p in (K8S / "openbao").glob("*-role.json")} == roles
 
 
 @pytest.mark.parametrize("service", OPENBAO_CLIENTS)
@@ -484,7 +490,7 @@ def test_the_placeholder_token_is_really_replaced_by_the_proxy(service: str) -> 
     token_path = re.search(r'token_path\s*=\s*"([^"]+)"', hcl)
     spec = pod_spec(workload)
     assert spec is not None
-    (proxy,) = spec["initContainers"]
+    proxy = next(c for c in spec["initContainers"] if c["name"] == "openbao-proxy")
     mounts = {m["name"]: m["mountPath"] for m in proxy["volumeMounts"]}
     assert token_path and token_path.group(1) == f"{mounts['openbao-token']}/token"
     ca = re.search(r'ca_cert\s*=\s*"([^"]+)"', hcl)
@@ -492,8 +498,42 @@ def test_the_placeholder_token_is_really_replaced_by_the_proxy(service: str) -> 
     assert re.search(r'address\s*=\s*"https://', hcl), "Transit requests carry DEKs: TLS to OpenBao"
 
 
+def test_the_vault_key_admin_proxy_is_a_second_identity() -> None:
+    objects = tree("base")
+    (cm,) = [c for c in of_kind(objects, "ConfigMap") if c["metadata"]["name"] == "vault-openbao-proxy"]
+    data_hcl, keys_hcl = cm["data"]["proxy.hcl"], cm["data"]["proxy-keys.hcl"]
+    workload = next(d for d in of_kind(objects, "Deployment") if app_name(d) == "vault")
+    env = config_env(objects, workload)
+    assert env["STEWARD_VAULT__TRANSIT_ADMIN__TOKEN"] == PROXY_MARKER
+    listen = re.search(r'listener "tcp" \{\s*address\s*=\s*"([^"]+)"', keys_hcl)
+    assert listen and env["STEWARD_VAULT__TRANSIT_ADMIN__URL"] == f"http://{listen.group(1)}"
+    assert env["STEWARD_VAULT__TRANSIT_ADMIN__URL"] != env["STEWARD_VAULT__TRANSIT__URL"]
+    role = re.search(r'role\s*=\s*"([^"]+)"', keys_hcl)
+    assert role and role.group(1) == "steward-vault-keys"
+    assert re.search(r'use_auto_auth_token\s*=\s*"force"', keys_hcl)
+    # Everything but the role and the listener is the data-path proxy's configuration.
+    uncommented = re.sub(r"(?m)^\s*#.*\n", "", keys_hcl)
+    same = uncommented.replace("steward-vault-keys", "steward-vault").replace(":8101", ":8100")
+    assert same == re.sub(r"(?m)^\s*#.*\n", "", data_hcl)
+    spec = pod_spec(workload)
+    assert spec is not None
+    sidecar = next(c for c in spec["initContainers"] if c["name"] == "openbao-proxy-keys")
+    assert sidecar["args"] == ["proxy", "-config=/etc/openbao-proxy/proxy-keys.hcl"]
+    admin = json.loads((K8S / "openbao" / "steward-vault-keys-role.json").read_text())
+    assert admin["token_policies"] == ["steward-vault-keys"]
+    data = json.loads((K8S / "openbao" / "steward-vault-role.json").read_text())
+    assert "steward-vault-keys" not in data["token_policies"]
+
+
 def test_policy_files_grant_no_export_backup_or_root() -> None:
+    # The one policy outside Transit: the raft snapshot CronJob reads snapshots, and can do nothing else.
+    snapshot = (K8S / "openbao" / "openbao-snapshot.hcl").read_text()
+    assert re.findall(r'path "([^"]+)" \{(.*?)\n\}', snapshot, flags=re.S) == [
+        ("sys/storage/raft/snapshot", '\n  capabilities = ["read"]')
+    ]
     for path in (K8S / "openbao").glob("*.hcl"):
+        if path.name == "openbao-snapshot.hcl":
+            continue
         text = path.read_text()
         rules = re.findall(r'path "([^"]+)" \{(.*?)\n\}', text, flags=re.S)
         assert rules, path
@@ -630,6 +670,11 @@ FLOWS = [
     ("dsr-migrate", "nats", 4222, False),
     ("dsr-migrate", "vault", 50052, False),
     ("vault-migrate", "dsr-db", 5432, False),
+    # The streams Job (components/nats-streams) reaches NATS and nothing else.
+    ("nats-streams", "nats", 4222, True),
+    ("nats-streams", "vault-db", 5432, False),
+    ("nats-streams", "openbao", 8200, False),
+    ("nats-streams", "vault", 50052, False),
     # Metrics (components/observability): Prometheus scrapes the metrics port and nothing else; nobody else scrapes.
     ("prometheus", "vault", 9464, True),
     ("prometheus", "gateway", 9464, True),
