@@ -19,8 +19,8 @@ from pathlib import Path
 import hvac
 import pytest
 
+from services.chassis.transit import KeyUnavailable, TransitClient
 from services.devstack.openbao import bring_up, render_server_config
-from services.vault.transit import KeyUnavailable, TransitClient
 from tests.plugins.infra import free_port, wait_for_port, which
 from tests.plugins.k8s import K8S, load_docs
 

@@ -22,9 +22,9 @@ from steward.vault.v1 import vault_pb2 as pb
 from steward.vault.v1 import vault_pb2_grpc
 
 from services.chassis.errors import Unavailable
+from services.chassis.transit import TransitClient
 from services.vault.main import create_server
 from services.vault.settings import VaultSettings
-from services.vault.transit import TransitClient
 from tests.integration.vault.helpers import canary_email, get, lead, put
 from tests.plugins.infra import OpenBaoDev
 from tests.plugins.k8s import K8S
