@@ -45,6 +45,7 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "UpstreamRefusal",
     "abort_for",
     "error_info",
@@ -118,6 +119,15 @@ class Reason(StrEnum):
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
     UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
     TOMBSTONES_PENDING = "TOMBSTONES_PENDING"  # the vault is re-applying erasures to a restored database
+    # Notifications (notify): what the caller asked to send does not fit the template catalogue or the recipient.
+    UNKNOWN_TEMPLATE = "UNKNOWN_TEMPLATE"
+    UNKNOWN_LOCALE = "UNKNOWN_LOCALE"
+    MISSING_TEMPLATE_VARIABLE = "MISSING_TEMPLATE_VARIABLE"  # metadata: template (never the variable's value)
+    MALFORMED_ADDRESS = "MALFORMED_ADDRESS"  # metadata: field (email, phone); the value is never echoed
+    IDEMPOTENCY_KEY_REQUIRED = "IDEMPOTENCY_KEY_REQUIRED"
+    PURPOSE_REQUIRED = "PURPOSE_REQUIRED"
+    DELIVERY_NOT_FOUND = "DELIVERY_NOT_FOUND"
+    CONTACT_NOT_FOUND = "CONTACT_NOT_FOUND"
 
 
 class DomainError(Exception):
@@ -222,6 +232,13 @@ class DeadlineExceeded(DomainError):
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = Reason.DEADLINE_EXCEEDED
+
+
+class Unimplemented(DomainError):
+    """A method of the contract that is not built yet: UNIMPLEMENTED with reason NOT_IMPLEMENTED."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = Reason.NOT_IMPLEMENTED
 
 
 class UpstreamRefusal(DomainError):
