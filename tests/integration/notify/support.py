@@ -32,6 +32,7 @@ __all__ = [
     "NotifyHarness",
     "expect_refusal",
     "notify_factory",
+    "service_logs",
     "smtp_pki",
     "smtp_sink",
     "wait_status",
@@ -160,3 +161,8 @@ async def wait_status(h: NotifyHarness, delivery_id: str, status: int, *, tenant
             f"delivery stuck in {pb.DeliveryStatus.Name(d.status) if d else '?'} ({d.reason_code if d else ''})"
         ) from None
     return found[0]
+
+
+def service_logs(caplog: pytest.LogCaptureFixture) -> bytes:
+    """Every captured log record but the SMTP sink's own (``mail.log``: the receiving server logs the mail)."""
+    return "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records if r.name != "mail.log").encode()

@@ -11,15 +11,10 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from steward.notify.v1 import notify_pb2 as pb
 
-from tests.integration.notify.support import NotifyFactory, NotifyHarness, expect_refusal, wait_status
+from tests.integration.notify.support import NotifyFactory, NotifyHarness, expect_refusal, service_logs, wait_status
 from tests.integration.vault.helpers import canary_email, canary_phone, leaks
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-def service_logs(caplog: pytest.LogCaptureFixture) -> bytes:
-    """Every captured log record but the SMTP sink's own (``mail.log``: the receiving server logs the mail)."""
-    return "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records if r.name != "mail.log").encode()
 
 
 def contact(email: str, *, role: int = pb.CONTACT_ROLE_PRIVACY, **fields: object) -> pb.Contact:
