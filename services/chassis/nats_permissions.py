@@ -117,10 +117,21 @@ NATS_USERS: tuple[NatsUser, ...] = (
             ),
         ),
     ),
-    # notify is not built yet: its row is what it will need, adjusted when it lands.
+    # notify: dsr's opt-out commands and request events (account notices to tenant contacts).
     NatsUser(
         "notify",
-        consumes=(DurableConsumer("notify-events", ("steward.gateway.tenant.>", "steward.gateway.support.>")),),
+        consumes=(
+            DurableConsumer(
+                "notify-events",
+                (
+                    "steward.dsr.optout.requested",
+                    "steward.dsr.request.changed",
+                    "steward.dsr.request.reminder",
+                    "steward.dsr.request.extended",
+                    "steward.dsr.request.overdue",
+                ),
+            ),
+        ),
     ),
     NatsUser(OPS, admin=True),
 )

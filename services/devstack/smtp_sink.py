@@ -3,7 +3,8 @@
 It speaks STARTTLS (mandatory) with a certificate from the dev CA, or implicit TLS, or — to show that notify
 refuses it — plain SMTP without STARTTLS. ``script`` lets a test decide the reply per message: ``"ok"``,
 ``"4xx"`` (451 at RCPT), ``"5xx"`` (550 at RCPT) or ``"drop"`` (the connection is closed after the data, before
-the reply: the sender cannot know whether the mail was taken). Received messages are kept as raw bytes.
+the reply: the sender cannot know whether the mail was taken). Received messages are kept as raw bytes, and
+written to ``spool_dir/<n>.eml`` when one is given (``steward run``: ``.steward/mail/``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ Mode = Literal["starttls", "implicit", "plain"]
 @dataclass
 class _Handler:
     received: list[bytes] = field(default_factory=list)
+    spool_dir: Path | None = None
     script: deque[str] = field(default_factory=deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
     attempts: int = 0
@@ -53,6 +55,9 @@ class _Handler:
         step = self._next()
         with self.lock:
             self.received.append(bytes(envelope.content))
+            if self.spool_dir is not None:
+                path = self.spool_dir / f"{len(self.received):06d}.eml"
+                path.write_bytes(bytes(envelope.content))
         if step == "drop":
             server.transport.close()
         return "250 OK queued"
@@ -69,9 +74,13 @@ class SmtpSink:
         key_file: Path | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        spool_dir: Path | None = None,
     ) -> None:
         self.mode = mode
-        self.handler = _Handler()
+        self.spool_dir = spool_dir
+        if spool_dir is not None:
+            spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.handler = _Handler(spool_dir=spool_dir)
         tls = None
         if mode != "plain":
             if cert_file is None or key_file is None:

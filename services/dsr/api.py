@@ -22,7 +22,7 @@ from steward.dsr.v1 import dsr_pb2_grpc
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from services.chassis.db import Database
-from services.chassis.errors import DomainError, InvalidArgument, Reason, Unavailable, UpstreamRefusal, error_reason
+from services.chassis.errors import InvalidArgument, Reason, Unavailable, Unimplemented, UpstreamRefusal, error_reason
 from services.chassis.identity import CallerIdentity, identity_metadata, require_identity
 from services.chassis.ids import valid_id
 from services.chassis.timestamps import from_timestamp, to_timestamp
@@ -35,13 +35,6 @@ __all__ = ["DsrServicer", "SubjectResolver"]
 T = TypeVar("T")
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
-
-
-class NotImplementedYet(DomainError):
-    """A method of the contract that is not built yet: UNIMPLEMENTED with reason NOT_IMPLEMENTED."""
-
-    code = grpc.StatusCode.UNIMPLEMENTED
-    reason = Reason.NOT_IMPLEMENTED
 
 
 class SubjectResolver:
@@ -336,7 +329,7 @@ class DsrServicer(dsr_pb2_grpc.DsrServiceServicer):
         self, request: pb.RunRetentionSweepRequest, context: aio.ServicerContext
     ) -> pb.RunRetentionSweepResponse:
         require_identity(context, tenant_required=False)
-        raise NotImplementedYet(
+        raise Unimplemented(
             "retention sweeps are not built yet (closed-tenant shredding, account-data purge, log purge, expired "
             "export bundles); nothing was swept"
         )
