@@ -56,8 +56,8 @@ async def consent_to(h: NotifyHarness, subject_id: str, purpose: str = "newslett
     return answer.consent
 
 
-async def test_the_same_request_three_times_sends_one_email(notify_factory: NotifyFactory) -> None:
-    h = await notify_factory()
+async def test_the_same_request_three_times_sends_one_email(notify_factory: NotifyFactory, database_url: str) -> None:
+    h = await notify_factory(database_url=database_url)
     subject_id, address = subject(h)
     request = send_request(subject_id, key="order-42")
     answers = [await send(h, request) for _ in range(3)]
@@ -104,9 +104,9 @@ async def test_marketing_needs_consent_at_send_time_and_a_withdrawal_stops_the_n
 
 
 async def test_a_4xx_is_retried_on_the_clock_then_delivered(
-    notify_factory: NotifyFactory, manual_clock: ManualClock
+    notify_factory: NotifyFactory, manual_clock: ManualClock, database_url: str
 ) -> None:
-    h = await notify_factory(clock=manual_clock)
+    h = await notify_factory(clock=manual_clock, database_url=database_url)
     subject_id, _ = subject(h)
     h.sink.script("4xx")
     answer = await send(h, send_request(subject_id))
