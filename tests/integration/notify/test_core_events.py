@@ -209,3 +209,33 @@ async def test_an_opt_out_through_dsr_withdraws_consent_and_completes_the_reques
     for table, value in h.raw_db().every_value():
         assert not leaks(value, needles), f"plaintext in {table}"
     assert not leaks(service_logs(caplog), needles)
+
+
+async def test_a_malformed_opt_out_is_answered_rejected_not_dropped(
+    nats_server: NatsServer, notify_factory: NotifyFactory
+) -> None:
+    h = await notify_factory(nats_url=nats_server.url)
+    consumer = h.app.consumer
+    assert consumer is not None
+
+    async def subscribed() -> bool:
+        try:
+            await consumer.info()
+        except Exception:
+            return False
+        return True
+
+    await eventually(subscribed, 30, what="notify's durable consumer on the stream")
+    task = ev.OptOutRequested(task_id="task-1", request_id="req-1", subject_id="not-a-subject-id")
+    await publish(nats_server.url, make_event(task, source="dsr", tenant_id=h.tenant))
+
+    async def answered() -> list[ev.Event]:
+        return [
+            m.event() for m in await stream_messages(nats_server.url) if m.subject == subject_of(ev.OptOutCompleted)
+        ]
+
+    await eventually(answered, 30, what="an answer to the malformed opt-out")
+    (answer,) = await answered()
+    assert answer.opt_out_completed.outcome == ev.VAULT_TASK_OUTCOME_REJECTED
+    assert answer.opt_out_completed.reason_code == "MALFORMED_ID"
+    assert answer.opt_out_completed.task_id == "task-1"

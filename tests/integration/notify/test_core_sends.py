@@ -254,3 +254,53 @@ async def test_deliveries_are_per_tenant_and_listable(notify_factory: NotifyFact
         invalid,
         "MALFORMED_ID",
     )
+
+
+async def test_the_channel_breaker_opens_and_waiting_deliveries_are_not_charged_an_attempt(
+    notify_factory: NotifyFactory, manual_clock: ManualClock
+) -> None:
+    down = SmtpSink(mode="plain")  # never started: nothing listens on its port
+    h = await notify_factory(
+        clock=manual_clock, sink=down, delivery={"breaker_failures": 2, "breaker_reset_s": 60, "max_attempts": 8}
+    )
+    ids = []
+    for _ in range(2):
+        subject_id, _ = subject(h)
+        ids.append((await send(h, send_request(subject_id))).delivery.delivery_id)
+
+    async def both_failed_once() -> bool:
+        rows = h.raw_db().all("SELECT attempts, reason_code FROM notify_deliveries")
+        return sorted(rows) == [(1, "smtp_connect"), (1, "smtp_connect")]
+
+    await eventually(both_failed_once, 20, what="two connection failures")
+    subject_id, _ = subject(h)
+    third = (await send(h, send_request(subject_id))).delivery.delivery_id
+    waiting = await wait_status(h, third, pb.DELIVERY_STATUS_QUEUED)
+
+    async def postponed() -> bool:
+        got = await h.notify.GetDelivery(pb.GetDeliveryRequest(delivery_id=third), metadata=h.md())
+        return got.delivery.reason_code == "breaker_open"
+
+    await eventually(postponed, 20, what="the third delivery held back by the open breaker")
+    got = await h.notify.GetDelivery(pb.GetDeliveryRequest(delivery_id=third), metadata=h.md())
+    assert got.delivery.attempts == 0 and waiting.delivery_id == third
+
+
+async def test_a_claim_whose_answer_was_never_recorded_is_ambiguous_for_marketing_and_resent_for_service(
+    notify_factory: NotifyFactory, manual_clock: ManualClock
+) -> None:
+    h = await notify_factory(clock=manual_clock)
+    h.app.engine.wake = lambda: None  # type: ignore[method-assign]  # the test drives the engine itself
+    subject_id, _ = subject(h)
+    await consent_to(h, subject_id)
+    marketing = (await send(h, send_request(subject_id, lane=pb.LANE_MARKETING))).delivery.delivery_id
+    service = (await send(h, send_request(subject_id))).delivery.delivery_id
+    await h.app.engine.stop()  # a process that died between claiming and recording
+    raw = h.raw_db()
+    raw.execute("UPDATE notify_deliveries SET status = 'SENDING', attempts = 1")
+    manual_clock.advance(h.settings.delivery.sending_lease_s + 1)
+    await h.app.engine.process_due()
+    assert (await wait_status(h, marketing, pb.DELIVERY_STATUS_AMBIGUOUS)).reason_code == "attempt_lost"
+    resent = await wait_status(h, service, pb.DELIVERY_STATUS_SENT)
+    (mail,) = h.sink.messages()
+    assert mail["Message-ID"] == f"<{resent.reference}@steward.test>"
