@@ -118,7 +118,8 @@ def _contact(view: ContactView) -> pb.Contact:
 
 
 def _contact_view(message: pb.Contact) -> ContactView:
-    role = "" if message.role == pb.CONTACT_ROLE_UNSPECIFIED else pb.ContactRole.Name(message.role)
+    known = message.role in pb.ContactRole.values() and message.role != pb.CONTACT_ROLE_UNSPECIFIED
+    role = pb.ContactRole.Name(message.role) if known else ""
     return ContactView(
         message.contact_id, role.removeprefix("CONTACT_ROLE_"), message.email, message.phone, message.locale or "en"
     )

@@ -63,6 +63,7 @@ async def test_set_contacts_refuses_bad_input(notify_factory: NotifyFactory) -> 
         (contact("a@b.c\r\nBcc: x@y.z"), "MALFORMED_ADDRESS"),
         (contact(email, phone="12345"), "MALFORMED_ADDRESS"),
         (contact(email, role=pb.CONTACT_ROLE_UNSPECIFIED), "INVALID_ARGUMENT"),
+        (contact(email, role=99), "INVALID_ARGUMENT"),
         (contact(email, locale="fr"), "UNKNOWN_LOCALE"),
         (contact(email, contact_id="nope"), "MALFORMED_ID"),
         (contact(email, contact_id=str(uuid.uuid4())), "CONTACT_NOT_FOUND"),
