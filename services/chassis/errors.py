@@ -45,6 +45,7 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "UpstreamRefusal",
     "abort_for",
     "error_info",
@@ -132,6 +133,15 @@ class Reason(StrEnum):
     EXPORT_TOKEN_OTHER_TENANT = "EXPORT_TOKEN_OTHER_TENANT"  # noqa: S105 - a genuine token of another tenant
     EXPORT_NOT_FOUND = "EXPORT_NOT_FOUND"
     EXPORT_EXPIRED = "EXPORT_EXPIRED"
+    # Notifications (notify): what the caller asked to send does not fit the template catalogue or the recipient.
+    UNKNOWN_TEMPLATE = "UNKNOWN_TEMPLATE"
+    UNKNOWN_LOCALE = "UNKNOWN_LOCALE"
+    MISSING_TEMPLATE_VARIABLE = "MISSING_TEMPLATE_VARIABLE"  # metadata: template (never the variable's value)
+    MALFORMED_ADDRESS = "MALFORMED_ADDRESS"  # metadata: field (email, phone); the value is never echoed
+    IDEMPOTENCY_KEY_REQUIRED = "IDEMPOTENCY_KEY_REQUIRED"
+    PURPOSE_REQUIRED = "PURPOSE_REQUIRED"
+    DELIVERY_NOT_FOUND = "DELIVERY_NOT_FOUND"
+    CONTACT_NOT_FOUND = "CONTACT_NOT_FOUND"
 
 
 class DomainError(Exception):
@@ -236,6 +246,13 @@ class DeadlineExceeded(DomainError):
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = Reason.DEADLINE_EXCEEDED
+
+
+class Unimplemented(DomainError):
+    """A method of the contract that is not built yet: UNIMPLEMENTED with reason NOT_IMPLEMENTED."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = Reason.NOT_IMPLEMENTED
 
 
 class UpstreamRefusal(DomainError):

@@ -40,6 +40,7 @@ SERVICE_DATABASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "vault": ("services.vault.settings:VaultSettings", ("database_url", "tombstone_database_url")),
     "gateway": ("services.gateway.settings:GatewaySettings", ("database_url",)),
     "dsr": ("services.dsr.settings:DsrSettings", ("database_url",)),
+    "notify": ("services.notify.settings:NotifySettings", ("database_url",)),
 }
 """Per service: its settings class (``module:Class``, imported only when needed) and the settings fields
 holding the URL of each database it owns."""

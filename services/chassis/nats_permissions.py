@@ -121,10 +121,21 @@ NATS_USERS: tuple[NatsUser, ...] = (
             DurableConsumer("dsr-tenant-lifecycle", ("steward.gateway.tenant.closed", "steward.vault.tenant.closed")),
         ),
     ),
-    # notify is not built yet: its row is what it will need, adjusted when it lands.
+    # notify: dsr's opt-out commands and request events (account notices to tenant contacts).
     NatsUser(
         "notify",
-        consumes=(DurableConsumer("notify-events", ("steward.gateway.tenant.>", "steward.gateway.support.>")),),
+        consumes=(
+            DurableConsumer(
+                "notify-events",
+                (
+                    "steward.dsr.optout.requested",
+                    "steward.dsr.request.changed",
+                    "steward.dsr.request.reminder",
+                    "steward.dsr.request.extended",
+                    "steward.dsr.request.overdue",
+                ),
+            ),
+        ),
     ),
     NatsUser(OPS, admin=True),
 )

@@ -140,7 +140,7 @@ def doctor(home: Path | None, json_output: bool) -> None:
 
 # The services ``steward serve`` can run; each has ``services/<name>/main.py`` with ``main()``. A test keeps this
 # equal to the Deployments under deploy/k8s. Importing the service only when chosen keeps other commands light.
-SERVE_SERVICES = ("gateway", "vault", "dsr")
+SERVE_SERVICES = ("gateway", "vault", "dsr", "notify")
 
 
 @cli.command()

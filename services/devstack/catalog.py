@@ -23,6 +23,7 @@ __all__ = [
     "SERVICES",
     "RunningUpstream",
     "ServiceEntry",
+    "SmtpAccess",
     "TransitAccess",
     "installed",
     "service_environment",
@@ -42,6 +43,7 @@ class ServiceEntry:
     files; ``generated_secrets`` are settings filled from ``.steward/secrets.json``; ``upstreams``
     are the services it forwards to (given their address and its client certificate when running).
     ``verifies_operator_tokens`` means it is told to trust the local dev IdP's JWKS (the gateway).
+    ``uses_smtp`` means it sends email through the launcher's STARTTLS sink (notify).
     """
 
     name: str
@@ -52,6 +54,7 @@ class ServiceEntry:
     generated_secrets: tuple[str, ...] = ()
     upstreams: tuple[str, ...] = ()
     verifies_operator_tokens: bool = False
+    uses_smtp: bool = False  # told where the launcher's SMTP sink is (notify)
 
     @property
     def module(self) -> str:
@@ -77,7 +80,14 @@ SERVICES: tuple[ServiceEntry, ...] = (
         extra_databases=(("TOMBSTONE_DATABASE_URL", "vault-tombstones.db"),),
     ),
     ServiceEntry("dsr", 50053, allowed_clients=("gateway",), uses_transit=True, upstreams=("vault",)),
-    ServiceEntry("notify", 50054, allowed_clients=("gateway",)),
+    ServiceEntry(
+        "notify",
+        50054,
+        allowed_clients=("gateway",),
+        uses_transit=True,
+        generated_secrets=("RECIPIENT_HASH_KEY",),
+        uses_smtp=True,
+    ),
     ServiceEntry(
         "gateway",
         50051,
@@ -94,6 +104,14 @@ class TransitAccess:
 
     url: str
     token: str
+
+
+@dataclass(frozen=True)
+class SmtpAccess:
+    """Where the launcher's SMTP sink listens (STARTTLS with a dev-CA certificate)."""
+
+    host: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -136,6 +154,7 @@ def service_environment(
     secrets: Mapping[str, str] | None = None,
     running: Mapping[str, RunningUpstream] | None = None,
     operator_trust: OperatorTrust | None = None,
+    smtp: SmtpAccess | None = None,
 ) -> dict[str, str]:
     """The ``STEWARD_<NAME>__*`` variables the launcher sets for ``entry`` (on top of its own environment)."""
     prefix = entry.env_prefix
@@ -165,6 +184,14 @@ def service_environment(
             f"{prefix}JWT__JWKS_FILE": str(operator_trust.jwks_file),
             f"{prefix}JWT__ISSUER": operator_trust.issuer,
             f"{prefix}JWT__AUDIENCE": operator_trust.audience,
+        }
+    if entry.uses_smtp and smtp is not None:
+        env |= {
+            f"{prefix}SMTP__HOST": smtp.host,
+            f"{prefix}SMTP__PORT": str(smtp.port),
+            f"{prefix}SMTP__TLS": "starttls",
+            f"{prefix}SMTP__CA_FILE": str(pki.ca_file),
+            f"{prefix}SMTP__FROM_ADDRESS": "notices@steward.localhost",
         }
     for upstream in entry.upstreams:
         target = (running or {}).get(upstream)

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from services.chassis.nats_config import ServerTls, ensure_embedded_nats
 from services.chassis.nats_permissions import OPS
@@ -38,6 +38,7 @@ from services.devstack.catalog import (
     SERVICES,
     RunningUpstream,
     ServiceEntry,
+    SmtpAccess,
     TransitAccess,
     installed,
     service_environment,
@@ -58,6 +59,9 @@ from services.devstack.openbao import (
 from services.devstack.ports import PortChoice, PortUnavailable, choose_port
 from services.devstack.settings import RunSettings
 from services.devstack.supervisor import Backoff, ChildFailedToStart, ChildSpec, Supervisor, inherited_environment
+
+SMTP_IDENTITY = "smtp"
+"""The dev-CA certificate of the local SMTP sink notify sends through."""
 
 __all__ = [
     "LocalCredentials",
@@ -261,6 +265,7 @@ class _Stack:
         self.material: InitMaterial | None = None
         self.state: StackState | None = None
         self.credentials = LocalCredentials(demo_file=home.demo_file)
+        self.smtp_sink: Any = None
 
     async def start(self) -> StackState:
         """Plan ports, issue certificates, start NATS, OpenBao and the services; return the recorded state."""
@@ -281,7 +286,9 @@ class _Stack:
         for line in plan.notes:
             note(line)
 
-        pki, actions = ensure_dev_pki(home.tls_dir, [entry.name for entry in SERVICES] + [CLI_IDENTITY, "nats"])
+        pki, actions = ensure_dev_pki(
+            home.tls_dir, [entry.name for entry in SERVICES] + [CLI_IDENTITY, "nats", SMTP_IDENTITY]
+        )
         note("; ".join(actions) if actions else f"reusing dev certificates in {home.tls_dir}")
         idp, idp_actions = ensure_dev_idp(home.idp_dir)
         for line in idp_actions:
@@ -326,6 +333,7 @@ class _Stack:
         )
         assert self.material is not None
 
+        smtp = self._start_smtp_sink(pki) if any(entry.uses_smtp for entry in to_start) else None
         # Ports are planned up front, so every service (and the gateway's upstream addresses) is known
         # now: start them all at once; start-up then takes as long as the slowest, not their sum.
         transit = TransitAccess(url=openbao_url, token=self.material.root_token)
@@ -361,6 +369,7 @@ class _Stack:
                         secrets=generated.get(entry.name),
                         running=upstreams,
                         operator_trust=idp.trust,
+                        smtp=smtp,
                     )
                     | databases[entry.name]
                     | nats_auth.service_environment(entry.name)
@@ -391,6 +400,29 @@ class _Stack:
         state = self._record(plan, pki, nats_url, openbao_url, services, missing, skipped)
         await self._bootstrap_demo(state)
         return state
+
+    def _start_smtp_sink(self, pki: DevPki) -> SmtpAccess:
+        """The local mail sink (aiosmtpd, STARTTLS, in this process): every message notify sends is written to
+        ``<home>/mail/<n>.eml``."""
+        from services.devstack.smtp_sink import SmtpSink
+
+        certificate = pki[SMTP_IDENTITY]
+        sink = SmtpSink(
+            mode="starttls",
+            cert_file=certificate.cert_file,
+            key_file=certificate.key_file,
+            host=self.settings.host,
+            spool_dir=self.home.root / "mail",
+        ).start()
+        self.smtp_sink = sink
+        self.supervisor.note(f"SMTP sink on {sink.host}:{sink.port} (STARTTLS); mail sent lands in {sink.spool_dir}")
+        return SmtpAccess(sink.host, sink.port)
+
+    def stop_smtp_sink(self) -> None:
+        """Stop the mail sink (after the services)."""
+        if self.smtp_sink is not None:
+            self.smtp_sink.stop()
+            self.smtp_sink = None
 
     async def _bootstrap_demo(self, state: StackState) -> None:
         """Create (first start) or check (later starts) the demo tenant and key, through the gateway.
@@ -596,6 +628,7 @@ async def run_stack(settings: RunSettings, *, json_output: bool, out: TextIO = s
                 # Signal handlers stay installed while stopping: a second Ctrl-C must not kill the launcher
                 # half-way and leave children behind.
                 await supervisor.stop_all()
+                stack.stop_smtp_sink()
                 stack.record_stopped()
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)

@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from steward.dsr.v1 import dsr_pb2
+from steward.notify.v1 import notify_pb2
 from steward.vault.v1 import vault_pb2
 
 from services.chassis.errors import (
@@ -61,6 +62,7 @@ FORWARDED_SERVICES: tuple[ForwardedService, ...] = (
     ForwardedService("vault", vault_pb2.DESCRIPTOR.services_by_name["VaultService"]),
     ForwardedService("vault", vault_pb2.DESCRIPTOR.services_by_name["VaultAdminService"]),
     ForwardedService("dsr", dsr_pb2.DESCRIPTOR.services_by_name["DsrService"]),
+    ForwardedService("notify", notify_pb2.DESCRIPTOR.services_by_name["NotifyService"]),
 )
 
 

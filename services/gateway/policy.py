@@ -84,6 +84,7 @@ _VAULT_ADMIN = "/steward.vault.v1.VaultAdminService/"
 _GW = "/steward.gateway.v1.GatewayAdminService/"
 _DSR = "/steward.dsr.v1.DsrService/"
 _LEGAL = "/steward.legal.v1.LegalRequestService/"
+_NOTIFY = "/steward.notify.v1.NotifyService/"
 _OPS = (OPS_ADMIN, OPS_ONCALL)
 
 POLICIES: dict[str, RoutePolicy] = {
@@ -133,6 +134,25 @@ POLICIES: dict[str, RoutePolicy] = {
     _DSR + "RunRetentionSweep": _p(roles=[OPS_ADMIN], all_tenants=True, cap=3600.0),
     _DSR + "GetShredCertificate": _p(["dsr:manage"], _OPS),
     _DSR + "ListOffboarding": _p(["dsr:manage"], _OPS, all_tenants=True),
+    # --- notify: tenants' apps send and record consent (notify:send); the account admin keeps contacts and
+    # preferences (keys:manage); operators read deliveries and consent ("why was this sent") and run breaches.
+    _NOTIFY + "SetContacts": _p(["keys:manage"]),
+    _NOTIFY + "GetContacts": _p(["keys:manage"], _OPS),
+    _NOTIFY + "SendToSubject": _p(["notify:send"]),
+    _NOTIFY + "GetDelivery": _p(["notify:send"], _OPS),
+    _NOTIFY + "ListDeliveries": _p(["notify:send"], _OPS),
+    _NOTIFY + "RecordConsent": _p(["notify:send"]),
+    _NOTIFY + "WithdrawConsent": _p(["notify:send"]),
+    _NOTIFY + "GetConsent": _p(["notify:send"], _OPS),
+    _NOTIFY + "SetPreferences": _p(["keys:manage"]),
+    _NOTIFY + "GetPreferences": _p(["keys:manage"], _OPS),
+    _NOTIFY + "DeclareBreach": _p(roles=[OPS_ADMIN], all_tenants=True),
+    _NOTIFY + "UpdateBreach": _p(roles=[OPS_ADMIN], all_tenants=True),
+    _NOTIFY + "GetBreach": _p(roles=_OPS, all_tenants=True),
+    _NOTIFY + "ListBreaches": _p(roles=_OPS, all_tenants=True),
+    _NOTIFY + "BreachImpact": _p(roles=[OPS_ADMIN], all_tenants=True, cap=300.0),
+    _NOTIFY + "AnnouncePolicyChange": _p(roles=[OPS_ADMIN], all_tenants=True),
+    _NOTIFY + "ListCampaigns": _p(roles=_OPS, all_tenants=True),
     # --- the gateway's own admin API (tenant targeting is resolved by the servicer)
     _GW + "CreateTenant": _p(roles=[OPS_ADMIN]),
     _GW + "GetTenant": _p(["keys:manage", "audit:read"], (*_OPS, SUPPORT)),

@@ -18,7 +18,7 @@ __all__ = ["db"]
 
 # The choices of --service; a test checks they are exactly the services chassis.migrations knows. Importing
 # that module here would load SQLAlchemy and Alembic for every `steward` command.
-SERVICES = ("dsr", "gateway", "vault")
+SERVICES = ("dsr", "gateway", "notify", "vault")
 
 
 @click.group()

@@ -29,15 +29,17 @@ from tests.plugins.k8s import K8S, load_docs
 
 VAULT_POLICIES = ("steward-vault-crypto", "steward-vault-keys", "steward-vault-audit-signing")
 DSR_POLICIES = ("steward-dsr-evidence-signing",)
+NOTIFY_POLICIES = ("steward-notify-transit",)
 # Kubernetes auth role (steward-<name>) -> its policies; the vault's two roles split data path and key admin.
 ROLE_POLICIES = {
     "vault": ("steward-vault-crypto", "steward-vault-audit-signing"),
     "vault-keys": ("steward-vault-keys",),
     "dsr": DSR_POLICIES,
+    "notify": NOTIFY_POLICIES,
 }
-ROLE_ACCOUNTS = {"vault": "vault", "vault-keys": "vault", "dsr": "dsr"}
+ROLE_ACCOUNTS = {"vault": "vault", "vault-keys": "vault", "dsr": "dsr", "notify": "notify"}
 # openbao-snapshot (the raft snapshot CronJob's) is tested in test_openbao_backup_restore.py.
-POLICIES = (*VAULT_POLICIES, *DSR_POLICIES, "steward-oncall-read", "openbao-snapshot")
+POLICIES = (*VAULT_POLICIES, *DSR_POLICIES, *NOTIFY_POLICIES, "steward-oncall-read", "openbao-snapshot")
 # As services/dsr/main.py builds its client: a tenant-key prefix no tenant key has, the evidence key by name.
 DSR_KEY_PREFIX = "steward-dsr-no-tenant-keys-"
 DSR_SIGNING_KEY = "steward-dsr-evidence"
@@ -81,6 +83,16 @@ def _dsr_signer(openbao: OpenBaoDev, url: str | None = None, token: str | None =
         signing_key=DSR_SIGNING_KEY,
     )
     return EvidenceSigner(transit)
+
+
+def _notify_transit(openbao: OpenBaoDev, token: str | None = None) -> TransitClient:
+    # As services/notify/main.py builds it: key "steward-" + "notify", a signing-key name it never uses.
+    return TransitClient(
+        openbao.url,
+        token or _token(openbao, *NOTIFY_POLICIES),
+        key_prefix="steward-",
+        signing_key="notify-signs-nothing",
+    )
 
 
 def test_vault_policies_allow_everything_the_vault_does(policies: OpenBaoDev) -> None:
@@ -341,3 +353,47 @@ def test_dsr_proxy_replaces_the_placeholder_token(policies: OpenBaoDev, proxy: s
     signature = through_proxy.sign("cd" * 32)
     public_key = through_proxy.public_key(signature.key_version)
     assert public_key is not None and signature_verifies(public_key, ("cd" * 32).encode("ascii"), signature.value)
+
+
+def test_notify_policy_allows_everything_notify_does(policies: OpenBaoDev) -> None:
+    transit = _notify_transit(policies)
+    transit.create_tenant_key("notify")  # notify start-up (disable_upsert first, then the key)
+    transit.create_tenant_key("notify")  # every later start-up
+    (wrapped,) = transit.wrap("notify", [(b"k" * 32, AAD)])
+    assert transit.unwrap("notify", [(wrapped, AAD)]) == [b"k" * 32]
+
+
+NOTIFY_KEY = "transit/keys/steward-notify"
+NEVER_NOTIFY = [
+    ("delete its key", "delete", NOTIFY_KEY, None),
+    ("allow its deletion", "post", f"{NOTIFY_KEY}/config", {"deletion_allowed": True}),
+    ("make it exportable", "post", f"{NOTIFY_KEY}/config", {"exportable": True}),
+    ("recreate it exportable", "post", NOTIFY_KEY, {"type": "aes256-gcm96", "exportable": True}),
+    ("export it", "get", "transit/export/encryption-key/steward-notify", None),
+    ("back it up", "get", "transit/backup/steward-notify", None),
+    ("create a tenant key", "post", "transit/keys/steward-tenant-{t}", {"type": "aes256-gcm96"}),
+    ("unwrap with a tenant key", "post", "transit/decrypt/steward-tenant-{t}", {"ciphertext": "vault:v1:AAAA"}),
+    ("sign with the vault's audit key", "post", "transit/sign/steward-audit-signing", {"input": "AAAA"}),
+    ("create another key", "post", "transit/keys/other-{t}", {"type": "aes256-gcm96"}),
+    ("list keys", "list", "transit/keys", None),
+    ("turn upserts back on", "post", "transit/config/keys", {"disable_upsert": False}),
+]
+
+
+@pytest.mark.parametrize(("label", "method", "path", "body"), NEVER_NOTIFY, ids=[n[0] for n in NEVER_NOTIFY])
+def test_notify_policy_grants_its_wrapping_key_and_nothing_else(
+    policies: OpenBaoDev, label: str, method: str, path: str, body: dict[str, object] | None
+) -> None:
+    tenant = _tenant()
+    _vault_client(policies).create_tenant_key(tenant)
+    _vault_client(policies).create_signing_key()
+    token = _token(policies, *NOTIFY_POLICIES)
+    _notify_transit(policies, token).create_tenant_key("notify")
+    reply = requests.request(
+        method.upper(),
+        f"{policies.url}/v1/{path.format(t=tenant)}",
+        json=body,
+        headers={"X-Vault-Token": token},
+        timeout=10,
+    )
+    assert reply.status_code == 403, (label, reply.status_code)

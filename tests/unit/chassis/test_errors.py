@@ -26,6 +26,7 @@ DEFAULTS = {
     errors.DataLoss: (grpc.StatusCode.DATA_LOSS, Reason.INTEGRITY_CHECK_FAILED),
     errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, Reason.DEPENDENCY_UNAVAILABLE),
     errors.DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED),
+    errors.Unimplemented: (grpc.StatusCode.UNIMPLEMENTED, Reason.NOT_IMPLEMENTED),
 }
 
 

@@ -29,6 +29,7 @@ from steward.vault.v1 import vault_pb2  # noqa: F401
 from services.chassis.settings import load_settings
 from services.dsr.settings import DsrSettings
 from services.gateway.settings import GatewaySettings
+from services.notify.settings import NotifySettings
 from services.vault.main import VaultSettings
 from tests.plugins.k8s import (
     ALL_TREES,
@@ -49,11 +50,16 @@ from tests.plugins.k8s import (
     yaml_files,
 )
 
-SETTINGS: dict[str, type[BaseSettings]] = {"gateway": GatewaySettings, "vault": VaultSettings, "dsr": DsrSettings}
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "gateway": GatewaySettings,
+    "vault": VaultSettings,
+    "dsr": DsrSettings,
+    "notify": NotifySettings,
+}
 # The services that reach Transit through an OpenBao proxy sidecar, each with its own Kubernetes auth role.
-OPENBAO_CLIENTS = ("vault", "dsr")
+OPENBAO_CLIENTS = ("vault", "dsr", "notify")
 # Names of settings whose value is a credential: only ever from a Secret (a SQLite URL has none).
-SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|PEPPER|SECRET|REGISTRY_KEY|DATABASE_URL|PRIVATE_KEY)$")
+SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|PEPPER|SECRET|REGISTRY_KEY|HASH_KEY|DATABASE_URL|PRIVATE_KEY)$")
 PROXY_MARKER = "replaced-by-openbao-proxy"
 SHUTDOWN_MARGIN_S = 10
 
@@ -295,7 +301,7 @@ def test_tls_comes_from_a_certificate_named_after_the_service(name: str, objects
 
 
 # Who each mTLS server admits (by the client certificate's DNS SAN), as the design has it.
-CALLERS = {"vault": ["gateway", "dsr"], "dsr": ["gateway"]}
+CALLERS = {"vault": ["gateway", "dsr"], "dsr": ["gateway"], "notify": ["gateway"]}
 
 
 @pytest.mark.parametrize(("server", "callers"), CALLERS.items())
@@ -445,8 +451,12 @@ def test_every_variable_is_a_real_setting_and_loads(
         assert settings.transit.token.get_secret_value() == PROXY_MARKER
         assert set(settings.upstreams) == {"vault"} and settings.upstreams["vault"].tls
         assert settings.upstreams["vault"].cert_file is not None, "the vault admits dsr by its client certificate"
+    if service == "notify":
+        assert settings.grpc.tls.client_ca_file is not None and settings.grpc.tls.allowed_client_names == ["gateway"]
+        assert settings.transit.token.get_secret_value() == PROXY_MARKER
+        assert settings.smtp.tls == "implicit" and settings.smtp.ca_file is None  # system roots, always verified
     if service == "gateway":
-        assert set(settings.upstreams) == {"vault", "dsr"}
+        assert set(settings.upstreams) == {"vault", "dsr", "notify"}
         assert all(upstream.tls and upstream.cert_file is not None for upstream in settings.upstreams.values())
 
 
@@ -556,6 +566,17 @@ def test_policy_files_grant_no_export_backup_or_root() -> None:
     assert "delete" not in re.findall(r"capabilities = \[(.*?)\]", evidence)[0]
     (dsr_config,) = load_docs(K8S / "base" / "dsr" / "configmap.yaml")
     assert dsr_config["data"]["STEWARD_DSR__TRANSIT__SIGNING_KEY"] == "steward-dsr-evidence"
+    # notify: its own wrapping key only (create/read it, encrypt/decrypt with it), never a tenant key or a deletion.
+    wrapping = (K8S / "openbao" / "steward-notify-transit.hcl").read_text()
+    assert set(re.findall(r'path "([^"]+)"', wrapping)) == {
+        "transit/keys/steward-notify",
+        "transit/encrypt/steward-notify",
+        "transit/decrypt/steward-notify",
+        "transit/config/keys",
+    }
+    assert "delete" not in re.findall(r"capabilities = \[(.*?)\]", wrapping)[0]
+    (notify_config,) = load_docs(K8S / "base" / "notify" / "configmap.yaml")
+    assert notify_config["data"]["STEWARD_NOTIFY__TRANSIT__KEY"] == "steward-notify"
 
 
 # ------------------------------------------------------------------------------------------------ network policies
@@ -604,7 +625,7 @@ def prod_network() -> tuple[Network, dict[str, Pod]]:
         "internet": Pod("idp", "", ip="203.0.113.10"),
         "private": Pod("private", "", ip="10.1.2.3"),
     }
-    for cluster in ("gateway-db", "vault-db", "vault-tombstones-db", "dsr-db"):
+    for cluster in ("gateway-db", "vault-db", "vault-tombstones-db", "dsr-db", "notify-db"):
         pods[cluster] = Pod(f"{cluster}-1", "steward-db", {"cnpg.io/cluster": cluster})
     return net, pods
 
@@ -650,6 +671,24 @@ FLOWS = [
     ("vault", "dsr-db", 5432, False),
     ("gateway", "dsr-db", 5432, False),
     ("dsr", "internet", 443, False),
+    # notify: called by the gateway, wraps keys with Transit, owns notify-db, sends mail to an outside relay.
+    ("gateway", "notify", 50054, True),
+    ("crm-app", "notify", 50054, False),
+    ("vault", "notify", 50054, False),
+    ("notify", "vault", 50052, False),
+    ("notify", "gateway", 50051, False),
+    ("notify", "nats", 4222, True),
+    ("notify", "openbao", 8200, True),
+    ("notify", "notify-db", 5432, True),
+    ("notify", "dsr-db", 5432, False),
+    ("dsr", "notify-db", 5432, False),
+    ("notify", "internet", 465, True),
+    ("notify", "internet", 587, True),
+    ("notify", "internet", 443, False),
+    ("notify", "private", 465, False),
+    ("notify-migrate", "notify-db", 5432, True),
+    ("notify-migrate", "internet", 465, False),
+    ("notify-migrate", "openbao", 8200, False),
     ("gateway", "internet", 443, True),
     ("gateway", "private", 443, False),
     ("vault", "internet", 443, False),

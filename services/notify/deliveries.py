@@ -1,0 +1,513 @@
+"""The delivery engine: exactly-once effect per (cause, channel, recipient, template version), lanes, retries.
+
+1. **Plan** (:func:`plan`, inside the caller's transaction): the idempotency key — SHA-256 over tenant, cause
+   (``request:<hash of the caller's key>`` or ``event:<event id>``), channel, recipient (kind and id) and template
+   version — goes in with the delivery under a unique constraint *before* anything is sent; the same cause again
+   finds the first delivery and sends nothing. Template variables are sealed into ``notify_payloads``.
+2. **Send** (:class:`DeliveryEngine`, a background task on the injected clock): due deliveries are claimed
+   (``SENDING`` with a lease), their payload and the address (a tenant contact's, opened from its sealed row, or a
+   subject's, asked from the vault at send time) are held in memory only, and the lane's rules are checked *at
+   send time*: marketing needs an active consent for the recipient, channel and purpose and an address that is not
+   suppressed; service is stopped only by a hard bounce; critical goes regardless.
+3. **Settle** (:func:`settle`): ``SENT``; ``SUPPRESSED`` (and the address's hash on the suppression list) for a
+   permanent refusal; a transient one is retried with capped full-jitter backoff until ``max_attempts``.
+   An **ambiguous** send (answer lost, or a claim whose lease ran out) is never resent in the marketing lane (at
+   most once: a second promotional message is worse than a missing one) and is resent with the *same reference*
+   (Message-ID / WhatsApp callback data) in the critical and service lanes (at least once: a missing breach or
+   DSR notice is worse than a duplicate the recipient's mail system can collapse by Message-ID).
+   A delivery that is final has its payload deleted; the row keeps ids, hashes, codes and times only.
+
+One circuit breaker per channel: while it is open nothing is sent on that channel and due deliveries wait
+(their attempt is not counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from services.chassis.circuit import CircuitBreaker
+from services.chassis.clock import Clock
+from services.chassis.db import Database
+from services.chassis.errors import DomainError, NotFound, Reason
+from services.chassis.ids import new_id
+from services.chassis.tasks import BackgroundTask
+from services.notify import consent, contacts
+from services.notify.channels import Channel, Lane, Outcome, OutgoingMessage, SendResult
+from services.notify.consent import Recipient
+from services.notify.keys import TenantKeys
+from services.notify.models import DeliveryRow, PayloadRow
+from services.notify.settings import DeliverySettings
+from services.notify.templates import TemplateCatalogue
+
+log = logging.getLogger("steward.notify.deliveries")
+
+__all__ = [
+    "FINAL",
+    "AddressBook",
+    "DeliveryContext",
+    "DeliveryEngine",
+    "Plan",
+    "StaticAddressBook",
+    "idempotency_key",
+    "plan",
+    "settle",
+]
+
+PAYLOAD = "payload"
+FINAL = frozenset({"SENT", "AMBIGUOUS", "DELIVERED", "READ", "FAILED", "SUPPRESSED"})
+# Suppression reasons that stop service notices too (the address does not exist); others stop marketing only.
+HARD_BOUNCES = frozenset({"smtp_5xx", "wa_131026"})
+# Outcomes that say "the provider answered": the breaker counts them as the channel being alive.
+_ALIVE = frozenset({Outcome.SENT, Outcome.SUPPRESS, Outcome.NEEDS_TEMPLATE, Outcome.RETRY_AFTER})
+
+
+class AddressBook(Protocol):
+    """Where a data subject's address comes from at send time (the vault, over notify's mTLS identity)."""
+
+    async def address(self, tenant_id: str, subject_id: str, channel: str) -> str:
+        """The subject's email address or E.164 number for ``channel``; "" when the vault holds none."""
+        ...
+
+
+class StaticAddressBook:
+    """An address book with fixed entries: the stand-in until the vault's address method is wired, and for tests."""
+
+    def __init__(self, entries: Mapping[tuple[str, str, str], str] | None = None) -> None:
+        self.entries = dict(entries or {})
+
+    async def address(self, tenant_id: str, subject_id: str, channel: str) -> str:
+        """The configured address or ""."""
+        return self.entries.get((tenant_id, subject_id, channel), "")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to send: one template to one recipient on one channel, for one cause."""
+
+    tenant_id: str
+    cause: str
+    channel: str
+    lane: Lane
+    template_version: str
+    recipient: Recipient
+    variables: Mapping[str, str]
+    purpose: str = ""
+
+
+@dataclass
+class DeliveryContext:
+    """What the engine's steps share: keys, clock, templates, the recipient-hash key and the limits."""
+
+    keys: TenantKeys
+    clock: Clock
+    catalogue: TemplateCatalogue
+    hash_key: bytes
+    settings: DeliverySettings
+    unsubscribe_link: Callable[[str, str], str]  # (tenant id, reference) -> https URL
+    rng: random.Random
+
+    def recipient_hash(self, channel: str, address: str) -> str:
+        """Keyed hash of a normalised address (what deliveries and the suppression list keep)."""
+        normalised = address.strip().lower() if channel == "email" else address.strip()
+        return hmac.new(self.hash_key, f"{channel}:{normalised}".encode(), hashlib.sha256).hexdigest()
+
+    def backoff_s(self, attempts: int) -> float:
+        """Capped full jitter: uniform in [0, min(cap, base * 2^(attempts-1))]."""
+        ceiling = min(self.settings.backoff_cap_s, self.settings.backoff_base_s * 2 ** max(attempts - 1, 0))
+        return self.rng.uniform(0, ceiling)
+
+
+def _field(value: str) -> bytes:
+    encoded = value.encode()
+    return len(encoded).to_bytes(4, "big") + encoded
+
+
+def idempotency_key(tenant_id: str, cause: str, channel: str, recipient: Recipient, template_version: str) -> str:
+    """Hex SHA-256 of the fields that make a message the same message."""
+    fields = ("notify.idem.v1", tenant_id, cause, channel, recipient.kind, recipient.id, template_version)
+    return hashlib.sha256(b"".join(_field(f) for f in fields)).hexdigest()
+
+
+def plan(session: Session, ctx: DeliveryContext, p: Plan) -> tuple[DeliveryRow, bool]:
+    """Insert the delivery (and its sealed payload) unless its idempotency key exists: (delivery, replayed)."""
+    key = idempotency_key(p.tenant_id, p.cause, p.channel, p.recipient, p.template_version)
+    earlier = session.scalars(select(DeliveryRow).where(DeliveryRow.idempotency_key == key)).first()
+    if earlier is not None:
+        return earlier, True
+    now = ctx.clock.now()
+    delivery_id = new_id()
+    template, locale, _ = p.template_version.split("/")
+    row = DeliveryRow(
+        delivery_id=delivery_id,
+        tenant_id=p.tenant_id,
+        idempotency_key=key,
+        cause=p.cause,
+        channel=p.channel,
+        lane=p.lane.value,
+        template=template,
+        template_version=p.template_version,
+        locale=locale,
+        purpose=p.purpose,
+        recipient_kind=p.recipient.kind,
+        recipient_id=p.recipient.id,
+        recipient_hash="",
+        status="QUEUED",
+        reason_code="",
+        attempts=0,
+        reference=delivery_id.replace("-", ""),
+        provider_ref="",
+        consent_id="",
+        next_attempt_at=now,
+        created_at=now,
+        updated_at=now,
+        final_at=None,
+    )
+    session.add(row)
+    session.flush()  # the unique key is claimed here, before any send
+    key_id, sealed = ctx.keys.seal(session, p.tenant_id, PAYLOAD, delivery_id, dict(p.variables))
+    session.add(PayloadRow(delivery_id=delivery_id, tenant_id=p.tenant_id, key_id=key_id, sealed=sealed))
+    return row, False
+
+
+def get(session: Session, tenant_id: str, delivery_id: str) -> DeliveryRow:
+    """The tenant's delivery (NOT_FOUND for another tenant's too)."""
+    row = session.get(DeliveryRow, delivery_id) if delivery_id else None
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound("no such delivery for this tenant", reason=Reason.DELIVERY_NOT_FOUND)
+    return row
+
+
+def list_deliveries(
+    session: Session, tenant_id: str, *, subject_id: str, status: str, page_size: int, after: str
+) -> list[DeliveryRow]:
+    """A page of the tenant's deliveries in id order (ids are time-ordered)."""
+    query = select(DeliveryRow).where(DeliveryRow.tenant_id == tenant_id)
+    if subject_id:
+        query = query.where(DeliveryRow.recipient_kind == "subject", DeliveryRow.recipient_id == subject_id)
+    if status:
+        query = query.where(DeliveryRow.status == status)
+    if after:
+        query = query.where(DeliveryRow.delivery_id > after)
+    return list(session.scalars(query.order_by(DeliveryRow.delivery_id).limit(page_size)))
+
+
+# ------------------------------------------------------------------------------------------------- sending
+
+
+@dataclass
+class Job:
+    """A claimed delivery with what its send needs, in memory only."""
+
+    delivery_id: str
+    tenant_id: str
+    channel: str
+    lane: Lane
+    template_version: str
+    purpose: str
+    recipient: Recipient
+    reference: str
+    attempts: int
+    variables: dict[str, str]
+    address: str = ""
+
+
+def _finish(session: Session, row: DeliveryRow, status: str, reason: str, now: object) -> None:
+    row.status = status
+    row.reason_code = reason
+    row.next_attempt_at = None
+    row.final_at = now  # type: ignore[assignment]
+    row.updated_at = now  # type: ignore[assignment]
+    session.execute(delete(PayloadRow).where(PayloadRow.delivery_id == row.delivery_id))
+
+
+def claim(session: Session, ctx: DeliveryContext, *, limit: int) -> list[Job]:
+    """Claim due deliveries (queued, or sending with a lapsed lease) and open what their sends need."""
+    now = ctx.clock.now()
+    rows = session.scalars(
+        select(DeliveryRow)
+        .where(
+            or_(DeliveryRow.status == "QUEUED", DeliveryRow.status == "SENDING"),
+            DeliveryRow.next_attempt_at <= now,
+        )
+        .order_by(DeliveryRow.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    jobs: list[Job] = []
+    for row in rows:
+        lane = Lane(row.lane)
+        if row.status == "SENDING" and lane == Lane.MARKETING:
+            # The last attempt's answer was never recorded: it may have gone out. At most once.
+            _finish(session, row, "AMBIGUOUS", "attempt_lost", now)
+            continue
+        payload = session.get(PayloadRow, row.delivery_id)
+        if payload is None:
+            _finish(session, row, "FAILED", "payload_missing", now)
+            continue
+        variables = ctx.keys.open(session, row.tenant_id, PAYLOAD, row.delivery_id, payload.key_id, payload.sealed)
+        who = Recipient(row.recipient_kind, row.recipient_id)
+        address = ""
+        if who.kind == "contact":
+            found = contacts.get_contact(session, ctx.keys, row.tenant_id, who.id)
+            address = (found.email if row.channel == "email" else found.phone) if found else ""
+            if not address:
+                _finish(session, row, "FAILED", "contact_gone", now)
+                continue
+        row.status = "SENDING"
+        row.attempts += 1
+        row.next_attempt_at = now + timedelta(seconds=ctx.settings.sending_lease_s)
+        row.updated_at = now
+        jobs.append(
+            Job(
+                row.delivery_id,
+                row.tenant_id,
+                row.channel,
+                lane,
+                row.template_version,
+                row.purpose,
+                who,
+                row.reference,
+                row.attempts,
+                variables,
+                address,
+            )
+        )
+    return jobs
+
+
+def decide(session: Session, ctx: DeliveryContext, job: Job, recipient_hash: str) -> tuple[str, str]:
+    """The lane's rules at send time: ("", consent id) to send, or (reason, "") when the delivery is suppressed."""
+    if job.lane == Lane.CRITICAL:
+        return "", ""
+    row = session.get(DeliveryRow, job.delivery_id)
+    if row is not None:
+        row.recipient_hash = recipient_hash
+    suppressed = consent.suppression_reason(session, job.tenant_id, job.channel, recipient_hash)
+    if job.lane == Lane.SERVICE:
+        return ("suppressed", "") if suppressed in HARD_BOUNCES else ("", "")
+    if suppressed:
+        return "suppressed", ""
+    consent_id = consent.allowing_consent(session, job.tenant_id, job.recipient, job.channel, job.purpose)
+    return ("", consent_id) if consent_id else ("no_consent", "")
+
+
+def settle(
+    session: Session, ctx: DeliveryContext, job: Job, result: SendResult, *, recipient_hash: str, consent_id: str
+) -> str:
+    """Record a send's outcome (see the module docstring); returns the delivery's new status."""
+    row = session.get(DeliveryRow, job.delivery_id)
+    if row is None:
+        return ""
+    now = ctx.clock.now()
+    row.recipient_hash = recipient_hash or row.recipient_hash
+    row.consent_id = consent_id or row.consent_id
+    row.updated_at = now
+    outcome = result.outcome
+    if outcome == Outcome.SENT:
+        row.provider_ref = result.provider_ref
+        _finish(session, row, "SENT", result.reason, now)
+    elif outcome == Outcome.SUPPRESS:
+        consent.suppress(session, ctx.clock, row.tenant_id, row.channel, recipient_hash, job.recipient, result.reason)
+        _finish(session, row, "SUPPRESSED", result.reason, now)
+    elif outcome == Outcome.AMBIGUOUS and job.lane == Lane.MARKETING:
+        _finish(session, row, "AMBIGUOUS", result.reason, now)
+    elif outcome in (Outcome.RETRY, Outcome.RETRY_AFTER, Outcome.AMBIGUOUS):
+        if row.attempts >= ctx.settings.max_attempts:
+            _finish(session, row, "FAILED", result.reason, now)
+        else:
+            delay = ctx.backoff_s(row.attempts)
+            if outcome == Outcome.RETRY_AFTER and result.retry_after_s:
+                delay = max(delay, result.retry_after_s)
+            row.status = "QUEUED"
+            row.reason_code = result.reason
+            row.next_attempt_at = now + timedelta(seconds=delay)
+    else:  # REFUSED, NEEDS_TEMPLATE: not retried blindly; on-call sees the reason
+        _finish(session, row, "FAILED", result.reason, now)
+    return row.status
+
+
+def postpone(session: Session, ctx: DeliveryContext, job: Job, wait_s: float, reason: str) -> None:
+    """Give a claimed delivery back without counting the attempt (the channel's breaker is open)."""
+    row = session.get(DeliveryRow, job.delivery_id)
+    if row is None:
+        return
+    row.status = "QUEUED"
+    row.attempts = max(row.attempts - 1, 0)
+    row.reason_code = reason
+    row.next_attempt_at = ctx.clock.now() + timedelta(seconds=wait_s)
+
+
+def finish_unsent(session: Session, ctx: DeliveryContext, job: Job, status: str, reason: str) -> None:
+    """End a claimed delivery without sending (suppressed, no address, malformed address)."""
+    row = session.get(DeliveryRow, job.delivery_id)
+    if row is not None:
+        _finish(session, row, status, reason, ctx.clock.now())
+
+
+class DeliveryEngine(BackgroundTask):
+    """Sends due deliveries: wakes on :meth:`wake` (a new delivery) or every ``scan_interval_s``."""
+
+    def __init__(
+        self,
+        db: Database,
+        ctx: DeliveryContext,
+        channels: Mapping[str, Channel],
+        addresses: AddressBook,
+        *,
+        breakers: Mapping[str, CircuitBreaker],
+    ) -> None:
+        super().__init__("notify-deliveries")
+        self.db = db
+        self.ctx = ctx
+        self.channels = dict(channels)
+        self.addresses = addresses
+        self.breakers = dict(breakers)
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.sent = 0
+
+    def wake(self) -> None:
+        """Look for due deliveries now (safe from any thread)."""
+        loop = self._loop
+        if loop is None:
+            return
+        if loop.is_running():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def start(self) -> None:
+        """Remember the loop (for :meth:`wake` from worker threads), then run."""
+        self._loop = asyncio.get_running_loop()
+        await super().start()
+
+    async def run(self) -> None:
+        """Process, then wait for a wake-up or the scan interval, forever."""
+        while True:
+            try:
+                await self.process_due()
+            except Exception as exc:
+                log.warning("delivery round failed; retrying next round", extra={"error_type": type(exc).__name__})
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.ctx.settings.scan_interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def process_due(self) -> int:
+        """Claim and send every due delivery (batches until none is due); returns how many were attempted."""
+        total = 0
+        while True:
+            jobs = await self.db.run(lambda s: claim(s, self.ctx, limit=self.ctx.settings.batch))
+            if not jobs:
+                return total
+            await asyncio.gather(*(self._send(job) for job in jobs))
+            total += len(jobs)
+
+    async def _send(self, job: Job) -> None:
+        try:
+            await self._send_one(job)
+        except DomainError as exc:
+            # The address source refused (unknown subject) or is down: the delivery ends or waits.
+            log.info("delivery not sent", extra={"delivery_id": job.delivery_id, "reason": exc.reason})
+            status = "QUEUED" if exc.code.name == "UNAVAILABLE" else "FAILED"
+            reason = str(exc.reason)
+            await self.db.run(lambda s: self._end_or_retry(s, job, status, reason))
+        finally:
+            job.variables.clear()
+            job.address = ""
+
+    def _end_or_retry(self, session: Session, job: Job, status: str, reason: str) -> None:
+        if status == "QUEUED":
+            settle(session, self.ctx, job, SendResult(Outcome.RETRY, reason.lower()), recipient_hash="", consent_id="")
+        else:
+            finish_unsent(session, self.ctx, job, "FAILED", reason.lower())
+
+    async def _send_one(self, job: Job) -> None:
+        ctx = self.ctx
+        channel = self.channels.get(job.channel)
+        if channel is None:
+            await self.db.run(lambda s: finish_unsent(s, ctx, job, "FAILED", "channel_not_configured"))
+            return
+        if job.recipient.kind == "subject":
+            job.address = await self.addresses.address(job.tenant_id, job.recipient.id, job.channel)
+        if not job.address:
+            await self.db.run(lambda s: finish_unsent(s, ctx, job, "FAILED", "no_address"))
+            return
+        try:
+            if job.channel == "email":
+                contacts.valid_email(job.address, "address")
+            else:
+                contacts.valid_phone(job.address, "address")
+        except DomainError:
+            await self.db.run(lambda s: finish_unsent(s, ctx, job, "FAILED", "malformed_address"))
+            return
+        recipient_hash = ctx.recipient_hash(job.channel, job.address)
+        blocked, consent_id = await self.db.run(lambda s: decide(s, ctx, job, recipient_hash))
+        if blocked:
+            await self.db.run(lambda s: finish_unsent(s, ctx, job, "SUPPRESSED", blocked))
+            return
+        breaker = self.breakers.get(job.channel)
+        if breaker is not None and not breaker.allow():
+            wait = max(breaker.retry_after_s(), 0.05)
+            await self.db.run(lambda s: postpone(s, ctx, job, wait, "breaker_open"))
+            return
+        message = self._message(job)
+        try:
+            result = await channel.send(message)
+        except Exception as exc:
+            # A channel must not raise; if it does we cannot know whether it sent.
+            log.warning("channel raised", extra={"channel": job.channel, "error_type": type(exc).__name__})
+            result = SendResult(Outcome.AMBIGUOUS, "channel_error")
+        if breaker is not None:
+            if result.outcome in _ALIVE or result.reason == "smtp_4xx":
+                breaker.record_success()
+            else:
+                breaker.record_failure()
+        status = await self.db.run(
+            lambda s: settle(s, ctx, job, result, recipient_hash=recipient_hash, consent_id=consent_id)
+        )
+        if status == "SENT":
+            self.sent += 1
+        log.info(
+            "delivery attempted",
+            extra={
+                "delivery_id": job.delivery_id,
+                "channel": job.channel,
+                "outcome": result.outcome.value,
+                "reason": result.reason,
+                "status": status,
+                "attempt": job.attempts,
+            },
+        )
+
+    def _message(self, job: Job) -> OutgoingMessage:
+        ctx = self.ctx
+        template = job.template_version.split("/")[0]
+        locale = job.template_version.split("/")[1]
+        rendered = ctx.catalogue.render(template, locale, job.variables, version=job.template_version)
+        headers: dict[str, str] = {}
+        if job.channel == "email" and job.lane != Lane.CRITICAL:
+            headers["List-Unsubscribe"] = f"<{ctx.unsubscribe_link(job.tenant_id, job.reference)}>"
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        return OutgoingMessage(
+            recipient=job.address,
+            lane=job.lane,
+            reference=job.reference,
+            subject=rendered.subject,
+            text_body=rendered.text,
+            html_body=rendered.html,
+            template_name=rendered.wa_template,
+            language=locale,
+            parameters=rendered.wa_parameters,
+            headers=headers,
+        )

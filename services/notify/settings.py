@@ -1,0 +1,82 @@
+"""Typed configuration of notify (``STEWARD_NOTIFY__...`` environment variables).
+
+Its database, the OpenBao Transit key that wraps the keys of everything personal notify keeps until a send is
+final (tenant contacts, template variables), the SMTP relay it sends email through, the key of the recipient
+hashes, and the delivery engine's retry, backoff and breaker limits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+from services.chassis.settings import ServiceSettings, service_settings_config
+
+__all__ = ["DeliverySettings", "NotifySettings", "NotifyTransitSettings", "SmtpSettings"]
+
+
+class NotifyTransitSettings(BaseModel):
+    """Where the OpenBao/Vault Transit engine is, and the name of notify's wrapping key."""
+
+    url: str = "http://127.0.0.1:8200"
+    token: SecretStr
+    mount: str = "transit"
+    key: str = Field(default="steward-notify", description="aes256-gcm96 Transit key created by notify at start-up.")
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    read_timeout_s: float = Field(default=5.0, gt=0)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=5.0, gt=0)
+
+
+class SmtpSettings(BaseModel):
+    """The SMTP relay. ``tls`` is ``implicit`` (port 465, RFC 8314) or ``starttls`` (mandatory: a server that does
+    not offer it is refused); certificates are always verified, against ``ca_file`` when given."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=465, ge=1, le=65535)
+    tls: Literal["implicit", "starttls"] = "implicit"
+    ca_file: Path | None = None
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    from_address: str = "notices@steward.example"
+    # The right-hand side of our Message-IDs (default: the from address's domain).
+    message_id_domain: str = ""
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class DeliverySettings(BaseModel):
+    """The delivery engine: attempts, capped full-jitter backoff, the scan of due deliveries, breakers."""
+
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_base_s: float = Field(default=2.0, gt=0)
+    backoff_cap_s: float = Field(default=900.0, gt=0)
+    # How long a claimed delivery may stay "sending" before it is presumed lost (answer never recorded).
+    sending_lease_s: float = Field(default=120.0, gt=0)
+    scan_interval_s: float = Field(default=1.0, gt=0)
+    batch: int = Field(default=50, ge=1)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+
+
+class NotifySettings(ServiceSettings):
+    """``STEWARD_NOTIFY__*`` configuration."""
+
+    model_config = service_settings_config("NOTIFY")
+
+    database_url: SecretStr = SecretStr("sqlite:///.steward/data/notify.db")
+    transit: NotifyTransitSettings
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    recipient_hash_key: SecretStr = Field(
+        description="HMAC key (at least 32 characters) of the recipient hashes in deliveries and the suppression "
+        "list; changing it forgets every suppression.",
+        min_length=32,
+    )
+    unsubscribe_url: str = Field(
+        default="https://steward.example/notify/unsubscribe",
+        description="Base of the RFC 8058 one-click unsubscribe links (a signed token is appended).",
+    )
+    trust_identity_metadata: bool = False
+    db_workers: int = Field(default=4, ge=1)
