@@ -32,7 +32,7 @@ from services.notify.events import EVENT_SUBJECTS, EVENTS_DURABLE, NotifyEventHa
 from services.notify.keys import TRANSIT_PREFIX, TenantKeys
 from services.notify.settings import NotifySettings
 from services.notify.templates import TemplateCatalogue
-from services.vault.transit import TransitClient
+from services.chassis.transit import TransitClient
 
 __all__ = ["NotifyApp", "NotifySettings", "assemble", "create_server", "main"]
 
