@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 
 from services.chassis.clock import Clock
 from services.chassis.ids import new_id
+from services.chassis.transit import TransitClient
 from services.notify.models import DataKeyRow
 from services.vault.sealing import Sealer, key_aad, new_key
-from services.chassis.transit import TransitClient
 
 __all__ = ["TenantKeys", "value_aad"]
 

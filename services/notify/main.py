@@ -24,6 +24,7 @@ from services.chassis.circuit import CircuitBreaker
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.runtime import ServiceRuntime, run_service, start_service
+from services.chassis.transit import TransitClient
 from services.notify.api import NotifyServicer
 from services.notify.channels import Channel
 from services.notify.deliveries import AddressBook, DeliveryContext, DeliveryEngine, StaticAddressBook
@@ -32,7 +33,6 @@ from services.notify.events import EVENT_SUBJECTS, EVENTS_DURABLE, NotifyEventHa
 from services.notify.keys import TRANSIT_PREFIX, TenantKeys
 from services.notify.settings import NotifySettings
 from services.notify.templates import TemplateCatalogue
-from services.chassis.transit import TransitClient
 
 __all__ = ["NotifyApp", "NotifySettings", "assemble", "create_server", "main"]
 
