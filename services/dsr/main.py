@@ -55,7 +55,8 @@ async def assemble(runtime: ServiceRuntime[DsrSettings]) -> DsrApp:
     upstreams = runtime.client("upstream channels", Upstreams(settings.upstreams, settings.grpc))
     vault = settings.upstreams.get("vault")
     resolver = SubjectResolver(
-        upstreams.channel("vault") if vault is not None and vault.address else None, timeout_s=settings.vault_timeout_s
+        (lambda: upstreams.channel("vault")) if vault is not None and vault.address else None,
+        timeout_s=settings.vault_timeout_s,
     )
     signer = EvidenceSigner(runtime.client("transit", _transit_client(settings, clock)))
     await db.call(signer.ensure_key)  # created at start-up: GetEvidence can always publish the public key

@@ -22,6 +22,7 @@ from grpc import aio
 from steward.dsr.v1 import dsr_pb2
 from steward.vault.v1 import vault_pb2
 
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.errors import (
     DeadlineExceeded,
     DomainError,
@@ -35,6 +36,7 @@ from services.chassis.grpc_server import channel_options
 from services.chassis.identity import identity_metadata
 from services.chassis.settings import GrpcSettings
 from services.chassis.telemetry import inject_headers
+from services.chassis.tls_reload import CertificateFiles, ReloadingChannel
 from services.gateway.caller import Caller, current_caller
 from services.gateway.policy import policy_for
 from services.gateway.settings import UpstreamSettings
@@ -73,7 +75,11 @@ def method_names(descriptor: ServiceDescriptor) -> list[str]:
 
 
 class Upstreams:
-    """One long-lived channel per configured upstream (mTLS when a CA is configured)."""
+    """One long-lived channel per configured upstream (mTLS when a CA is configured).
+
+    A TLS channel is rebuilt when its certificate, key or CA files change on disk (cert-manager renewals), the
+    old one draining: see :class:`services.chassis.tls_reload.ReloadingChannel`.
+    """
 
     def __init__(
         self,
@@ -81,9 +87,12 @@ class Upstreams:
         grpc_settings: GrpcSettings,
         *,
         interceptors: Iterable[aio.ClientInterceptor] = (),
+        clock: Clock = SYSTEM_CLOCK,
+        reload_check_s: float = 1.0,
     ) -> None:
         self._settings = dict(settings)
         self._channels: dict[str, aio.Channel] = {}
+        self._reloading: dict[str, ReloadingChannel] = {}
         base = channel_options(grpc_settings)
         client_interceptors = list(interceptors)
         for name, upstream in self._settings.items():
@@ -95,21 +104,27 @@ class Upstreams:
             if upstream.server_name:
                 options.append(("grpc.ssl_target_name_override", upstream.server_name))
             if upstream.tls:
-                assert upstream.ca_file is not None
-                credentials = grpc.ssl_channel_credentials(
-                    root_certificates=upstream.ca_file.read_bytes(),
-                    private_key=upstream.key_file.read_bytes() if upstream.key_file else None,
-                    certificate_chain=upstream.cert_file.read_bytes() if upstream.cert_file else None,
+                files = CertificateFiles(
+                    cert_file=upstream.cert_file, key_file=upstream.key_file, ca_file=upstream.ca_file
                 )
-                channel = aio.secure_channel(
-                    upstream.address, credentials, options=options, interceptors=client_interceptors
+                self._reloading[name] = ReloadingChannel(
+                    f"upstream_{name}",
+                    upstream.address,
+                    files,
+                    options=options,
+                    interceptors=client_interceptors,
+                    clock=clock,
+                    check_interval_s=reload_check_s,
                 )
             else:
                 channel = aio.insecure_channel(upstream.address, options=options, interceptors=client_interceptors)
-            self._channels[name] = channel
+                self._channels[name] = channel
 
     def channel(self, name: str) -> aio.Channel:
-        """The channel to ``name``; UNAVAILABLE when that service is not configured."""
+        """The channel to ``name`` now (a new one after its TLS files changed); UNAVAILABLE when not configured."""
+        reloading = self._reloading.get(name)
+        if reloading is not None:
+            return reloading.get()
         channel = self._channels.get(name)
         if channel is None:
             raise Unavailable(
@@ -119,9 +134,11 @@ class Upstreams:
         return channel
 
     async def close(self) -> None:
-        """Close every channel."""
+        """Close every channel (and wait for replaced ones to drain)."""
         for channel in self._channels.values():
             await channel.close()
+        for reloading in self._reloading.values():
+            await reloading.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,20 +183,23 @@ class Forwarder:
     def __init__(self, upstreams: Upstreams, deadlines: DeadlinePolicy) -> None:
         self.upstreams = upstreams
         self.deadlines = deadlines
-        self._callables: dict[str, Any] = {}
+        self._callables: dict[str, tuple[aio.Channel, Any]] = {}
 
     def _unary_callable(self, upstream: str, method: str) -> Any:
-        # Multicallables are reusable; building one per call costs time on the hot path.
-        call = self._callables.get(method)
-        if call is None:
-            call = self._callables[method] = self.upstreams.channel(upstream).unary_unary(method)
-        return call
+        # Multicallables are reusable; building one per call costs time on the hot path. One is kept per channel:
+        # after a certificate rotation the upstream's channel is a new one.
+        channel = self.upstreams.channel(upstream)
+        entry = self._callables.get(method)
+        if entry is None or entry[0] is not channel:
+            entry = self._callables[method] = (channel, channel.unary_unary(method))
+        return entry[1]
 
     def _stream_callable(self, upstream: str, method: str) -> Any:
-        call = self._callables.get(method)
-        if call is None:
-            call = self._callables[method] = self.upstreams.channel(upstream).unary_stream(method)
-        return call
+        channel = self.upstreams.channel(upstream)
+        entry = self._callables.get(method)
+        if entry is None or entry[0] is not channel:
+            entry = self._callables[method] = (channel, channel.unary_stream(method))
+        return entry[1]
 
     def handler_for(self, service: ForwardedService) -> grpc.GenericRpcHandler:
         """Per-method bytes pass-through handlers for ``service`` with the right cardinality."""
