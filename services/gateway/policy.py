@@ -131,6 +131,7 @@ POLICIES: dict[str, RoutePolicy] = {
     _GW + "GetTenant": _p(["keys:manage", "audit:read"], (*_OPS, SUPPORT)),
     _GW + "UpdateTenant": _p(["keys:manage"], [OPS_ADMIN]),
     _GW + "CloseTenant": _p(roles=[OPS_ADMIN]),
+    _GW + "ListTenants": _p(roles=_OPS),
     _GW + "CreateApiKey": _p(["keys:manage"], [OPS_ADMIN]),
     _GW + "ListApiKeys": _p(["keys:manage"], _OPS),
     _GW + "RotateApiKey": _p(["keys:manage"], [OPS_ADMIN]),
