@@ -31,7 +31,9 @@ from services.cli.home import StewardHome
 from services.cli.ops.apikey import apikey
 from services.cli.ops.audit import audit
 from services.cli.ops.db import db
+from services.cli.ops.dlq import dlq
 from services.cli.ops.dsr import dsr
+from services.cli.ops.invocation import TLS_SERVER_NAME_KEY
 from services.cli.ops.keys import keys
 from services.cli.ops.local import demo, token
 from services.cli.ops.support import support
@@ -63,9 +65,44 @@ _HELP = "\n\n".join(
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("steward")
+    except PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    import grpc
+
+    click.echo(f"steward {_version()} (Python {sys.version.split()[0]}, grpcio {grpc.__version__})")
+    ctx.exit(0)
+
+
 @click.group(help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Print the version and exit.",
+)
+@click.option(
+    "--tls-server-name",
+    envvar="STEWARD_TLS_SERVER_NAME",
+    metavar="NAME",
+    help="Name to verify the gateway's certificate against, for every command (e.g. through a port-forward).",
+)
+@click.pass_context
+def cli(ctx: click.Context, tls_server_name: str | None) -> None:
     """The ``steward`` command group (help text: ``_HELP``)."""
+    if tls_server_name:
+        ctx.meta[TLS_SERVER_NAME_KEY] = tls_server_name
 
 
 @cli.command()
@@ -154,7 +191,7 @@ def serve(service: str) -> None:
     module.main()
 
 
-for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db):
+for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db, dlq):
     cli.add_command(_command)
 
 
