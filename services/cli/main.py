@@ -36,6 +36,7 @@ from services.cli.ops.dsr import dsr
 from services.cli.ops.invocation import TLS_SERVER_NAME_KEY
 from services.cli.ops.keys import keys
 from services.cli.ops.local import demo, token
+from services.cli.ops.login import login
 from services.cli.ops.support import support
 from services.cli.ops.tenant import tenant
 from services.cli.ops.tombstones import tombstones
@@ -191,7 +192,7 @@ def serve(service: str) -> None:
     module.main()
 
 
-for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db, dlq):
+for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db, dlq, login):
     cli.add_command(_command)
 
 
