@@ -103,7 +103,7 @@ POLICIES: dict[str, RoutePolicy] = {
     # --- vault admin: lifecycle is the gateway's (GatewayAdminService) or ops:admin's; audit is the tenant's
     _VAULT_ADMIN + "CreateTenant": _p(roles=[OPS_ADMIN]),
     _VAULT_ADMIN + "GetTenant": _p(["audit:read", "keys:manage"], _OPS),
-    _VAULT_ADMIN + "GetKeyStatus": _p(["keys:manage"], _OPS),
+    _VAULT_ADMIN + "GetKeyStatus": _p(["audit:read", "keys:manage"], _OPS),
     _VAULT_ADMIN + "CloseTenant": _p(roles=[OPS_ADMIN]),
     _VAULT_ADMIN + "ShredTenant": _p(roles=[OPS_ADMIN]),
     _VAULT_ADMIN + "RotateTenantKey": _p(["keys:manage"], _OPS),
