@@ -26,6 +26,10 @@ from tests.integration.cli.launcher import run_cli
 from tests.plugins.infra import SecuredNats, free_port
 from tests.plugins.waiting import eventually
 
+# A safety net, not a timing claim: every command is a fresh interpreter (several seconds apiece on a busy machine).
+pytestmark = pytest.mark.timeout(400)
+
+
 DURABLE = "vault-dsr-tasks"
 
 

@@ -23,6 +23,9 @@ from services.devstack.devca import ensure_dev_pki
 from tests.integration.cli.launcher import run_cli
 from tests.plugins.infra import OpenBaoDev, SecuredNats, free_port
 
+# A safety net, not a timing claim: every command is a fresh interpreter (several seconds apiece on a busy machine).
+pytestmark = pytest.mark.timeout(400)
+
 
 @pytest.fixture
 async def stream(secured_nats: SecuredNats) -> SecuredNats:

@@ -18,10 +18,15 @@ from services.devstack.catalog import SERVICES, installed
 from services.devstack.openbao import InitMaterial
 from tests.integration.cli.launcher import Launcher, run_cli
 
-pytestmark = pytest.mark.skipif(
-    not all(installed(entry) for entry in SERVICES if entry.name in ("gateway", "vault")),
-    reason="needs services/gateway and services/vault",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not all(installed(entry) for entry in SERVICES if entry.name in ("gateway", "vault")),
+        reason="needs services/gateway and services/vault",
+    ),
+    # A safety net, not a timing claim: the first test also starts the stack, and each command is a fresh
+    # interpreter (several seconds apiece on a busy 2-core machine).
+    pytest.mark.timeout(400),
+]
 
 SKIP_OTHERS = tuple(f"--skip={entry.name}" for entry in SERVICES if entry.name not in ("gateway", "vault"))
 

@@ -19,6 +19,9 @@ from services.devstack.devidp import DeviceFlow, DevIdpServer, ensure_dev_idp, v
 from tests.integration.cli.launcher import run_cli
 from tests.plugins.infra import free_port
 
+# A safety net, not a timing claim: every command is a fresh interpreter (several seconds apiece on a busy machine).
+pytestmark = pytest.mark.timeout(400)
+
 
 @pytest.fixture
 def idp_server(tmp_path: Path) -> Iterator[DevIdpServer]:

@@ -27,6 +27,9 @@ from tests.plugins.waiting import eventually
 
 GET_TENANT = "GetTenant"
 
+# A safety net, not a timing claim: two vault processes start on a machine other tests share.
+pytestmark = pytest.mark.timeout(300)
+
 
 def _vault_process(
     tmp_path: Path, name: str, openbao: OpenBaoDev, prefix: str
