@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from services.chassis.errors import ErrorMappingInterceptor, PermissionDenied, Reason, abort_for
 from services.chassis.rpc import DecodeFailureLog, refuse_undecodable_requests, wrap_rpc_handler
 from services.chassis.settings import GrpcSettings, SettingsError
+from services.chassis.tls_reload import CertificateFiles, ReloadingServerCredentials
 
 log = logging.getLogger("steward.grpc")
 
@@ -33,6 +34,7 @@ __all__ = [
     "RunningServer",
     "build_server",
     "channel_options",
+    "server_options",
 ]
 
 
@@ -45,6 +47,16 @@ def channel_options(settings: GrpcSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_ms),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def server_options(settings: GrpcSettings) -> list[tuple[str, int]]:
+    """Server-only options on top of :func:`channel_options`: connections end after a maximum age (plus a grace
+    for calls in flight), so clients re-resolve the service's addresses and pods added by a scale-out get calls."""
+    return [
+        *channel_options(settings),
+        ("grpc.max_connection_age_ms", settings.max_connection_age_ms),
+        ("grpc.max_connection_age_grace_ms", settings.max_connection_age_grace_ms),
     ]
 
 
@@ -108,6 +120,8 @@ class RunningServer:
     service_names: tuple[str, ...]
     health_server: aio.Server | None = None
     health_port: int | None = None
+    tls: ReloadingServerCredentials | None = None
+    """The served certificate, re-read when its files change (``None`` without TLS)."""
 
     async def set_serving(self, serving: bool) -> None:
         """Flip overall and per-service health."""
@@ -122,11 +136,6 @@ class RunningServer:
         if self.health_server is not None:
             # Last, so probes read NOT_SERVING (not "connection refused") while in-flight calls drain.
             await self.health_server.stop(0)
-
-
-def _read(path: object) -> bytes:
-    with open(str(path), "rb") as handle:
-        return handle.read()
 
 
 async def build_server(
@@ -165,7 +174,7 @@ async def build_server(
     interceptors.append(RequestDecodingInterceptor())
     server = aio.server(
         interceptors=interceptors,
-        options=channel_options(settings),
+        options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     names = tuple(register(server))
@@ -175,13 +184,12 @@ async def build_server(
         (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     address = f"{settings.host}:{settings.port if port is None else port}"
+    reloading = None
     if tls.enabled:
-        credentials = grpc.ssl_server_credentials(
-            [(_read(tls.key_file), _read(tls.cert_file))],
-            root_certificates=_read(tls.client_ca_file) if tls.client_ca_file else None,
-            require_client_auth=mtls,
-        )
-        bound = server.add_secure_port(address, credentials)
+        # Dynamic credentials: a renewed certificate (cert-manager, kubelet) is served from the next handshake on.
+        files = CertificateFiles(cert_file=tls.cert_file, key_file=tls.key_file, ca_file=tls.client_ca_file)
+        reloading = ReloadingServerCredentials("grpc_server", files, require_client_auth=mtls)
+        bound = server.add_secure_port(address, reloading.credentials())
     else:
         bound = server.add_insecure_port(address)
     await server.start()
@@ -198,6 +206,7 @@ async def build_server(
         service_names=names,
         health_server=health_server,
         health_port=health_port,
+        tls=reloading,
     )
     await running.set_serving(serving)
     log.info("grpc server listening", extra={"port": bound, "services": list(names), "mtls": mtls})

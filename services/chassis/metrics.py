@@ -55,6 +55,7 @@ __all__ = [
     "METRIC_NAMES",
     "OUTBOX_COUNT_CAP",
     "RpcMetricsInterceptor",
+    "ServedCertificate",
     "ServiceMetrics",
 ]
 
@@ -80,6 +81,7 @@ DEK_CACHE_MISSES = "steward_dek_cache_misses_total"
 DEK_CACHE_HIT_RATIO = "steward_dek_cache_hit_ratio"
 DEK_CACHE_ENTRIES = "steward_dek_cache_entries"
 CERT_EXPIRY = "steward_tls_certificate_expiry_seconds"
+TLS_RELOAD_FAILURES = "steward_tls_reload_failures_total"
 DB_POOL_IN_USE = "steward_db_pool_connections_in_use"
 DB_POOL_SIZE = "steward_db_pool_size"
 DSR_OVERDUE = "steward_dsr_overdue_requests"
@@ -109,6 +111,7 @@ METRIC_NAMES: tuple[str, ...] = (
     DB_POOL_SIZE,
     DSR_OVERDUE,
     DSR_OPEN,
+    TLS_RELOAD_FAILURES,
 )
 """Every Prometheus series a Steward service exports (later services append theirs)."""
 
@@ -140,6 +143,15 @@ class HitCounting(Protocol):
     misses: int
 
     def __len__(self) -> int: ...
+
+
+class ServedCertificate(Protocol):
+    """A certificate that may change while running (``tls_reload``): the one in use and failed reloads."""
+
+    @property
+    def certificate(self) -> x509.Certificate | None: ...
+
+    failures: int
 
 
 class TransitLike(Protocol):
@@ -279,7 +291,7 @@ class ServiceMetrics:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._transits: list[TransitLike] = []
         self._caches: dict[str, HitCounting] = {}
-        self._certificates: dict[str, Path] = {}
+        self._certificates: dict[str, Path | ServedCertificate] = {}
         self._probes: dict[int, tuple[float, int | None]] = {}
         self._infos: dict[int, tuple[float, Any]] = {}
         self._server: Any = None
@@ -304,6 +316,9 @@ class ServiceMetrics:
         self._observe(DEK_CACHE_HIT_RATIO, self._read_caches(_hit_ratio), "DEK cache hits / lookups since start")
         self._observe(DEK_CACHE_ENTRIES, self._read_caches(len), "DEKs held in memory")
         self._observe(CERT_EXPIRY, self._read_certificates, "Seconds until the served certificate expires", "s")
+        self._observe_counter(
+            TLS_RELOAD_FAILURES, self._read_reload_failures, "Changed TLS files that did not load (old ones kept)"
+        )
         self._observe(DB_POOL_IN_USE, self._read_pools(lambda pool: pool.checkedout()), "Connections checked out")
         self._observe(DB_POOL_SIZE, self._read_pools(lambda pool: pool.size()), "Connection pool size")
 
@@ -357,10 +372,11 @@ class ServiceMetrics:
         """Report a consumer: pending/ack-pending/redelivered (from JetStream at scrape), dead-lettered/handled."""
         self._consumers.append((consumer, asyncio.get_running_loop()))
 
-    def watch_certificate(self, name: str, cert_file: Path | None) -> None:
-        """Report the seconds until the certificate in ``cert_file`` expires (re-read at each scrape)."""
-        if cert_file is not None:
-            self._certificates[name] = cert_file
+    def watch_certificate(self, name: str, source: Path | ServedCertificate | None) -> None:
+        """Report the seconds until a certificate expires: the one a reloader serves now (and its failed reloads),
+        or for a plain path the file, re-read at each scrape."""
+        if source is not None:
+            self._certificates[name] = source
 
     def watch_breaker(self, name: str, breaker: CircuitBreaker) -> None:
         """Report a circuit breaker's state."""
@@ -483,9 +499,18 @@ class ServiceMetrics:
 
     def _read_certificates(self) -> Iterable[Observation]:
         now = SYSTEM_CLOCK.now()
-        for name, path in self._certificates.items():
-            certificate = x509.load_pem_x509_certificate(path.read_bytes())
-            yield Observation((certificate.not_valid_after_utc - now).total_seconds(), {"certificate": name})
+        for name, source in self._certificates.items():
+            if isinstance(source, Path):
+                certificate: x509.Certificate | None = x509.load_pem_x509_certificate(source.read_bytes())
+            else:
+                certificate = source.certificate
+            if certificate is not None:
+                yield Observation((certificate.not_valid_after_utc - now).total_seconds(), {"certificate": name})
+
+    def _read_reload_failures(self) -> Iterable[Observation]:
+        for name, source in self._certificates.items():
+            if not isinstance(source, Path):
+                yield Observation(source.failures, {"certificate": name})
 
     def _read_pools(self, value: Callable[[Any], int]) -> Callable[[], Iterable[Observation]]:
         def read() -> Iterable[Observation]:

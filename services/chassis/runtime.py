@@ -249,7 +249,6 @@ class ServiceRuntime(Generic[SettingsT]):
         """
         self.metrics.serve(self.settings.grpc.host)
         self.on_stop("metrics endpoint", self.metrics.close)
-        self.metrics.watch_certificate("grpc_server", self.settings.grpc.tls.cert_file)
         gate = None if ready is None else _StartupGate(ready.refusal)
         running = await build_server(
             self.settings.grpc,
@@ -261,6 +260,7 @@ class ServiceRuntime(Generic[SettingsT]):
             serving=ready is None,
         )
         self.server = running
+        self.metrics.watch_certificate("grpc_server", running.tls)  # follows reloads of the served certificate
 
         async def drain() -> None:
             await running.shutdown(self._grace_s)

@@ -62,6 +62,18 @@ class GrpcSettings(BaseModel):
     keepalive_time_ms: int = Field(default=30_000, ge=1000)
     keepalive_timeout_ms: int = Field(default=10_000, ge=1000)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    max_connection_age_ms: int = Field(
+        default=300_000,
+        ge=1000,
+        description="Servers close each connection after this age (clients reconnect and re-resolve the address, "
+        "so pods added by a scale-out get calls).",
+    )
+    max_connection_age_grace_ms: int = Field(
+        default=3_600_000,
+        ge=0,
+        description="How long calls in flight on an aged connection may still run (the longest capped call, "
+        "RewrapTenantKeys, gets an hour).",
+    )
     health_port: int | None = Field(
         default=None,
         ge=0,

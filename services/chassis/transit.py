@@ -128,6 +128,11 @@ class Signature:
         return cls(value, int(version))
 
 
+def _state(state: str) -> dict[str, str]:
+    """ErrorInfo metadata of a Transit outage: which dependency and how it failed (what on-call acts on)."""
+    return {"dependency": "transit", "transit_state": state}
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -471,7 +476,9 @@ class TransitClient:
         try:
             if not self.breaker.allow():
                 outcome = "breaker_open"
-                raise Unavailable(UNAVAILABLE_MESSAGE, retry_after_s=self.breaker.retry_after_s())
+                raise Unavailable(
+                    UNAVAILABLE_MESSAGE, retry_after_s=self.breaker.retry_after_s(), metadata=_state(outcome)
+                )
             self._count_call()
             try:
                 response = send()
@@ -480,7 +487,7 @@ class TransitClient:
                 outcome = "unreachable"
                 # The exception text is host/port/reason only; the request body never appears in it.
                 log.warning("Transit %s failed: %s: %s", op, type(exc).__name__, exc)
-                raise Unavailable(UNAVAILABLE_MESSAGE) from None
+                raise Unavailable(UNAVAILABLE_MESSAGE, metadata=_state(outcome)) from None
             except BaseException:
                 self.breaker.record_failure()
                 raise
@@ -490,7 +497,8 @@ class TransitClient:
                 outcome = "sealed" if status == 503 else "unavailable"
                 level = logging.ERROR if status in (401, 403) else logging.WARNING
                 log.log(level, "Transit %s answered HTTP %d (%s)", op, status, "; ".join(_errors(_body(response))))
-                raise Unavailable(UNAVAILABLE_MESSAGE)
+                state = "refused" if status in (401, 403) else outcome
+                raise Unavailable(UNAVAILABLE_MESSAGE, metadata=_state(state))
             self.breaker.record_success()
             outcome = "ok"
             return response

@@ -7,13 +7,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import grpc
 from grpc import aio
 from pydantic import BaseModel, Field, model_validator
 
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.errors import Reason, Unavailable
 from services.chassis.grpc_server import channel_options
 from services.chassis.settings import GrpcSettings
+from services.chassis.tls_reload import CertificateFiles, ReloadingChannel
 
 __all__ = ["UpstreamSettings", "Upstreams"]
 
@@ -42,7 +43,11 @@ class UpstreamSettings(BaseModel):
 
 
 class Upstreams:
-    """One long-lived channel per configured upstream (mTLS when a CA is configured)."""
+    """One long-lived channel per configured upstream (mTLS when a CA is configured).
+
+    A TLS channel is rebuilt when its certificate, key or CA files change on disk (cert-manager renewals), the
+    old one draining: see :class:`services.chassis.tls_reload.ReloadingChannel`.
+    """
 
     def __init__(
         self,
@@ -50,9 +55,12 @@ class Upstreams:
         grpc_settings: GrpcSettings,
         *,
         interceptors: Iterable[aio.ClientInterceptor] = (),
+        clock: Clock = SYSTEM_CLOCK,
+        reload_check_s: float = 1.0,
     ) -> None:
         self._settings = dict(settings)
         self._channels: dict[str, aio.Channel] = {}
+        self._reloading: dict[str, ReloadingChannel] = {}
         base = channel_options(grpc_settings)
         client_interceptors = list(interceptors)
         for name, upstream in self._settings.items():
@@ -64,21 +72,27 @@ class Upstreams:
             if upstream.server_name:
                 options.append(("grpc.ssl_target_name_override", upstream.server_name))
             if upstream.tls:
-                assert upstream.ca_file is not None
-                credentials = grpc.ssl_channel_credentials(
-                    root_certificates=upstream.ca_file.read_bytes(),
-                    private_key=upstream.key_file.read_bytes() if upstream.key_file else None,
-                    certificate_chain=upstream.cert_file.read_bytes() if upstream.cert_file else None,
+                files = CertificateFiles(
+                    cert_file=upstream.cert_file, key_file=upstream.key_file, ca_file=upstream.ca_file
                 )
-                channel = aio.secure_channel(
-                    upstream.address, credentials, options=options, interceptors=client_interceptors
+                self._reloading[name] = ReloadingChannel(
+                    f"upstream_{name}",
+                    upstream.address,
+                    files,
+                    options=options,
+                    interceptors=client_interceptors,
+                    clock=clock,
+                    check_interval_s=reload_check_s,
                 )
             else:
                 channel = aio.insecure_channel(upstream.address, options=options, interceptors=client_interceptors)
-            self._channels[name] = channel
+                self._channels[name] = channel
 
     def channel(self, name: str) -> aio.Channel:
-        """The channel to ``name``; UNAVAILABLE when that service is not configured."""
+        """The channel to ``name`` now (a new one after its TLS files changed); UNAVAILABLE when not configured."""
+        reloading = self._reloading.get(name)
+        if reloading is not None:
+            return reloading.get()
         channel = self._channels.get(name)
         if channel is None:
             raise Unavailable(
@@ -88,6 +102,8 @@ class Upstreams:
         return channel
 
     async def close(self) -> None:
-        """Close every channel."""
+        """Close every channel (and wait for replaced ones to drain)."""
         for channel in self._channels.values():
             await channel.close()
+        for reloading in self._reloading.values():
+            await reloading.close()

@@ -5,7 +5,10 @@ Resolution, most specific first:
 - address: ``--gateway`` (``STEWARD_GATEWAY``), else the local stack's gateway from ``<home>/run.json``;
 - TLS roots: ``--ca-file`` (``STEWARD_CA_FILE``), else the dev CA when the address is the local stack's,
   else the system's roots (a production gateway);
-- token: ``--token`` (``STEWARD_TOKEN``), else ``<home>/idp/operator.jwt`` (the local dev IdP's ops:admin token).
+- token: ``--token`` (``STEWARD_TOKEN``), else the token ``steward login`` saved (``<home>/login.json``, while it
+  has not expired), else ``<home>/idp/operator.jwt`` (the local dev IdP's ops:admin token);
+- TLS name: ``--tls-server-name`` (``STEWARD_TLS_SERVER_NAME``) checks the gateway's certificate against that
+  name instead of the address's host (a port-forward to ``localhost``, an IP), so no ``/etc/hosts`` edits.
 
 Every call sends ``authorization: Bearer <token>``; calls the gateway forwards to a tenant's vault also
 send ``x-steward-target-tenant`` (operators must name the tenant; the gateway checks it exists). Failures
@@ -28,7 +31,7 @@ from steward.vault.v1 import vault_pb2_grpc
 
 from services.chassis.errors import error_info
 from services.cli.home import StewardHome
-from services.cli.state import StackState
+from services.cli.state import OperatorLogin, StackState
 
 __all__ = [
     "EXIT_CODES",
@@ -125,10 +128,17 @@ class GatewayTarget:
     ca_file: Path | None = None
     local_stack: StackState | None = None
     """The local stack's state when ``address`` is its gateway (used for hints)."""
+    server_name: str | None = None
+    """The name the gateway's certificate must carry, when it is not the address's host."""
 
 
 def resolve_target(
-    home: StewardHome, *, gateway: str | None = None, token: str | None = None, ca_file: Path | None = None
+    home: StewardHome,
+    *,
+    gateway: str | None = None,
+    token: str | None = None,
+    ca_file: Path | None = None,
+    server_name: str | None = None,
 ) -> GatewayTarget:
     """Work out address, trust and token from the options and the local stack (see the module docstring)."""
     state = StackState.read(home.state_file)
@@ -142,22 +152,31 @@ def resolve_target(
     is_local = local_address is not None and address == local_address
     if ca_file is None and is_local and state is not None:
         ca_file = Path(state.ca_file)
+    login = OperatorLogin.read(home.login_file)
     if token:
         bearer, source = token.strip(), "--token/STEWARD_TOKEN"
+    elif login is not None and not login.expired():
+        bearer, source = login.access_token.get_secret_value(), str(home.login_file)
     else:
         token_file = home.idp_dir / "operator.jwt"
         try:
             bearer, source = token_file.read_text().strip(), str(token_file)
         except FileNotFoundError:
             raise ConfigurationError(
-                f"no operator token: pass --token (or set STEWARD_TOKEN); the local stack writes one to {token_file}"
+                "no operator token: run `steward login`, or pass --token (or set STEWARD_TOKEN); the local stack "
+                f"writes one to {token_file}"
             ) from None
         except OSError as exc:
             raise ConfigurationError(f"cannot read {token_file} ({exc.strerror})") from None
     if not bearer:
         raise ConfigurationError(f"the operator token from {source} is empty")
     return GatewayTarget(
-        address=address, token=bearer, token_source=source, ca_file=ca_file, local_stack=state if is_local else None
+        address=address,
+        token=bearer,
+        token_source=source,
+        ca_file=ca_file,
+        local_stack=state if is_local else None,
+        server_name=server_name or None,
     )
 
 
@@ -167,6 +186,10 @@ def _hint(target: GatewayTarget, code: grpc.StatusCode) -> str:
         return " (is the local stack running? `steward doctor` checks it)"
     if code == grpc.StatusCode.UNAUTHENTICATED and target.token_source.endswith("operator.jwt"):
         return " (local stack: `steward token mint --save` issues a fresh dev token)"
+    if code == grpc.StatusCode.UNAUTHENTICATED and target.token_source.endswith("login.json"):
+        return " (sign in again: `steward login`)"
+    if code == grpc.StatusCode.UNAVAILABLE and target.server_name is None:
+        return " (a certificate name mismatch looks like this too: --tls-server-name NAME)"
     return ""
 
 
@@ -180,7 +203,10 @@ class GatewayClient:
             roots = target.ca_file.read_bytes() if target.ca_file is not None else None
         except OSError as exc:
             raise ConfigurationError(f"cannot read the CA file {target.ca_file} ({exc.strerror})") from None
-        self.channel = grpc.secure_channel(target.address, grpc.ssl_channel_credentials(root_certificates=roots))
+        options = [("grpc.ssl_target_name_override", target.server_name)] if target.server_name else []
+        self.channel = grpc.secure_channel(
+            target.address, grpc.ssl_channel_credentials(root_certificates=roots), options=options
+        )
         self.admin = gateway_pb2_grpc.GatewayAdminServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.vault = vault_pb2_grpc.VaultServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.vault_admin = vault_pb2_grpc.VaultAdminServiceStub(self.channel)  # type: ignore[no-untyped-call]

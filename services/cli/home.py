@@ -80,6 +80,11 @@ class StewardHome:
         return self.root / "tls"
 
     @property
+    def login_file(self) -> Path:
+        """The operator token ``steward login`` obtained (0600)."""
+        return self.root / "login.json"
+
+    @property
     def idp_dir(self) -> Path:
         """The dev-only identity provider: its signing key, JWKS and the current operator token."""
         return self.root / "idp"

@@ -3,18 +3,23 @@
 Written once the stack is up (and again, with ``running: false``, when it stops cleanly). It holds
 addresses and file paths only — never the root token or unseal key, which stay in ``init.json``, nor
 the operator token or the demo API key, which stay in ``idp/operator.jwt`` and ``demo.json``.
+
+``login.json`` (:class:`OperatorLogin`, mode 0600) is what ``steward login`` obtained from the operator IdP: the
+access token the operator commands send, its issuer and expiry.
 ``steward doctor`` reads it to know where to look, since ports may differ from the defaults.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from services.cli.home import write_file_atomically
 
-__all__ = ["ServiceState", "StackState"]
+__all__ = ["OperatorLogin", "ServiceState", "StackState"]
 
 
 class ServiceState(BaseModel):
@@ -69,6 +74,33 @@ class StackState(BaseModel):
     @classmethod
     def read(cls, path: Path) -> StackState | None:
         """The stored state, or None when there is none or it cannot be parsed."""
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError):
+            return None
+
+
+class OperatorLogin(BaseModel):
+    """The operator's token from ``steward login`` (OIDC device flow), kept in ``<home>/login.json`` (0600)."""
+
+    issuer: str
+    subject: str = ""
+    access_token: SecretStr
+    expires_at: dt.datetime
+    obtained_at: dt.datetime
+
+    def expired(self, now: dt.datetime | None = None) -> bool:
+        """True once the token's lifetime is over (then the CLI falls back and ``steward login`` is needed)."""
+        return (now or dt.datetime.now(dt.UTC)) >= self.expires_at
+
+    def save(self, path: Path) -> None:
+        """Write it owner-only and atomically (a bearer token)."""
+        body = self.model_dump(mode="json") | {"access_token": self.access_token.get_secret_value()}
+        write_file_atomically(path, (json.dumps(body, indent=2) + "\n").encode(), mode=0o600)
+
+    @classmethod
+    def read(cls, path: Path) -> OperatorLogin | None:
+        """The stored login, or None when there is none or it cannot be parsed."""
         try:
             return cls.model_validate_json(path.read_bytes())
         except (OSError, ValidationError):

@@ -15,6 +15,10 @@ across restarts; its ``kid`` is the RFC 7638 thumbprint, so a replaced key can n
 the old one. Tokens live at most :data:`MAX_TOKEN_TTL`. The "MFA" in ``amr`` is a claim this file
 makes, not a second factor anybody passed: that is exactly why none of this may leave a developer
 machine.
+
+The dev IdP also speaks the OIDC device authorization grant (RFC 8628) over HTTP (:class:`DevIdpServer`), so
+``steward login`` can be tried locally exactly as against the company IdP: discovery, device code, a (dev)
+approval, token polling with ``urn:ietf:params:oauth:grant-type:device_code``.
 """
 
 from __future__ import annotations
@@ -23,28 +27,37 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import secrets
+import threading
+import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.cli.home import write_file_atomically
+from services.cli.ops.login import DEVICE_GRANT
 from services.gateway.policy import OPERATOR_ROLES
 
 __all__ = [
     "ALGORITHM",
     "AUDIENCE",
     "DEFAULT_ROLES",
+    "DEVICE_GRANT",
     "DEV_IDP_WARNING",
     "ISSUER",
     "MAX_TOKEN_TTL",
     "OPERATOR_SUBJECT",
     "DevIdp",
     "DevIdpMissing",
+    "DevIdpServer",
+    "DeviceFlow",
     "IssuedToken",
     "OperatorTrust",
     "ensure_dev_idp",
@@ -254,3 +267,201 @@ def ensure_dev_idp(folder: Path) -> tuple[DevIdp, list[str]]:
         write_file_atomically(idp.jwks_file, document, mode=0o600)
         actions.append("wrote dev IdP JWKS")
     return idp, actions
+
+
+# --------------------------------------------------------------------------- OIDC device authorization (RFC 8628)
+
+DEVICE_CODE_TTL = dt.timedelta(minutes=10)
+POLL_INTERVAL_S = 1
+_USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"  # no vowels (no words), no digits that look like letters
+
+
+@dataclass
+class _DeviceGrant:
+    device_code: str
+    user_code: str
+    client_id: str
+    expires_at: dt.datetime
+    approved_as: tuple[str, tuple[str, ...]] | None = None
+    denied: bool = False
+    last_poll: float | None = None
+
+
+class DeviceFlow:
+    """The device authorization grant of the dev IdP: codes, the (dev) approval and token polling.
+
+    Approval is a POST naming the user code, the subject and the roles — there is no password, as with the rest
+    of the dev IdP. Time comes from ``clock`` (device codes expire, polling faster than the interval is told to
+    slow down). Tokens are minted by ``idp`` exactly like ``steward token mint``.
+    """
+
+    def __init__(self, idp: DevIdp, *, clock: Clock = SYSTEM_CLOCK, interval_s: int = POLL_INTERVAL_S) -> None:
+        self.idp = idp
+        self.clock = clock
+        self.interval_s = interval_s
+        self._by_device: dict[str, _DeviceGrant] = {}
+        self._by_user: dict[str, _DeviceGrant] = {}
+        self._lock = threading.Lock()
+
+    def authorize(self, client_id: str) -> _DeviceGrant:
+        """A new device code and user code for ``client_id``."""
+        user_code = "-".join("".join(secrets.choice(_USER_CODE_ALPHABET) for _ in range(4)) for _ in range(2))
+        grant = _DeviceGrant(
+            device_code=secrets.token_urlsafe(32),
+            user_code=user_code,
+            client_id=client_id,
+            expires_at=self.clock.now() + DEVICE_CODE_TTL,
+        )
+        with self._lock:
+            self._by_device[grant.device_code] = grant
+            self._by_user[user_code] = grant
+        return grant
+
+    def decide(self, user_code: str, *, subject: str, roles: Sequence[str], deny: bool = False) -> str | None:
+        """Approve (or deny) the grant of ``user_code``; an error text when that is not possible."""
+        unknown = sorted(set(roles) - OPERATOR_ROLES)
+        if unknown or not roles:
+            return f"roles: give one or more of {', '.join(sorted(OPERATOR_ROLES))}"
+        if not subject or len(subject) > 200:
+            return "subject: 1 to 200 characters"
+        with self._lock:
+            grant = self._by_user.get(user_code.strip().upper())
+            if grant is None or grant.expires_at <= self.clock.now():
+                return "unknown or expired user code"
+            if grant.approved_as is not None or grant.denied:
+                return "this code was already used"
+            if deny:
+                grant.denied = True
+            else:
+                grant.approved_as = (subject, tuple(roles))
+        return None
+
+    def poll(self, device_code: str, client_id: str) -> tuple[int, dict[str, object]]:
+        """The token endpoint's answer (HTTP status, JSON body) for one poll."""
+        now = self.clock.now()
+        with self._lock:
+            grant = self._by_device.get(device_code)
+            if grant is None or grant.client_id != client_id:
+                return 400, {"error": "invalid_grant", "error_description": "unknown device_code for this client"}
+            if grant.expires_at <= now:
+                return 400, {"error": "expired_token", "error_description": "the device code expired; start again"}
+            if grant.denied:
+                self._forget(grant)
+                return 400, {"error": "access_denied", "error_description": "the operator denied the request"}
+            monotonic = self.clock.monotonic()
+            too_soon = grant.last_poll is not None and monotonic - grant.last_poll < self.interval_s
+            grant.last_poll = monotonic
+            if grant.approved_as is None:
+                return 400, {"error": "slow_down" if too_soon else "authorization_pending"}
+            self._forget(grant)  # a device code yields one token
+        subject, roles = grant.approved_as
+        issued = self.idp.mint(subject=subject, roles=roles, now=now)
+        expires_in = int((issued.expires_at - now).total_seconds())
+        return 200, {"access_token": issued.token, "token_type": "Bearer", "expires_in": expires_in}
+
+    def _forget(self, grant: _DeviceGrant) -> None:
+        self._by_device.pop(grant.device_code, None)
+        self._by_user.pop(grant.user_code, None)
+
+
+class DevIdpServer:
+    """The dev IdP over HTTP on ``host:port`` (0 = any free port): discovery, JWKS, device authorization,
+    the dev approval page (``/device``, POST ``user_code``, ``subject``, ``roles``) and the token endpoint."""
+
+    def __init__(self, flow: DeviceFlow, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.flow = flow
+        handler = _handler(flow, lambda: self.url)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://{host}:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="dev-idp", daemon=True)
+
+    def start(self) -> DevIdpServer:
+        """Serve in a background thread."""
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(flow: DeviceFlow, base_url: Callable[[], str]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet: codes and tokens must not end up in logs."""
+
+        def _reply(self, status: int, body: dict[str, object]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _form(self) -> dict[str, str]:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > 64 * 1024:
+                return {}
+            parsed = urllib.parse.parse_qs(self.rfile.read(length).decode(errors="replace"))
+            return {key: values[0] for key, values in parsed.items()}
+
+        def do_GET(self) -> None:
+            base = base_url()
+            if self.path == "/.well-known/openid-configuration":
+                self._reply(
+                    200,
+                    {
+                        "issuer": ISSUER,
+                        "jwks_uri": f"{base}/jwks.json",
+                        "device_authorization_endpoint": f"{base}/device/authorize",
+                        "token_endpoint": f"{base}/token",
+                        "grant_types_supported": [DEVICE_GRANT],
+                    },
+                )
+            elif self.path == "/jwks.json":
+                self._reply(200, dict(flow.idp.jwks()))
+            else:
+                self._reply(404, {"error": "not_found"})
+
+        def do_POST(self) -> None:
+            form = self._form()
+            if self.path == "/device/authorize":
+                client_id = form.get("client_id", "")
+                if not client_id:
+                    self._reply(400, {"error": "invalid_client", "error_description": "client_id is required"})
+                    return
+                grant = flow.authorize(client_id)
+                verification = f"{base_url()}/device"
+                self._reply(
+                    200,
+                    {
+                        "device_code": grant.device_code,
+                        "user_code": grant.user_code,
+                        "verification_uri": verification,
+                        "verification_uri_complete": f"{verification}?user_code={grant.user_code}",
+                        "expires_in": int(DEVICE_CODE_TTL.total_seconds()),
+                        "interval": flow.interval_s,
+                    },
+                )
+            elif self.path == "/device":
+                roles = [role for role in form.get("roles", ",".join(DEFAULT_ROLES)).split(",") if role]
+                problem = flow.decide(
+                    form.get("user_code", ""),
+                    subject=form.get("subject", OPERATOR_SUBJECT),
+                    roles=roles,
+                    deny=form.get("deny") == "1",
+                )
+                self._reply(400 if problem else 200, {"error": problem} if problem else {"ok": True})
+            elif self.path == "/token":
+                if form.get("grant_type") != DEVICE_GRANT:
+                    self._reply(400, {"error": "unsupported_grant_type", "error_description": f"use {DEVICE_GRANT}"})
+                    return
+                status, body = flow.poll(form.get("device_code", ""), form.get("client_id", ""))
+                self._reply(status, body)
+            else:
+                self._reply(404, {"error": "not_found"})
+
+    return Handler

@@ -4,6 +4,11 @@ Each check gives one row: ``ok``, ``warn`` (works, but act soon), ``fail`` or ``
 checked because something it depends on failed). Any ``fail`` makes the command exit non-zero, so
 runbooks and scripts can use it as a gate. Addresses come from ``.steward/run.json``, written by
 ``steward run``; doctor never guesses default ports, which could belong to somebody else's server.
+
+``steward doctor --kube`` checks a deployed Steward instead (:func:`run_cluster_checks`): the STEWARD stream's
+replicas, consumer lag, dead-letter depth, every OpenBao node's seal state, outbox age and certificate expiry
+from the services' ``/metrics``, and database health. Endpoints come from the ``steward-doctor`` ConfigMap when
+``kubectl`` can read it, and from flags (which win). It exits like a monitoring check (:func:`check_exit_code`).
 """
 
 from __future__ import annotations
@@ -15,25 +20,41 @@ import json
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 import hvac
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.chassis.bus import DLQ_PREFIX
 from services.chassis.nats_config import embedded_seed_file
 from services.chassis.nats_permissions import OPS, inbox_prefix
 from services.cli.home import StewardHome
+from services.cli.nats_ops import NatsEndpoint, NatsUnreachable, connect_ops
 from services.cli.state import ServiceState, StackState
 from services.devstack.catalog import CLI_IDENTITY, SERVICES
 from services.devstack.devca import RENEW_BEFORE, inspect_certificate
 from services.devstack.openbao import InitMaterial, OpenBaoSetupError, read_health
 
-__all__ = ["Check", "exit_code", "render_json", "render_table", "run_checks"]
+__all__ = [
+    "CERT_WARN_BEFORE",
+    "Check",
+    "ClusterEndpoints",
+    "check_exit_code",
+    "discover_with_kubectl",
+    "endpoints_from_configmap",
+    "exit_code",
+    "render_json",
+    "render_table",
+    "run_checks",
+    "run_cluster_checks",
+]
 
 Status = Literal["ok", "warn", "fail", "skip"]
 _TIMEOUT_S = 3.0
+CERT_WARN_BEFORE = dt.timedelta(days=14)
+"""A served certificate closer to expiry than this is a warning (the StewardCertificateExpiringSoon alert's)."""
 
 
 @dataclass(frozen=True)
@@ -296,3 +317,224 @@ def render_json(home: StewardHome, checks: list[Check]) -> str:
     return json.dumps(
         {"ok": exit_code(checks) == 0, "home": str(home.root), "checks": [asdict(check) for check in checks]}
     )
+
+
+# --------------------------------------------------------------------------- steward doctor --kube
+
+CHECK_OK, CHECK_WARNING, CHECK_CRITICAL, CHECK_UNKNOWN = 0, 1, 2, 3
+"""``steward doctor --kube`` exits like a monitoring check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+
+DOCTOR_CONFIGMAP = "steward-doctor"
+"""The ConfigMap ``--kube`` reads endpoints from (keys: nats_url, stream, min_replicas, openbao_urls,
+metrics_urls; lists comma-separated). Database URLs hold passwords: they come from flags or the environment."""
+
+
+@dataclass(frozen=True)
+class ClusterEndpoints:
+    """What ``steward doctor --kube`` checks and its thresholds."""
+
+    nats: NatsEndpoint | None = None
+    stream: str = "STEWARD"
+    min_replicas: int = 3
+    max_lag: int = 1000
+    max_outbox_age_s: float = 300.0
+    openbao_urls: tuple[str, ...] = ()
+    metrics_urls: tuple[str, ...] = ()
+    database_urls: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to check (no flags, no ConfigMap)."""
+        return self.nats is None and not (self.openbao_urls or self.metrics_urls or self.database_urls)
+
+
+def endpoints_from_configmap(data: dict[str, str]) -> dict[str, object]:
+    """The ``steward-doctor`` ConfigMap's ``data`` as :class:`ClusterEndpoints` fields (unknown keys ignored)."""
+
+    def items(key: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in data.get(key, "").split(",") if part.strip())
+
+    found: dict[str, object] = {}
+    if data.get("nats_url"):
+        found["nats_url"] = data["nats_url"].strip()
+    if data.get("stream"):
+        found["stream"] = data["stream"].strip()
+    if data.get("min_replicas", "").strip().isdigit():
+        found["min_replicas"] = int(data["min_replicas"])
+    if items("openbao_urls"):
+        found["openbao_urls"] = items("openbao_urls")
+    if items("metrics_urls"):
+        found["metrics_urls"] = items("metrics_urls")
+    return found
+
+
+def discover_with_kubectl(namespace: str, name: str = DOCTOR_CONFIGMAP) -> tuple[dict[str, object], Check]:
+    """Endpoints from the cluster's ConfigMap through ``kubectl`` (current context), and a row saying what happened."""
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return {}, Check("kube", "skip", "kubectl is not installed: endpoints come from the flags only")
+    try:
+        result = subprocess.run(
+            [kubectl, "-n", namespace, "get", "configmap", name, "-o", "json", "--request-timeout=10s"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired:
+        return {}, Check("kube", "skip", "kubectl did not answer in time: endpoints come from the flags only")
+    if result.returncode != 0:
+        why = (result.stderr.strip().splitlines() or ["no answer"])[-1][:200]
+        return {}, Check("kube", "skip", f"no configmap/{name} in {namespace} ({why}): using the flags only")
+    try:
+        data = json.loads(result.stdout).get("data") or {}
+    except ValueError:
+        return {}, Check("kube", "warn", f"configmap/{name} is not readable JSON: using the flags only")
+    return endpoints_from_configmap(data), Check("kube", "ok", f"endpoints from configmap/{name} in {namespace}")
+
+
+async def check_stream(js: Any, endpoints: ClusterEndpoints) -> list[Check]:
+    """Stream replicas against the declared minimum, consumer lag, and the dead-letter depth."""
+    from nats.js.errors import NotFoundError
+
+    name = endpoints.stream
+    try:
+        info = await js.stream_info(name)
+    except NotFoundError:
+        return [Check("stream", "fail", f"no stream {name}: run `steward nats apply` (or the Job)")]
+    replicas = info.config.num_replicas or 1
+    checks = []
+    if replicas < endpoints.min_replicas:
+        detail = f"{name} has {replicas} replica(s), fewer than the declared {endpoints.min_replicas}: a node loss "
+        checks.append(Check("stream", "fail", detail + "can lose acknowledged events"))
+    else:
+        checks.append(Check("stream", "ok", f"{name}: {replicas} replica(s), {info.state.messages} messages"))
+    for consumer in await js.consumers_info(name):
+        lag = int(consumer.num_pending or 0) + int(consumer.num_ack_pending or 0)
+        row = f"lag:{consumer.name}"
+        detail = f"{consumer.num_pending} pending, {consumer.num_ack_pending} unacknowledged"
+        if lag > endpoints.max_lag:
+            checks.append(Check(row, "warn", f"{detail} (over {endpoints.max_lag}): docs/runbooks/nats-lagging.md"))
+        else:
+            checks.append(Check(row, "ok", detail))
+    letters = await js.stream_info(name, subjects_filter=f"{DLQ_PREFIX}>")
+    by_subject = letters.state.subjects or {}
+    depth = sum(by_subject.values())
+    if depth:
+        counts = ", ".join(
+            f"{subject.removeprefix(DLQ_PREFIX)} {count}" for subject, count in sorted(by_subject.items())
+        )
+        checks.append(Check("dlq", "warn", f"{depth} dead letter(s) ({counts}): `steward dlq list`"))
+    else:
+        checks.append(Check("dlq", "ok", "no dead letters"))
+    return checks
+
+
+async def check_cluster_nats(endpoint: NatsEndpoint, endpoints: ClusterEndpoints) -> list[Check]:
+    """Connect as ops, then :func:`check_stream`."""
+    from nats.errors import Error as NatsError
+
+    try:
+        connection = await connect_ops(endpoint)
+    except NatsUnreachable as exc:
+        return [Check("nats", "fail", str(exc))]
+    try:
+        return [
+            Check("nats", "ok", f"{endpoint.url} reachable as ops"),
+            *await check_stream(connection.jetstream(timeout=_TIMEOUT_S), endpoints),
+        ]
+    except (NatsError, TimeoutError) as exc:
+        return [Check("stream", "skip", f"JetStream did not answer ({type(exc).__name__}); are these ops credentials?")]
+    finally:
+        await connection.close()
+
+
+def check_openbao_node(url: str) -> Check:
+    """One OpenBao node's seal state (every raft node, not only the active one)."""
+    check = check_openbao(url)
+    detail = check.detail.replace("; is `steward run` up?", "").replace(
+        "restart `steward run` (it unseals with the key in init.json) or run `bao operator unseal` with that key",
+        "unseal it (auto-unseal, or `bao operator unseal`): docs/runbooks/vault-sealed.md",
+    )
+    return Check(f"openbao:{url}", check.status, detail)
+
+
+def check_metrics(url: str, endpoints: ClusterEndpoints) -> list[Check]:
+    """Outbox age and certificate expiry from one service's ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        response = requests.get(url, timeout=_TIMEOUT_S)
+        response.raise_for_status()
+    except requests.RequestException as exc:
+        return [Check(f"metrics:{url}", "fail", f"cannot scrape ({type(exc).__name__})")]
+    ages: list[float] = []
+    expiries: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == "steward_outbox_oldest_age_seconds":
+                ages.append(sample.value)
+            elif sample.name == "steward_tls_certificate_expiry_seconds":
+                expiries[sample.labels.get("certificate", "?")] = sample.value
+    checks = []
+    if ages:
+        age = max(ages)
+        status: Status = "warn" if age > endpoints.max_outbox_age_s else "ok"
+        checks.append(Check(f"outbox:{url}", status, f"oldest unpublished event {age:.0f} s old"))
+    for name, seconds in sorted(expiries.items()):
+        days = seconds / 86400
+        if seconds <= 0:
+            status, detail = "fail", "EXPIRED: docs/runbooks/certificate-expiry.md"
+        elif dt.timedelta(seconds=seconds) < CERT_WARN_BEFORE:
+            status, detail = "warn", f"expires in {days:.1f} days: docs/runbooks/certificate-expiry.md"
+        else:
+            status, detail = "ok", f"expires in {days:.0f} days"
+        checks.append(Check(f"cert:{name}@{url}", status, detail))
+    return checks or [Check(f"metrics:{url}", "warn", "no outbox or certificate series: is this a Steward service?")]
+
+
+def check_database(url: str) -> Check:
+    """Connect and ``SELECT 1`` (the password is never shown)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return Check("db:?", "fail", "not a database URL (postgresql+psycopg://user@host/db)")
+    engine = create_engine(url, connect_args={"connect_timeout": int(_TIMEOUT_S)} if "postgresql" in url else {})
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return Check(f"db:{shown}", "fail", f"cannot connect ({type(exc).__name__}): docs/runbooks/db-down.md")
+    finally:
+        engine.dispose()
+    return Check(f"db:{shown}", "ok", "answers SELECT 1")
+
+
+async def run_cluster_checks(endpoints: ClusterEndpoints) -> list[Check]:
+    """Every cluster check, in runbook order: NATS (stream, lag, dead letters), OpenBao nodes, services, databases."""
+    checks: list[Check] = []
+    if endpoints.nats is not None:
+        checks += await check_cluster_nats(endpoints.nats, endpoints)
+    checks += await asyncio.gather(*(asyncio.to_thread(check_openbao_node, url) for url in endpoints.openbao_urls))
+    for url in endpoints.metrics_urls:
+        checks += await asyncio.to_thread(check_metrics, url, endpoints)
+    checks += await asyncio.gather(*(asyncio.to_thread(check_database, url) for url in endpoints.database_urls))
+    return checks
+
+
+def check_exit_code(checks: list[Check]) -> int:
+    """Monitoring-check status: CRITICAL on any fail, else WARNING on any warn, else UNKNOWN on a skip, else OK."""
+    statuses = {check.status for check in checks if check.name != "kube"}
+    if "fail" in statuses:
+        return CHECK_CRITICAL
+    if "warn" in statuses:
+        return CHECK_WARNING
+    if "skip" in statuses:
+        return CHECK_UNKNOWN
+    return CHECK_OK

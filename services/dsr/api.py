@@ -52,9 +52,22 @@ class SubjectResolver:
     tenant; "" means no subject matches.
     """
 
-    def __init__(self, channel: aio.Channel | None, *, timeout_s: float) -> None:
-        self._stub = vault_pb2_grpc.VaultServiceStub(channel) if channel is not None else None
+    def __init__(self, channel: aio.Channel | Callable[[], aio.Channel] | None, *, timeout_s: float) -> None:
+        """``channel`` is the vault channel, or a function returning the current one (it changes when the
+        certificate files are renewed: :meth:`services.gateway.forwarding.Upstreams.channel`)."""
+        self._channel = (lambda: channel) if isinstance(channel, aio.Channel) else channel
+        self._stub_channel: aio.Channel | None = None
+        self._vault: vault_pb2_grpc.VaultServiceStub | None = None
         self.timeout_s = timeout_s
+
+    @property
+    def _stub(self) -> vault_pb2_grpc.VaultServiceStub | None:
+        if self._channel is None:
+            return None
+        channel = self._channel()
+        if channel is not self._stub_channel:
+            self._stub_channel, self._vault = channel, vault_pb2_grpc.VaultServiceStub(channel)
+        return self._vault
 
     async def resolve(self, tenant_id: str, field: str, raw: str) -> str:
         """The subject id, or "" when the vault knows no subject with that identifier."""

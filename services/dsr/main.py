@@ -68,7 +68,7 @@ async def assemble(runtime: ServiceRuntime[DsrSettings]) -> DsrApp:
     db = await runtime.database(workers=settings.db_workers)
     upstreams = runtime.client("upstream channels", Upstreams(settings.upstreams, settings.grpc))
     vault = settings.upstreams.get("vault")
-    vault_channel = upstreams.channel("vault") if vault is not None and vault.address else None
+    vault_channel = (lambda: upstreams.channel("vault")) if vault is not None and vault.address else None
     resolver = SubjectResolver(vault_channel, timeout_s=settings.vault_timeout_s)
     signer = EvidenceSigner(runtime.client("transit", _transit_client(settings, clock)))
     await db.call(signer.ensure_key)  # created at start-up: GetEvidence can always publish the public key

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -73,10 +74,13 @@ class _Plan:
 class RetentionSweep:
     """Runs sweeps: the database, the rules' context and the vault's admin API (mTLS, as dsr)."""
 
-    def __init__(self, db: Database, ctx: DsrContext, vault: aio.Channel | None, *, timeout_s: float) -> None:
+    def __init__(
+        self, db: Database, ctx: DsrContext, vault: Callable[[], aio.Channel] | None, *, timeout_s: float
+    ) -> None:
+        """``vault`` returns the current vault channel (a new one after its certificate files are renewed)."""
         self.db = db
         self.ctx = ctx
-        self._vault = vault_pb2_grpc.VaultAdminServiceStub(vault) if vault is not None else None
+        self._vault = vault
         self.timeout_s = timeout_s
 
     async def run(self, *, dry_run: bool = False) -> list[SweepItem]:
@@ -146,7 +150,7 @@ class RetentionSweep:
             return item
         who = CallerIdentity(tenant_id=tenant_id, principal="service:dsr", principal_kind="service")
         try:
-            answer = await self._vault.ShredTenant(
+            answer = await vault_pb2_grpc.VaultAdminServiceStub(self._vault()).ShredTenant(
                 vault_pb2.ShredTenantRequest(confirm_tenant_id=tenant_id),
                 metadata=identity_metadata(who),
                 timeout=self.timeout_s,

@@ -149,8 +149,8 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
 
     # ----------------------------------------------------------------- tenants
 
-    def _tenant_to_proto(self, row: TenantRow) -> gateway_pb2.Tenant:
-        reps = self.sealer.open(row.id, row.representatives_sealed)
+    def _tenant_to_proto(self, row: TenantRow, *, contacts: bool = True) -> gateway_pb2.Tenant:
+        reps = self.sealer.open(row.id, row.representatives_sealed) if contacts else ()
         details = gateway_pb2.TenantDetails(
             company_name=row.company_name,
             representatives=[
@@ -231,6 +231,26 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         await self._support_may_see(caller, tenant_id)
         row = await self.db.run(lambda s: tenants.get_tenant(s, tenant_id))
         return gateway_pb2.GetTenantResponse(tenant=self._tenant_to_proto(row))
+
+    async def ListTenants(
+        self, request: gateway_pb2.ListTenantsRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.ListTenantsResponse:
+        page_size = request.page_size or 100
+        if not 1 <= page_size <= 500:
+            raise InvalidArgument("page_size must be between 1 and 500")
+        valid_id("page_token", request.page_token)
+        if request.state not in gateway_pb2.TenantState.values():
+            raise InvalidArgument("state: use TENANT_STATE_ACTIVE, TENANT_STATE_CLOSED or leave it unspecified")
+        state = {gateway_pb2.TENANT_STATE_ACTIVE: "active", gateway_pb2.TENANT_STATE_CLOSED: "closed"}.get(
+            request.state
+        )
+        rows = await self.db.run(
+            lambda s: tenants.list_tenants(s, after=request.page_token, limit=page_size, state=state)
+        )
+        return gateway_pb2.ListTenantsResponse(
+            tenants=[self._tenant_to_proto(row, contacts=False) for row in rows],
+            next_page_token=rows[-1].id if len(rows) == page_size else "",
+        )
 
     async def UpdateTenant(
         self, request: gateway_pb2.UpdateTenantRequest, context: aio.ServicerContext

@@ -113,20 +113,23 @@ class Forwarder:
     def __init__(self, upstreams: Upstreams, deadlines: DeadlinePolicy) -> None:
         self.upstreams = upstreams
         self.deadlines = deadlines
-        self._callables: dict[str, Any] = {}
+        self._callables: dict[str, tuple[aio.Channel, Any]] = {}
 
     def _unary_callable(self, upstream: str, method: str) -> Any:
-        # Multicallables are reusable; building one per call costs time on the hot path.
-        call = self._callables.get(method)
-        if call is None:
-            call = self._callables[method] = self.upstreams.channel(upstream).unary_unary(method)
-        return call
+        # Multicallables are reusable; building one per call costs time on the hot path. One is kept per channel:
+        # after a certificate rotation the upstream's channel is a new one.
+        channel = self.upstreams.channel(upstream)
+        entry = self._callables.get(method)
+        if entry is None or entry[0] is not channel:
+            entry = self._callables[method] = (channel, channel.unary_unary(method))
+        return entry[1]
 
     def _stream_callable(self, upstream: str, method: str) -> Any:
-        call = self._callables.get(method)
-        if call is None:
-            call = self._callables[method] = self.upstreams.channel(upstream).unary_stream(method)
-        return call
+        channel = self.upstreams.channel(upstream)
+        entry = self._callables.get(method)
+        if entry is None or entry[0] is not channel:
+            entry = self._callables[method] = (channel, channel.unary_stream(method))
+        return entry[1]
 
     def handler_for(self, service: ForwardedService) -> grpc.GenericRpcHandler:
         """Per-method bytes pass-through handlers for ``service`` with the right cardinality."""

@@ -108,6 +108,7 @@ POLICIES: dict[str, RoutePolicy] = {
     # --- vault admin: lifecycle is the gateway's (GatewayAdminService) or ops:admin's; audit is the tenant's
     _VAULT_ADMIN + "CreateTenant": _p(roles=[OPS_ADMIN]),
     _VAULT_ADMIN + "GetTenant": _p(["audit:read", "keys:manage"], _OPS),
+    _VAULT_ADMIN + "GetKeyStatus": _p(["audit:read", "keys:manage"], _OPS),
     _VAULT_ADMIN + "CloseTenant": _p(roles=[OPS_ADMIN]),
     _VAULT_ADMIN + "ShredTenant": _p(roles=[OPS_ADMIN]),
     _VAULT_ADMIN + "RotateTenantKey": _p(["keys:manage"], _OPS),
@@ -158,6 +159,7 @@ POLICIES: dict[str, RoutePolicy] = {
     _GW + "GetTenant": _p(["keys:manage", "audit:read"], (*_OPS, SUPPORT)),
     _GW + "UpdateTenant": _p(["keys:manage"], [OPS_ADMIN]),
     _GW + "CloseTenant": _p(roles=[OPS_ADMIN]),
+    _GW + "ListTenants": _p(roles=_OPS),
     _GW + "CreateApiKey": _p(["keys:manage"], [OPS_ADMIN]),
     _GW + "ListApiKeys": _p(["keys:manage"], _OPS),
     _GW + "RotateApiKey": _p(["keys:manage"], [OPS_ADMIN]),

@@ -20,6 +20,7 @@ import phonenumbers
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
@@ -197,6 +198,14 @@ def get_tenant(session: Session, tenant_id: str) -> TenantRow:
     if row is None:
         raise NotFound("no such tenant: check tenant_id", reason=Reason.TENANT_NOT_FOUND)
     return row
+
+
+def list_tenants(session: Session, *, after: str, limit: int, state: str | None) -> list[TenantRow]:
+    """Up to ``limit`` tenants with an id after ``after``, by id; only ``state`` ones when given."""
+    query = select(TenantRow).where(TenantRow.id > after).order_by(TenantRow.id).limit(limit)
+    if state is not None:
+        query = query.where(TenantRow.state == state)
+    return list(session.scalars(query))
 
 
 def update_tenant(

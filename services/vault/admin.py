@@ -31,6 +31,7 @@ from services.vault.models import (
 )
 from services.vault.restore import reapply_for_tenant
 from services.vault.sealing import key_aad
+from services.vault.transit import KeyInfo
 
 __all__ = [
     "RewrapProgress",
@@ -40,6 +41,7 @@ __all__ = [
     "create_tenant",
     "get_audit_checkpoint",
     "get_tenant",
+    "key_status",
     "list_audit",
     "reopen_tenant",
     "rewrap_tenant_keys",
@@ -87,6 +89,14 @@ def get_tenant(session: Session, ctx: VaultContext, identity: CallerIdentity) ->
     tenant = audit.lock_tenant(session, identity.tenant_id)
     audit.append(session, tenant, identity, "tenant.read", [tenant.tenant_id], at=ctx.clock.now())
     return tenant
+
+
+def key_status(session: Session, ctx: VaultContext, identity: CallerIdentity) -> tuple[TenantVault, KeyInfo]:
+    """The tenant's key as Transit reports it now (audited); Unavailable when Transit cannot answer."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    info = ctx.keyring.transit.key_info(identity.tenant_id)
+    audit.append(session, tenant, identity, "key.status.read", [tenant.tenant_id], at=ctx.clock.now())
+    return tenant, info
 
 
 def close_tenant(session: Session, ctx: VaultContext, identity: CallerIdentity) -> TenantVault:

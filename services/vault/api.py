@@ -366,6 +366,20 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
         row = await self._run(context, lambda s, who: admin.get_tenant(s, self.ctx, who))
         return pb.GetTenantResponse(tenant=_tenant(row))
 
+    async def GetKeyStatus(
+        self, request: pb.GetKeyStatusRequest, context: aio.ServicerContext
+    ) -> pb.GetKeyStatusResponse:
+        row, info = await self._run(context, lambda s, who: admin.key_status(s, self.ctx, who), isolated=True)
+        return pb.GetKeyStatusResponse(
+            key_name=info.name,
+            latest_version=info.latest_version,
+            min_decryption_version=info.min_decryption_version,
+            min_encryption_version=info.min_encryption_version,
+            deletion_allowed=info.deletion_allowed,
+            exportable=info.exportable,
+            vault_key_version=row.key_version,
+        )
+
     async def CloseTenant(self, request: pb.CloseTenantRequest, context: aio.ServicerContext) -> pb.CloseTenantResponse:
         row = await self._run(context, lambda s, who: admin.close_tenant(s, self.ctx, who))
         return pb.CloseTenantResponse(tenant=_tenant(row))

@@ -3,7 +3,8 @@ one-line failures with the documented exit codes, and the ``duration`` option ty
 
 Each command (``services.cli.ops.<noun>``) is a call (or a few) to the gateway as an operator — the same API,
 policy and audit trail as any other caller; the CLI has no side door. Common options
-(:func:`operator_command`): ``--gateway``, ``--token``, ``--ca-file``, ``--home``, ``--timeout``, ``--json``
+(:func:`operator_command`): ``--gateway``, ``--token``, ``--ca-file``, ``--home``, ``--timeout``, ``--json``,
+``--tls-server-name`` (also accepted before the command: ``steward --tls-server-name gateway tenant list``)
 (see :mod:`services.cli.client` for how the defaults come from the local stack). Output is text, or one JSON
 object with ``--json``.
 
@@ -30,7 +31,7 @@ import click
 from services.cli.client import EXIT_USAGE, ConfigurationError, GatewayCallError, GatewayClient, resolve_target
 from services.cli.home import DEFAULT_HOME, StewardHome
 
-__all__ = ["DURATION", "HOME_OPTION", "Invocation", "operator_command"]
+__all__ = ["DURATION", "HOME_OPTION", "TLS_SERVER_NAME_KEY", "Invocation", "global_tls_server_name", "operator_command"]
 
 
 class DurationType(click.ParamType):
@@ -66,13 +67,20 @@ class Invocation:
     token: str | None = None
     ca_file: Path | None = None
     timeout_s: float = 30.0
+    tls_server_name: str | None = None
     _client: GatewayClient | None = field(default=None, repr=False)
 
     @property
     def client(self) -> GatewayClient:
         """The gateway client, resolved from the options and the local stack."""
         if self._client is None:
-            target = resolve_target(self.home, gateway=self.gateway, token=self.token, ca_file=self.ca_file)
+            target = resolve_target(
+                self.home,
+                gateway=self.gateway,
+                token=self.token,
+                ca_file=self.ca_file,
+                server_name=self.tls_server_name,
+            )
             self._client = GatewayClient(target, timeout_s=self.timeout_s)
         return self._client
 
@@ -119,6 +127,7 @@ def operator_command(
             ca_file: Path | None,
             timeout: float,
             json_output: bool,
+            tls_server_name: str | None,
             **options: Any,
         ) -> None:
             invocation = Invocation(
@@ -128,6 +137,7 @@ def operator_command(
                 token=token,
                 ca_file=ca_file,
                 timeout_s=timeout,
+                tls_server_name=tls_server_name or global_tls_server_name(),
             )
             try:
                 fn(invocation, **options)
@@ -164,7 +174,8 @@ _COMMON_OPTIONS: list[Callable[[Any], Any]] = [
         "--token",
         envvar="STEWARD_TOKEN",
         metavar="JWT",
-        help="Operator token (JWT from the IdP; a tenant API key for `support approve`) [<home>/idp/operator.jwt].",
+        help="Operator token (JWT from the IdP; a tenant API key for `support approve`) [`steward login`'s, else "
+        "<home>/idp/operator.jwt].",
     ),
     click.option(
         "--ca-file",
@@ -177,4 +188,20 @@ _COMMON_OPTIONS: list[Callable[[Any], Any]] = [
         "--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="Per-call seconds."
     ),
     click.option("--json", "json_output", is_flag=True, help="Print one JSON object instead of text."),
+    click.option(
+        "--tls-server-name",
+        envvar="STEWARD_TLS_SERVER_NAME",
+        metavar="NAME",
+        help="Name to verify the gateway's certificate against (a port-forward to localhost: --tls-server-name "
+        "gateway) [the address's host].",
+    ),
 ]
+
+TLS_SERVER_NAME_KEY = "steward.tls_server_name"
+"""Where ``steward --tls-server-name NAME <command>`` (the group's global flag) leaves the name for commands."""
+
+
+def global_tls_server_name() -> str | None:
+    """The group-level ``--tls-server-name``, when one was given before the command."""
+    context = click.get_current_context(silent=True)
+    return None if context is None else context.meta.get(TLS_SERVER_NAME_KEY)

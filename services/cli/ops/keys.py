@@ -24,20 +24,51 @@ def keys() -> None:
 @operator_command(keys, "status")
 @click.option("--tenant", "tenant_id", required=True)
 def keys_status(run: Invocation, tenant_id: str) -> None:
-    """KEK version in use and the oldest version that can still decrypt (ops:admin, ops:oncall)."""
+    """KEK versions as Transit reports them now, next to the vault's record (ops:admin, ops:oncall).
+
+    A sealed, unreachable or refusing Transit is not a success: the command says which, and exits 3 (retryable).
+    """
     client = run.client
     found = client.call(client.vault_admin.GetTenant, vault_pb2.GetTenantRequest(), tenant_id=tenant_id).tenant
+    try:
+        key = client.call(client.vault_admin.GetKeyStatus, vault_pb2.GetKeyStatusRequest(), tenant_id=tenant_id)
+    except GatewayCallError as exc:
+        state = exc.metadata.get("transit_state")
+        if exc.metadata.get("dependency") != "transit" or state is None:
+            raise
+        raise GatewayCallError(
+            exc.code,
+            f"Transit is {_TRANSIT_STATES.get(state, state)}: {tenant_id}'s key cannot be read, and writes and "
+            "uncached reads fail until it is back (docs/runbooks/vault-sealed.md)",
+            reason=exc.reason,
+            metadata=exc.metadata,
+        ) from None
+    drift = "" if key.latest_version == found.key_version else " (differs from Transit: run `steward keys rewrap`)"
     run.emit(
-        {"tenant": as_json(found)},
+        {"tenant": as_json(found), "key": as_json(key), "transit": "ok"},
         fields_text(
             [
                 ("tenant", found.tenant_id),
                 ("vault state", enum_label(found, "state")),
-                ("key version", found.key_version),
-                ("min decryption version", found.min_decryption_version),
+                ("transit", "reachable, unsealed"),
+                ("transit key", key.key_name),
+                ("key version", key.latest_version),
+                ("vault key version", f"{found.key_version}{drift}"),
+                ("min decryption version", key.min_decryption_version),
+                ("deletion allowed", "yes" if key.deletion_allowed else "no"),
+                ("exportable", "yes" if key.exportable else "no"),
             ]
         ),
     )
+
+
+_TRANSIT_STATES = {
+    "sealed": "SEALED",
+    "unreachable": "UNREACHABLE (no connection)",
+    "breaker_open": "failing (the vault's circuit breaker is open after repeated failures)",
+    "refused": "refusing the vault's token (HTTP 401/403)",
+    "unavailable": "answering with errors",
+}
 
 
 @operator_command(keys, "rotate")

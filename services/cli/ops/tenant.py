@@ -1,4 +1,4 @@
-"""``steward tenant create|get|close|reopen|offboarding-status``: business clients in the gateway's registry."""
+"""``steward tenant create|get|list|close|reopen|offboarding-status``: business clients in the gateway's registry."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from steward.vault.v1 import vault_pb2
 
 from services.cli.client import GatewayCallError
 from services.cli.ops.invocation import Invocation, operator_command
-from services.cli.render import as_json, enum_label, fields_text, timestamp_text
+from services.cli.render import as_json, enum_label, fields_text, table, timestamp_text
 
 __all__ = ["tenant"]
 
@@ -92,6 +92,33 @@ def tenant_get(run: Invocation, tenant_id: str) -> None:
     client = run.client
     found = client.call(client.admin.GetTenant, gateway_pb2.GetTenantRequest(tenant_id=tenant_id)).tenant
     run.emit({"tenant": as_json(found)}, _tenant_text(found))
+
+
+@operator_command(tenant, "list")
+@click.option("--page-size", type=click.IntRange(1, 500), default=100, show_default=True, help="Tenants per page.")
+@click.option("--page-token", default="", help="next_page_token of a previous page (continue from there).")
+@click.option("--state", type=click.Choice(["active", "closed"]), help="Only tenants in this state [every state].")
+@click.option("--all", "all_pages", is_flag=True, help="Follow next_page_token to the end instead of one page.")
+def tenant_list(run: Invocation, page_size: int, page_token: str, state: str | None, all_pages: bool) -> None:
+    """List tenants by id, one page (or --all); contacts are left out: `steward tenant get` shows them (ops)."""
+    client = run.client
+    wanted = gateway_pb2.TenantState.Value(f"TENANT_STATE_{(state or 'unspecified').upper()}")
+    found: list[Any] = []
+    token = page_token
+    while True:
+        request = gateway_pb2.ListTenantsRequest(page_size=page_size, page_token=token, state=wanted)
+        page = client.call(client.admin.ListTenants, request)
+        found.extend(page.tenants)
+        token = page.next_page_token
+        if not token or not all_pages:
+            break
+    rows = [
+        (t.tenant_id, enum_label(t, "state"), t.details.company_name, timestamp_text(t, "created_at")) for t in found
+    ]
+    text = table(["TENANT", "STATE", "COMPANY", "CREATED"], rows, empty="(no tenants)")
+    if token:
+        text += f"\nmore: steward tenant list --page-token {token}"
+    run.emit({"tenants": [as_json(t) for t in found], "next_page_token": token}, text)
 
 
 @operator_command(tenant, "close")

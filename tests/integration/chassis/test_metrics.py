@@ -42,6 +42,13 @@ class FakeTransit:
         return self.status
 
 
+class ReloadedCertificate:
+    """What a certificate reloader shows the metrics: the certificate in use and failed reloads."""
+
+    certificate = None
+    failures = 0
+
+
 class Cache:
     def __init__(self, hits: int, misses: int, size: int) -> None:
         self.hits, self.misses, self.size = hits, misses, size
@@ -171,6 +178,7 @@ def test_every_listed_name_is_what_prometheus_sees(metrics: ServiceMetrics, db: 
     transit.call_observer("encrypt", "ok", 0.01)
     metrics.watch_key_cache("dek", Cache(1, 1, 1))
     metrics.watch_certificate("grpc_server", cert_file)
+    metrics.watch_certificate("upstream_vault", ReloadedCertificate())
     metrics.watch_database("database_url", db)
     metrics.watch_outbox(db)
     metrics.rpc_requests.add(1, {"grpc_code": "OK"})

@@ -147,6 +147,7 @@ def _rows() -> list[Row]:
         # Tenant lifecycle belongs to the gateway's own admin API and ops:admin, never to an API key.
         Row(VA + "CreateTenant", lambda o: vault_pb2.CreateTenantRequest(), DENIED, False),
         Row(VA + "GetTenant", lambda o: vault_pb2.GetTenantRequest(), OK, False),
+        Row(VA + "GetKeyStatus", lambda o: vault_pb2.GetKeyStatusRequest(), OK, False),
         Row(VA + "CloseTenant", lambda o: vault_pb2.CloseTenantRequest(), DENIED, False),
         Row(VA + "ShredTenant", lambda o: vault_pb2.ShredTenantRequest(confirm_tenant_id="x"), DENIED, False),
         Row(VA + "ReopenTenant", lambda o: vault_pb2.ReopenTenantRequest(), DENIED, False),

@@ -15,7 +15,13 @@ def _docs(kind: str) -> list[dict]:  # type: ignore[type-arg]
 
 def test_every_cluster_commits_synchronously_to_a_standby() -> None:
     clusters = _docs("Cluster")
-    assert {c["metadata"]["name"] for c in clusters} == {"gateway-db", "vault-db", "vault-tombstones-db", "dsr-db", "notify-db"}
+    assert {c["metadata"]["name"] for c in clusters} == {
+        "gateway-db",
+        "vault-db",
+        "vault-tombstones-db",
+        "dsr-db",
+        "notify-db",
+    }
     for cluster in clusters:
         spec = cluster["spec"]
         assert spec["minSyncReplicas"] >= 1, cluster["metadata"]["name"]

@@ -55,6 +55,11 @@ class GatewayAdminServiceStub:
                 request_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.CloseTenantRequest.SerializeToString,
                 response_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.CloseTenantResponse.FromString,
                 _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/steward.gateway.v1.GatewayAdminService/ListTenants',
+                request_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/steward.gateway.v1.GatewayAdminService/CreateApiKey',
                 request_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.CreateApiKeyRequest.SerializeToString,
@@ -153,6 +158,13 @@ class GatewayAdminServiceServicer:
 
     def CloseTenant(self, request, context):
         """Closes a tenant: retention clocks start, its vault refuses writes (ops:admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Every tenant, paged by tenant id (operators only). Representatives are left out: GetTenant shows them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -278,6 +290,11 @@ def add_GatewayAdminServiceServicer_to_server(servicer, server):
                     servicer.CloseTenant,
                     request_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.CloseTenantRequest.FromString,
                     response_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.CloseTenantResponse.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ListTenantsRequest.FromString,
+                    response_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ListTenantsResponse.SerializeToString,
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
@@ -459,6 +476,33 @@ class GatewayAdminService:
             '/steward.gateway.v1.GatewayAdminService/CloseTenant',
             steward_dot_gateway_dot_v1_dot_gateway__pb2.CloseTenantRequest.SerializeToString,
             steward_dot_gateway_dot_v1_dot_gateway__pb2.CloseTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.gateway.v1.GatewayAdminService/ListTenants',
+            steward_dot_gateway_dot_v1_dot_gateway__pb2.ListTenantsRequest.SerializeToString,
+            steward_dot_gateway_dot_v1_dot_gateway__pb2.ListTenantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

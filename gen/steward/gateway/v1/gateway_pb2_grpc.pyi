@@ -47,6 +47,8 @@ class GatewayAdminServiceStub:
     """Replaces a tenant's business details (optimistic concurrency on version)."""
     CloseTenant: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CloseTenantRequest, _gateway_pb2.CloseTenantResponse]
     """Closes a tenant: retention clocks start, its vault refuses writes (ops:admin)."""
+    ListTenants: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListTenantsRequest, _gateway_pb2.ListTenantsResponse]
+    """Every tenant, paged by tenant id (operators only). Representatives are left out: GetTenant shows them."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateApiKeyRequest, _gateway_pb2.CreateApiKeyResponse]
     """Creates an API key; the secret is in the response and never again."""
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListApiKeysRequest, _gateway_pb2.ListApiKeysResponse]
@@ -91,6 +93,8 @@ class GatewayAdminServiceAsyncStub(GatewayAdminServiceStub):
     """Replaces a tenant's business details (optimistic concurrency on version)."""
     CloseTenant: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CloseTenantRequest, _gateway_pb2.CloseTenantResponse]  # type: ignore[assignment]
     """Closes a tenant: retention clocks start, its vault refuses writes (ops:admin)."""
+    ListTenants: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListTenantsRequest, _gateway_pb2.ListTenantsResponse]  # type: ignore[assignment]
+    """Every tenant, paged by tenant id (operators only). Representatives are left out: GetTenant shows them."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateApiKeyRequest, _gateway_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """Creates an API key; the secret is in the response and never again."""
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListApiKeysRequest, _gateway_pb2.ListApiKeysResponse]  # type: ignore[assignment]
@@ -156,6 +160,14 @@ class GatewayAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.CloseTenantResponse, _abc.Awaitable[_gateway_pb2.CloseTenantResponse]]:
         """Closes a tenant: retention clocks start, its vault refuses writes (ops:admin)."""
+
+    @_abc_1.abstractmethod
+    def ListTenants(
+        self,
+        request: _gateway_pb2.ListTenantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListTenantsResponse, _abc.Awaitable[_gateway_pb2.ListTenantsResponse]]:
+        """Every tenant, paged by tenant id (operators only). Representatives are left out: GetTenant shows them."""
 
     @_abc_1.abstractmethod
     def CreateApiKey(

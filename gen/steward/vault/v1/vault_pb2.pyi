@@ -916,6 +916,60 @@ class Tenant(_message.Message):
 Global___Tenant: _TypeAlias = Tenant  # noqa: Y015
 
 @_typing.final
+class GetKeyStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyStatusRequest: _TypeAlias = GetKeyStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetKeyStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_NAME_FIELD_NUMBER: _builtins.int
+    LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    MIN_DECRYPTION_VERSION_FIELD_NUMBER: _builtins.int
+    MIN_ENCRYPTION_VERSION_FIELD_NUMBER: _builtins.int
+    DELETION_ALLOWED_FIELD_NUMBER: _builtins.int
+    EXPORTABLE_FIELD_NUMBER: _builtins.int
+    VAULT_KEY_VERSION_FIELD_NUMBER: _builtins.int
+    key_name: _builtins.str
+    latest_version: _builtins.int
+    """Versions as Transit reports them."""
+    min_decryption_version: _builtins.int
+    min_encryption_version: _builtins.int
+    deletion_allowed: _builtins.bool
+    exportable: _builtins.bool
+    vault_key_version: _builtins.int
+    """The KEK version the vault's database records as in use."""
+    def __init__(
+        self,
+        *,
+        key_name: _builtins.str = ...,
+        latest_version: _builtins.int = ...,
+        min_decryption_version: _builtins.int = ...,
+        min_encryption_version: _builtins.int = ...,
+        deletion_allowed: _builtins.bool = ...,
+        exportable: _builtins.bool = ...,
+        vault_key_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deletion_allowed", b"deletion_allowed", "exportable", b"exportable", "key_name", b"key_name", "latest_version", b"latest_version", "min_decryption_version", b"min_decryption_version", "min_encryption_version", b"min_encryption_version", "vault_key_version", b"vault_key_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyStatusResponse: _TypeAlias = GetKeyStatusResponse  # noqa: Y015
+
+@_typing.final
 class ShredCertificate(_message.Message):
     """ShredCertificate is the evidence a tenant shred returns and audits."""
 

@@ -731,6 +731,11 @@ class VaultAdminServiceStub:
                 request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetTenantRequest.SerializeToString,
                 response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetTenantResponse.FromString,
                 _registered_method=True)
+        self.GetKeyStatus = channel.unary_unary(
+                '/steward.vault.v1.VaultAdminService/GetKeyStatus',
+                request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetKeyStatusRequest.SerializeToString,
+                response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetKeyStatusResponse.FromString,
+                _registered_method=True)
         self.CloseTenant = channel.unary_unary(
                 '/steward.vault.v1.VaultAdminService/CloseTenant',
                 request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.CloseTenantRequest.SerializeToString,
@@ -795,6 +800,15 @@ class VaultAdminServiceServicer:
 
     def GetTenant(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyStatus(self, request, context):
+        """The tenant's key as Transit reports it now. When Transit cannot answer: UNAVAILABLE, reason
+        DEPENDENCY_UNAVAILABLE, ErrorInfo.metadata dependency=transit and transit_state=sealed|unreachable|
+        breaker_open|refused (GetTenant, which reads only the vault's database, keeps working then).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -882,6 +896,11 @@ def add_VaultAdminServiceServicer_to_server(servicer, server):
                     servicer.GetTenant,
                     request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetTenantRequest.FromString,
                     response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetTenantResponse.SerializeToString,
+            ),
+            'GetKeyStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyStatus,
+                    request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetKeyStatusRequest.FromString,
+                    response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetKeyStatusResponse.SerializeToString,
             ),
             'CloseTenant': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseTenant,
@@ -989,6 +1008,33 @@ class VaultAdminService:
             '/steward.vault.v1.VaultAdminService/GetTenant',
             steward_dot_vault_dot_v1_dot_vault__pb2.GetTenantRequest.SerializeToString,
             steward_dot_vault_dot_v1_dot_vault__pb2.GetTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.vault.v1.VaultAdminService/GetKeyStatus',
+            steward_dot_vault_dot_v1_dot_vault__pb2.GetKeyStatusRequest.SerializeToString,
+            steward_dot_vault_dot_v1_dot_vault__pb2.GetKeyStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

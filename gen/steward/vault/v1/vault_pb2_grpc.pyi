@@ -226,6 +226,11 @@ class VaultAdminServiceStub:
     def __new__(cls, channel: _aio.Channel) -> VaultAdminServiceAsyncStub: ...
     CreateTenant: _grpc.UnaryUnaryMultiCallable[_vault_pb2.CreateTenantRequest, _vault_pb2.CreateTenantResponse]
     GetTenant: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GetTenantRequest, _vault_pb2.GetTenantResponse]
+    GetKeyStatus: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GetKeyStatusRequest, _vault_pb2.GetKeyStatusResponse]
+    """The tenant's key as Transit reports it now. When Transit cannot answer: UNAVAILABLE, reason
+    DEPENDENCY_UNAVAILABLE, ErrorInfo.metadata dependency=transit and transit_state=sealed|unreachable|
+    breaker_open|refused (GetTenant, which reads only the vault's database, keeps working then).
+    """
     CloseTenant: _grpc.UnaryUnaryMultiCallable[_vault_pb2.CloseTenantRequest, _vault_pb2.CloseTenantResponse]
     ShredTenant: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ShredTenantRequest, _vault_pb2.ShredTenantResponse]
     RotateTenantKey: _grpc.UnaryUnaryMultiCallable[_vault_pb2.RotateTenantKeyRequest, _vault_pb2.RotateTenantKeyResponse]
@@ -258,6 +263,11 @@ class VaultAdminServiceAsyncStub(VaultAdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTenant: _aio.UnaryUnaryMultiCallable[_vault_pb2.CreateTenantRequest, _vault_pb2.CreateTenantResponse]  # type: ignore[assignment]
     GetTenant: _aio.UnaryUnaryMultiCallable[_vault_pb2.GetTenantRequest, _vault_pb2.GetTenantResponse]  # type: ignore[assignment]
+    GetKeyStatus: _aio.UnaryUnaryMultiCallable[_vault_pb2.GetKeyStatusRequest, _vault_pb2.GetKeyStatusResponse]  # type: ignore[assignment]
+    """The tenant's key as Transit reports it now. When Transit cannot answer: UNAVAILABLE, reason
+    DEPENDENCY_UNAVAILABLE, ErrorInfo.metadata dependency=transit and transit_state=sealed|unreachable|
+    breaker_open|refused (GetTenant, which reads only the vault's database, keeps working then).
+    """
     CloseTenant: _aio.UnaryUnaryMultiCallable[_vault_pb2.CloseTenantRequest, _vault_pb2.CloseTenantResponse]  # type: ignore[assignment]
     ShredTenant: _aio.UnaryUnaryMultiCallable[_vault_pb2.ShredTenantRequest, _vault_pb2.ShredTenantResponse]  # type: ignore[assignment]
     RotateTenantKey: _aio.UnaryUnaryMultiCallable[_vault_pb2.RotateTenantKeyRequest, _vault_pb2.RotateTenantKeyResponse]  # type: ignore[assignment]
@@ -299,6 +309,17 @@ class VaultAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vault_pb2.GetTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vault_pb2.GetTenantResponse, _abc.Awaitable[_vault_pb2.GetTenantResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetKeyStatus(
+        self,
+        request: _vault_pb2.GetKeyStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.GetKeyStatusResponse, _abc.Awaitable[_vault_pb2.GetKeyStatusResponse]]:
+        """The tenant's key as Transit reports it now. When Transit cannot answer: UNAVAILABLE, reason
+        DEPENDENCY_UNAVAILABLE, ErrorInfo.metadata dependency=transit and transit_state=sealed|unreachable|
+        breaker_open|refused (GetTenant, which reads only the vault's database, keeps working then).
+        """
 
     @_abc_1.abstractmethod
     def CloseTenant(
