@@ -11,6 +11,7 @@ bookkeeping is skipped.
 from __future__ import annotations
 
 import threading
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -19,7 +20,7 @@ from sqlalchemy import Connection, Table, bindparam, insert
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["execute_compiled", "insert_rows"]
+__all__ = ["execute_compiled", "insert_rows", "select_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,8 @@ class _Plan:
     names: tuple[str, ...]
     processors: tuple[Callable[[Any], Any] | None, ...]
     positional: bool
+    row_type: Any = None  # a namedtuple of the result columns (SELECT plans)
+    results: tuple[Callable[[Any], Any] | None, ...] = ()
 
 
 _plans: dict[tuple[str, object], _Plan] = {}
@@ -42,7 +45,10 @@ def _plan(connection: Connection, key: object, build: Callable[[], ClauseElement
         compiled = cast(SQLCompiler, build().compile(dialect=dialect))
         names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
         processors = tuple(compiled.binds[name].type._cached_bind_processor(dialect) for name in names)
-        plan = _Plan(str(compiled), names, processors, bool(compiled.positional))
+        columns = compiled._result_columns  # (key, name, objects, type) per selected column; empty for DML
+        row_type = namedtuple("Row", [column[0] for column in columns]) if columns else None  # type: ignore[misc]
+        results = tuple(column[3]._cached_result_processor(dialect, None) for column in columns)
+        plan = _Plan(str(compiled), names, processors, bool(compiled.positional), row_type, results)
         with _lock:
             _plans[cache_key] = plan
     return plan
@@ -80,3 +86,19 @@ def execute_compiled(
     """
     plan = _plan(connection, key, build)
     connection.exec_driver_sql(plan.sql, _params(plan, params))  # type: ignore[arg-type]
+
+
+def select_rows(
+    connection: Connection, key: str, build: Callable[[], ClauseElement], params: Mapping[str, Any]
+) -> list[Any]:
+    """Rows of the SELECT ``build()`` returns (compiled once per dialect under ``key``) as named tuples.
+
+    Values go through the column types' result processors, as the ORM would give them. This reads the
+    database directly: a caller whose session may hold unflushed ORM changes flushes first.
+    """
+    plan = _plan(connection, key, build)
+    raw = connection.exec_driver_sql(plan.sql, _params(plan, params)).fetchall()  # type: ignore[arg-type]
+    make, results = plan.row_type._make, plan.results
+    if not any(results):
+        return [make(row) for row in raw]
+    return [make(v if proc is None else proc(v) for v, proc in zip(row, results, strict=True)) for row in raw]
