@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert
+from sqlalchemy import Connection, Table, bindparam, event, insert
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["execute_compiled", "insert_rows", "select_rows"]
+__all__ = ["execute_compiled", "flush_staged", "insert_rows", "select_rows", "stage_rows", "stage_update"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +103,103 @@ def select_rows(
     if not any(results):
         return [make(row) for row in raw]
     return [make(v if proc is None else proc(v) for v, proc in zip(row, results, strict=True)) for row in raw]
+
+
+# Statements staged in a session, run together before the transaction's next ORM statement, ORM flush or
+# commit: the rows of many units of one group-commit batch go in one executemany, and an update keyed
+# by ``dedupe`` runs once with its last parameters.
+_STAGED = "steward.fastsql.staged"
+
+
+@dataclass
+class _Staged:
+    inserts: dict[tuple[str, tuple[str, ...]], tuple[Table, list[Mapping[str, Any]]]]
+    updates: dict[object, tuple[str, Callable[[], ClauseElement], Mapping[str, Any]]]
+
+
+def _staged(session: Session) -> _Staged | None:
+    """This transaction's staging area; None (write at once) inside a savepoint, whose rollback must undo
+    exactly what its unit wrote."""
+    if session.in_nested_transaction():
+        flush_staged(session)
+        return None
+    staged: _Staged | None = session.info.get(_STAGED)
+    if staged is None:
+        staged = session.info[_STAGED] = _Staged({}, {})
+        event.listen(session, "before_commit", flush_staged)
+        event.listen(session, "before_flush", _flush_before_flush)
+        event.listen(session, "do_orm_execute", _flush_before_execute)
+        event.listen(session, "after_rollback", _forget_staged)
+        event.listen(session, "after_transaction_create", _flush_before_savepoint)
+    return staged
+
+
+def stage_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """:func:`insert_rows` later in this transaction, together with the other rows staged for ``table``.
+
+    Only for tables this transaction does not read back through the connection itself (as the audit
+    log and the outbox): the rows are written before any ORM statement, ORM flush or the commit. Rows
+    of one table keep their order; rows of different tables may be written in another order, so
+    staged tables must not reference each other.
+    """
+    if not rows:
+        return
+    staged = _staged(session)
+    if staged is None:
+        insert_rows(session.connection(), table, rows)
+        return
+    key = (table.name, tuple(rows[0]))
+    entry = staged.inserts.get(key)
+    if entry is None:
+        staged.inserts[key] = (table, list(rows))
+    else:
+        entry[1].extend(rows)
+
+
+def stage_update(
+    session: Session, key: str, build: Callable[[], ClauseElement], params: Mapping[str, Any], *, dedupe: object
+) -> None:
+    """:func:`execute_compiled` later in this transaction, after the staged inserts; of the updates staged
+    with the same ``dedupe``, only the last runs (it must make the earlier ones redundant)."""
+    staged = _staged(session)
+    if staged is None:
+        execute_compiled(session.connection(), key, build, params)
+        return
+    staged.updates.pop(dedupe, None)  # re-inserted last: updates run in the order of their final staging
+    staged.updates[dedupe] = (key, build, params)
+
+
+def flush_staged(session: Session, connection: Connection | None = None) -> None:
+    """Write what is staged in ``session`` now (inserts in one executemany per table, then the updates)."""
+    staged: _Staged | None = session.info.get(_STAGED)
+    if staged is None or not (staged.inserts or staged.updates):
+        return
+    inserts, updates = staged.inserts, staged.updates
+    staged.inserts, staged.updates = {}, {}
+    connection = connection or session.connection()
+    for table, rows in inserts.values():
+        insert_rows(connection, table, rows)
+    for key, build, params in updates.values():
+        execute_compiled(connection, key, build, params)
+
+
+def _flush_before_flush(session: Session, _context: Any, _instances: Any) -> None:
+    flush_staged(session)
+
+
+def _flush_before_execute(state: ORMExecuteState) -> None:
+    flush_staged(state.session)
+
+
+def _flush_before_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    # Rows staged before a savepoint belong outside it: written through the enclosing transaction's
+    # connection now, before the nested transaction emits its SAVEPOINT (it does so on first use).
+    parent = transaction.parent
+    if transaction.nested and parent is not None:
+        flush_staged(session, parent.connection(None))
+
+
+def _forget_staged(session: Session) -> None:
+    staged: _Staged | None = session.info.get(_STAGED)
+    if staged is not None and not session.in_transaction():
+        staged.inserts, staged.updates = {}, {}
