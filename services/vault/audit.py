@@ -161,7 +161,7 @@ def append(
         {"tenant": tenant.tenant_id, "seq": seq, "head": row["hash"]},
         dedupe=("vault.audit.head", tenant.tenant_id),
     )
-    # Keep the in-memory row in step without marking it dirty (the UPDATE above already wrote it).
+    # Keep the in-memory row in step without marking it dirty (the staged UPDATE writes it).
     set_committed_value(tenant, "audit_seq", seq)
     set_committed_value(tenant, "audit_head", row["hash"])
     return str(row["hash"])
