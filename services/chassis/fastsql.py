@@ -17,11 +17,19 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, event, insert
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["execute_compiled", "flush_staged", "insert_rows", "select_rows", "stage_rows", "stage_update"]
+__all__ = [
+    "execute_compiled",
+    "flush_staged",
+    "insert_rows",
+    "select_rows",
+    "stage_rows",
+    "stage_update",
+    "watch_staging",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +117,7 @@ def select_rows(
 # commit: the rows of many units of one group-commit batch go in one executemany, and an update keyed
 # by ``dedupe`` runs once with its last parameters.
 _STAGED = "steward.fastsql.staged"
+WATCHED = "steward.fastsql.watched"
 
 
 @dataclass
@@ -120,18 +129,25 @@ class _Staged:
 def _staged(session: Session) -> _Staged | None:
     """This transaction's staging area; None (write at once) inside a savepoint, whose rollback must undo
     exactly what its unit wrote."""
-    if session.in_nested_transaction():
+    if not session.info.get(WATCHED) or session.in_nested_transaction():
         flush_staged(session)
         return None
     staged: _Staged | None = session.info.get(_STAGED)
     if staged is None:
         staged = session.info[_STAGED] = _Staged({}, {})
-        event.listen(session, "before_commit", flush_staged)
-        event.listen(session, "before_flush", _flush_before_flush)
-        event.listen(session, "do_orm_execute", _flush_before_execute)
-        event.listen(session, "after_rollback", _forget_staged)
-        event.listen(session, "after_transaction_create", _flush_before_savepoint)
     return staged
+
+
+def watch_staging(sessions: sessionmaker[Any]) -> None:
+    """Let sessions of ``sessions`` stage writes: listeners that write staged rows before each ORM statement,
+    ORM flush, savepoint and commit, registered once (per session they would cost half a millisecond).
+    Sessions from elsewhere write at once."""
+    sessions.kw.setdefault("info", {})[WATCHED] = True
+    event.listen(sessions, "before_commit", flush_staged)
+    event.listen(sessions, "before_flush", _flush_before_flush)
+    event.listen(sessions, "do_orm_execute", _flush_before_execute)
+    event.listen(sessions, "after_rollback", _forget_staged)
+    event.listen(sessions, "after_transaction_create", _flush_before_savepoint)
 
 
 def stage_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
