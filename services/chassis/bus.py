@@ -45,7 +45,7 @@ from services.chassis.catalog import kind_of, subject_for
 from services.chassis.clock import SYSTEM_CLOCK
 from services.chassis.db import Base, Database
 from services.chassis.errors import is_transient
-from services.chassis.fastsql import insert_rows
+from services.chassis.fastsql import stage_rows
 from services.chassis.nats_permissions import inbox_prefix
 from services.chassis.settings import NatsSettings
 from services.chassis.streams import EVENT_SUBJECTS, StreamsBelowDeclared, check_streams, ensure_events_stream
@@ -144,7 +144,7 @@ def enqueue(session: Session, event: events_pb2.Event) -> str:
 
 
 def enqueue_many(session: Session, events: Sequence[events_pb2.Event]) -> None:
-    """Stage many events with one bulk insert (batch writes such as PutRecords)."""
+    """Stage many events with one bulk insert (batch writes such as PutRecords); written before the commit."""
     if not events:
         return
     session.info[_STAGED] = True
@@ -152,8 +152,9 @@ def enqueue_many(session: Session, events: Sequence[events_pb2.Event]) -> None:
     # The outbox is a queue ordered by when rows were written, so this is the machine's time, not the
     # (possibly test-driven) domain clock that stamped the events.
     now = SYSTEM_CLOCK.now()
-    insert_rows(
-        session.connection(),
+    # Staged: the rows of every unit of a group-commit batch go in one insert, before the commit.
+    stage_rows(
+        session,
         OutboxEntry.__table__,  # type: ignore[arg-type]
         [
             {

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from services.chassis.errors import DeadlineExceeded
+from services.chassis.fastsql import watch_staging
 
 __all__ = ["Base", "Database", "GroupCommitWriter", "make_engine"]
 
@@ -247,6 +248,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size=workers)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        watch_staging(self.sessions)  # hot-path rows (audit, outbox) staged per transaction: see fastsql
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
         self._writer = GroupCommitWriter(self) if self.is_sqlite else None
 

@@ -23,7 +23,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from grpc_status import rpc_status
 
-from services.chassis.rpc import wrap_rpc_handler
+from services.chassis.rpc import WrappedHandlers, wrap_rpc_handler
 
 log = logging.getLogger("steward.errors")
 
@@ -424,6 +424,9 @@ async def _map_errors(context: aio.ServicerContext) -> AsyncIterator[None]:
 class ErrorMappingInterceptor(aio.ServerInterceptor):
     """Wraps every handler so domain errors become statuses and unknown errors become INTERNAL."""
 
+    def __init__(self) -> None:
+        self._handlers = WrappedHandlers(lambda handler, _method: wrap_rpc_handler(handler, _map_errors))
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -432,4 +435,4 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return wrap_rpc_handler(handler, _map_errors)
+        return self._handlers.get(handler, handler_call_details.method)

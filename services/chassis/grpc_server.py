@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.chassis.errors import ErrorMappingInterceptor, PermissionDenied, Reason, abort_for
-from services.chassis.rpc import DecodeFailureLog, refuse_undecodable_requests, wrap_rpc_handler
+from services.chassis.rpc import DecodeFailureLog, WrappedHandlers, refuse_undecodable_requests, wrap_rpc_handler
 from services.chassis.settings import GrpcSettings, SettingsError
 from services.chassis.tls_reload import CertificateFiles, ReloadingServerCredentials
 
@@ -68,6 +68,7 @@ class PeerAllowlistInterceptor(aio.ServerInterceptor):
 
     def __init__(self, allowed_names: Iterable[str]) -> None:
         self._allowed = {name.encode() for name in allowed_names}
+        self._handlers = WrappedHandlers(lambda handler, _method: wrap_rpc_handler(handler, self._only_allowed_peers))
 
     async def intercept_service(
         self,
@@ -77,16 +78,14 @@ class PeerAllowlistInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith("/grpc.health.v1.Health/"):
             return handler
-        allowed = self._allowed
+        return self._handlers.get(handler, handler_call_details.method)
 
-        @asynccontextmanager
-        async def only_allowed_peers(context: aio.ServicerContext) -> AsyncIterator[None]:
-            if not any(name in allowed for name in context.peer_identities() or ()):
-                refusal = "caller is not an allowed peer: services accept calls only from the Steward gateway"
-                await abort_for(context, PermissionDenied(refusal, reason=Reason.PEER_NOT_ALLOWED))
-            yield
-
-        return wrap_rpc_handler(handler, only_allowed_peers)
+    @asynccontextmanager
+    async def _only_allowed_peers(self, context: aio.ServicerContext) -> AsyncIterator[None]:
+        if not any(name in self._allowed for name in context.peer_identities() or ()):
+            refusal = "caller is not an allowed peer: services accept calls only from the Steward gateway"
+            await abort_for(context, PermissionDenied(refusal, reason=Reason.PEER_NOT_ALLOWED))
+        yield
 
 
 class RequestDecodingInterceptor(aio.ServerInterceptor):
@@ -98,6 +97,9 @@ class RequestDecodingInterceptor(aio.ServerInterceptor):
 
     def __init__(self, failures: DecodeFailureLog | None = None) -> None:
         self.failures = failures or DecodeFailureLog()
+        self._handlers = WrappedHandlers(
+            lambda handler, method: refuse_undecodable_requests(handler, method=method, failures=self.failures)
+        )
 
     async def intercept_service(
         self,
@@ -107,7 +109,7 @@ class RequestDecodingInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return refuse_undecodable_requests(handler, method=handler_call_details.method, failures=self.failures)
+        return self._handlers.get(handler, handler_call_details.method)
 
 
 @dataclass

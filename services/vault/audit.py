@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from services.chassis.errors import FailedPrecondition, NotFound, Reason
-from services.chassis.fastsql import execute_compiled, insert_rows
+from services.chassis.fastsql import stage_rows, stage_update
 from services.chassis.identity import CallerIdentity
 from services.vault.models import AuditEntry, TenantVault
 
@@ -134,7 +134,8 @@ def append(
     """Append one entry, made ``at`` (the rule's clock), to ``tenant``'s chain (the caller holds the tenant lock);
     returns its hash.
 
-    Plain Core statements: this runs on every call, so it skips the ORM unit of work.
+    Plain Core statements, staged: this runs on every call, so it skips the ORM unit of work, and a
+    group-commit batch writes its entries in one insert and the head once.
     """
     seq = tenant.audit_seq + 1
     row = {
@@ -150,12 +151,17 @@ def append(
         "prev_hash": tenant.audit_head or GENESIS,
     }
     row["hash"] = _hash(str(row["prev_hash"]), row)
-    connection = session.connection()
-    insert_rows(connection, AuditEntry.__table__, [row])  # type: ignore[arg-type]
-    execute_compiled(
-        connection, "vault.audit.head", _head_update, {"tenant": tenant.tenant_id, "seq": seq, "head": row["hash"]}
+    # Staged: the entries of every unit of a group-commit batch are inserted together and the head is
+    # updated once per tenant, before the transaction's next ORM statement or its commit (fastsql).
+    stage_rows(session, AuditEntry.__table__, [row])  # type: ignore[arg-type]
+    stage_update(
+        session,
+        "vault.audit.head",
+        _head_update,
+        {"tenant": tenant.tenant_id, "seq": seq, "head": row["hash"]},
+        dedupe=("vault.audit.head", tenant.tenant_id),
     )
-    # Keep the in-memory row in step without marking it dirty (the UPDATE above already wrote it).
+    # Keep the in-memory row in step without marking it dirty (the staged UPDATE writes it).
     set_committed_value(tenant, "audit_seq", seq)
     set_committed_value(tenant, "audit_head", row["hash"])
     return str(row["hash"])

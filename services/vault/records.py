@@ -16,14 +16,15 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import Select, bindparam, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
 from services.chassis.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, NotFound, Reason
-from services.chassis.fastsql import insert_rows
+from services.chassis.fastsql import insert_rows, select_rows
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
 from services.vault import audit
@@ -45,6 +46,7 @@ from services.vault.subjects import (
     requested_subject,
     require_unrestricted,
     resolve_batch_subjects,
+    subject_row,
 )
 
 __all__ = [
@@ -78,7 +80,7 @@ def _aad(tenant_id: str, record_id: str, kind: int, subject_id: str, version: in
     return record_aad(tenant_id, record_id, KIND_NAMES[kind], subject_id, version)
 
 
-def _open(sealer: Sealer, tenant_id: str, row: Record) -> bytes:
+def _open(sealer: Sealer, tenant_id: str, row: Record | Any) -> bytes:
     try:
         return sealer.open(row.ciphertext, _aad(tenant_id, row.id, row.kind, row.subject_id, row.version))
     except SealBroken:
@@ -87,7 +89,7 @@ def _open(sealer: Sealer, tenant_id: str, row: Record) -> bytes:
         ) from None
 
 
-def _view(row: Record, data: bytes | None) -> RecordView:
+def _view(row: Record | Any, data: bytes | None) -> RecordView:
     return RecordView(row.id, row.subject_id, row.kind, data, row.version, row.created_at, row.updated_at)
 
 
@@ -282,9 +284,9 @@ def _remember(
 def get_record(session: Session, ctx: VaultContext, identity: CallerIdentity, record_id: str) -> RecordView:
     """One record, decrypted; another tenant's id is NOT_FOUND like a missing one."""
     tenant = audit.lock_tenant(session, identity.tenant_id)
-    row = _record(session, tenant.tenant_id, record_id)
+    row = _record_row(session, tenant.tenant_id, record_id)
     if row.subject_id:
-        require_unrestricted(session.get(Subject, row.subject_id))
+        require_unrestricted(subject_row(session, row.subject_id))
     data = _open(ctx.keyring.sealer(session, tenant.tenant_id, row.key_id), tenant.tenant_id, row)
     audit.append(session, tenant, identity, "record.read", [row.id], at=ctx.clock.now())
     return _view(row, data)
@@ -297,6 +299,24 @@ def _record(session: Session, tenant_id: str, record_id: str) -> Record:
     if row is None or row.tenant_id != tenant_id:
         raise NotFound("record not found", reason=Reason.RECORD_NOT_FOUND)
     return row
+
+
+def _record_by_id() -> Select[Any]:
+    table = Record.__table__
+    return select(*table.c).where(table.c.id == bindparam("id"))  # type: ignore[arg-type]
+
+
+def _record_row(session: Session, tenant_id: str, record_id: str) -> Any:
+    """The record as a plain row (the columns of :class:`Record`), read without ORM identity-map work; as
+    :func:`_record`, another tenant's id is NOT_FOUND. Unflushed ORM changes of this transaction are flushed
+    first, so it sees what ``session.get`` would."""
+    if not record_id:
+        raise InvalidArgument("record_id is empty; send the id PutRecord returned")
+    session.flush()
+    rows = select_rows(session.connection(), "vault.record.by_id", _record_by_id, {"id": record_id})
+    if not rows or rows[0].tenant_id != tenant_id:
+        raise NotFound("record not found", reason=Reason.RECORD_NOT_FOUND)
+    return rows[0]
 
 
 # Page tokens are signed with the tenant's blind-index key (so another tenant's or a forged token fails).

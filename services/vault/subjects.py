@@ -12,13 +12,15 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
 from services.chassis.errors import DataLoss, DomainError, FailedPrecondition, InvalidArgument, NotFound, Reason
+from services.chassis.fastsql import select_rows
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
 from services.vault import audit
@@ -78,7 +80,24 @@ def requested_subject(
     return tenant, find_subject(session, tenant.tenant_id, subject_id)
 
 
-def require_unrestricted(subject: Subject | None) -> None:
+def _subject_by_id() -> Select[tuple[str, str, str, bool]]:
+    table = Subject.__table__
+    return select(table.c.id, table.c.tenant_id, table.c.key_id, table.c.restricted).where(  # type: ignore[return-value]
+        table.c.id == bindparam("id")
+    )
+
+
+def subject_row(session: Session, subject_id: str) -> Any:
+    """(id, tenant_id, key_id, restricted) of a subject, or None: a hot-path read without ORM identity-map work.
+
+    Changes this transaction made through the ORM are flushed first, so the row is what ``session.get`` would see.
+    """
+    session.flush()
+    rows = select_rows(session.connection(), "vault.subject.by_id", _subject_by_id, {"id": subject_id})
+    return rows[0] if rows else None
+
+
+def require_unrestricted(subject: Subject | Any | None) -> None:
     """FAILED_PRECONDITION when processing of ``subject``'s data is restricted (export and erasure still work)."""
     if subject is not None and subject.restricted:
         raise FailedPrecondition(
@@ -115,12 +134,10 @@ def resolve_batch_subjects(
     subjects: dict[str, Subject] = {}
     if named:
         if len(named) == 1:
-            # One subject (the common case): a primary-key get, answered from the batch's identity map
-            # when an earlier unit already loaded it.
+            # One subject (the common case): one primary-key read of the columns needed, no ORM object.
             [only] = named
-            found = session.get(Subject, only)
+            found = subject_row(session, only)
             rows = [found] if found is not None and found.tenant_id == tid else []
-            session.info.setdefault("pinned", {}).update({("subject", row.id): row for row in rows})
         else:
             # Many subjects: plain rows (id, key_id, restricted) instead of ORM objects, which cost ~50 us each.
             rows = list(
