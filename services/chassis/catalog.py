@@ -123,6 +123,7 @@ CATALOG: tuple[EventKind, ...] = (
     EventKind(ev.TenantOffboardingReminder, ("dsr.offboarding.reminder",)),
     EventKind(ev.TenantShredCertified, ("dsr.tenant.certified",)),
     EventKind(ev.LegalNoticeReleased, ("gateway.legal.released",)),
+    EventKind(ev.TenantReopened, ("gateway.tenant.reopened", "vault.tenant.reopened")),
 )
 
 _BY_NAME = {kind.name: kind for kind in CATALOG}

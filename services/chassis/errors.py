@@ -106,6 +106,11 @@ class Reason(StrEnum):
     TENANT_CLOSED = "TENANT_CLOSED"
     TENANT_NOT_CLOSED = "TENANT_NOT_CLOSED"
     TENANT_SHREDDED = "TENANT_SHREDDED"
+    GRACE_PERIOD_OVER = "GRACE_PERIOD_OVER"  # a closed tenant past its grace period cannot be reopened
+    LEGAL_REQUEST_NOT_FOUND = "LEGAL_REQUEST_NOT_FOUND"
+    LEGAL_INVALID_TRANSITION = "LEGAL_INVALID_TRANSITION"  # metadata: state (current), action
+    FOUR_EYES_REQUIRED = "FOUR_EYES_REQUIRED"  # the recorder of a legal request cannot approve it
+    OUT_OF_SCOPE = "OUT_OF_SCOPE"  # a subject outside a legal request's approved scope
     SUBJECT_RESTRICTED = "SUBJECT_RESTRICTED"
     KEY_UNAVAILABLE = "KEY_UNAVAILABLE"
     API_KEY_NOT_ACTIVE = "API_KEY_NOT_ACTIVE"

@@ -305,6 +305,10 @@ class ServiceMetrics:
 
     # ------------------------------------------------------------------ serving
 
+    def counter(self, name: str, description: str) -> Any:
+        """A service-specific counter on this registry; ``name`` is its Prometheus name (ending in ``_total``)."""
+        return self._meter.create_counter(_base(name), description=description)
+
     def serve(self, host: str) -> int | None:
         """Start the ``/metrics`` HTTP server (plaintext, one thread) when a port is configured; returns it."""
         if self.settings.port is None:

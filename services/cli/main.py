@@ -33,6 +33,7 @@ from services.cli.ops.audit import audit
 from services.cli.ops.db import db
 from services.cli.ops.dsr import dsr
 from services.cli.ops.keys import keys
+from services.cli.ops.legal import legal
 from services.cli.ops.local import demo, token
 from services.cli.ops.support import support
 from services.cli.ops.tenant import tenant
@@ -154,7 +155,7 @@ def serve(service: str) -> None:
     module.main()
 
 
-for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db):
+for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db, legal):
     cli.add_command(_command)
 
 

@@ -22,7 +22,7 @@ from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied,
 from services.chassis.identity import CallerIdentity, identity_metadata
 from services.chassis.ids import valid_id
 from services.chassis.timestamps import to_timestamp
-from services.gateway import apikeys, grants, tenants
+from services.gateway import account, apikeys, grants, tenants
 from services.gateway.caller import Caller, current_caller
 from services.gateway.forwarding import DeadlinePolicy, Upstreams, upstream_error
 from services.gateway.models import ApiKeyRow, SupportAccessRow, SupportGrantRow, TenantRow
@@ -92,6 +92,7 @@ def _grant_to_proto(row: SupportGrantRow, now: datetime) -> gateway_pb2.SupportG
         expires_at=to_timestamp(row.expires_at),
         revoked_at=to_timestamp(row.revoked_at),
         revoked_by=row.revoked_by,
+        legal_request_id=row.legal_request_id,
     )
 
 
@@ -171,6 +172,11 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             created_at=to_timestamp(row.created_at),
             updated_at=to_timestamp(row.updated_at),
             closed_at=to_timestamp(row.closed_at),
+            grace_period_days=row.grace_period_days,
+            shred_after=to_timestamp(tenants.shred_after(row)),
+            closed_by=row.closed_by,
+            reopened_at=to_timestamp(row.reopened_at),
+            reopened_by=row.reopened_by,
         )
 
     async def _vault_admin(self, rpc: str, tenant_id: str, caller: Caller, request: Message) -> Message:
@@ -239,6 +245,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 expected_version=request.expected_version,
                 sealer=self.sealer,
                 now=self.clock.now(),
+                grace_period_days=request.grace_period_days,
             )
         )
         return gateway_pb2.UpdateTenantResponse(tenant=self._tenant_to_proto(row))
@@ -247,11 +254,16 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
         self, request: gateway_pb2.CloseTenantRequest, context: aio.ServicerContext
     ) -> gateway_pb2.CloseTenantResponse:
         caller = current_caller()
-        tenant_id = _tenant_for(caller, request.tenant_id)
-        row, _changed = await self.db.run(lambda s: tenants.close_tenant(s, tenant_id, now=self.clock.now()))
+        row = await self._close(caller, _tenant_for(caller, request.tenant_id))
+        return gateway_pb2.CloseTenantResponse(tenant=self._tenant_to_proto(row))
+
+    async def _close(self, caller: Caller, tenant_id: str) -> TenantRow:
+        row, _changed = await self.db.run(
+            lambda s: tenants.close_tenant(s, tenant_id, now=self.clock.now(), by=caller.principal)
+        )
         # Closing again re-sends the vault call, so a failed first attempt is fixed by retrying.
         await self._vault_admin("CloseTenant", tenant_id, caller, vault_pb2.CloseTenantRequest())
-        return gateway_pb2.CloseTenantResponse(tenant=self._tenant_to_proto(row))
+        return row
 
     # ---------------------------------------------------------------- API keys
 
@@ -430,6 +442,7 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
                 principal=principal_filter,
                 include_inactive=request.include_inactive,
                 now=now,
+                tenant_view=caller.kind == "api_key",
             )
         )
         return gateway_pb2.ListSupportGrantsResponse(grants=[_grant_to_proto(r, now) for r in rows])
@@ -475,3 +488,34 @@ class GatewayAdminServicer(gateway_pb2_grpc.GatewayAdminServiceServicer):
             support_grant_id=caller.support_grant_id,
             credential_expires_at=to_timestamp(caller.expires_at),
         )
+
+    # ------------------------------------------------------ account data rights
+
+    async def ExportAccount(
+        self, request: gateway_pb2.ExportAccountRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.ExportAccountResponse:
+        caller = current_caller()
+        tenant_id = _tenant_for(caller, request.tenant_id)
+        now = self.clock.now()
+        document = await self.db.run(lambda s: account.account_document(s, tenant_id, sealer=self.sealer, now=now))
+        return gateway_pb2.ExportAccountResponse(schema=account.ACCOUNT_SCHEMA, document=document)
+
+    async def RequestAccountDeletion(
+        self, request: gateway_pb2.RequestAccountDeletionRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.RequestAccountDeletionResponse:
+        caller = current_caller()
+        row = await self._close(caller, _tenant_for(caller, request.tenant_id))
+        return gateway_pb2.RequestAccountDeletionResponse(tenant=self._tenant_to_proto(row))
+
+    async def ReopenTenant(
+        self, request: gateway_pb2.ReopenTenantRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.ReopenTenantResponse:
+        caller = current_caller()
+        tenant_id = _tenant_for(caller, request.tenant_id)
+        now = self.clock.now()
+        # The grace period is checked first (nothing changes past it); the vault then refuses a shredded tenant
+        # (TENANT_SHREDDED, passed through) before the registry reopens, so the two never disagree for long.
+        await self.db.run(lambda s: tenants.check_reopenable(s, tenant_id, now=now))
+        await self._vault_admin("ReopenTenant", tenant_id, caller, vault_pb2.ReopenTenantRequest())
+        row, _changed = await self.db.run(lambda s: tenants.reopen_tenant(s, tenant_id, now=now, by=caller.principal))
+        return gateway_pb2.ReopenTenantResponse(tenant=self._tenant_to_proto(row))

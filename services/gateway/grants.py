@@ -33,6 +33,7 @@ __all__ = [
     "list_accesses",
     "list_grants",
     "live_grant",
+    "looks_like_contact",
     "record_access",
     "request_access",
     "revoke",
@@ -58,11 +59,16 @@ def grant_state(row: SupportGrantRow, now: datetime) -> str:
     return "active"
 
 
+def looks_like_contact(text: str) -> bool:
+    """True when free text seems to carry an email address or a phone number (refused in reasons)."""
+    return bool(_LOOKS_LIKE_EMAIL.search(text) or _LOOKS_LIKE_PHONE.search(text))
+
+
 def _validate(reason: str, ticket_id: str, duration_s: int) -> str:
     text = reason.strip()
     if not 10 <= len(text) <= 500:
         raise InvalidArgument("reason: describe the technical need in 10 to 500 characters")
-    if _LOOKS_LIKE_EMAIL.search(text) or _LOOKS_LIKE_PHONE.search(text):
+    if looks_like_contact(text):
         raise InvalidArgument("reason must not contain customer data: remove email addresses and phone numbers")
     if not _TICKET.match(ticket_id):
         raise InvalidArgument("ticket_id: 1 to 64 letters, digits or . _ : # -")
@@ -138,11 +144,12 @@ def _granted_event(row: SupportGrantRow, now: datetime) -> events_pb2.Event:
 def find_grant(
     session: Session, grant_id: str, *, tenant_id: str | None = None, principal: str | None = None
 ) -> SupportGrantRow:
-    """The grant, or NOT_FOUND when missing or outside the caller's tenant/principal (same answer)."""
+    """The grant, or NOT_FOUND when missing or outside the caller's tenant/principal (same answer). A tenant
+    does not see a legal grant before its notice is released."""
     row = session.get(SupportGrantRow, grant_id) if grant_id else None
     if (
         row is None
-        or (tenant_id is not None and row.tenant_id != tenant_id)
+        or (tenant_id is not None and (row.tenant_id != tenant_id or not row.visible_to_tenant))
         or (principal is not None and row.principal != principal)
     ):
         raise NotFound("no such support grant: check grant_id", reason=Reason.GRANT_NOT_FOUND)
@@ -221,13 +228,21 @@ def revoke(session: Session, row: SupportGrantRow, *, by: str, now: datetime) ->
 
 
 def list_grants(
-    session: Session, *, tenant_id: str | None, principal: str | None, include_inactive: bool, now: datetime
+    session: Session,
+    *,
+    tenant_id: str | None,
+    principal: str | None,
+    include_inactive: bool,
+    now: datetime,
+    tenant_view: bool = False,
 ) -> list[SupportGrantRow]:
     """Grants filtered by tenant and/or principal, newest first (only those live at ``now`` unless
-    ``include_inactive``)."""
+    ``include_inactive``). ``tenant_view``: as the tenant sees them (legal grants only once released)."""
     query = select(SupportGrantRow).order_by(SupportGrantRow.requested_at.desc())
     if tenant_id is not None:
         query = query.where(SupportGrantRow.tenant_id == tenant_id)
+    if tenant_view:
+        query = query.where(SupportGrantRow.visible_to_tenant.is_(True))
     if principal is not None:
         query = query.where(SupportGrantRow.principal == principal)
     rows = session.scalars(query.limit(1000)).all()
@@ -237,7 +252,8 @@ def list_grants(
 def live_grant(session: Session, grant_id: str, *, principal: str, now: datetime) -> SupportGrantRow:
     """The grant ``grant_id`` of ``principal`` if ACTIVE at ``now``; PERMISSION_DENIED (one answer) otherwise."""
     row = session.get(SupportGrantRow, grant_id)
-    if row is None or row.principal != principal or grant_state(row, now) != "active":
+    # A legal grant covers one gateway-run export, never calls an operator forwards under it.
+    if row is None or row.principal != principal or row.legal_request_id or grant_state(row, now) != "active":
         raise PermissionDenied(GRANT_DENIED)
     return row
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from grpc import aio
 from steward.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from steward.legal.v1 import legal_pb2, legal_pb2_grpc
 
 from services.chassis.bus import Bus, OutboxRelay
 from services.chassis.clock import SYSTEM_CLOCK, Clock
@@ -24,6 +25,7 @@ from services.gateway.apikeys import ApiKeyAuthenticator
 from services.gateway.events import RevocationListener
 from services.gateway.forwarding import FORWARDED_SERVICES, DeadlinePolicy, Forwarder, Upstreams, method_names
 from services.gateway.jwt_auth import OperatorVerifier
+from services.gateway.legal_api import LegalNoticeWatcher, LegalRequestServicer
 from services.gateway.policy import check_complete
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.settings import GatewaySettings
@@ -44,6 +46,7 @@ class GatewayHandle:
     upstreams: Upstreams
     revocations: RevocationListener | None
     keys: ApiKeyAuthenticator
+    legal_notices: LegalNoticeWatcher | None = None
 
     @property
     def port(self) -> int:
@@ -85,11 +88,15 @@ async def assemble(runtime: ServiceRuntime[GatewaySettings]) -> GatewayHandle:
         clock=clock,
     )
 
+    legal_servicer = LegalRequestServicer(db=db, upstreams=upstreams, deadlines=deadlines, clock=clock)
+
     def register(server: aio.Server) -> list[str]:
         admin = gateway_pb2.DESCRIPTOR.services_by_name["GatewayAdminService"]
         gateway_pb2_grpc.add_GatewayAdminServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-        served = method_names(admin)
-        names = [admin.full_name]
+        legal_service = legal_pb2.DESCRIPTOR.services_by_name["LegalRequestService"]
+        legal_pb2_grpc.add_LegalRequestServiceServicer_to_server(legal_servicer, server)  # type: ignore[no-untyped-call]
+        served = method_names(admin) + method_names(legal_service)
+        names = [admin.full_name, legal_service.full_name]
         for service in FORWARDED_SERVICES:
             server.add_generic_rpc_handlers((forwarder.handler_for(service),))
             served.extend(method_names(service.descriptor))
@@ -104,7 +111,13 @@ async def assemble(runtime: ServiceRuntime[GatewaySettings]) -> GatewayHandle:
         register, trust_identity_metadata=True, interceptors=[AdmissionInterceptor(gate, access_log)]
     )
     revocations = await runtime.task(RevocationListener(bus, keys)) if bus is not None else None
-    return GatewayHandle(runtime, db, bus, runtime.relay, access_log, upstreams, revocations, keys)
+    reviews = runtime.metrics.counter(
+        "steward_legal_reviews_due_total", "Non-disclosure orders that reached a review date."
+    )
+    legal_notices = await runtime.task(
+        LegalNoticeWatcher(db, clock=clock, interval_s=settings.legal_scan_interval_s, reviews_counter=reviews)
+    )
+    return GatewayHandle(runtime, db, bus, runtime.relay, access_log, upstreams, revocations, keys, legal_notices)
 
 
 def _rate_limiter(settings: GatewaySettings, clock: Clock) -> RateLimiter:

@@ -15,7 +15,15 @@ from sqlalchemy.types import TypeDecorator
 
 from services.chassis.clock import SYSTEM_CLOCK
 
-__all__ = ["ApiKeyRow", "GatewayBase", "SupportAccessRow", "SupportGrantRow", "TenantRow", "UtcDateTime"]
+__all__ = [
+    "ApiKeyRow",
+    "GatewayBase",
+    "LegalRequestRow",
+    "SupportAccessRow",
+    "SupportGrantRow",
+    "TenantRow",
+    "UtcDateTime",
+]
 
 # Column defaults are a fallback only: the gateway's rules set every time from their injected Clock.
 _fallback_now = SYSTEM_CLOCK.now
@@ -60,6 +68,10 @@ class TenantRow(GatewayBase):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=_fallback_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=_fallback_now)
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    grace_period_days: Mapped[int] = mapped_column(Integer, default=30)
+    closed_by: Mapped[str] = mapped_column(String(200), default="")
+    reopened_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    reopened_by: Mapped[str] = mapped_column(String(200), default="")
 
 
 class ApiKeyRow(GatewayBase):
@@ -99,6 +111,10 @@ class SupportGrantRow(GatewayBase):
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoked_by: Mapped[str] = mapped_column(String(200), default="")
+    # Set on the grant a legal disclosure request ran under; such a grant stays hidden from the tenant
+    # (``visible_to_tenant`` false) until the request's notice is released.
+    legal_request_id: Mapped[str] = mapped_column(String(40), default="")
+    visible_to_tenant: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class SupportAccessRow(GatewayBase):
@@ -115,3 +131,38 @@ class SupportAccessRow(GatewayBase):
     status: Mapped[str] = mapped_column(String(32), default="STARTED")
     at: Mapped[datetime] = mapped_column(UtcDateTime, default=_fallback_now)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LegalRequestRow(GatewayBase):
+    """A legal disclosure request: ids, codes and the authority's own particulars, never subject identifiers.
+
+    ``subject_ids`` and ``data_categories`` are space-separated (vault subject ids; RecordKind numbers).
+    """
+
+    __tablename__ = "legal_requests"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    authority: Mapped[str] = mapped_column(String(200))
+    authority_type: Mapped[int] = mapped_column(Integer)
+    legal_basis: Mapped[str] = mapped_column(String(200))
+    reference_number: Mapped[str] = mapped_column(String(100))
+    subject_ids: Mapped[str] = mapped_column(Text)
+    window_start: Mapped[datetime] = mapped_column(UtcDateTime)
+    window_end: Mapped[datetime] = mapped_column(UtcDateTime)
+    data_categories: Mapped[str] = mapped_column(String(100))
+    ndo_kind: Mapped[int] = mapped_column(Integer)
+    ndo_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    review_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    review_reminded_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="recorded")
+    recorded_by: Mapped[str] = mapped_column(String(200))
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    decided_by: Mapped[str] = mapped_column(String(200), default="")
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    rejection_reason: Mapped[str] = mapped_column(String(500), default="")
+    executed_by: Mapped[str] = mapped_column(String(200), default="")
+    executed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    grant_id: Mapped[str] = mapped_column(String(40), default="")
+    records_disclosed: Mapped[int] = mapped_column(Integer, default=0)
+    notice_released_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

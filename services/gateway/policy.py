@@ -84,6 +84,7 @@ _VAULT_ADMIN = "/steward.vault.v1.VaultAdminService/"
 _GW = "/steward.gateway.v1.GatewayAdminService/"
 _DSR = "/steward.dsr.v1.DsrService/"
 _NOTIFY = "/steward.notify.v1.NotifyService/"
+_LEGAL = "/steward.legal.v1.LegalRequestService/"
 _OPS = (OPS_ADMIN, OPS_ONCALL)
 
 POLICIES: dict[str, RoutePolicy] = {
@@ -113,6 +114,7 @@ POLICIES: dict[str, RoutePolicy] = {
     _VAULT_ADMIN + "ApplyTombstones": _p(roles=_OPS, cap=3600.0),
     _VAULT_ADMIN + "GetAuditCheckpoint": _p(["audit:read"], _OPS),
     _VAULT_ADMIN + "ApplyAllTombstones": _p(roles=_OPS, all_tenants=True, cap=3600.0),
+    _VAULT_ADMIN + "ReopenTenant": _p(roles=[OPS_ADMIN]),
     # --- dsr: tenants submit (dsr:submit) and handle (dsr:manage) their requests; operators read any tenant's
     _DSR + "SubmitRequest": _p(["dsr:submit", "dsr:manage"]),
     _DSR + "GetRequest": _p(["dsr:submit", "dsr:manage"], _OPS),
@@ -162,6 +164,17 @@ POLICIES: dict[str, RoutePolicy] = {
     _GW + "ListSupportGrants": _p(["support:approve", "audit:read"], (*_OPS, SUPPORT)),
     _GW + "ListSupportAccesses": _p(["support:approve", "audit:read"], (*_OPS, SUPPORT)),
     _GW + "WhoAmI": _p(any_caller=True),
+    _GW + "ExportAccount": _p(["keys:manage"], _OPS),
+    _GW + "RequestAccountDeletion": _p(["keys:manage"], [OPS_ADMIN]),
+    _GW + "ReopenTenant": _p(["keys:manage"], [OPS_ADMIN]),
+    # --- legal disclosure requests (steward.legal.v1): operators only, the tenant named in the request or the
+    # register entry (so all_tenants); four eyes enforced by the servicer
+    _LEGAL + "RecordLegalRequest": _p(roles=_OPS, all_tenants=True),
+    _LEGAL + "ApproveLegalRequest": _p(roles=[OPS_ADMIN], all_tenants=True),
+    _LEGAL + "RejectLegalRequest": _p(roles=[OPS_ADMIN], all_tenants=True),
+    _LEGAL + "ExecuteLegalRequest": _p(roles=[OPS_ADMIN], all_tenants=True, cap=600.0),
+    _LEGAL + "ListLegalRequests": _p(roles=_OPS, all_tenants=True),
+    _LEGAL + "TransparencyReport": _p(roles=_OPS, all_tenants=True),
 }
 
 

@@ -122,6 +122,9 @@ class GatewaySettings(ServiceSettings):
     )
     access_log_flush_s: float = Field(default=0.25, gt=0)
     access_log_buffer: int = Field(default=100_000, ge=100)
+    legal_scan_interval_s: float = Field(
+        default=60.0, gt=0, description="How often withheld legal notices and order review dates are checked."
+    )
 
     @field_validator("api_key_pepper", "registry_key")
     @classmethod

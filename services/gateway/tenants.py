@@ -14,7 +14,7 @@ import os
 import re
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import phonenumbers
 from cryptography.exceptions import InvalidTag
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
-from services.chassis.errors import Aborted, InvalidArgument, NotFound, Reason
+from services.chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Reason
 from services.chassis.timestamps import to_timestamp
 from services.gateway.models import TenantRow
 
@@ -32,10 +32,13 @@ __all__ = [
     "RegistrySealer",
     "Representative",
     "TenantDetails",
+    "check_reopenable",
     "close_tenant",
     "create_tenant",
     "get_tenant",
     "new_tenant_id",
+    "reopen_tenant",
+    "shred_after",
     "update_tenant",
     "validate_details",
 ]
@@ -47,6 +50,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SIZES = range(0, 5)
 CHANNELS = range(0, 3)
 CHANNEL_WHATSAPP = 2
+GRACE_DAYS = range(1, 366)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +207,12 @@ def update_tenant(
     expected_version: int,
     sealer: RegistrySealer,
     now: datetime,
+    grace_period_days: int = 0,
 ) -> TenantRow:
-    """Replace the details when ``expected_version`` matches (ABORTED otherwise) and emit TenantUpdated."""
+    """Replace the details when ``expected_version`` matches (ABORTED otherwise) and emit TenantUpdated.
+    ``grace_period_days`` (1..365) sets the offboarding grace period; 0 leaves it."""
+    if grace_period_days and grace_period_days not in GRACE_DAYS:
+        raise InvalidArgument("grace_period_days must be between 1 and 365 (0 leaves it unchanged)")
     row = get_tenant(session, tenant_id)
     if expected_version != row.version:
         raise Aborted(
@@ -213,20 +221,70 @@ def update_tenant(
             metadata={"current_version": str(row.version)},
         )
     _apply(row, details, sealer)
+    if grace_period_days:
+        row.grace_period_days = grace_period_days
     row.version += 1
     row.updated_at = now
     enqueue(session, _event(events_pb2.TenantUpdated(tenant_id=tenant_id), row))
     return row
 
 
-def close_tenant(session: Session, tenant_id: str, *, now: datetime) -> tuple[TenantRow, bool]:
-    """Mark closed with TenantClosed; returns (row, changed). Closing a closed tenant changes nothing."""
+def shred_after(row: TenantRow) -> datetime | None:
+    """When the dsr retention sweep may shred a closed tenant: closure + its grace period (None while open)."""
+    if row.state != "closed" or row.closed_at is None:
+        return None
+    return row.closed_at + timedelta(days=row.grace_period_days)
+
+
+def close_tenant(session: Session, tenant_id: str, *, now: datetime, by: str = "") -> tuple[TenantRow, bool]:
+    """Mark closed by ``by`` with TenantClosed (carrying the grace period and shred time); returns
+    (row, changed). Closing a closed tenant changes nothing."""
     row = get_tenant(session, tenant_id)
     if row.state == "closed":
         return row, False
     row.state = "closed"
     row.closed_at = now
+    row.closed_by = by
     row.updated_at = now
     row.version += 1
-    enqueue(session, _event(events_pb2.TenantClosed(tenant_id=tenant_id, closed_at=to_timestamp(now)), row))
+    closed = events_pb2.TenantClosed(
+        tenant_id=tenant_id,
+        closed_at=to_timestamp(now),
+        grace_period_days=row.grace_period_days,
+        shred_after=to_timestamp(shred_after(row)),
+    )
+    enqueue(session, _event(closed, row))
+    return row, True
+
+
+def check_reopenable(session: Session, tenant_id: str, *, now: datetime) -> TenantRow:
+    """The tenant, unless it is closed and past its grace period (FAILED_PRECONDITION GRACE_PERIOD_OVER: the
+    shred may be under way)."""
+    row = get_tenant(session, tenant_id)
+    deadline = shred_after(row)
+    if deadline is not None and now >= deadline:
+        raise FailedPrecondition(
+            "the grace period of this closed tenant is over: it is being or has been shredded",
+            reason=Reason.GRACE_PERIOD_OVER,
+            metadata={"shred_after": deadline.isoformat()},
+        )
+    return row
+
+
+def reopen_tenant(session: Session, tenant_id: str, *, now: datetime, by: str) -> tuple[TenantRow, bool]:
+    """Reopen a closed tenant still within its grace period (see :func:`check_reopenable`) with
+    TenantReopened; returns (row, changed). An active tenant is unchanged."""
+    row = check_reopenable(session, tenant_id, now=now)
+    if row.state != "closed":
+        return row, False
+    row.state = "active"
+    row.closed_at = None
+    row.reopened_at = now
+    row.reopened_by = by
+    row.updated_at = now
+    row.version += 1
+    enqueue(
+        session,
+        _event(events_pb2.TenantReopened(tenant_id=tenant_id, reopened_at=to_timestamp(now), reopened_by=by), row),
+    )
     return row, True

@@ -41,6 +41,7 @@ __all__ = [
     "get_audit_checkpoint",
     "get_tenant",
     "list_audit",
+    "reopen_tenant",
     "rewrap_tenant_keys",
     "rotate_tenant_key",
     "shred_tenant",
@@ -101,6 +102,21 @@ def close_tenant(session: Session, ctx: VaultContext, identity: CallerIdentity) 
             make_event(closed_at, source=ctx.source, tenant_id=tenant.tenant_id, occurred_at=tenant.closed_at),
         )
     audit.append(session, tenant, identity, "tenant.close", [tenant.tenant_id], at=ctx.clock.now())
+    return tenant
+
+
+def reopen_tenant(session: Session, ctx: VaultContext, identity: CallerIdentity) -> TenantVault:
+    """Reopen a closed tenant (writes allowed again), audited. A shredded tenant is refused by
+    :func:`audit.lock_tenant` (TENANT_SHREDDED): its key is gone. Reopening an active tenant changes nothing."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    now = ctx.clock.now()
+    if tenant.state == "closed":
+        tenant.state = "active"
+        tenant.closed_at = None
+        reopened = events_pb2.TenantReopened(tenant_id=tenant.tenant_id, reopened_by=identity.principal)
+        reopened.reopened_at.FromDatetime(now)
+        enqueue(session, make_event(reopened, source=ctx.source, tenant_id=tenant.tenant_id, occurred_at=now))
+    audit.append(session, tenant, identity, "tenant.reopen", [tenant.tenant_id], at=now)
     return tenant
 
 

@@ -320,6 +320,12 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
         row = await self._run(context, lambda s, who: admin.close_tenant(s, self.ctx, who))
         return pb.CloseTenantResponse(tenant=_tenant(row))
 
+    async def ReopenTenant(
+        self, request: pb.ReopenTenantRequest, context: aio.ServicerContext
+    ) -> pb.ReopenTenantResponse:
+        row = await self._run(context, lambda s, who: admin.reopen_tenant(s, self.ctx, who))
+        return pb.ReopenTenantResponse(tenant=_tenant(row))
+
     async def ShredTenant(self, request: pb.ShredTenantRequest, context: aio.ServicerContext) -> pb.ShredTenantResponse:
         valid_id("confirm_tenant_id", request.confirm_tenant_id)
         cert = await self._run(

@@ -12,6 +12,7 @@ from steward.gateway.v1 import gateway_pb2
 
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.gateway.main import GatewayHandle, create_server
+from tests.integration.gateway.legal_stack import legal_stack  # noqa: F401 - the real-vault stack fixture
 from tests.integration.gateway.support import (
     Clients,
     FakeVaultState,

@@ -140,6 +140,7 @@ def _rows() -> list[Row]:
         Row(VA + "GetTenant", lambda o: vault_pb2.GetTenantRequest(), OK, False),
         Row(VA + "CloseTenant", lambda o: vault_pb2.CloseTenantRequest(), DENIED, False),
         Row(VA + "ShredTenant", lambda o: vault_pb2.ShredTenantRequest(confirm_tenant_id="x"), DENIED, False),
+        Row(VA + "ReopenTenant", lambda o: vault_pb2.ReopenTenantRequest(), DENIED, False),
         Row(VA + "RotateTenantKey", lambda o: vault_pb2.RotateTenantKeyRequest(), OK, False),
         Row(VA + "RewrapTenantKeys", lambda o: vault_pb2.RewrapTenantKeysRequest(), OK, False, streaming=True),
         Row(VA + "ListAuditEvents", lambda o: vault_pb2.ListAuditEventsRequest(), OK, False),

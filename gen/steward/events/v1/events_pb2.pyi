@@ -138,6 +138,7 @@ class Event(_message.Message):
     TENANT_OFFBOARDING_REMINDER_FIELD_NUMBER: _builtins.int
     TENANT_SHRED_CERTIFIED_FIELD_NUMBER: _builtins.int
     LEGAL_NOTICE_RELEASED_FIELD_NUMBER: _builtins.int
+    TENANT_REOPENED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Globally unique event id (UUID), also the deduplication key."""
     type: _builtins.str
@@ -208,6 +209,8 @@ class Event(_message.Message):
     def legal_notice_released(self) -> Global___LegalNoticeReleased:
         """88-89: dsr. 90-99: notify. 100-104: vault exports. 105-109: gateway (legal requests, account). 110-114: ops."""
 
+    @_builtins.property
+    def tenant_reopened(self) -> Global___TenantReopened: ...
     def __init__(
         self,
         *,
@@ -245,12 +248,13 @@ class Event(_message.Message):
         tenant_offboarding_reminder: Global___TenantOffboardingReminder | None = ...,
         tenant_shred_certified: Global___TenantShredCertified | None = ...,
         legal_notice_released: Global___LegalNoticeReleased | None = ...,
+        tenant_reopened: Global___TenantReopened | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_deadline_extended", b"dsr_deadline_extended", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "dsr_request_reminder", b"dsr_request_reminder", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "legal_notice_released", b"legal_notice_released", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_offboarding_reminder", b"tenant_offboarding_reminder", "tenant_shred_certified", b"tenant_shred_certified", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_deadline_extended", b"dsr_deadline_extended", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "dsr_request_reminder", b"dsr_request_reminder", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "legal_notice_released", b"legal_notice_released", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_offboarding_reminder", b"tenant_offboarding_reminder", "tenant_reopened", b"tenant_reopened", "tenant_shred_certified", b"tenant_shred_certified", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_deadline_extended", b"dsr_deadline_extended", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "dsr_request_reminder", b"dsr_request_reminder", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "legal_notice_released", b"legal_notice_released", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_offboarding_reminder", b"tenant_offboarding_reminder", "tenant_shred_certified", b"tenant_shred_certified", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_deadline_extended", b"dsr_deadline_extended", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "dsr_request_reminder", b"dsr_request_reminder", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "legal_notice_released", b"legal_notice_released", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_offboarding_reminder", b"tenant_offboarding_reminder", "tenant_reopened", b"tenant_reopened", "tenant_shred_certified", b"tenant_shred_certified", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked", "audit_checkpointed", "tombstones_applied", "dsr_request_changed", "dsr_request_overdue", "opt_out_requested", "opt_out_completed", "dsr_request_reminder", "dsr_deadline_extended", "tenant_offboarding_reminder", "tenant_shred_certified", "legal_notice_released"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked", "audit_checkpointed", "tombstones_applied", "dsr_request_changed", "dsr_request_overdue", "opt_out_requested", "opt_out_completed", "dsr_request_reminder", "dsr_deadline_extended", "tenant_offboarding_reminder", "tenant_shred_certified", "legal_notice_released", "tenant_reopened"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -306,18 +310,28 @@ class TenantClosed(_message.Message):
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     CLOSED_AT_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_DAYS_FIELD_NUMBER: _builtins.int
+    SHRED_AFTER_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    grace_period_days: _builtins.int
+    """The tenant's grace period (gateway.tenant.closed); 0 = unknown to the publisher (the vault): use 30."""
     @_builtins.property
     def closed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def shred_after(self) -> _timestamp_pb2.Timestamp:
+        """closed_at + grace_period_days: the dsr retention sweep shreds the tenant after this (gateway only)."""
+
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         closed_at: _timestamp_pb2.Timestamp | None = ...,
+        grace_period_days: _builtins.int = ...,
+        shred_after: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "shred_after", b"shred_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "grace_period_days", b"grace_period_days", "shred_after", b"shred_after", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1288,3 +1302,34 @@ class LegalNoticeReleased(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LegalNoticeReleased: _TypeAlias = LegalNoticeReleased  # noqa: Y015
+
+@_typing.final
+class TenantReopened(_message.Message):
+    """TenantReopened: gateway.tenant.reopened / vault.tenant.reopened — a closed tenant was reopened within its
+    grace period; the shred is off and writes are allowed again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    REOPENED_AT_FIELD_NUMBER: _builtins.int
+    REOPENED_BY_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    reopened_by: _builtins.str
+    """Principal that reopened it (operator subject or API key id)."""
+    @_builtins.property
+    def reopened_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        reopened_at: _timestamp_pb2.Timestamp | None = ...,
+        reopened_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reopened_at", b"reopened_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reopened_at", b"reopened_at", "reopened_by", b"reopened_by", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantReopened: _TypeAlias = TenantReopened  # noqa: Y015

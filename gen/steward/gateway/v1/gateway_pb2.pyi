@@ -252,10 +252,20 @@ class Tenant(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     CLOSED_AT_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_DAYS_FIELD_NUMBER: _builtins.int
+    SHRED_AFTER_FIELD_NUMBER: _builtins.int
+    CLOSED_BY_FIELD_NUMBER: _builtins.int
+    REOPENED_AT_FIELD_NUMBER: _builtins.int
+    REOPENED_BY_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     state: Global___TenantState.ValueType
     version: _builtins.int
     """Increases on every update; pass it back as expected_version."""
+    grace_period_days: _builtins.int
+    """Days between closure and the automatic shred (per tenant; default 30)."""
+    closed_by: _builtins.str
+    """Principal that closed the tenant (or asked for the account's deletion)."""
+    reopened_by: _builtins.str
     @_builtins.property
     def details(self) -> Global___TenantDetails: ...
     @_builtins.property
@@ -264,6 +274,12 @@ class Tenant(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def closed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def shred_after(self) -> _timestamp_pb2.Timestamp:
+        """closed_at + grace_period_days, while closed."""
+
+    @_builtins.property
+    def reopened_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -274,10 +290,15 @@ class Tenant(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         closed_at: _timestamp_pb2.Timestamp | None = ...,
+        grace_period_days: _builtins.int = ...,
+        shred_after: _timestamp_pb2.Timestamp | None = ...,
+        closed_by: _builtins.str = ...,
+        reopened_at: _timestamp_pb2.Timestamp | None = ...,
+        reopened_by: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "created_at", b"created_at", "details", b"details", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "created_at", b"created_at", "details", b"details", "reopened_at", b"reopened_at", "shred_after", b"shred_after", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "created_at", b"created_at", "details", b"details", "state", b"state", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "closed_by", b"closed_by", "created_at", b"created_at", "details", b"details", "grace_period_days", b"grace_period_days", "reopened_at", b"reopened_at", "reopened_by", b"reopened_by", "shred_after", b"shred_after", "state", b"state", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -370,9 +391,12 @@ class UpdateTenantRequest(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_DAYS_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     expected_version: _builtins.int
     """Must equal the stored version, else ABORTED."""
+    grace_period_days: _builtins.int
+    """Offboarding grace period in days (1..365); 0 leaves it unchanged."""
     @_builtins.property
     def details(self) -> Global___TenantDetails:
         """Replaces every detail."""
@@ -383,10 +407,11 @@ class UpdateTenantRequest(_message.Message):
         tenant_id: _builtins.str = ...,
         details: Global___TenantDetails | None = ...,
         expected_version: _builtins.int = ...,
+        grace_period_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "expected_version", b"expected_version", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "expected_version", b"expected_version", "grace_period_days", b"grace_period_days", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -721,6 +746,7 @@ class SupportGrant(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
     REVOKED_BY_FIELD_NUMBER: _builtins.int
+    LEGAL_REQUEST_ID_FIELD_NUMBER: _builtins.int
     grant_id: _builtins.str
     tenant_id: _builtins.str
     principal: _builtins.str
@@ -734,6 +760,10 @@ class SupportGrant(_message.Message):
     approved_by: _builtins.str
     """Credential that approved (tenant key id or operator subject)."""
     revoked_by: _builtins.str
+    legal_request_id: _builtins.str
+    """Set on the audited grant a legal disclosure request was executed under (steward.legal.v1); such a grant
+    is shown to the tenant only once the request's notice is released.
+    """
     @_builtins.property
     def requested_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -759,10 +789,11 @@ class SupportGrant(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_by: _builtins.str = ...,
+        legal_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "expires_at", b"expires_at", "requested_at", b"requested_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "duration_seconds", b"duration_seconds", "emergency", b"emergency", "expires_at", b"expires_at", "grant_id", b"grant_id", "principal", b"principal", "reason", b"reason", "requested_at", b"requested_at", "revoked_at", b"revoked_at", "revoked_by", b"revoked_by", "state", b"state", "tenant_id", b"tenant_id", "ticket_id", b"ticket_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "duration_seconds", b"duration_seconds", "emergency", b"emergency", "expires_at", b"expires_at", "grant_id", b"grant_id", "legal_request_id", b"legal_request_id", "principal", b"principal", "reason", b"reason", "requested_at", b"requested_at", "revoked_at", b"revoked_at", "revoked_by", b"revoked_by", "state", b"state", "tenant_id", b"tenant_id", "ticket_id", b"ticket_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1141,3 +1172,125 @@ class WhoAmIResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WhoAmIResponse: _TypeAlias = WhoAmIResponse  # noqa: Y015
+
+@_typing.final
+class ExportAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Empty means the caller's own tenant (API keys); operators must name one."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAccountRequest: _TypeAlias = ExportAccountRequest  # noqa: Y015
+
+@_typing.final
+class ExportAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    schema: _builtins.str
+    """"steward.account.v1"."""
+    document: _builtins.bytes
+    """UTF-8 JSON document of that schema."""
+    def __init__(
+        self,
+        *,
+        schema: _builtins.str = ...,
+        document: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "schema", b"schema"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAccountResponse: _TypeAlias = ExportAccountResponse  # noqa: Y015
+
+@_typing.final
+class RequestAccountDeletionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestAccountDeletionRequest: _TypeAlias = RequestAccountDeletionRequest  # noqa: Y015
+
+@_typing.final
+class RequestAccountDeletionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenant(self) -> Global___Tenant: ...
+    def __init__(
+        self,
+        *,
+        tenant: Global___Tenant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestAccountDeletionResponse: _TypeAlias = RequestAccountDeletionResponse  # noqa: Y015
+
+@_typing.final
+class ReopenTenantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReopenTenantRequest: _TypeAlias = ReopenTenantRequest  # noqa: Y015
+
+@_typing.final
+class ReopenTenantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenant(self) -> Global___Tenant: ...
+    def __init__(
+        self,
+        *,
+        tenant: Global___Tenant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReopenTenantResponse: _TypeAlias = ReopenTenantResponse  # noqa: Y015

@@ -110,6 +110,21 @@ class GatewayAdminServiceStub:
                 request_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.ExportAccount = channel.unary_unary(
+                '/steward.gateway.v1.GatewayAdminService/ExportAccount',
+                request_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ExportAccountRequest.SerializeToString,
+                response_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ExportAccountResponse.FromString,
+                _registered_method=True)
+        self.RequestAccountDeletion = channel.unary_unary(
+                '/steward.gateway.v1.GatewayAdminService/RequestAccountDeletion',
+                request_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.RequestAccountDeletionRequest.SerializeToString,
+                response_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.RequestAccountDeletionResponse.FromString,
+                _registered_method=True)
+        self.ReopenTenant = channel.unary_unary(
+                '/steward.gateway.v1.GatewayAdminService/ReopenTenant',
+                request_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ReopenTenantRequest.SerializeToString,
+                response_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ReopenTenantResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayAdminServiceServicer:
@@ -217,6 +232,30 @@ class GatewayAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportAccount(self, request, context):
+        """Everything the registry holds about a business client (details, representatives, API keys' metadata,
+        support grants, preferences) as one JSON document, schema `steward.account.v1`. Never secrets or hashes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestAccountDeletion(self, request, context):
+        """The business client asks to delete its account: closes the tenant (offboarding starts, the grace
+        period runs), recording who asked and when.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReopenTenant(self, request, context):
+        """Reopens a closed tenant within its grace period (audited in the vault); after the shred it is refused
+        with FAILED_PRECONDITION TENANT_SHREDDED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -294,6 +333,21 @@ def add_GatewayAdminServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.WhoAmIRequest.FromString,
                     response_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'ExportAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAccount,
+                    request_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ExportAccountRequest.FromString,
+                    response_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ExportAccountResponse.SerializeToString,
+            ),
+            'RequestAccountDeletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestAccountDeletion,
+                    request_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.RequestAccountDeletionRequest.FromString,
+                    response_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.RequestAccountDeletionResponse.SerializeToString,
+            ),
+            'ReopenTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReopenTenant,
+                    request_deserializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ReopenTenantRequest.FromString,
+                    response_serializer=steward_dot_gateway_dot_v1_dot_gateway__pb2.ReopenTenantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -702,6 +756,87 @@ class GatewayAdminService:
             '/steward.gateway.v1.GatewayAdminService/WhoAmI',
             steward_dot_gateway_dot_v1_dot_gateway__pb2.WhoAmIRequest.SerializeToString,
             steward_dot_gateway_dot_v1_dot_gateway__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.gateway.v1.GatewayAdminService/ExportAccount',
+            steward_dot_gateway_dot_v1_dot_gateway__pb2.ExportAccountRequest.SerializeToString,
+            steward_dot_gateway_dot_v1_dot_gateway__pb2.ExportAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestAccountDeletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.gateway.v1.GatewayAdminService/RequestAccountDeletion',
+            steward_dot_gateway_dot_v1_dot_gateway__pb2.RequestAccountDeletionRequest.SerializeToString,
+            steward_dot_gateway_dot_v1_dot_gateway__pb2.RequestAccountDeletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReopenTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.gateway.v1.GatewayAdminService/ReopenTenant',
+            steward_dot_gateway_dot_v1_dot_gateway__pb2.ReopenTenantRequest.SerializeToString,
+            steward_dot_gateway_dot_v1_dot_gateway__pb2.ReopenTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,

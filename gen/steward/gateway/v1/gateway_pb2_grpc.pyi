@@ -66,6 +66,18 @@ class GatewayAdminServiceStub:
     """Every call made under one grant, for the tenant to review."""
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.WhoAmIRequest, _gateway_pb2.WhoAmIResponse]
     """The identity the gateway established for this call."""
+    ExportAccount: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ExportAccountRequest, _gateway_pb2.ExportAccountResponse]
+    """Everything the registry holds about a business client (details, representatives, API keys' metadata,
+    support grants, preferences) as one JSON document, schema `steward.account.v1`. Never secrets or hashes.
+    """
+    RequestAccountDeletion: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RequestAccountDeletionRequest, _gateway_pb2.RequestAccountDeletionResponse]
+    """The business client asks to delete its account: closes the tenant (offboarding starts, the grace
+    period runs), recording who asked and when.
+    """
+    ReopenTenant: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ReopenTenantRequest, _gateway_pb2.ReopenTenantResponse]
+    """Reopens a closed tenant within its grace period (audited in the vault); after the shred it is refused
+    with FAILED_PRECONDITION TENANT_SHREDDED.
+    """
 
 @_typing.type_check_only
 class GatewayAdminServiceAsyncStub(GatewayAdminServiceStub):
@@ -98,6 +110,18 @@ class GatewayAdminServiceAsyncStub(GatewayAdminServiceStub):
     """Every call made under one grant, for the tenant to review."""
     WhoAmI: _aio.UnaryUnaryMultiCallable[_gateway_pb2.WhoAmIRequest, _gateway_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """The identity the gateway established for this call."""
+    ExportAccount: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ExportAccountRequest, _gateway_pb2.ExportAccountResponse]  # type: ignore[assignment]
+    """Everything the registry holds about a business client (details, representatives, API keys' metadata,
+    support grants, preferences) as one JSON document, schema `steward.account.v1`. Never secrets or hashes.
+    """
+    RequestAccountDeletion: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RequestAccountDeletionRequest, _gateway_pb2.RequestAccountDeletionResponse]  # type: ignore[assignment]
+    """The business client asks to delete its account: closes the tenant (offboarding starts, the grace
+    period runs), recording who asked and when.
+    """
+    ReopenTenant: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReopenTenantRequest, _gateway_pb2.ReopenTenantResponse]  # type: ignore[assignment]
+    """Reopens a closed tenant within its grace period (audited in the vault); after the shred it is refused
+    with FAILED_PRECONDITION TENANT_SHREDDED.
+    """
 
 class GatewayAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayAdminService manages business clients (tenants), API keys and support access."""
@@ -217,5 +241,35 @@ class GatewayAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.WhoAmIResponse, _abc.Awaitable[_gateway_pb2.WhoAmIResponse]]:
         """The identity the gateway established for this call."""
+
+    @_abc_1.abstractmethod
+    def ExportAccount(
+        self,
+        request: _gateway_pb2.ExportAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ExportAccountResponse, _abc.Awaitable[_gateway_pb2.ExportAccountResponse]]:
+        """Everything the registry holds about a business client (details, representatives, API keys' metadata,
+        support grants, preferences) as one JSON document, schema `steward.account.v1`. Never secrets or hashes.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestAccountDeletion(
+        self,
+        request: _gateway_pb2.RequestAccountDeletionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RequestAccountDeletionResponse, _abc.Awaitable[_gateway_pb2.RequestAccountDeletionResponse]]:
+        """The business client asks to delete its account: closes the tenant (offboarding starts, the grace
+        period runs), recording who asked and when.
+        """
+
+    @_abc_1.abstractmethod
+    def ReopenTenant(
+        self,
+        request: _gateway_pb2.ReopenTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ReopenTenantResponse, _abc.Awaitable[_gateway_pb2.ReopenTenantResponse]]:
+        """Reopens a closed tenant within its grace period (audited in the vault); after the shred it is refused
+        with FAILED_PRECONDITION TENANT_SHREDDED.
+        """
 
 def add_GatewayAdminServiceServicer_to_server(servicer: GatewayAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

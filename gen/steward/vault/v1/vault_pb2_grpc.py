@@ -684,6 +684,11 @@ class VaultAdminServiceStub:
                 request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesRequest.SerializeToString,
                 response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesResponse.FromString,
                 _registered_method=True)
+        self.ReopenTenant = channel.unary_unary(
+                '/steward.vault.v1.VaultAdminService/ReopenTenant',
+                request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ReopenTenantRequest.SerializeToString,
+                response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ReopenTenantResponse.FromString,
+                _registered_method=True)
 
 
 class VaultAdminServiceServicer:
@@ -765,6 +770,14 @@ class VaultAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReopenTenant(self, request, context):
+        """Reopens a closed tenant (writes allowed again); audited. A shredded tenant is refused with
+        FAILED_PRECONDITION TENANT_SHREDDED; an active one is left as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaultAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -822,6 +835,11 @@ def add_VaultAdminServiceServicer_to_server(servicer, server):
                     servicer.ApplyAllTombstones,
                     request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesRequest.FromString,
                     response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesResponse.SerializeToString,
+            ),
+            'ReopenTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReopenTenant,
+                    request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ReopenTenantRequest.FromString,
+                    response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ReopenTenantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1122,6 +1140,33 @@ class VaultAdminService:
             '/steward.vault.v1.VaultAdminService/ApplyAllTombstones',
             steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesRequest.SerializeToString,
             steward_dot_vault_dot_v1_dot_vault__pb2.ApplyAllTombstonesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReopenTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.vault.v1.VaultAdminService/ReopenTenant',
+            steward_dot_vault_dot_v1_dot_vault__pb2.ReopenTenantRequest.SerializeToString,
+            steward_dot_vault_dot_v1_dot_vault__pb2.ReopenTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -204,6 +204,10 @@ class VaultAdminServiceStub:
     database has again, and moves the database's applied mark to the ledger's high-water mark. The vault
     does the same at start-up for the tombstones newer than its mark, before it reports SERVING.
     """
+    ReopenTenant: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ReopenTenantRequest, _vault_pb2.ReopenTenantResponse]
+    """Reopens a closed tenant (writes allowed again); audited. A shredded tenant is refused with
+    FAILED_PRECONDITION TENANT_SHREDDED; an active one is left as it is.
+    """
 
 @_typing.type_check_only
 class VaultAdminServiceAsyncStub(VaultAdminServiceStub):
@@ -231,6 +235,10 @@ class VaultAdminServiceAsyncStub(VaultAdminServiceStub):
     """Operators only, no tenant: re-erases, for every tenant, every subject the erasure ledger lists that the
     database has again, and moves the database's applied mark to the ledger's high-water mark. The vault
     does the same at start-up for the tombstones newer than its mark, before it reports SERVING.
+    """
+    ReopenTenant: _aio.UnaryUnaryMultiCallable[_vault_pb2.ReopenTenantRequest, _vault_pb2.ReopenTenantResponse]  # type: ignore[assignment]
+    """Reopens a closed tenant (writes allowed again); audited. A shredded tenant is refused with
+    FAILED_PRECONDITION TENANT_SHREDDED; an active one is left as it is.
     """
 
 class VaultAdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -322,6 +330,16 @@ class VaultAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Operators only, no tenant: re-erases, for every tenant, every subject the erasure ledger lists that the
         database has again, and moves the database's applied mark to the ledger's high-water mark. The vault
         does the same at start-up for the tombstones newer than its mark, before it reports SERVING.
+        """
+
+    @_abc_1.abstractmethod
+    def ReopenTenant(
+        self,
+        request: _vault_pb2.ReopenTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.ReopenTenantResponse, _abc.Awaitable[_vault_pb2.ReopenTenantResponse]]:
+        """Reopens a closed tenant (writes allowed again); audited. A shredded tenant is refused with
+        FAILED_PRECONDITION TENANT_SHREDDED; an active one is left as it is.
         """
 
 def add_VaultAdminServiceServicer_to_server(servicer: VaultAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
