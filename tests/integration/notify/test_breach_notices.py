@@ -5,6 +5,7 @@ clock passes the interval; every bad input is refused with its reason; nothing p
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -17,8 +18,9 @@ from steward.notify.v1 import notify_pb2 as pb
 from services.chassis.clock import ManualClock
 from services.chassis.identity import CallerIdentity, identity_metadata
 from services.chassis.timestamps import to_timestamp
+from services.notify.breach import BreachDesk, BreachDraft
 from tests.integration.notify.support import NotifyFactory, NotifyHarness, expect_refusal, service_logs
-from tests.integration.vault.helpers import canary_email, leaks
+from tests.integration.vault.helpers import canary_email, canary_phone, leaks
 from tests.plugins.waiting import eventually
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -288,3 +290,50 @@ async def test_breach_methods_refuse_bad_input(notify_factory: NotifyFactory) ->
         grpc.StatusCode.PERMISSION_DENIED,
         "BREACH_ACK_TOKEN_INVALID",
     )
+
+
+async def test_a_contact_with_a_phone_gets_a_whatsapp_notice_when_the_channel_is_configured(
+    notify_factory: NotifyFactory,
+) -> None:
+    """The delivery engine is addressed by channel name: with a WhatsApp channel configured (this branch has
+    none yet, so the desk is told so), a contact with a phone gets a WhatsApp delivery besides the email."""
+    h = await notify_factory(clock=ManualClock(START))
+    tenant = f"t-{uuid.uuid4().hex[:12]}"
+    _typed, phone = canary_phone()
+    await h.notify.SetContacts(
+        pb.SetContactsRequest(
+            contacts=[
+                pb.Contact(email=canary_email(), phone=phone, role=pb.CONTACT_ROLE_SECURITY, locale="en"),
+                pb.Contact(email=canary_email(), role=pb.CONTACT_ROLE_PRIVACY, locale="hi"),
+            ]
+        ),
+        metadata=h.md(tenant),
+    )
+    assert h.app.breaches is not None
+    live = h.app.breaches.desk
+    desk = BreachDesk(live.ctx, live.settings, ack_key=live.ack_key, channels={"email", "whatsapp"})
+    draft = BreachDraft(
+        nature="n",
+        data_categories=("contact_details",),
+        tenant_ids=(tenant,),
+        all_tenants=False,
+        detected_at=START,
+        contact_point="dpo@steward.example",
+        measures="m",
+        idempotency_key="wa-1",
+        declared_by="operator:oncall",
+    )
+    _row, planned, _replayed = await h.app.db.run(lambda s: desk.declare(s, draft))
+    assert planned == 3
+    rows = h.raw_db().all("SELECT channel, lane, template FROM notify_deliveries ORDER BY channel")
+    assert rows == [
+        ("email", "critical", "breach_notice"),
+        ("email", "critical", "breach_notice"),
+        ("whatsapp", "critical", "breach_notice"),
+    ]
+    # Without a WhatsApp channel (the live desk), the same contacts get email only.
+    other = dataclasses.replace(draft, idempotency_key="wa-2")
+    _row, planned, _replayed = await h.app.db.run(lambda s: live.declare(s, other))
+    assert planned == 2
+    for table, value in h.raw_db().every_value():
+        assert not leaks(value, [phone, phone[1:]]), f"plaintext phone in {table}"
