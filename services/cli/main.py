@@ -30,6 +30,7 @@ from services.cli.client import EXIT_CODES
 from services.cli.home import StewardHome
 from services.cli.ops.apikey import apikey
 from services.cli.ops.audit import audit
+from services.cli.ops.breach import breach
 from services.cli.ops.db import db
 from services.cli.ops.dsr import dsr
 from services.cli.ops.keys import keys
@@ -155,7 +156,7 @@ def serve(service: str) -> None:
     module.main()
 
 
-for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db, legal):
+for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db, legal, breach):
     cli.add_command(_command)
 
 
