@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import importlib.util
 
-BENCHMARKS = ["bench.vault_bench", "bench.gateway_bench"]
+BENCHMARKS = ["bench.vault_bench", "bench.gateway_bench", "bench.notify_bench"]
 
 
 def main() -> None:
