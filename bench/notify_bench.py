@@ -161,8 +161,9 @@ async def run() -> dict[str, Any]:
         stop.set()
         sink.join(30)
         bao.stop()
+    where = "PostgreSQL" if DATABASE_URL else "SQLite"
     print_table(
-        f"notify (SQLite, OpenBao, aiosmtpd STARTTLS in another process; contacts set up in {setup_s:.1f} s)", rows
+        f"notify ({where}, OpenBao, STARTTLS sink in its own process; contacts set up in {setup_s:.1f} s)", rows
     )
     fanout = rows[1]
     checks = {
