@@ -162,9 +162,7 @@ async def run() -> dict[str, Any]:
         sink.join(30)
         bao.stop()
     where = "PostgreSQL" if DATABASE_URL else "SQLite"
-    print_table(
-        f"notify ({where}, OpenBao, STARTTLS sink in its own process; contacts set up in {setup_s:.1f} s)", rows
-    )
+    print_table(f"notify ({where}, OpenBao, STARTTLS sink in own process; contacts set up in {setup_s:.1f} s)", rows)
     fanout = rows[1]
     checks = {
         "notices_per_s": round(max(rows[1].ops_per_s, rows[2].ops_per_s), 1),
