@@ -156,8 +156,8 @@ async def test_a_breach_for_100_tenants_reaches_every_contact_and_tracks_acks_an
     assert not leaks(service_logs(caplog), needles)
 
 
-async def test_all_tenants_means_every_tenant_with_contacts(notify_factory: NotifyFactory) -> None:
-    h = await notify_factory()
+async def test_all_tenants_means_every_tenant_with_contacts(notify_factory: NotifyFactory, database_url: str) -> None:
+    h = await notify_factory(database_url=database_url)
     made = await tenants_with_contacts(h, 3)
     declared = await h.notify.DeclareBreach(
         declare_request([], all_tenants=True, detected_at=stamp(datetime.now(UTC))), metadata=OPERATOR

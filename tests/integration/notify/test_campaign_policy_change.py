@@ -34,10 +34,10 @@ def announce_request(effective_at: datetime, *, key: str = "", **fields: object)
 
 
 async def test_a_policy_change_reaches_every_active_tenant_and_shows_outcome_per_tenant(
-    notify_factory: NotifyFactory, caplog: pytest.LogCaptureFixture
+    notify_factory: NotifyFactory, caplog: pytest.LogCaptureFixture, database_url: str
 ) -> None:
     clock = ManualClock(START)
-    h = await notify_factory(clock=clock)
+    h = await notify_factory(clock=clock, database_url=database_url)
     made = await tenants_with_contacts(h, 5)
     # One tenant's only contact hard-bounced before: its share shows one failed (suppressed) delivery.
     bouncing = canary_email()

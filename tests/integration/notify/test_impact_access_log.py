@@ -61,10 +61,10 @@ def impact_request(**fields: object) -> pb.BreachImpactRequest:
 
 
 async def test_impact_lists_exactly_the_tenants_a_credential_touched(
-    nats_server: NatsServer, notify_factory: NotifyFactory
+    nats_server: NatsServer, notify_factory: NotifyFactory, database_url: str
 ) -> None:
     clock = ManualClock(START)
-    h = await notify_factory(nats_url=nats_server.url, clock=clock)
+    h = await notify_factory(nats_url=nats_server.url, clock=clock, database_url=database_url)
     await bus_ready(h)
     leaked = f"k-{uuid.uuid4().hex[:10]}"
     other = f"k-{uuid.uuid4().hex[:10]}"
