@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -22,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import Figures, print_table, save_results
+from bench.common import Figures, print_table, run_benchmark, save_results
 
 TENANTS = int(os.environ.get("BENCH_BREACH_TENANTS", "1000"))
 CONTACTS = 2
@@ -183,10 +182,7 @@ async def run() -> dict[str, Any]:
 
 def main() -> None:
     """Entry point."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    started = time.perf_counter()
-    asyncio.run(run())
-    print(f"(took {time.perf_counter() - started:.0f} s)")
+    run_benchmark(run)
 
 
 if __name__ == "__main__":
