@@ -6,7 +6,13 @@ import asyncio
 import importlib
 import importlib.util
 
-BENCHMARKS = ["bench.vault_bench", "bench.gateway_bench", "bench.tenant_export_bench", "bench.dsr_bench"]
+BENCHMARKS = [
+    "bench.vault_bench",
+    "bench.gateway_bench",
+    "bench.tenant_export_bench",
+    "bench.dsr_bench",
+    "bench.notify_bench",
+]
 
 
 def main() -> None:

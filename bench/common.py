@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Figures", "print_table", "run_in_client_process", "save_results", "timed_calls"]
+__all__ = ["Figures", "print_table", "run_benchmark", "run_in_client_process", "save_results", "timed_calls"]
 
 
 @dataclass
@@ -105,3 +105,13 @@ def save_results(name: str, payload: dict[str, Any]) -> Path:
     path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
+
+
+def run_benchmark(run: Callable[[], Awaitable[Any]]) -> None:
+    """A benchmark module's ``main``: import from the repository root, run, say how long it took."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    started = time.perf_counter()
+    asyncio.run(run())
+    print(f"(took {time.perf_counter() - started:.0f} s)")

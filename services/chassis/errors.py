@@ -142,6 +142,12 @@ class Reason(StrEnum):
     PURPOSE_REQUIRED = "PURPOSE_REQUIRED"
     DELIVERY_NOT_FOUND = "DELIVERY_NOT_FOUND"
     CONTACT_NOT_FOUND = "CONTACT_NOT_FOUND"
+    BREACH_NOT_FOUND = "BREACH_NOT_FOUND"
+    BREACH_ACK_TOKEN_INVALID = "BREACH_ACK_TOKEN_INVALID"  # noqa: S105 - forged, or for another breach or tenant
+    BREACH_INVALID_TRANSITION = "BREACH_INVALID_TRANSITION"  # metadata: state (current)
+    TENANTS_REQUIRED = "TENANTS_REQUIRED"  # a breach names its tenants or all_tenants, not both and not neither
+    POLICY_NOTICE_TOO_SHORT = "POLICY_NOTICE_TOO_SHORT"  # effective_at earlier than 30 days after sending
+    OPERATOR_REQUIRED = "OPERATOR_REQUIRED"  # an operators' method called with a tenant's credential
 
 
 class DomainError(Exception):

@@ -135,6 +135,8 @@ NATS_USERS: tuple[NatsUser, ...] = (
                     "steward.dsr.request.overdue",
                 ),
             ),
+            # The gateway's access events: the PII-free access log behind BreachImpact.
+            DurableConsumer("notify-access-log", ("steward.gateway.access.logged",)),
         ),
     ),
     NatsUser(OPS, admin=True),

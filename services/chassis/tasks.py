@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 log = logging.getLogger("steward.tasks")
 
-__all__ = ["BackgroundTask", "CrashListener"]
+__all__ = ["BackgroundTask", "CrashListener", "PeriodicTask"]
 
 CrashListener = Callable[["BackgroundTask", BaseException], None]
 
@@ -82,3 +82,28 @@ class BackgroundTask:
                     "crash listener failed",
                     extra={"task": self.name, "error_type": type(listener_error).__name__},
                 )
+
+
+class PeriodicTask(BackgroundTask):
+    """A background task that runs :meth:`once` every ``interval_s``; a failed round is logged and retried
+    next round. Tests call :meth:`once` themselves after moving the injected clock."""
+
+    def __init__(self, name: str, *, interval_s: float) -> None:
+        super().__init__(name)
+        self.interval_s = interval_s
+
+    async def once(self) -> int:
+        """One round; returns how much it did."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Round, sleep, repeat."""
+        while True:
+            try:
+                await self.once()
+            except Exception as exc:
+                log.warning(
+                    "periodic round failed; retrying next round",
+                    extra={"task": self.name, "error_type": type(exc).__name__},
+                )
+            await asyncio.sleep(self.interval_s)

@@ -32,6 +32,7 @@ from services.cli.home import StewardHome
 from services.cli.nats_ops import NATS_OPTIONS
 from services.cli.ops.apikey import apikey
 from services.cli.ops.audit import audit
+from services.cli.ops.breach import breach
 from services.cli.ops.db import db
 from services.cli.ops.dlq import dlq
 from services.cli.ops.dsr import dsr
@@ -316,7 +317,23 @@ def serve(service: str) -> None:
     module.main()
 
 
-for _command in (tenant, apikey, keys, audit, support, tombstones, dsr, whoami, demo, token, db, legal, dlq, login):
+for _command in (
+    tenant,
+    apikey,
+    keys,
+    audit,
+    support,
+    tombstones,
+    dsr,
+    whoami,
+    demo,
+    token,
+    db,
+    legal,
+    dlq,
+    login,
+    breach,
+):
     cli.add_command(_command)
 cli.add_command(nats)
 

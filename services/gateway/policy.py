@@ -154,6 +154,7 @@ POLICIES: dict[str, RoutePolicy] = {
     _NOTIFY + "BreachImpact": _p(roles=[OPS_ADMIN], all_tenants=True, cap=300.0),
     _NOTIFY + "AnnouncePolicyChange": _p(roles=[OPS_ADMIN], all_tenants=True),
     _NOTIFY + "ListCampaigns": _p(roles=_OPS, all_tenants=True),
+    _NOTIFY + "AcknowledgeBreach": _p(["keys:manage"]),  # the signed ack token names breach and tenant
     # --- the gateway's own admin API (tenant targeting is resolved by the servicer)
     _GW + "CreateTenant": _p(roles=[OPS_ADMIN]),
     _GW + "GetTenant": _p(["keys:manage", "audit:read"], (*_OPS, SUPPORT)),

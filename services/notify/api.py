@@ -25,7 +25,7 @@ from services.chassis.errors import InvalidArgument, Reason, Unimplemented
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.ids import is_id, is_reference, valid_id
 from services.chassis.timestamps import from_timestamp, to_timestamp
-from services.notify import consent, contacts, deliveries
+from services.notify import breach_api, consent, contacts, deliveries
 from services.notify.channels import Lane
 from services.notify.consent import Recipient
 from services.notify.contacts import ContactView
@@ -385,25 +385,28 @@ class NotifyServicer(notify_pb2_grpc.NotifyServiceServicer):
         raise Unimplemented(f"{what} is not built yet; nothing was recorded or sent")
 
     async def DeclareBreach(self, request: Any, context: aio.ServicerContext) -> Any:
-        self._unimplemented(context, "breach declaration")
+        return await breach_api.of(self).declare(request, context)
 
     async def UpdateBreach(self, request: Any, context: aio.ServicerContext) -> Any:
-        self._unimplemented(context, "breach updates")
+        return await breach_api.of(self).update(request, context)
 
     async def GetBreach(self, request: Any, context: aio.ServicerContext) -> Any:
-        self._unimplemented(context, "breach lookup")
+        return await breach_api.of(self).get(request, context)
 
     async def ListBreaches(self, request: Any, context: aio.ServicerContext) -> Any:
-        self._unimplemented(context, "breach listing")
+        return await breach_api.of(self).list(request, context)
 
     async def BreachImpact(self, request: Any, context: aio.ServicerContext) -> Any:
-        self._unimplemented(context, "breach impact")
+        return await breach_api.of(self).impact(request, context)
 
     async def AnnouncePolicyChange(self, request: Any, context: aio.ServicerContext) -> Any:
-        self._unimplemented(context, "policy-change campaigns")
+        return await breach_api.of(self).announce(request, context)
 
     async def ListCampaigns(self, request: Any, context: aio.ServicerContext) -> Any:
-        self._unimplemented(context, "campaign listing")
+        return await breach_api.of(self).list_campaigns(request, context)
+
+    async def AcknowledgeBreach(self, request: Any, context: aio.ServicerContext) -> Any:
+        return await breach_api.of(self).acknowledge(request, context)
 
 
 def _check_preferences(prefs: pb.Preferences) -> None:

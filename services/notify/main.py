@@ -26,6 +26,8 @@ from services.chassis.db import Database
 from services.chassis.runtime import ServiceRuntime, run_service, start_service
 from services.chassis.transit import TransitClient
 from services.notify.api import NotifyServicer
+from services.notify.breach_api import BreachApi, attach
+from services.notify.breach_runtime import start_breach_side
 from services.notify.channels import Channel
 from services.notify.deliveries import AddressBook, DeliveryContext, DeliveryEngine, StaticAddressBook
 from services.notify.email import EmailChannel
@@ -47,6 +49,7 @@ class NotifyApp:
     engine: DeliveryEngine
     bus: Bus | None
     consumer: Consumer | None
+    breaches: BreachApi | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Refuse new RPCs, let in-flight ones finish within ``grace_s``, stop everything else in reverse."""
@@ -91,13 +94,17 @@ async def assemble(
         db, durable=EVENTS_DURABLE, subjects=list(EVENT_SUBJECTS), handler=NotifyEventHandler(ctx, engine)
     )
 
+    breaches = await start_breach_side(runtime, db, ctx, engine)
+
     def register(server: aio.Server) -> list[str]:
-        notify_pb2_grpc.add_NotifyServiceServicer_to_server(NotifyServicer(db, ctx, engine), server)
+        servicer = NotifyServicer(db, ctx, engine)
+        attach(servicer, breaches)
+        notify_pb2_grpc.add_NotifyServiceServicer_to_server(servicer, server)
         return [service.full_name for service in notify_pb2.DESCRIPTOR.services_by_name.values()]
 
     await runtime.serve_grpc(register, trust_identity_metadata=settings.trust_identity_metadata)
     await runtime.task(engine)
-    return NotifyApp(runtime, db, ctx, engine, bus, consumer)
+    return NotifyApp(runtime, db, ctx, engine, bus, consumer, breaches)
 
 
 def _transit_client(settings: NotifySettings, clock: Clock) -> TransitClient:

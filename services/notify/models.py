@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AccessLogRow",
+    "BreachRow",
+    "BreachTenantRow",
+    "CampaignRow",
     "ConsentRow",
     "ContactRow",
     "DataKeyRow",
@@ -156,3 +160,78 @@ class PreferencesRow(NotifyBase):
     tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     preferences_json: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BreachRow(NotifyBase):
+    """A personal-data breach Steward declared to its controllers (operator-written text, no customer data)."""
+
+    __tablename__ = "notify_breaches"
+    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_notify_breaches_idempotency"),)
+
+    breach_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64))
+    nature: Mapped[str] = mapped_column(Text)
+    data_categories: Mapped[str] = mapped_column(Text)  # JSON list of category codes
+    all_tenants: Mapped[bool] = mapped_column(Boolean)
+    contact_point: Mapped[str] = mapped_column(String(256))
+    measures: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    declared_by: Mapped[str] = mapped_column(String(256))
+    detected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    declared_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BreachTenantRow(NotifyBase):
+    """One affected tenant of a breach: how often it was notified, and its acknowledgement."""
+
+    __tablename__ = "notify_breach_tenants"
+    __table_args__ = (Index("ix_notify_breach_tenants_due", "acknowledged_at", "next_notice_at"),)
+
+    breach_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    notices: Mapped[int] = mapped_column(Integer, default=0)
+    last_notified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    next_notice_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    acknowledged_via: Mapped[str] = mapped_column(String(16), default="")  # link | operator
+
+
+class AccessLogRow(NotifyBase):
+    """One authenticated call through the gateway (ids, method, status, time; never a record's content)."""
+
+    __tablename__ = "notify_access_log"
+    __table_args__ = (
+        UniqueConstraint("event_id", "position", name="uq_notify_access_log_entry"),
+        Index("ix_notify_access_log_credential", "credential_id", "at"),
+        Index("ix_notify_access_log_principal", "principal", "at"),
+        Index("ix_notify_access_log_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36))
+    position: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    tenant_id: Mapped[str] = mapped_column(String(128))
+    principal: Mapped[str] = mapped_column(String(256))
+    principal_kind: Mapped[str] = mapped_column(String(16))
+    credential_id: Mapped[str] = mapped_column(String(128))
+    method: Mapped[str] = mapped_column(String(160))
+    status: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(128), default="")
+    source: Mapped[str] = mapped_column(String(16))
+
+
+class CampaignRow(NotifyBase):
+    """A policy-change announcement; its per-tenant outcome is read from its deliveries (cause campaign:<id>)."""
+
+    __tablename__ = "notify_campaigns"
+    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_notify_campaigns_idempotency"),)
+
+    campaign_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64))
+    policy_version: Mapped[str] = mapped_column(String(64))
+    effective_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    announced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    announced_by: Mapped[str] = mapped_column(String(256))
+    tenants: Mapped[int] = mapped_column(Integer)

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 
 from services.chassis.settings import ServiceSettings, service_settings_config
+from services.notify.breach_settings import BreachSettings
 
 __all__ = ["DeliverySettings", "NotifySettings", "NotifyTransitSettings", "SmtpSettings"]
 
@@ -69,6 +70,7 @@ class NotifySettings(ServiceSettings):
     transit: NotifyTransitSettings
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    breach: BreachSettings = Field(default_factory=BreachSettings)  # breach notices, impact log (breach_settings.py)
     recipient_hash_key: SecretStr = Field(
         description="HMAC key (at least 32 characters) of the recipient hashes in deliveries and the suppression "
         "list; changing it forgets every suppression.",

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from jinja2 import StrictUndefined, TemplateError, UndefinedError, select_autoescape
+from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
 from services.chassis.errors import InvalidArgument, Reason
@@ -76,6 +76,7 @@ class TemplateCatalogue:
             key = (subject_file.parent.parent.name, subject_file.parent.name)
             self._versions[key] = max(self._versions.get(key, 0), int(found.group(1)))
         self._sources: dict[Path, str] = {}
+        self._templates: dict[tuple[int, Path], Template] = {}
 
     @property
     def names(self) -> frozenset[str]:
@@ -103,6 +104,15 @@ class TemplateCatalogue:
             self._sources[path] = source
         return source
 
+    def _compiled(self, env: SandboxedEnvironment, path: Path) -> Template:
+        # from_string compiles on every call (Jinja caches only loader templates): compile each file once.
+        key = (id(env), path)
+        template = self._templates.get(key)
+        if template is None:
+            template = env.from_string(self._source(path))
+            self._templates[key] = template
+        return template
+
     def render(self, name: str, locale: str, variables: dict[str, str], *, version: str = "") -> Rendered:
         """Render ``name`` in ``locale`` (the current version, or ``version`` when a queued delivery pinned one)."""
         version = version or self.version(name, locale)
@@ -111,10 +121,10 @@ class TemplateCatalogue:
         if not (folder / f"{ver}.subject").is_file():
             raise InvalidArgument("unknown template version", reason=Reason.UNKNOWN_TEMPLATE)
         try:
-            subject = self._text.from_string(self._source(folder / f"{ver}.subject")).render(variables)
+            subject = self._compiled(self._text, folder / f"{ver}.subject").render(variables)
             subject = " ".join(subject.split())  # one line: no header injection
-            text = self._text.from_string(self._source(folder / f"{ver}.txt")).render(variables)
-            html = self._html.from_string(self._source(folder / f"{ver}.html")).render(variables)
+            text = self._compiled(self._text, folder / f"{ver}.txt").render(variables)
+            html = self._compiled(self._html, folder / f"{ver}.html").render(variables)
             wa_name, wa_parameters = "", tuple[str, ...]()
             wa_file = folder / f"{ver}.wa"
             if wa_file.is_file():

@@ -1474,3 +1474,46 @@ class ListCampaignsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCampaignsResponse: _TypeAlias = ListCampaignsResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeBreachRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREACH_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    breach_id: _builtins.str
+    token: _builtins.str
+    """The token of the ack link in the breach notice (HMAC over breach and tenant)."""
+    def __init__(
+        self,
+        *,
+        breach_id: _builtins.str = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breach_id", b"breach_id", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeBreachRequest: _TypeAlias = AcknowledgeBreachRequest  # noqa: Y015
+
+@_typing.final
+class AcknowledgeBreachResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKNOWLEDGEMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acknowledgement(self) -> Global___TenantAcknowledgement: ...
+    def __init__(
+        self,
+        *,
+        acknowledgement: Global___TenantAcknowledgement | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledgement", b"acknowledgement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledgement", b"acknowledgement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeBreachResponse: _TypeAlias = AcknowledgeBreachResponse  # noqa: Y015

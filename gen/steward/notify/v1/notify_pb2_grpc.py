@@ -120,6 +120,11 @@ class NotifyServiceStub:
                 request_serializer=steward_dot_notify_dot_v1_dot_notify__pb2.ListCampaignsRequest.SerializeToString,
                 response_deserializer=steward_dot_notify_dot_v1_dot_notify__pb2.ListCampaignsResponse.FromString,
                 _registered_method=True)
+        self.AcknowledgeBreach = channel.unary_unary(
+                '/steward.notify.v1.NotifyService/AcknowledgeBreach',
+                request_serializer=steward_dot_notify_dot_v1_dot_notify__pb2.AcknowledgeBreachRequest.SerializeToString,
+                response_deserializer=steward_dot_notify_dot_v1_dot_notify__pb2.AcknowledgeBreachResponse.FromString,
+                _registered_method=True)
 
 
 class NotifyServiceServicer:
@@ -232,6 +237,13 @@ class NotifyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcknowledgeBreach(self, request, context):
+        """A tenant acknowledging a breach notice with the signed token of its ack link (bound to breach and tenant).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NotifyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +331,11 @@ def add_NotifyServiceServicer_to_server(servicer, server):
                     servicer.ListCampaigns,
                     request_deserializer=steward_dot_notify_dot_v1_dot_notify__pb2.ListCampaignsRequest.FromString,
                     response_serializer=steward_dot_notify_dot_v1_dot_notify__pb2.ListCampaignsResponse.SerializeToString,
+            ),
+            'AcknowledgeBreach': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeBreach,
+                    request_deserializer=steward_dot_notify_dot_v1_dot_notify__pb2.AcknowledgeBreachRequest.FromString,
+                    response_serializer=steward_dot_notify_dot_v1_dot_notify__pb2.AcknowledgeBreachResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -781,6 +798,33 @@ class NotifyService:
             '/steward.notify.v1.NotifyService/ListCampaigns',
             steward_dot_notify_dot_v1_dot_notify__pb2.ListCampaignsRequest.SerializeToString,
             steward_dot_notify_dot_v1_dot_notify__pb2.ListCampaignsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeBreach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.notify.v1.NotifyService/AcknowledgeBreach',
+            steward_dot_notify_dot_v1_dot_notify__pb2.AcknowledgeBreachRequest.SerializeToString,
+            steward_dot_notify_dot_v1_dot_notify__pb2.AcknowledgeBreachResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,8 @@ class NotifyServiceStub:
     BreachImpact: _grpc.UnaryUnaryMultiCallable[_notify_pb2.BreachImpactRequest, _notify_pb2.BreachImpactResponse]
     AnnouncePolicyChange: _grpc.UnaryUnaryMultiCallable[_notify_pb2.AnnouncePolicyChangeRequest, _notify_pb2.AnnouncePolicyChangeResponse]
     ListCampaigns: _grpc.UnaryUnaryMultiCallable[_notify_pb2.ListCampaignsRequest, _notify_pb2.ListCampaignsResponse]
+    AcknowledgeBreach: _grpc.UnaryUnaryMultiCallable[_notify_pb2.AcknowledgeBreachRequest, _notify_pb2.AcknowledgeBreachResponse]
+    """A tenant acknowledging a breach notice with the signed token of its ack link (bound to breach and tenant)."""
 
 @_typing.type_check_only
 class NotifyServiceAsyncStub(NotifyServiceStub):
@@ -87,6 +89,8 @@ class NotifyServiceAsyncStub(NotifyServiceStub):
     BreachImpact: _aio.UnaryUnaryMultiCallable[_notify_pb2.BreachImpactRequest, _notify_pb2.BreachImpactResponse]  # type: ignore[assignment]
     AnnouncePolicyChange: _aio.UnaryUnaryMultiCallable[_notify_pb2.AnnouncePolicyChangeRequest, _notify_pb2.AnnouncePolicyChangeResponse]  # type: ignore[assignment]
     ListCampaigns: _aio.UnaryUnaryMultiCallable[_notify_pb2.ListCampaignsRequest, _notify_pb2.ListCampaignsResponse]  # type: ignore[assignment]
+    AcknowledgeBreach: _aio.UnaryUnaryMultiCallable[_notify_pb2.AcknowledgeBreachRequest, _notify_pb2.AcknowledgeBreachResponse]  # type: ignore[assignment]
+    """A tenant acknowledging a breach notice with the signed token of its ack link (bound to breach and tenant)."""
 
 class NotifyServiceServicer(metaclass=_abc_1.ABCMeta):
     """NotifyService is the tenant- and operator-facing API of notifications."""
@@ -213,5 +217,13 @@ class NotifyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _notify_pb2.ListCampaignsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_notify_pb2.ListCampaignsResponse, _abc.Awaitable[_notify_pb2.ListCampaignsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AcknowledgeBreach(
+        self,
+        request: _notify_pb2.AcknowledgeBreachRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notify_pb2.AcknowledgeBreachResponse, _abc.Awaitable[_notify_pb2.AcknowledgeBreachResponse]]:
+        """A tenant acknowledging a breach notice with the signed token of its ack link (bound to breach and tenant)."""
 
 def add_NotifyServiceServicer_to_server(servicer: NotifyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
