@@ -23,8 +23,8 @@ from grpc import aio
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.metrics import ServiceMetrics
 from services.chassis.settings import GrpcSettings, MetricsSettings, TlsSettings
+from services.chassis.upstreams import Upstreams
 from services.devstack.devca import DevPki, ensure_dev_pki
-from services.gateway.forwarding import Upstreams
 from services.gateway.settings import UpstreamSettings
 from tests.plugins.scraping import sample, samples
 from tests.plugins.waiting import eventually
