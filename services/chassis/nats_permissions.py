@@ -118,7 +118,15 @@ NATS_USERS: tuple[NatsUser, ...] = (
                     "steward.vault.record.updated",
                 ),
             ),
-            DurableConsumer("dsr-tenant-lifecycle", ("steward.gateway.tenant.closed", "steward.vault.tenant.closed")),
+            DurableConsumer(
+                "dsr-tenant-lifecycle",
+                (
+                    "steward.gateway.tenant.closed",
+                    "steward.vault.tenant.closed",
+                    "steward.gateway.tenant.reopened",
+                    "steward.vault.tenant.reopened",
+                ),
+            ),
         ),
     ),
     # notify: dsr's opt-out commands and request events (account notices to tenant contacts).
