@@ -129,7 +129,8 @@ NATS_USERS: tuple[NatsUser, ...] = (
             ),
         ),
     ),
-    # notify: dsr's opt-out commands and request events (account notices to tenant contacts).
+    # notify: dsr's opt-out commands and request events, the tenant's offboarding (dsr), legal notices and support
+    # access (gateway): account notices to tenant contacts.
     NatsUser(
         "notify",
         consumes=(
@@ -141,6 +142,12 @@ NATS_USERS: tuple[NatsUser, ...] = (
                     "steward.dsr.request.reminder",
                     "steward.dsr.request.extended",
                     "steward.dsr.request.overdue",
+                    "steward.dsr.offboarding.reminder",
+                    "steward.dsr.tenant.certified",
+                    "steward.gateway.legal.released",
+                    "steward.gateway.support.requested",
+                    "steward.gateway.support.granted",
+                    "steward.gateway.support.revoked",
                 ),
             ),
         ),
