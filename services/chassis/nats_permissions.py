@@ -118,10 +118,19 @@ NATS_USERS: tuple[NatsUser, ...] = (
                     "steward.vault.record.updated",
                 ),
             ),
-            DurableConsumer("dsr-tenant-lifecycle", ("steward.gateway.tenant.closed", "steward.vault.tenant.closed")),
+            DurableConsumer(
+                "dsr-tenant-lifecycle",
+                (
+                    "steward.gateway.tenant.closed",
+                    "steward.vault.tenant.closed",
+                    "steward.gateway.tenant.reopened",
+                    "steward.vault.tenant.reopened",
+                ),
+            ),
         ),
     ),
-    # notify: dsr's opt-out commands and request events (account notices to tenant contacts).
+    # notify: dsr's opt-out commands and request events, the tenant's offboarding (dsr), legal notices and support
+    # access (gateway): account notices to tenant contacts.
     NatsUser(
         "notify",
         consumes=(
@@ -133,6 +142,12 @@ NATS_USERS: tuple[NatsUser, ...] = (
                     "steward.dsr.request.reminder",
                     "steward.dsr.request.extended",
                     "steward.dsr.request.overdue",
+                    "steward.dsr.offboarding.reminder",
+                    "steward.dsr.tenant.certified",
+                    "steward.gateway.legal.released",
+                    "steward.gateway.support.requested",
+                    "steward.gateway.support.granted",
+                    "steward.gateway.support.revoked",
                 ),
             ),
             # The gateway's access events: the PII-free access log behind BreachImpact.

@@ -6,7 +6,8 @@ opt-out answers, the vault's legal-hold releases and record updates (which re-ch
 :class:`OverdueWatcher` looks, every ``interval_s`` on the injected clock's time, for unfinished requests past
 their due date and publishes ``dsr.request.overdue`` once per due date (an extension re-arms it), and for
 requests 7 and 2 days before their due date (``dsr.request.reminder``, once each per due date).
-The lifecycle consumer (durable ``dsr-tenant-lifecycle``) records tenant closures (:class:`TenantLifecycleHandler`).
+The lifecycle consumer (durable ``dsr-tenant-lifecycle``) records tenant closures and reopenings
+(:class:`TenantLifecycleHandler`).
 :class:`RetentionSweeper` runs :class:`~services.dsr.retention.RetentionSweep` every ``interval_s`` on the one
 replica that holds the ``retention-sweep`` lease.
 """
@@ -25,6 +26,7 @@ from steward.events.v1 import events_pb2 as ev
 from services.chassis.bus import RefusedEvent, enqueue, make_event
 from services.chassis.catalog import kind_of, subject_of
 from services.chassis.db import Database
+from services.chassis.errors import FailedPrecondition
 from services.chassis.ids import is_tenant_id
 from services.chassis.tasks import BackgroundTask
 from services.chassis.timestamps import from_timestamp, to_timestamp
@@ -58,9 +60,10 @@ RESULT_SUBJECTS = (
     next(s for s in kind_of(ev.RecordChanged).subjects if s.endswith(".updated")),
 )
 LIFECYCLE_DURABLE = "dsr-tenant-lifecycle"
-LIFECYCLE_SUBJECTS = kind_of(ev.TenantClosed).subjects
+LIFECYCLE_SUBJECTS = (*kind_of(ev.TenantClosed).subjects, *kind_of(ev.TenantReopened).subjects)
 REQUEST_REMINDER_DAYS = (7, 2)
 RETENTION_LEASE = "retention-sweep"
+MAX_GRACE_DAYS = 365  # the longest grace period SetPolicy and the gateway accept
 
 
 def announce_overdue(session: Session, ctx: DsrContext, *, limit: int = 500) -> int:
@@ -202,14 +205,19 @@ def count_open_requests(db: Database, ctx: DsrContext, *, overdue: bool) -> list
 
 
 class TenantLifecycleHandler:
-    """Records closures from ``TenantClosed`` (the gateway's and the vault's); the shred clock starts there."""
+    """Records closures from ``TenantClosed`` (the gateway's and the vault's; the shred clock starts there, at the
+    gateway's ``shred_after`` when it sent one) and clears them on ``TenantReopened``."""
 
     def __init__(self, ctx: DsrContext) -> None:
         self.ctx = ctx
 
     def __call__(self, session: Session, event: ev.Event) -> None:
-        if event.WhichOneof("payload") != "tenant_closed" or event.source not in ("gateway", "vault"):
+        kind = event.WhichOneof("payload")
+        if kind not in ("tenant_closed", "tenant_reopened") or event.source not in ("gateway", "vault"):
             raise RefusedEvent("not_a_tenant_closure")
+        if kind == "tenant_reopened":
+            self._reopened(session, event)
+            return
         closed = event.tenant_closed
         if not is_tenant_id(event.tenant_id) or closed.tenant_id != event.tenant_id:
             raise RefusedEvent("invalid_tenant_id")
@@ -217,9 +225,32 @@ class TenantLifecycleHandler:
             raise RefusedEvent("closed_at_missing")
         try:
             closed_at = from_timestamp(closed.closed_at, "closed_at")
+            shred_after = from_timestamp(closed.shred_after, "shred_after") if closed.HasField("shred_after") else None
         except Exception:
             raise RefusedEvent("closed_at_invalid") from None
-        offboarding.record_closure(session, event.tenant_id, closed_at, now=self.ctx.clock.now())
+        if closed.grace_period_days < 0 or closed.grace_period_days > MAX_GRACE_DAYS:
+            raise RefusedEvent("grace_period_invalid")
+        if shred_after is None and closed.grace_period_days:
+            shred_after = closed_at + timedelta(days=closed.grace_period_days)
+        if shred_after is not None and not closed_at < shred_after <= closed_at + timedelta(days=MAX_GRACE_DAYS):
+            raise RefusedEvent("shred_after_invalid")
+        now = self.ctx.clock.now()
+        offboarding.record_closure(session, event.tenant_id, closed_at, now=now, shred_after=shred_after)
+
+    def _reopened(self, session: Session, event: ev.Event) -> None:
+        reopened = event.tenant_reopened
+        if not is_tenant_id(event.tenant_id) or reopened.tenant_id != event.tenant_id:
+            raise RefusedEvent("invalid_tenant_id")
+        if not reopened.HasField("reopened_at"):
+            raise RefusedEvent("reopened_at_missing")
+        try:
+            reopened_at = from_timestamp(reopened.reopened_at, "reopened_at")
+        except Exception:
+            raise RefusedEvent("reopened_at_invalid") from None
+        try:
+            offboarding.clear_closure(session, event.tenant_id, now=self.ctx.clock.now(), reopened_at=reopened_at)
+        except FailedPrecondition:
+            raise RefusedEvent("tenant_shredded") from None
 
 
 class RetentionSweeper(BackgroundTask):

@@ -141,6 +141,10 @@ class TenantClosureRow(DsrBase):
     certificate_id: Mapped[str] = mapped_column(String(36), default="")
     shredded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The gateway's own shred time (TenantClosed.shred_after); None = closed_at + the dsr policy's grace period.
+    shred_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The last reopening: a closure stamped before it (a late vault.tenant.closed) does not close the tenant again.
+    reopened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ShredCertificateRow(DsrBase):

@@ -2,8 +2,9 @@
 7 and 1 days left, and the signed shred certificate once the vault destroyed the tenant's key.
 
 dsr learns a closure from ``gateway.tenant.closed`` / ``vault.tenant.closed`` (the earliest time wins: the
-gateway closes first, then asks the vault). :func:`clear_closure` is the hook for a reopened tenant (its row
-stays, with ``closed_at`` cleared, until the next closure). Nothing here calls the vault: the sweep in
+gateway closes first, then asks the vault); the gateway's ``shred_after`` (the tenant's own grace period) wins
+over dsr's policy. :func:`clear_closure` applies ``TenantReopened`` (its row stays, with ``closed_at`` cleared,
+until the next closure). Nothing here calls the vault: the sweep in
 ``retention.py`` does, and records the answer here. Every reminder and certificate is sent once, across
 replicas too: the row is claimed with a conditional UPDATE before the event is staged.
 """
@@ -50,35 +51,66 @@ OFFBOARDING_REMINDER_DAYS = (7, 1)
 SHRED_EVIDENCE_KIND = "tenant.shredded"
 
 
-def record_closure(session: Session, tenant_id: str, closed_at: datetime, *, now: datetime) -> TenantClosureRow:
-    """Remember that ``tenant_id`` closed at ``closed_at`` (idempotent; the earliest closure time wins).
+def record_closure(
+    session: Session, tenant_id: str, closed_at: datetime, *, now: datetime, shred_after: datetime | None = None
+) -> TenantClosureRow | None:
+    """Remember that ``tenant_id`` closed at ``closed_at`` (idempotent; the earliest closure time wins), and the
+    gateway's ``shred_after`` when it sent one (the tenant's own grace period; else dsr's policy decides).
 
-    A reopened tenant closing again starts a new grace period and new reminders.
+    A reopened tenant closing again starts a new grace period and new reminders; a closure stamped before the last
+    reopening (a late copy) is ignored: None.
     """
     row = session.get(TenantClosureRow, tenant_id)
+    if row is not None and row.reopened_at is not None and closed_at <= utc(row.reopened_at):
+        return None
     if row is None:
         row = TenantClosureRow(tenant_id=tenant_id, closed_at=closed_at, reminded_days=0, hold_id="", last_error="")
         row.certificate_id = ""
+        row.shred_after = shred_after
         session.add(row)
     elif row.closed_at is None:
         row.closed_at, row.reminded_days, row.hold_id, row.last_error = closed_at, 0, "", ""
-    elif closed_at < utc(row.closed_at):
-        row.closed_at = closed_at
+        row.shred_after = shred_after
+    else:
+        if closed_at < utc(row.closed_at):
+            row.closed_at = closed_at
+        if shred_after is not None:
+            row.shred_after = shred_after
     row.updated_at = now
     return row
 
 
-def clear_closure(session: Session, tenant_id: str, *, now: datetime) -> bool:
-    """A reopened tenant: no shred, no reminders until it closes again. False when dsr knew no closure.
+def clear_closure(session: Session, tenant_id: str, *, now: datetime, reopened_at: datetime | None = None) -> bool:
+    """A reopened tenant: no shred, no reminders until it closes again. False when dsr knew no closure (or it
+    closed again after ``reopened_at``: a late reopening does not undo a newer closure).
 
     Refused (FAILED_PRECONDITION TENANT_SHREDDED) once the tenant was shredded: that cannot be undone.
     """
+    at = reopened_at or now
     row = session.get(TenantClosureRow, tenant_id)
-    if row is None or row.closed_at is None:
+    if row is None:
+        # The reopening overtook its closure: remember it, so that closure's late copy does not close it again.
+        session.add(
+            TenantClosureRow(
+                tenant_id=tenant_id,
+                closed_at=None,
+                reminded_days=0,
+                hold_id="",
+                last_error="",
+                certificate_id="",
+                reopened_at=at,
+                updated_at=now,
+            )
+        )
         return False
     if row.shredded_at is not None:
         raise FailedPrecondition("this tenant was shredded; it cannot be reopened", reason=Reason.TENANT_SHREDDED)
+    if row.reopened_at is None or at > utc(row.reopened_at):
+        row.reopened_at = at
+    if row.closed_at is None or utc(row.closed_at) > at:
+        return False
     row.closed_at, row.reminded_days, row.hold_id, row.last_error, row.updated_at = None, 0, "", "", now
+    row.shred_after = None
     return True
 
 
@@ -89,8 +121,11 @@ def grace_period(session: Session, tenant_id: str) -> timedelta:
 
 
 def shred_at(session: Session, row: TenantClosureRow) -> datetime:
-    """When the tenant's grace period ends (its row must be closed)."""
+    """When the tenant's grace period ends (its row must be closed): the gateway's ``shred_after`` when it sent one,
+    else ``closed_at`` plus the dsr policy's grace period."""
     assert row.closed_at is not None
+    if row.shred_after is not None:
+        return utc(row.shred_after)
     return utc(row.closed_at) + grace_period(session, row.tenant_id)
 
 

@@ -20,6 +20,7 @@ from services.chassis.db import Database
 from services.chassis.runtime import ServiceRuntime, run_service, start_service
 from services.chassis.upstreams import Upstreams
 from services.gateway.accesslog import AccessLog
+from services.gateway.account_retention import AccountPurgeWatcher
 from services.gateway.admission import AdmissionInterceptor, Gatekeeper
 from services.gateway.api import GatewayAdminServicer
 from services.gateway.apikeys import ApiKeyAuthenticator
@@ -48,6 +49,7 @@ class GatewayHandle:
     revocations: RevocationListener | None
     keys: ApiKeyAuthenticator
     legal_notices: LegalNoticeWatcher | None = None
+    account_purge: AccountPurgeWatcher | None = None
 
     @property
     def port(self) -> int:
@@ -79,9 +81,10 @@ async def assemble(runtime: ServiceRuntime[GatewaySettings]) -> GatewayHandle:
         require_client_deadline=settings.require_client_deadline,
     )
     forwarder = Forwarder(upstreams, deadlines)
+    sealer = RegistrySealer(settings.registry_key.get_secret_value())
     servicer = GatewayAdminServicer(
         db=db,
-        sealer=RegistrySealer(settings.registry_key.get_secret_value()),
+        sealer=sealer,
         pepper=pepper,
         env=settings.env,
         upstreams=upstreams,
@@ -118,7 +121,18 @@ async def assemble(runtime: ServiceRuntime[GatewaySettings]) -> GatewayHandle:
     legal_notices = await runtime.task(
         LegalNoticeWatcher(db, clock=clock, interval_s=settings.legal_scan_interval_s, reviews_counter=reviews)
     )
-    return GatewayHandle(runtime, db, bus, runtime.relay, access_log, upstreams, revocations, keys, legal_notices)
+    account_purge = await runtime.task(
+        AccountPurgeWatcher(
+            db,
+            sealer=sealer,
+            clock=clock,
+            interval_s=settings.account_purge_interval_s,
+            retention_days=settings.account_retention_days,
+        )
+    )
+    return GatewayHandle(
+        runtime, db, bus, runtime.relay, access_log, upstreams, revocations, keys, legal_notices, account_purge
+    )
 
 
 def _rate_limiter(settings: GatewaySettings, clock: Clock) -> RateLimiter:

@@ -72,6 +72,8 @@ class TenantRow(GatewayBase):
     closed_by: Mapped[str] = mapped_column(String(200), default="")
     reopened_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     reopened_by: Mapped[str] = mapped_column(String(200), default="")
+    # When the account information was purged, 7 years after the closure (account_retention.py).
+    account_purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class ApiKeyRow(GatewayBase):

@@ -103,6 +103,14 @@ class GatewaySettings(ServiceSettings):
     legal_scan_interval_s: float = Field(
         default=60.0, gt=0, description="How often withheld legal notices and order review dates are checked."
     )
+    account_retention_days: int = Field(
+        default=7 * 365 + 2,
+        ge=1,
+        description="Days after a tenant's closure before its account information is purged (policy §7: 7 years).",
+    )
+    account_purge_interval_s: float = Field(
+        default=3600.0, gt=0, description="How often closed tenants are checked for the account-information purge."
+    )
 
     @field_validator("api_key_pepper", "registry_key")
     @classmethod

@@ -223,6 +223,10 @@ def update_tenant(
     if grace_period_days and grace_period_days not in GRACE_DAYS:
         raise InvalidArgument("grace_period_days must be between 1 and 365 (0 leaves it unchanged)")
     row = get_tenant(session, tenant_id)
+    if row.account_purged_at is not None:
+        raise FailedPrecondition(
+            "this closed tenant's account information was purged; it cannot be changed", reason=Reason.TENANT_CLOSED
+        )
     if expected_version != row.version:
         raise Aborted(
             f"tenant changed since you read it (version {row.version}); re-read and retry",

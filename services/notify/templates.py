@@ -26,7 +26,10 @@ __all__ = ["LOCALES", "Rendered", "TemplateCatalogue", "check_variables"]
 LOCALES = ("en", "hi")
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 # Who a template is for: account notices go to tenant contacts; the rest are what tenants send their subjects.
-CONTACT_TEMPLATES = frozenset({"dsr_received", "dsr_completed", "dsr_reminder", "dsr_extended", "dsr_overdue"})
+CONTACT_TEMPLATES = frozenset(
+    {"dsr_received", "dsr_completed", "dsr_reminder", "dsr_extended", "dsr_overdue"}
+    | {"offboarding_reminder", "shred_certificate", "legal_disclosure", "support_access"}
+)
 MARKETING_TEMPLATES = frozenset({"newsletter"})
 MAX_VARIABLES = 32
 MAX_VARIABLE_CHARS = 2000

@@ -7,17 +7,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from steward.dsr.v1 import dsr_pb2 as pb
+from steward.events.v1 import events_pb2 as ev
 from steward.vault.v1 import vault_pb2
 
+from services.chassis.bus import make_event
 from services.chassis.clock import ManualClock
 from services.chassis.errors import Reason
+from services.chassis.timestamps import to_timestamp
 from services.dsr import evidence, offboarding
+from services.dsr.events import TenantLifecycleHandler
 from tests.integration.dsr.support import DsrStack, expect_refusal
 from tests.integration.vault.helpers import leaks, stream_messages
 from tests.plugins.infra import NatsServer
@@ -174,15 +178,50 @@ async def test_the_tenants_grace_period_comes_from_its_policy_and_a_reopened_ten
     shared_clock_stack: DsrStack, manual_clock: ManualClock
 ) -> None:
     stack = shared_clock_stack
+    email, subject = await stack.new_lead(notes=1)
     await stack.dsr.dsr.SetPolicy(
         pb.SetPolicyRequest(policy=pb.TenantPolicy(grace_period_days=10)), metadata=stack.md()
     )
     closure = await _close(stack)
     assert closure.shred_at.ToDatetime() - closure.closed_at.ToDatetime() == timedelta(days=10)
 
-    # The hook a reopen event will call.
-    assert await stack.dsr.app.db.run(lambda s: offboarding.clear_closure(s, stack.tenant, now=manual_clock.now()))
+    manual_clock.advance(2 * DAY)
+    await stack.vault.admin.ReopenTenant(vault_pb2.ReopenTenantRequest(), metadata=stack.vault.md(stack.tenant))
+
+    async def cleared() -> bool:
+        listed = await stack.dsr.dsr.ListOffboarding(pb.ListOffboardingRequest(), metadata=stack.dsr.operator_md())
+        return not [t for t in listed.tenants if t.tenant_id == stack.tenant]
+
+    await eventually(cleared, 30, what="dsr hearing vault.tenant.reopened")
     manual_clock.advance(11 * DAY)
     assert await _sweep(stack) == []
-    listed = await stack.dsr.dsr.ListOffboarding(pb.ListOffboardingRequest(), metadata=stack.md())
-    assert list(listed.tenants) == []
+    # A late copy of the old closure does not close it again.
+    late = ev.TenantClosed(tenant_id=stack.tenant, closed_at=closure.closed_at)
+    handler = TenantLifecycleHandler(stack.dsr.app.ctx)
+    await stack.dsr.app.db.run(lambda s: handler(s, make_event(late, source="vault", tenant_id=stack.tenant)))
+    assert await _sweep(stack) == []
+    found = await stack.vault.records.ResolveSubject(
+        vault_pb2.ResolveSubjectRequest(email=email), metadata=stack.vault.md(stack.tenant)
+    )
+    assert found.subject_id == subject  # the key and the data are still there
+
+
+async def test_the_gateways_shred_after_wins_over_dsrs_policy(
+    shared_clock_stack: DsrStack, manual_clock: ManualClock
+) -> None:
+    stack = shared_clock_stack
+    closed_at = manual_clock.now()
+    closed = ev.TenantClosed(
+        tenant_id=stack.tenant,
+        closed_at=to_timestamp(closed_at),
+        grace_period_days=5,
+        shred_after=to_timestamp(closed_at + 5 * DAY),
+    )
+    handler = TenantLifecycleHandler(stack.dsr.app.ctx)
+    await stack.dsr.app.db.run(lambda s: handler(s, make_event(closed, source="gateway", tenant_id=stack.tenant)))
+    manual_clock.advance(timedelta(seconds=1))
+    row = await _close(stack)  # then the vault (its TenantClosed carries no grace period: it changes nothing)
+    assert row.shred_at.ToDatetime(tzinfo=UTC) == closed_at + 5 * DAY  # not the policy's 30 days
+    manual_clock.advance(5 * DAY + timedelta(minutes=1))
+    [shred] = [i for i in await _sweep(stack) if i.action == pb.SWEEP_ACTION_SHRED_TENANT]
+    assert shred.outcome == pb.SWEEP_OUTCOME_DONE

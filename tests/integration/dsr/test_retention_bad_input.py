@@ -8,12 +8,14 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+from sqlalchemy.orm import Session
 from steward.dsr.v1 import dsr_pb2 as pb
 from steward.events.v1 import events_pb2 as ev
 
 from services.chassis.bus import RefusedEvent, enqueue, make_event
 from services.chassis.errors import Reason
 from services.chassis.timestamps import to_timestamp
+from services.dsr import offboarding
 from services.dsr.events import TenantLifecycleHandler
 from tests.integration.dsr.support import DsrStack, expect_refusal
 from tests.integration.vault.helpers import stream_messages
@@ -97,6 +99,24 @@ def _closed(tenant: str, *, source: str = "vault", payload_tenant: str | None = 
     return event
 
 
+def _reopened(tenant: str, *, source: str = "vault", payload_tenant: str | None = None, stamp: bool = True) -> ev.Event:
+    reopened = ev.TenantReopened(tenant_id=tenant if payload_tenant is None else payload_tenant, reopened_by="op")
+    if stamp:
+        reopened.reopened_at.CopyFrom(to_timestamp(datetime(2030, 1, 2, tzinfo=UTC)))
+    event = make_event(reopened, source="vault", tenant_id=tenant)
+    event.source = source
+    return event
+
+
+def _gateway_closed(tenant: str, *, grace_days: int, shred_after: datetime | None) -> ev.Event:
+    closed = ev.TenantClosed(
+        tenant_id=tenant, closed_at=to_timestamp(datetime(2030, 1, 1, tzinfo=UTC)), grace_period_days=grace_days
+    )
+    if shred_after is not None:
+        closed.shred_after.CopyFrom(to_timestamp(shred_after))
+    return make_event(closed, source="gateway", tenant_id=tenant)
+
+
 @pytest.mark.parametrize(
     ("event", "reason"),
     [
@@ -105,9 +125,19 @@ def _closed(tenant: str, *, source: str = "vault", payload_tenant: str | None = 
         (_closed("t-abc", payload_tenant="t-other"), "invalid_tenant_id"),
         (_closed("bad tenant id!"), "invalid_tenant_id"),
         (_closed("t-abc", stamp=False), "closed_at_missing"),
+        (_reopened("t-abc", source="notify"), "not_a_tenant_closure"),
+        (_reopened("t-abc", payload_tenant="t-other"), "invalid_tenant_id"),
+        (_reopened("bad tenant id!"), "invalid_tenant_id"),
+        (_reopened("t-abc", stamp=False), "reopened_at_missing"),
+        (_gateway_closed("t-abc", grace_days=-3, shred_after=None), "grace_period_invalid"),
+        (_gateway_closed("t-abc", grace_days=9000, shred_after=None), "grace_period_invalid"),
+        (_gateway_closed("t-abc", grace_days=30, shred_after=datetime(2029, 12, 1, tzinfo=UTC)), "shred_after_invalid"),
+        (_gateway_closed("t-abc", grace_days=30, shred_after=datetime(2040, 1, 1, tzinfo=UTC)), "shred_after_invalid"),
     ],
 )
-async def test_tenant_closed_events_dsr_cannot_trust_are_refused(stack: DsrStack, event: ev.Event, reason: str) -> None:
+async def test_closures_reopenings_and_grace_periods_dsr_cannot_trust_are_refused(
+    stack: DsrStack, event: ev.Event, reason: str
+) -> None:
     handler = TenantLifecycleHandler(stack.dsr.app.ctx)
     with pytest.raises(RefusedEvent) as refused:
         await stack.dsr.app.db.run(lambda s: handler(s, event))
@@ -137,3 +167,21 @@ async def test_a_purge_task_naming_no_known_record_kind_is_rejected_by_the_vault
 
     await eventually(answered, 30, what="the vault's answer to the purge task")
     assert (answers[0].outcome, answers[0].reason_code) == (ev.VAULT_TASK_OUTCOME_REJECTED, Reason.INVALID_ARGUMENT)
+
+
+async def test_a_reopening_after_the_shred_is_refused_and_changes_nothing(stack: DsrStack) -> None:
+    closed_at = datetime(2030, 1, 1, tzinfo=UTC)
+    shred = offboarding.VaultShred("k", closed_at, 0, 0, "", "")
+
+    def shredded(s: Session) -> None:
+        offboarding.record_closure(s, "t-shredded", closed_at, now=closed_at)
+        offboarding.record_shred(s, stack.dsr.app.ctx, "t-shredded", shred)
+
+    await stack.dsr.app.db.run(shredded)
+    handler = TenantLifecycleHandler(stack.dsr.app.ctx)
+    event = _reopened("t-shredded")
+    with pytest.raises(RefusedEvent) as refused:
+        await stack.dsr.app.db.run(lambda s: handler(s, event))
+    assert "tenant_shredded" in str(refused.value)
+    listed = await stack.dsr.dsr.ListOffboarding(pb.ListOffboardingRequest(), metadata=stack.dsr.operator_md())
+    assert [(t.tenant_id, t.state) for t in listed.tenants] == [("t-shredded", pb.OFFBOARDING_STATE_SHREDDED)]
