@@ -17,6 +17,7 @@ __all__ = [
     "NotifyBase",
     "PayloadRow",
     "PreferencesRow",
+    "ProviderStatusRow",
     "SuppressionRow",
 ]
 
@@ -156,3 +157,19 @@ class PreferencesRow(NotifyBase):
     tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     preferences_json: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ProviderStatusRow(NotifyBase):
+    """The merged WhatsApp status of one sent message, keyed by the provider's message id (``wamid``).
+
+    Inserted with an empty ``status`` when the send is accepted, so a webhook naming any other id is not ours; every
+    change afterwards is a conditional UPDATE on the previous state (see ``services/notify/statuses.py``)."""
+
+    __tablename__ = "notify_provider_statuses"
+
+    message_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(36), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="")
+    error_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

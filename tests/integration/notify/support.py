@@ -109,6 +109,8 @@ async def notify_factory(
             delivery=delivery,
             recipient_hash_key=uuid.uuid4().hex * 2,
             unsubscribe_url="https://steward.test/notify/unsubscribe",
+            unsubscribe_key=uuid.uuid4().hex * 2,
+            http={"host": "127.0.0.1", "port": 0, "public_base_url": "https://steward.test/notify"},
             nats={
                 "url": nats_url or "nats://127.0.0.1:1",
                 "enabled": nats_url is not None,
