@@ -90,14 +90,14 @@ class NotifyEndpoints:
             query = select(DeliveryRow.tenant_id, DeliveryRow.recipient_kind, DeliveryRow.recipient_id).where(
                 DeliveryRow.channel == "whatsapp", DeliveryRow.recipient_hash == number_hash
             )
-            found = set(session.execute(query.distinct()).tuples())
+            found = {(row[0], row[1], row[2]) for row in session.execute(query.distinct())}
             if stop.replied_to:
                 replied = session.execute(
                     select(DeliveryRow.tenant_id, DeliveryRow.recipient_kind, DeliveryRow.recipient_id)
                     .join(ProviderStatusRow, ProviderStatusRow.delivery_id == DeliveryRow.delivery_id)
                     .where(ProviderStatusRow.message_id == stop.replied_to)
-                ).tuples()
-                found |= set(replied)
+                )
+                found |= {(row[0], row[1], row[2]) for row in replied}
             for tenant_id, kind, recipient_id in found:
                 who = Recipient(kind, recipient_id)
                 consent.withdraw(
