@@ -93,6 +93,8 @@ async def notify_factory(
         **overrides: Any,
     ) -> NotifyHarness:
         name = uuid.uuid4().hex[:8]
+        # With a vault upstream, addresses come from the vault (GetSubjectContact over mTLS), not the test's book.
+        from_vault = "upstreams" in overrides
         target = sink or smtp_sink
         delivery = {"max_attempts": 3, "scan_interval_s": 0.2, **overrides.pop("delivery", {})}
         settings = NotifySettings(
@@ -121,7 +123,7 @@ async def notify_factory(
             **overrides,
         )
         addresses = StaticAddressBook()
-        app, port = await create_server(settings, port=0, clock=clock, addresses=addresses)
+        app, port = await create_server(settings, port=0, clock=clock, addresses=None if from_vault else addresses)
         channel = aio.insecure_channel(f"127.0.0.1:{port}")
         harness = NotifyHarness(
             app, port, channel, notify_pb2_grpc.NotifyServiceStub(channel), settings, addresses, target
