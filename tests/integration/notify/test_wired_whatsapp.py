@@ -18,6 +18,8 @@ from services.devstack.graph_standin import GraphStandIn
 from services.notify import deliveries
 from services.notify.channels import Lane
 from services.notify.consent import Recipient
+from services.notify.statuses import SqlStatusStore
+from services.notify.webhooks import DeliveryStatus, StatusState
 from tests.integration.notify.support import NotifyFactory, NotifyHarness, service_logs, wait_status
 from tests.integration.vault.helpers import canary_phone, leaks
 from tests.plugins.waiting import eventually
@@ -248,3 +250,19 @@ async def test_a_whatsapp_stop_withdraws_marketing_and_the_next_one_is_suppresse
     later = await w.send(subject_id, lane=pb.LANE_MARKETING)
     assert (await wait_status(w.h, later.delivery_id, pb.DELIVERY_STATUS_SUPPRESSED)).reason_code == "suppressed"
     assert len(w.sent_to(number)) == 1
+
+
+async def test_the_status_store_compare_and_set_lets_only_one_of_two_racing_writers_win(wired: WiredFactory) -> None:
+    w = await wired()
+    subject_id, _number = w.subject()
+    delivery = await w.send(subject_id)
+    sent = await wait_status(w.h, delivery.delivery_id, pb.DELIVERY_STATUS_SENT)
+    store = SqlStatusStore(w.h.app.db, w.h.app.ctx.clock)
+    now = w.h.app.ctx.clock.now()
+    delivered = StatusState(DeliveryStatus.DELIVERED, None, now)
+    read = StatusState(DeliveryStatus.READ, None, now)
+    # Both read "no status yet"; only the first conditional UPDATE finds it so.
+    assert await store.compare_and_set(sent.provider_ref, None, delivered) is True
+    assert await store.compare_and_set(sent.provider_ref, None, read) is False
+    assert await store.current(sent.provider_ref) == delivered
+    assert await store.compare_and_set("wamid.not-ours", None, read) is False
