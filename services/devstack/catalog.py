@@ -25,6 +25,7 @@ __all__ = [
     "ServiceEntry",
     "SmtpAccess",
     "TransitAccess",
+    "WhatsAppAccess",
     "installed",
     "service_environment",
 ]
@@ -55,6 +56,7 @@ class ServiceEntry:
     upstreams: tuple[str, ...] = ()
     verifies_operator_tokens: bool = False
     uses_smtp: bool = False  # told where the launcher's SMTP sink is (notify)
+    uses_whatsapp: bool = False  # told where the launcher's Graph API stand-in is, and serves its webhook (notify)
 
     @property
     def module(self) -> str:
@@ -85,8 +87,10 @@ SERVICES: tuple[ServiceEntry, ...] = (
         50054,
         allowed_clients=("gateway",),
         uses_transit=True,
-        generated_secrets=("RECIPIENT_HASH_KEY",),
+        generated_secrets=("RECIPIENT_HASH_KEY", "UNSUBSCRIBE_KEY"),
         uses_smtp=True,
+        upstreams=("vault",),  # subjects' addresses at send time (GetSubjectContact, notify's certificate)
+        uses_whatsapp=True,
     ),
     ServiceEntry(
         "gateway",
@@ -112,6 +116,19 @@ class SmtpAccess:
 
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class WhatsAppAccess:
+    """The launcher's Graph API stand-in, and the port notify serves its webhook and unsubscribe endpoints on."""
+
+    base_url: str
+    phone_number_id: str
+    access_token: str
+    app_secret: str
+    http_port: int
+    templates: Mapping[str, int]
+    reengagement_template: str
 
 
 @dataclass(frozen=True)
@@ -155,6 +172,7 @@ def service_environment(
     running: Mapping[str, RunningUpstream] | None = None,
     operator_trust: OperatorTrust | None = None,
     smtp: SmtpAccess | None = None,
+    whatsapp: WhatsAppAccess | None = None,
 ) -> dict[str, str]:
     """The ``STEWARD_<NAME>__*`` variables the launcher sets for ``entry`` (on top of its own environment)."""
     prefix = entry.env_prefix
@@ -192,6 +210,19 @@ def service_environment(
             f"{prefix}SMTP__TLS": "starttls",
             f"{prefix}SMTP__CA_FILE": str(pki.ca_file),
             f"{prefix}SMTP__FROM_ADDRESS": "notices@steward.localhost",
+        }
+    if entry.uses_whatsapp and whatsapp is not None:
+        env |= {
+            f"{prefix}WHATSAPP__BASE_URL": whatsapp.base_url,
+            f"{prefix}WHATSAPP__PHONE_NUMBER_ID": whatsapp.phone_number_id,
+            f"{prefix}WHATSAPP__ACCESS_TOKEN": whatsapp.access_token,
+            f"{prefix}WHATSAPP__APP_SECRET": whatsapp.app_secret,
+            f"{prefix}WHATSAPP__VERIFY_TOKEN": whatsapp.app_secret,
+            f"{prefix}WHATSAPP__TEMPLATES": json.dumps(dict(whatsapp.templates)),
+            f"{prefix}WHATSAPP_REENGAGEMENT_TEMPLATE": whatsapp.reengagement_template,
+            f"{prefix}HTTP__HOST": host,
+            f"{prefix}HTTP__PORT": str(whatsapp.http_port),
+            f"{prefix}HTTP__PUBLIC_BASE_URL": f"http://{host}:{whatsapp.http_port}",
         }
     for upstream in entry.upstreams:
         target = (running or {}).get(upstream)

@@ -40,6 +40,7 @@ from services.devstack.catalog import (
     ServiceEntry,
     SmtpAccess,
     TransitAccess,
+    WhatsAppAccess,
     installed,
     service_environment,
 )
@@ -62,6 +63,12 @@ from services.devstack.supervisor import Backoff, ChildFailedToStart, ChildSpec,
 
 SMTP_IDENTITY = "smtp"
 """The dev-CA certificate of the local SMTP sink notify sends through."""
+
+DEV_WHATSAPP_TEMPLATES = {"steward_account_update": 2, "steward_newsletter": 2, "steward_notice_waiting": 0}
+"""The WhatsApp templates the local stand-in treats as approved (name -> body parameters)."""
+
+NOTIFY_HTTP_PORT = 58054
+"""notify's webhook / unsubscribe port in the local stack (another free one when taken)."""
 
 __all__ = [
     "LocalCredentials",
@@ -266,6 +273,7 @@ class _Stack:
         self.state: StackState | None = None
         self.credentials = LocalCredentials(demo_file=home.demo_file)
         self.smtp_sink: Any = None
+        self.graph_standin: Any = None
 
     async def start(self) -> StackState:
         """Plan ports, issue certificates, start NATS, OpenBao and the services; return the recorded state."""
@@ -334,6 +342,7 @@ class _Stack:
         assert self.material is not None
 
         smtp = self._start_smtp_sink(pki) if any(entry.uses_smtp for entry in to_start) else None
+        whatsapp = await self._start_graph_standin() if any(entry.uses_whatsapp for entry in to_start) else None
         # Ports are planned up front, so every service (and the gateway's upstream addresses) is known
         # now: start them all at once; start-up then takes as long as the slowest, not their sum.
         transit = TransitAccess(url=openbao_url, token=self.material.root_token)
@@ -370,6 +379,7 @@ class _Stack:
                         running=upstreams,
                         operator_trust=idp.trust,
                         smtp=smtp,
+                        whatsapp=whatsapp,
                     )
                     | databases[entry.name]
                     | nats_auth.service_environment(entry.name)
@@ -417,6 +427,42 @@ class _Stack:
         self.smtp_sink = sink
         self.supervisor.note(f"SMTP sink on {sink.host}:{sink.port} (STARTTLS); mail sent lands in {sink.spool_dir}")
         return SmtpAccess(sink.host, sink.port)
+
+    async def _start_graph_standin(self) -> WhatsAppAccess:
+        """The local WhatsApp Cloud API stand-in (in this process): notify sends to it and it posts signed status
+        webhooks back to notify's HTTP port; what it accepted is listed at ``/_standin/messages``."""
+        import secrets
+
+        from services.devstack.graph_standin import GraphStandIn
+
+        host = self.settings.host
+        http_port = choose_port("notify http", host=host, wanted=NOTIFY_HTTP_PORT, explicit=False).port
+        app_secret = secrets.token_hex(32)
+        standin = GraphStandIn(
+            access_token=secrets.token_urlsafe(24),
+            app_secret=app_secret,
+            webhook_url=f"http://{host}:{http_port}/webhooks/whatsapp",
+            auto_statuses=True,
+            templates=dict(DEV_WHATSAPP_TEMPLATES),
+        )
+        await standin.start(host=host)
+        self.graph_standin = standin
+        self.supervisor.note(f"WhatsApp Graph API stand-in on {standin.base_url}; messages sent: {standin.inbox_url}")
+        return WhatsAppAccess(
+            base_url=standin.base_url,
+            phone_number_id=standin.phone_number_id,
+            access_token=standin.access_token,
+            app_secret=app_secret,
+            http_port=http_port,
+            templates=DEV_WHATSAPP_TEMPLATES,
+            reengagement_template="steward_notice_waiting",
+        )
+
+    async def stop_graph_standin(self) -> None:
+        """Stop the WhatsApp stand-in (after the services)."""
+        if self.graph_standin is not None:
+            await self.graph_standin.stop()
+            self.graph_standin = None
 
     def stop_smtp_sink(self) -> None:
         """Stop the mail sink (after the services)."""
@@ -629,6 +675,7 @@ async def run_stack(settings: RunSettings, *, json_output: bool, out: TextIO = s
                 # half-way and leave children behind.
                 await supervisor.stop_all()
                 stack.stop_smtp_sink()
+                await stack.stop_graph_standin()
                 stack.record_stopped()
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)

@@ -42,7 +42,7 @@ from services.chassis.db import Database
 from services.chassis.errors import DomainError, NotFound, Reason
 from services.chassis.ids import new_id
 from services.chassis.tasks import BackgroundTask
-from services.notify import consent, contacts
+from services.notify import consent, contacts, statuses
 from services.notify.channels import Channel, Lane, Outcome, OutgoingMessage, SendResult
 from services.notify.consent import Recipient
 from services.notify.keys import TenantKeys
@@ -68,6 +68,9 @@ PAYLOAD = "payload"
 FINAL = frozenset({"SENT", "AMBIGUOUS", "DELIVERED", "READ", "FAILED", "SUPPRESSED"})
 # Suppression reasons that stop service notices too (the address does not exist); others stop marketing only.
 HARD_BOUNCES = frozenset({"smtp_5xx", "wa_131026"})
+# The vault's refusals that mean "nothing may be sent to this subject": the delivery is suppressed, not retried.
+SUBJECT_BARRED = frozenset({Reason.SUBJECT_ERASED, Reason.SUBJECT_RESTRICTED})
+NEEDS_TEMPLATE_REASON = "wa_131047"
 # Outcomes that say "the provider answered": the breaker counts them as the channel being alive.
 _ALIVE = frozenset({Outcome.SENT, Outcome.SUPPRESS, Outcome.NEEDS_TEMPLATE, Outcome.RETRY_AFTER})
 
@@ -114,8 +117,11 @@ class DeliveryContext:
     catalogue: TemplateCatalogue
     hash_key: bytes
     settings: DeliverySettings
-    unsubscribe_link: Callable[[str, str], str]  # (tenant id, reference) -> https URL
+    # (tenant id, recipient, channel, purpose) -> the https URL of a signed one-click unsubscribe token
+    unsubscribe_link: Callable[[str, Recipient, str, str], str]
     rng: random.Random
+    # The approved WhatsApp template sent instead of a text notice refused outside the 24 h window (131047).
+    reengagement_template: str = ""
 
     def recipient_hash(self, channel: str, address: str) -> str:
         """Keyed hash of a normalised address (what deliveries and the suppression list keep)."""
@@ -220,6 +226,10 @@ class Job:
     attempts: int
     variables: dict[str, str]
     address: str = ""
+    # The last attempt was refused outside WhatsApp's 24 h window: send the re-engagement template this time.
+    needs_template: bool = False
+    # What this attempt sends: a WhatsApp template (True) or a text (session) message.
+    sends_template: bool = False
 
 
 def _finish(session: Session, row: DeliveryRow, status: str, reason: str, now: object) -> None:
@@ -281,6 +291,7 @@ def claim(session: Session, ctx: DeliveryContext, *, limit: int) -> list[Job]:
                 row.attempts,
                 variables,
                 address,
+                needs_template=row.reason_code == NEEDS_TEMPLATE_REASON,
             )
         )
     return jobs
@@ -317,6 +328,16 @@ def settle(
     if outcome == Outcome.SENT:
         row.provider_ref = result.provider_ref
         _finish(session, row, "SENT", result.reason, now)
+        if row.channel == "whatsapp" and result.provider_ref:
+            statuses.track(
+                session, message_id=result.provider_ref, delivery_id=row.delivery_id, tenant_id=row.tenant_id
+            )
+    elif outcome == Outcome.NEEDS_TEMPLATE and not job.sends_template and ctx.reengagement_template:
+        # Outside the 24 h window a text cannot be sent; the approved template can, at once (no backoff: the
+        # provider answered, nothing is overloaded).
+        row.status = "QUEUED"
+        row.reason_code = result.reason
+        row.next_attempt_at = now
     elif outcome == Outcome.SUPPRESS:
         consent.suppress(session, ctx.clock, row.tenant_id, row.channel, recipient_hash, job.recipient, result.reason)
         _finish(session, row, "SUPPRESSED", result.reason, now)
@@ -332,7 +353,7 @@ def settle(
             row.status = "QUEUED"
             row.reason_code = result.reason
             row.next_attempt_at = now + timedelta(seconds=delay)
-    else:  # REFUSED, NEEDS_TEMPLATE: not retried blindly; on-call sees the reason
+    else:  # REFUSED, NEEDS_TEMPLATE without a template to switch to: not retried blindly; on-call sees the reason
         _finish(session, row, "FAILED", result.reason, now)
     return row.status
 
@@ -420,6 +441,8 @@ class DeliveryEngine(BackgroundTask):
             # The address source refused (unknown subject) or is down: the delivery ends or waits.
             log.info("delivery not sent", extra={"delivery_id": job.delivery_id, "reason": exc.reason})
             status = "QUEUED" if exc.code.name == "UNAVAILABLE" else "FAILED"
+            if exc.reason in SUBJECT_BARRED:
+                status = "SUPPRESSED"
             reason = str(exc.reason)
             await self.db.run(lambda s: self._end_or_retry(s, job, status, reason))
         finally:
@@ -430,7 +453,7 @@ class DeliveryEngine(BackgroundTask):
         if status == "QUEUED":
             settle(session, self.ctx, job, SendResult(Outcome.RETRY, reason.lower()), recipient_hash="", consent_id="")
         else:
-            finish_unsent(session, self.ctx, job, "FAILED", reason.lower())
+            finish_unsent(session, self.ctx, job, status, reason.lower())
 
     async def _send_one(self, job: Job) -> None:
         ctx = self.ctx
@@ -462,6 +485,7 @@ class DeliveryEngine(BackgroundTask):
             await self.db.run(lambda s: postpone(s, ctx, job, wait, "breaker_open"))
             return
         message = self._message(job)
+        job.sends_template = bool(message.template_name)
         try:
             result = await channel.send(message)
         except Exception as exc:
@@ -497,8 +521,12 @@ class DeliveryEngine(BackgroundTask):
         rendered = ctx.catalogue.render(template, locale, job.variables, version=job.template_version)
         headers: dict[str, str] = {}
         if job.channel == "email" and job.lane != Lane.CRITICAL:
-            headers["List-Unsubscribe"] = f"<{ctx.unsubscribe_link(job.tenant_id, job.reference)}>"
+            link = ctx.unsubscribe_link(job.tenant_id, job.recipient, job.channel, job.purpose)
+            headers["List-Unsubscribe"] = f"<{link}>"
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        wa_template, wa_parameters = rendered.wa_template, rendered.wa_parameters
+        if job.channel == "whatsapp" and job.needs_template and not wa_template:
+            wa_template, wa_parameters = ctx.reengagement_template, ()
         return OutgoingMessage(
             recipient=job.address,
             lane=job.lane,
@@ -506,8 +534,8 @@ class DeliveryEngine(BackgroundTask):
             subject=rendered.subject,
             text_body=rendered.text,
             html_body=rendered.html,
-            template_name=rendered.wa_template,
+            template_name=wa_template,
             language=locale,
-            parameters=rendered.wa_parameters,
+            parameters=wa_parameters,
             headers=headers,
         )

@@ -4,9 +4,10 @@
 tenant data keys, the channels, bus and the event consumer, gRPC servicer, the delivery engine);
 ``create_server(settings)`` returns ``(app, port)`` so tests run the real service on port 0.
 
-Subjects' addresses come from an :class:`~services.notify.deliveries.AddressBook`; until the vault's address
-method is wired, ``assemble`` takes one as an argument (the default knows no address: such sends end FAILED
-with ``no_address``).
+Subjects' addresses come from the vault at send time (:class:`~services.notify.addresses.VaultAddressBook` over
+the ``vault`` upstream, notify's mTLS client certificate); tests may pass another
+:class:`~services.notify.deliveries.AddressBook`. With WhatsApp settings the WhatsApp channel joins email, and the
+HTTP endpoints (WhatsApp webhook, RFC 8058 one-click unsubscribe) are served on ``http.port`` in this process.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from functools import partial
-from urllib.parse import quote
 
 from grpc import aio
+from pydantic import SecretStr
 from steward.notify.v1 import notify_pb2, notify_pb2_grpc
 
 from services.chassis.bus import Bus, Consumer
@@ -25,16 +26,23 @@ from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
 from services.chassis.runtime import ServiceRuntime, run_service, start_service
 from services.chassis.transit import TransitClient
+from services.chassis.upstreams import Upstreams
+from services.notify.addresses import VaultAddressBook
 from services.notify.api import NotifyServicer
 from services.notify.breach_api import BreachApi, attach
 from services.notify.breach_runtime import start_breach_side
 from services.notify.channels import Channel
 from services.notify.deliveries import AddressBook, DeliveryContext, DeliveryEngine, StaticAddressBook
 from services.notify.email import EmailChannel
+from services.notify.endpoints import NotifyEndpoints, WebhookServer, unsubscribe_link
 from services.notify.events import EVENT_SUBJECTS, EVENTS_DURABLE, NotifyEventHandler
 from services.notify.keys import TRANSIT_PREFIX, TenantKeys
 from services.notify.settings import NotifySettings
+from services.notify.statuses import SqlStatusStore
 from services.notify.templates import TemplateCatalogue
+from services.notify.unsubscribe import UnsubscribeTokens
+from services.notify.webhooks import create_webhook_app
+from services.notify.whatsapp import WhatsAppChannel
 
 __all__ = ["NotifyApp", "NotifySettings", "assemble", "create_server", "main"]
 
@@ -49,15 +57,13 @@ class NotifyApp:
     engine: DeliveryEngine
     bus: Bus | None
     consumer: Consumer | None
+    tokens: UnsubscribeTokens
+    http_port: int = 0  # the webhook / unsubscribe endpoints (0: not served)
     breaches: BreachApi | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Refuse new RPCs, let in-flight ones finish within ``grace_s``, stop everything else in reverse."""
         await self.runtime.stop(grace_s)
-
-
-def _unsubscribe_link(base: str, tenant_id: str, reference: str) -> str:
-    return f"{base}?t={quote(tenant_id)}&r={quote(reference)}"
 
 
 async def assemble(
@@ -72,23 +78,26 @@ async def assemble(
     transit = runtime.client("transit", _transit_client(settings, clock))
     keys = TenantKeys(transit, settings.transit.key.removeprefix(TRANSIT_PREFIX), clock)
     await db.call(keys.ensure_key)
+    tokens = UnsubscribeTokens(settings.unsubscribe_key, clock=clock)
+    unsubscribe_base = settings.unsubscribe_url or f"{settings.http.public_base_url.rstrip('/')}/unsubscribe"
     ctx = DeliveryContext(
         keys=keys,
         clock=clock,
         catalogue=TemplateCatalogue(),
         hash_key=settings.recipient_hash_key.get_secret_value().encode(),
         settings=settings.delivery,
-        unsubscribe_link=partial(_unsubscribe_link, settings.unsubscribe_url),
+        unsubscribe_link=partial(unsubscribe_link, tokens, unsubscribe_base),
         rng=random.Random(),  # noqa: S311 - backoff jitter, not a secret
+        reengagement_template=settings.whatsapp_reengagement_template,
     )
-    live_channels: dict[str, Channel] = channels if channels is not None else {"email": EmailChannel(settings.smtp)}
+    live_channels: dict[str, Channel] = channels if channels is not None else _channels(settings)
     for channel in live_channels.values():
         runtime.on_stop(f"{channel.name} channel", channel.close)
     delivery = settings.delivery
     breakers = {
         name: CircuitBreaker(delivery.breaker_failures, delivery.breaker_reset_s, clock=clock) for name in live_channels
     }
-    engine = DeliveryEngine(db, ctx, live_channels, addresses or StaticAddressBook(), breakers=breakers)
+    engine = DeliveryEngine(db, ctx, live_channels, addresses or _address_book(runtime), breakers=breakers)
     bus = await runtime.start_bus(db)
     consumer = await runtime.consume(
         db, durable=EVENTS_DURABLE, subjects=list(EVENT_SUBJECTS), handler=NotifyEventHandler(ctx, engine)
@@ -104,7 +113,48 @@ async def assemble(
 
     await runtime.serve_grpc(register, trust_identity_metadata=settings.trust_identity_metadata)
     await runtime.task(engine)
-    return NotifyApp(runtime, db, ctx, engine, bus, consumer, breaches)
+    http_port = await _serve_http(runtime, db, ctx, tokens) if settings.http.enabled else 0
+    return NotifyApp(runtime, db, ctx, engine, bus, consumer, tokens, http_port, breaches)
+
+
+def _channels(settings: NotifySettings) -> dict[str, Channel]:
+    """Email always; WhatsApp when its settings are given."""
+    found: dict[str, Channel] = {"email": EmailChannel(settings.smtp)}
+    if settings.whatsapp is not None:
+        found["whatsapp"] = WhatsAppChannel(settings.whatsapp)
+    return found
+
+
+def _address_book(runtime: ServiceRuntime[NotifySettings]) -> AddressBook:
+    """The vault's ``GetSubjectContact`` over notify's mTLS channel; no vault configured: no subject address."""
+    settings = runtime.settings
+    vault = settings.upstreams.get("vault")
+    if vault is None or not vault.address:
+        return StaticAddressBook()
+    upstreams = runtime.client("upstream channels", Upstreams(settings.upstreams, settings.grpc))
+    return VaultAddressBook(lambda: upstreams.channel("vault"), timeout_s=settings.vault_timeout_s)
+
+
+async def _serve_http(
+    runtime: ServiceRuntime[NotifySettings], db: Database, ctx: DeliveryContext, tokens: UnsubscribeTokens
+) -> int:
+    """Serve the webhook and unsubscribe endpoints; the runtime closes them on stop (before the database)."""
+    settings = runtime.settings
+    whatsapp = settings.whatsapp
+    endpoints = NotifyEndpoints(db, ctx, runtime.clock)
+    app = create_webhook_app(
+        app_secret=whatsapp.app_secret if whatsapp else SecretStr(""),
+        verify_token=whatsapp.verify_token if whatsapp else SecretStr(""),
+        statuses=SqlStatusStore(db, runtime.clock),
+        on_status=endpoints.on_status,
+        tokens=tokens,
+        on_unsubscribe=endpoints.on_unsubscribe,
+        on_stop=endpoints.on_stop,
+    )
+    server = WebhookServer(app)
+    port = await server.start(settings.http.host, settings.http.port)
+    runtime.client("http endpoints", server)
+    return port
 
 
 def _transit_client(settings: NotifySettings, clock: Clock) -> TransitClient:

@@ -21,6 +21,7 @@ __all__ = [
     "NotifyBase",
     "PayloadRow",
     "PreferencesRow",
+    "ProviderStatusRow",
     "SuppressionRow",
 ]
 
@@ -235,3 +236,19 @@ class CampaignRow(NotifyBase):
     announced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     announced_by: Mapped[str] = mapped_column(String(256))
     tenants: Mapped[int] = mapped_column(Integer)
+
+
+class ProviderStatusRow(NotifyBase):
+    """The merged WhatsApp status of one sent message, keyed by the provider's message id (``wamid``).
+
+    Inserted with an empty ``status`` when the send is accepted, so a webhook naming any other id is not ours; every
+    change afterwards is a conditional UPDATE on the previous state (see ``services/notify/statuses.py``)."""
+
+    __tablename__ = "notify_provider_statuses"
+
+    message_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(36), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="")
+    error_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -13,9 +13,11 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 
 from services.chassis.settings import ServiceSettings, service_settings_config
+from services.chassis.upstreams import UpstreamSettings
 from services.notify.breach_settings import BreachSettings
+from services.notify.whatsapp import WhatsAppSettings
 
-__all__ = ["DeliverySettings", "NotifySettings", "NotifyTransitSettings", "SmtpSettings"]
+__all__ = ["DeliverySettings", "HttpSettings", "NotifySettings", "NotifyTransitSettings", "SmtpSettings"]
 
 
 class NotifyTransitSettings(BaseModel):
@@ -61,6 +63,18 @@ class DeliverySettings(BaseModel):
     breaker_reset_s: float = Field(default=30.0, gt=0)
 
 
+class HttpSettings(BaseModel):
+    """notify's HTTP endpoints (WhatsApp webhook, RFC 8058 unsubscribe) in the service's own process."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port (tests).")
+    public_base_url: str = Field(
+        default="https://steward.example/notify",
+        description="How recipients and Meta reach these endpoints; unsubscribe links are <base>/unsubscribe?token=.",
+    )
+
+
 class NotifySettings(ServiceSettings):
     """``STEWARD_NOTIFY__*`` configuration."""
 
@@ -77,8 +91,29 @@ class NotifySettings(ServiceSettings):
         min_length=32,
     )
     unsubscribe_url: str = Field(
-        default="https://steward.example/notify/unsubscribe",
-        description="Base of the RFC 8058 one-click unsubscribe links (a signed token is appended).",
+        default="",
+        description="Base of the RFC 8058 one-click unsubscribe links (a signed token is appended); empty: "
+        "<http.public_base_url>/unsubscribe.",
     )
+    unsubscribe_key: SecretStr = Field(
+        description="Root key (at least 32 characters) of the signed unsubscribe tokens; changing it voids every "
+        "unsubscribe link already sent.",
+        min_length=32,
+    )
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    whatsapp: WhatsAppSettings | None = Field(
+        default=None, description="The WhatsApp Cloud API (or the local Graph stand-in); unset: no WhatsApp channel."
+    )
+    whatsapp_reengagement_template: str = Field(
+        default="",
+        description="The approved WhatsApp template sent when a text notice is refused outside the 24 h window "
+        "(131047); it must be declared in whatsapp.templates. Empty: such notices end FAILED wa_131047.",
+    )
+    upstreams: dict[str, UpstreamSettings] = Field(
+        default_factory=lambda: {"vault": UpstreamSettings()},
+        description="The services notify calls: 'vault' (subjects' addresses at send time, over mTLS with notify's "
+        "client certificate, name 'notify', which the vault must allow).",
+    )
+    vault_timeout_s: float = Field(default=5.0, gt=0)
     trust_identity_metadata: bool = False
     db_workers: int = Field(default=4, ge=1)

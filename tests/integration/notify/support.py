@@ -93,6 +93,8 @@ async def notify_factory(
         **overrides: Any,
     ) -> NotifyHarness:
         name = uuid.uuid4().hex[:8]
+        # With a vault upstream, addresses come from the vault (GetSubjectContact over mTLS), not the test's book.
+        from_vault = "upstreams" in overrides
         target = sink or smtp_sink
         delivery = {"max_attempts": 3, "scan_interval_s": 0.2, **overrides.pop("delivery", {})}
         settings = NotifySettings(
@@ -109,6 +111,8 @@ async def notify_factory(
             delivery=delivery,
             recipient_hash_key=uuid.uuid4().hex * 2,
             unsubscribe_url="https://steward.test/notify/unsubscribe",
+            unsubscribe_key=uuid.uuid4().hex * 2,
+            http={"host": "127.0.0.1", "port": 0, "public_base_url": "https://steward.test/notify"},
             nats={
                 "url": nats_url or "nats://127.0.0.1:1",
                 "enabled": nats_url is not None,
@@ -119,7 +123,7 @@ async def notify_factory(
             **overrides,
         )
         addresses = StaticAddressBook()
-        app, port = await create_server(settings, port=0, clock=clock, addresses=addresses)
+        app, port = await create_server(settings, port=0, clock=clock, addresses=None if from_vault else addresses)
         channel = aio.insecure_channel(f"127.0.0.1:{port}")
         harness = NotifyHarness(
             app, port, channel, notify_pb2_grpc.NotifyServiceStub(channel), settings, addresses, target

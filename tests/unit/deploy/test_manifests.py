@@ -301,7 +301,7 @@ def test_tls_comes_from_a_certificate_named_after_the_service(name: str, objects
 
 
 # Who each mTLS server admits (by the client certificate's DNS SAN), as the design has it.
-CALLERS = {"vault": ["gateway", "dsr"], "dsr": ["gateway"], "notify": ["gateway"]}
+CALLERS = {"vault": ["gateway", "dsr", "notify"], "dsr": ["gateway"], "notify": ["gateway"]}
 
 
 @pytest.mark.parametrize(("server", "callers"), CALLERS.items())
@@ -444,7 +444,7 @@ def test_every_variable_is_a_real_setting_and_loads(
     assert settings.grpc.tls.enabled
     if service == "vault":
         assert settings.grpc.tls.client_ca_file is not None
-        assert sorted(settings.grpc.tls.allowed_client_names) == ["dsr", "gateway"]
+        assert sorted(settings.grpc.tls.allowed_client_names) == ["dsr", "gateway", "notify"]
         assert settings.transit.token.get_secret_value() == PROXY_MARKER
     if service == "dsr":
         assert settings.grpc.tls.client_ca_file is not None and settings.grpc.tls.allowed_client_names == ["gateway"]
@@ -675,7 +675,7 @@ FLOWS = [
     ("gateway", "notify", 50054, True),
     ("crm-app", "notify", 50054, False),
     ("vault", "notify", 50054, False),
-    ("notify", "vault", 50052, False),
+    ("notify", "vault", 50052, True),  # subjects' addresses at send time (GetSubjectContact)
     ("notify", "gateway", 50051, False),
     ("notify", "nats", 4222, True),
     ("notify", "openbao", 8200, True),

@@ -26,7 +26,7 @@ def context(**settings: Any) -> DeliveryContext:
         catalogue=TemplateCatalogue(),
         hash_key=b"k" * 32,
         settings=DeliverySettings(**settings),
-        unsubscribe_link=lambda tenant, ref: f"https://x/u?r={ref}",
+        unsubscribe_link=lambda tenant, who, channel, purpose: f"https://x/u?s={who.id}",
         rng=random.Random(7),
     )
 
