@@ -180,8 +180,11 @@ def resolve_target(
     )
 
 
-def _hint(target: GatewayTarget, code: grpc.StatusCode) -> str:
-    """A short "what now" for the failures a local user meets most."""
+def _hint(target: GatewayTarget, code: grpc.StatusCode, *, refused: bool) -> str:
+    """A short "what now" for the failures a local user meets most; ``refused``: a service answered with a reason
+    (not a connection failure, so no hint about reaching it)."""
+    if refused:
+        return ""
     if code == grpc.StatusCode.UNAVAILABLE and target.local_stack is not None:
         return " (is the local stack running? `steward doctor` checks it)"
     if code == grpc.StatusCode.UNAUTHENTICATED and target.token_source.endswith("operator.jwt"):
@@ -231,7 +234,8 @@ class GatewayClient:
 
     def _error(self, exc: grpc.RpcError) -> GatewayCallError:
         code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-        return call_error(exc, hint=_hint(self.target, code))
+        refused = isinstance(exc, grpc.Call) and error_info(exc) is not None
+        return call_error(exc, hint=_hint(self.target, code, refused=refused))
 
     def call(
         self,
