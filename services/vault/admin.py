@@ -17,6 +17,7 @@ from services.chassis.db import Database
 from services.chassis.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Reason
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
+from services.chassis.transit import KeyInfo
 from services.vault import audit, checkpoints
 from services.vault.domain import VaultContext
 from services.vault.models import (
@@ -31,7 +32,6 @@ from services.vault.models import (
 )
 from services.vault.restore import reapply_for_tenant
 from services.vault.sealing import key_aad
-from services.vault.transit import KeyInfo
 
 __all__ = [
     "RewrapProgress",
