@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 from steward.dsr.v1 import dsr_pb2  # noqa: F401  (registers the descriptors)
 from steward.gateway.v1 import gateway_pb2  # noqa: F401
+from steward.notify.v1 import notify_pb2  # noqa: F401
 from steward.vault.v1 import vault_pb2  # noqa: F401
 
 from services.chassis.settings import load_settings
