@@ -11,6 +11,8 @@ event has no second effect; the message is acked only after that transaction com
 backoff on error. A handler that keeps failing on one message is copied to ``steward.dlq.<consumer>``
 after ``max_deliveries`` and terminated, so the stream keeps flowing; a *transient* failure (a
 dependency down: :func:`~services.chassis.errors.is_transient`) is retried with capped backoff for as long as it lasts.
+The NATS TLS files (CA, client certificate) are re-read when they change, so a renewed certificate is used from
+the next reconnect on without a restart.
 Events carry ids only, never customer data.
 """
 
@@ -21,6 +23,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +55,7 @@ from services.chassis.streams import EVENT_SUBJECTS, StreamsBelowDeclared, check
 from services.chassis.tasks import BackgroundTask
 from services.chassis.telemetry import extract_context, inject_headers
 from services.chassis.timestamps import to_timestamp
+from services.chassis.tls_reload import CertificateFiles, ReloadingSslContext
 
 log = logging.getLogger("steward.bus")
 tracer = trace.get_tracer("steward.bus")
@@ -182,6 +186,9 @@ class Bus:
         self.connected = asyncio.Event()
         self.reconnects = 0
         self._connect_task: asyncio.Task[None] | None = None
+        self._tls_watch_task: asyncio.Task[None] | None = None
+        self.tls: ReloadingSslContext | None = None
+        """The client TLS context and its files (``None`` without TLS, or until the files first load)."""
         self.stream_problems: list[str] = []
         """What the last start-up check found short in the live streams (empty: as declared)."""
 
@@ -195,7 +202,46 @@ class Bus:
     async def start(self) -> None:
         """Begin connecting; returns at once (services must start even while NATS is down)."""
         if self._connect_task is None:
+            with contextlib.suppress(OSError, ValueError, ssl.SSLError):
+                self._tls_context()  # early, so metrics can watch the certificate; the connect loop retries
             self._connect_task = asyncio.create_task(self._connect_loop(), name=f"nats-connect-{self.name}")
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The client context to connect with; raises while the TLS files do not load."""
+        settings = self.settings
+        if settings.tls_ca_file is None:
+            return None
+        if self.tls is None:
+
+            def build() -> ssl.SSLContext:
+                context = settings.tls_context()
+                assert context is not None  # a CA file is configured
+                return context
+
+            files = CertificateFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+            self.tls = ReloadingSslContext("nats_client", files, build)
+        return self.tls.context
+
+    def refresh_tls(self) -> bool:
+        """Re-read the TLS files if they changed; the next (re)connect uses them. True when a new context is in use.
+
+        nats-py reads its ``tls`` option on every reconnect, so swapping it is enough. An open connection is not
+        dropped for this: the server does not re-check a client certificate it already accepted, and cutting
+        a working connection for files that may turn out broken would risk an outage for nothing.
+        """
+        if self.tls is None:
+            return False
+        context = self.tls.refresh()
+        if context is None:
+            return False
+        if self.nc is not None:
+            self.nc.options["tls"] = context
+        return True
+
+    async def _watch_tls(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tls_reload_check_s)
+            self.refresh_tls()
 
     async def wait_connected(self, limit_s: float) -> None:
         """Wait until connected and the stream exists (TimeoutError after ``limit_s``)."""
@@ -219,12 +265,14 @@ class Bus:
                     # Replies and JetStream deliveries land under the service's own inbox prefix, the only
                     # inboxes its NATS user may subscribe to (services.chassis.nats_permissions).
                     inbox_prefix=inbox_prefix(self.name),
-                    tls=self.settings.tls_context(),
+                    tls=self._tls_context(),
                 )
             except Exception as exc:
                 log.warning("nats connect failed; retrying", extra={"error_type": type(exc).__name__, "delay_s": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        if self.tls is not None and self._tls_watch_task is None:
+            self._tls_watch_task = asyncio.create_task(self._watch_tls(), name=f"nats-tls-{self.name}")
         await self._provision_until_done()
 
     async def _provision_until_done(self) -> None:
@@ -260,6 +308,7 @@ class Bus:
     async def _on_disconnected(self) -> None:
         self.connected.clear()
         log.warning("nats disconnected")
+        self.refresh_tls()  # before the first reconnect attempt: renewed files may be why the server left
 
     async def _on_reconnected(self) -> None:
         self.reconnects += 1
@@ -271,10 +320,11 @@ class Bus:
 
     async def close(self) -> None:
         """Drain and close the connection."""
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._connect_task
+        for task in (self._connect_task, self._tls_watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()

@@ -218,6 +218,7 @@ class ServiceRuntime(Generic[SettingsT]):
             return None
         bus = Bus(self.settings.nats, name=self.service)
         await bus.start()
+        self.metrics.watch_certificate("nats_client", bus.tls)  # follows reloads of the NATS client certificate
         self.on_stop("nats connection", bus.close)
         self.bus = bus
         self.relay = await self.task(OutboxRelay(outbox_db, bus))

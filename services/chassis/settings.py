@@ -113,6 +113,11 @@ class NatsSettings(BaseModel):
     tls_ca_file: Path | None = Field(default=None, description="CA that signed the NATS server's certificate.")
     tls_cert_file: Path | None = Field(default=None, description="Client certificate when NATS requires mTLS.")
     tls_key_file: Path | None = None
+    tls_reload_check_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the CA/client certificate files are checked; a change is used by the next (re)connect.",
+    )
     # The streams as declared (services/chassis/streams.py; `steward nats apply` makes them so).
     stream_replicas: int = Field(default=1, ge=1, le=5, description="Replicas of the events and dead-letter streams.")
     stream_max_age_s: float = Field(

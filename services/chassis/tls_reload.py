@@ -9,6 +9,8 @@
   and counts a failure (logged once per stamp, exported as a metric).
 - :class:`ReloadingChannel`: a client ``aio`` channel rebuilt with new credentials when its files change; the
   old channel drains (its calls in flight finish within a grace) and closes.
+- :class:`ReloadingSslContext`: an ``ssl.SSLContext`` (the NATS client's) rebuilt when its files change; the
+  owner hands the new context to whatever opens the next connection.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ __all__ = [
     "CertificateMaterial",
     "ReloadingChannel",
     "ReloadingServerCredentials",
+    "ReloadingSslContext",
 ]
 
 Stamp = tuple[tuple[int, int, int] | None, ...]
@@ -106,6 +110,14 @@ class _Reloader:
         """The certificate in use (what the expiry metric reports)."""
         return self.material.certificate
 
+    def failed(self, exc: Exception) -> None:
+        """Count and log files that changed but do not load (the current certificate stays in use)."""
+        self.failures += 1
+        log.error(
+            "TLS files changed but do not load; keeping the current certificate",
+            extra={"tls": self.name, "error": type(exc).__name__},
+        )
+
     def changed(self) -> CertificateMaterial | None:
         """New material when the files changed and load cleanly; ``None`` when unchanged or broken (kept)."""
         stamp = self.files.stamp()
@@ -116,11 +128,7 @@ class _Reloader:
         try:
             material = self.files.load()
         except (OSError, ValueError) as exc:
-            self.failures += 1
-            log.error(
-                "TLS files changed but do not load; keeping the current certificate",
-                extra={"tls": self.name, "error": type(exc).__name__},
-            )
+            self.failed(exc)
             return None
         self.material = material
         self.reloads += 1
@@ -222,3 +230,28 @@ class ReloadingChannel(_Reloader):
         await self.channel.close()
         if self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)
+
+
+class ReloadingSslContext(_Reloader):
+    """A client ``ssl.SSLContext`` rebuilt by ``build`` (which reads the files itself) when its files change.
+
+    ``ssl`` loads certificates only from paths, so ``build`` re-reads the files after :meth:`changed` has
+    checked them; should they move again in between and not load, the current context is kept (a failure).
+    """
+
+    def __init__(self, name: str, files: CertificateFiles, build: Callable[[], ssl.SSLContext]) -> None:
+        super().__init__(name, files)
+        self._build = build
+        self.context = build()
+
+    def refresh(self) -> ssl.SSLContext | None:
+        """A new context when the files changed and load; ``None`` when unchanged or broken (current kept)."""
+        if self.changed() is None:
+            return None
+        try:
+            context = self._build()
+        except (OSError, ssl.SSLError) as exc:
+            self.failed(exc)
+            return None
+        self.context = context
+        return context

@@ -118,6 +118,7 @@ def cli(ctx: click.Context, tls_server_name: str | None) -> None:
 @click.option("--nats-port", type=click.IntRange(1, 65535), help="NATS client port [4222; a free one if busy].")
 @click.option("--openbao-port", type=click.IntRange(1, 65535), help="OpenBao API port [8200; a free one if busy].")
 @click.option("--openbao-cluster-port", type=click.IntRange(1, 65535), help="OpenBao cluster port [8201].")
+@click.option("--idp-port", type=click.IntRange(1, 65535), help="Dev IdP HTTP port [8400; a free one if busy].")
 @click.option("--service-port", "service_ports", multiple=True, metavar="NAME=PORT", help="gRPC port of a service.")
 @click.option("--skip", "skip_services", multiple=True, metavar="SERVICE", help="Installed service not to start.")
 @click.option("--database", metavar="URL", help="PostgreSQL server for every service's database [SQLite files].")
@@ -128,6 +129,7 @@ def run(
     nats_port: int | None,
     openbao_port: int | None,
     openbao_cluster_port: int | None,
+    idp_port: int | None,
     service_ports: tuple[str, ...],
     skip_services: tuple[str, ...],
     database: str | None,
@@ -149,6 +151,7 @@ def run(
             nats_port=nats_port,
             openbao_port=openbao_port,
             openbao_cluster_port=openbao_cluster_port,
+            idp_port=idp_port,
             service_ports=_service_ports(service_ports),
             skip_services=[name.lower() for name in skip_services] or None,
             database=database,

@@ -52,6 +52,9 @@ class StackState(BaseModel):
     cli_cert_file: str
     cli_key_file: str
     idp_issuer: str | None = Field(default=None, description="Issuer of the dev IdP the local gateway trusts.")
+    idp_url: str | None = Field(
+        default=None, description="The dev IdP's HTTP server: `steward login` reads its discovery document."
+    )
     operator_token_file: str | None = Field(default=None, description="The dev ops:admin token (0600, dev-only).")
     demo_file: str | None = Field(default=None, description="Demo tenant and API key secret (0600, dev-only).")
     services: dict[str, ServiceState] = Field(default_factory=dict)
@@ -64,6 +67,8 @@ class StackState(BaseModel):
         """Ports in use by name, remembered so a restart can keep its addresses."""
         ports = {"nats": int(self.nats_url.rsplit(":", 1)[1]), "openbao": int(self.openbao_url.rsplit(":", 1)[1])}
         ports["openbao_cluster"] = self.openbao_cluster_port
+        if self.idp_url:
+            ports["idp"] = int(self.idp_url.rsplit(":", 1)[1])
         ports.update({name: service.port for name, service in self.services.items()})
         return ports
 

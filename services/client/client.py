@@ -4,6 +4,8 @@ It sends the API key as ``authorization: Bearer <key>``, gives every call a dead
 key (a UUID4) on every PutRecord/PutRecords — the same key on each retry of that write, so a retry after a
 lost answer returns the first result instead of storing twice — and retries only what
 :func:`services.client.retry.is_retryable` allows, with capped full-jitter backoff inside an overall budget.
+Its TLS files (CA, client certificate and key) are re-read when they change, so a renewed certificate is used
+without restarting the app (:class:`services.chassis.tls_reload.ReloadingChannel`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from grpc import aio
 from steward.vault.v1 import vault_pb2 as pb
 from steward.vault.v1 import vault_pb2_grpc
 
+from services.chassis.tls_reload import CertificateFiles, ReloadingChannel
 from services.client.retry import RetryPolicy, is_retryable
 
 __all__ = ["StewardClient"]
@@ -29,8 +32,8 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-def _read(path: str | Path | None) -> bytes | None:
-    return Path(path).read_bytes() if path is not None else None
+def _path(path: str | Path | None) -> Path | None:
+    return Path(path) if path is not None else None
 
 
 class StewardClient:
@@ -50,23 +53,53 @@ class StewardClient:
         interceptors: Sequence[aio.ClientInterceptor] = (),
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        reload_check_s: float = 5.0,
     ) -> None:
         """``target`` is the gateway's ``host:port``; ``ca_file`` the CA that signed its certificate (system roots
         when omitted); ``cert_file``/``key_file`` a client certificate when the gateway requires one;
         ``server_name`` overrides the name checked against the certificate; ``timeout_s`` is each attempt's
-        deadline unless a call gives its own."""
+        deadline unless a call gives its own. The files are checked for changes at most every
+        ``reload_check_s``; after a change the next call opens a new channel (calls on the old one finish)."""
         if (cert_file is None) != (key_file is None):
             raise ValueError("give both cert_file and key_file for a client certificate, or neither")
-        credentials = grpc.ssl_channel_credentials(_read(ca_file), _read(key_file), _read(cert_file))
         options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-        self.channel = aio.secure_channel(target, credentials, options=options, interceptors=list(interceptors))
-        self.vault = vault_pb2_grpc.VaultServiceStub(self.channel)
-        self.vault_admin = vault_pb2_grpc.VaultAdminServiceStub(self.channel)
+        files = CertificateFiles(cert_file=_path(cert_file), key_file=_path(key_file), ca_file=_path(ca_file))
+        self._reloading = ReloadingChannel(
+            "steward_client",
+            target,
+            files,
+            options=options,
+            interceptors=interceptors,
+            check_interval_s=reload_check_s,
+        )
+        self._stubs_of: aio.Channel | None = None
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {api_key}"),)
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._rng = rng
+
+    @property
+    def channel(self) -> aio.Channel:
+        """The channel to call on now: a new one once the TLS files changed."""
+        channel = self._reloading.get()
+        if channel is not self._stubs_of:
+            self._stubs_of = channel
+            self._vault = vault_pb2_grpc.VaultServiceStub(channel)
+            self._vault_admin = vault_pb2_grpc.VaultAdminServiceStub(channel)
+        return channel
+
+    @property
+    def vault(self) -> vault_pb2_grpc.VaultServiceStub:
+        """The vault's record API on the current channel (``client.call(client.vault.GetRecord, ...)``)."""
+        _ = self.channel
+        return self._vault
+
+    @property
+    def vault_admin(self) -> vault_pb2_grpc.VaultAdminServiceStub:
+        """The vault's tenant administration API on the current channel."""
+        _ = self.channel
+        return self._vault_admin
 
     async def __aenter__(self) -> StewardClient:
         return self
@@ -77,8 +110,8 @@ class StewardClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel (calls in flight are cancelled)."""
-        await self.channel.close()
+        """Close the channel (calls in flight are cancelled) and wait for replaced ones to drain."""
+        await self._reloading.close()
 
     async def call(
         self,

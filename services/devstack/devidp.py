@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import html
 import json
 import secrets
 import threading
@@ -408,6 +409,25 @@ def _handler(flow: DeviceFlow, base_url: Callable[[], str]) -> type[BaseHTTPRequ
             parsed = urllib.parse.parse_qs(self.rfile.read(length).decode(errors="replace"))
             return {key: values[0] for key, values in parsed.items()}
 
+        def _approval_page(self) -> None:
+            """The dev approval form a browser opens from ``verification_uri``: it POSTs to ``/device``."""
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            code = html.escape(query.get("user_code", [""])[0][:16], quote=True)
+            page = (
+                "<!doctype html><title>Steward dev IdP</title><h1>Steward dev IdP (DEV-ONLY)</h1>"
+                '<form method="post" action="/device">'
+                f'<p>Code <input name="user_code" value="{code}" required></p>'
+                f'<p>Subject <input name="subject" value="{html.escape(OPERATOR_SUBJECT, quote=True)}"></p>'
+                f'<p>Roles <input name="roles" value="{html.escape(",".join(DEFAULT_ROLES), quote=True)}"></p>'
+                '<p><button>Approve</button> <button name="deny" value="1">Deny</button></p></form>'
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
         def do_GET(self) -> None:
             base = base_url()
             if self.path == "/.well-known/openid-configuration":
@@ -423,6 +443,8 @@ def _handler(flow: DeviceFlow, base_url: Callable[[], str]) -> type[BaseHTTPRequ
                 )
             elif self.path == "/jwks.json":
                 self._reply(200, dict(flow.idp.jwks()))
+            elif urllib.parse.urlsplit(self.path).path == "/device":
+                self._approval_page()
             else:
                 self._reply(404, {"error": "not_found"})
 

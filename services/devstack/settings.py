@@ -28,6 +28,9 @@ class RunSettings(BaseSettings):
     nats_port: int = Field(default=4222, ge=1, le=65535)
     openbao_port: int = Field(default=8200, ge=1, le=65535)
     openbao_cluster_port: int = Field(default=8201, ge=1, le=65535)
+    idp_port: int = Field(
+        default=8400, ge=1, le=65535, description="The dev IdP's HTTP port (discovery, JWKS, device flow)."
+    )
     service_ports: dict[str, int] = Field(
         default_factory=dict,
         description="gRPC port per service, e.g. STEWARD_RUN__SERVICE_PORTS__VAULT=50052; unset ones use the catalog.",

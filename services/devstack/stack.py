@@ -46,7 +46,7 @@ from services.devstack.catalog import (
 )
 from services.devstack.demo import DemoCredentials, ensure_demo
 from services.devstack.devca import DevPki, ensure_dev_pki
-from services.devstack.devidp import DEV_IDP_WARNING, ISSUER, IssuedToken, ensure_dev_idp
+from services.devstack.devidp import DEV_IDP_WARNING, ISSUER, DeviceFlow, DevIdpServer, IssuedToken, ensure_dev_idp
 from services.devstack.devsecrets import ensure_dev_secrets
 from services.devstack.openbao import (
     KEY_CUSTODY_WARNING,
@@ -195,6 +195,7 @@ class PortPlan:
     nats: int
     openbao: int
     openbao_cluster: int
+    idp: int
     services: dict[str, int]
     notes: list[str]
 
@@ -222,6 +223,7 @@ def plan_ports(settings: RunSettings, services: list[ServiceEntry], previous: St
     nats = pick("nats", settings.nats_port, settings.is_explicit("nats_port"))
     openbao = pick("openbao", settings.openbao_port, settings.is_explicit("openbao_port"))
     cluster = pick("openbao_cluster", settings.openbao_cluster_port, settings.is_explicit("openbao_cluster_port"))
+    idp = pick("idp", settings.idp_port, settings.is_explicit("idp_port"))
     chosen = {
         entry.name: pick(
             entry.name,
@@ -230,7 +232,7 @@ def plan_ports(settings: RunSettings, services: list[ServiceEntry], previous: St
         )
         for entry in services
     }
-    return PortPlan(nats=nats, openbao=openbao, openbao_cluster=cluster, services=chosen, notes=notes)
+    return PortPlan(nats=nats, openbao=openbao, openbao_cluster=cluster, idp=idp, services=chosen, notes=notes)
 
 
 def _now() -> str:
@@ -274,6 +276,7 @@ class _Stack:
         self.credentials = LocalCredentials(demo_file=home.demo_file)
         self.smtp_sink: Any = None
         self.graph_standin: Any = None
+        self.idp_server: DevIdpServer | None = None
 
     async def start(self) -> StackState:
         """Plan ports, issue certificates, start NATS, OpenBao and the services; return the recorded state."""
@@ -305,6 +308,9 @@ class _Stack:
         # A fresh token on every start, so `make run` always prints one that works for the next 12 hours.
         self.credentials.operator_token = idp.mint()
         self.credentials.operator_token_file = idp.save_operator_token(self.credentials.operator_token)
+        # Its HTTP side, so `steward login` (OIDC device flow) works against the local stack as against production.
+        self.idp_server = DevIdpServer(DeviceFlow(idp), host=host, port=plan.idp).start()
+        note(f"dev IdP on {self.idp_server.url}; approve `steward login` codes at {self.idp_server.url}/device")
 
         nats_url = f"nats://{host}:{plan.nats}"
         # nkey users with per-service permissions and TLS (services.chassis.nats_config): nobody connects anonymously.
@@ -464,6 +470,12 @@ class _Stack:
             await self.graph_standin.stop()
             self.graph_standin = None
 
+    def stop_idp_server(self) -> None:
+        """Stop the dev IdP's HTTP server (after the services)."""
+        if self.idp_server is not None:
+            self.idp_server.close()
+            self.idp_server = None
+
     def stop_smtp_sink(self) -> None:
         """Stop the mail sink (after the services)."""
         if self.smtp_sink is not None:
@@ -539,6 +551,7 @@ class _Stack:
             cli_cert_file=str(cli_cert.cert_file),
             cli_key_file=str(cli_cert.key_file),
             idp_issuer=ISSUER,
+            idp_url=self.idp_server.url if self.idp_server is not None else None,
             operator_token_file=str(self.credentials.operator_token_file),
             demo_file=str(self.home.demo_file),
             services=services,
@@ -568,6 +581,11 @@ def format_summary(state: StackState, credentials: LocalCredentials | None = Non
         f"             root token + unseal key: {state.openbao_init_file}  [dev-only key custody, 0600]",
         f"  TLS        dev CA {state.ca_file}; certificates in {state.tls_dir}",
     ]
+    if state.idp_url:
+        lines += [
+            f"  Dev IdP    {state.idp_url}  (`steward login` signs in here by device code; DEV-ONLY, no password)",
+            f"             approve codes at {state.idp_url}/device",
+        ]
     for name, service in state.services.items():
         if service.mtls_allowed_clients:
             access = "mTLS, callers: " + ", ".join(service.mtls_allowed_clients)
@@ -676,6 +694,7 @@ async def run_stack(settings: RunSettings, *, json_output: bool, out: TextIO = s
                 await supervisor.stop_all()
                 stack.stop_smtp_sink()
                 await stack.stop_graph_standin()
+                stack.stop_idp_server()
                 stack.record_stopped()
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)

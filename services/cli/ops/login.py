@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from services.cli.client import EXIT_DENIED, EXIT_REFUSED, EXIT_RETRYABLE
 from services.cli.home import StewardHome
 from services.cli.ops.invocation import HOME_OPTION
-from services.cli.state import OperatorLogin
+from services.cli.state import OperatorLogin, StackState
 
 __all__ = ["DEVICE_GRANT", "LoginFailed", "device_login", "login"]
 
@@ -151,13 +151,22 @@ def _login_from(body: dict[str, Any], *, issuer: str) -> OperatorLogin:
 def login(issuer_url: str | None, client_id: str, scope: str, wait_s: float, home: Path, json_output: bool) -> None:
     """Sign in as an operator (OIDC device code): prints a URL and a code to approve there, then keeps the token.
 
+    Without --issuer-url, the dev IdP of the local stack (`steward run`) in --home is used.
+
     The token is stored in <home>/login.json (0600) and used by every operator command until it expires.
     """
+    steward_home = StewardHome(home.expanduser().resolve())
     if not issuer_url:
-        raise click.UsageError("pass --issuer-url URL (or set STEWARD_OIDC_ISSUER_URL): the operator IdP")
+        # Without an issuer: the dev IdP of a local stack that `steward run` keeps running in this home.
+        local = StackState.read(steward_home.state_file)
+        issuer_url = local.idp_url if local is not None and local.running else None
+    if not issuer_url:
+        raise click.UsageError(
+            "pass --issuer-url URL (or set STEWARD_OIDC_ISSUER_URL): the operator IdP; "
+            "without it the dev IdP of a running `steward run` in --home is used"
+        )
     if not issuer_url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
         raise click.UsageError("--issuer-url must be https:// (plain http only for a local dev IdP)")
-    steward_home = StewardHome(home.expanduser().resolve())
 
     def announce(uri: str, code: str, complete: str) -> None:
         click.echo(f"To sign in, open {uri} and enter the code: {code}", err=True)

@@ -56,7 +56,7 @@ class Launcher:
 
     def start(self, timeout_s: float = 90) -> dict[str, Any]:
         """Start it and return the parsed ``ready`` summary; raises with the log tail when it fails."""
-        self.ports = {"nats": free_port(), "openbao": free_port(), "openbao_cluster": free_port()}
+        self.ports = {"nats": free_port(), "openbao": free_port(), "openbao_cluster": free_port(), "idp": free_port()}
         self.ports |= {entry.name: free_port() for entry in SERVICES}
         argv = [
             sys.executable,
@@ -68,6 +68,7 @@ class Launcher:
             f"--nats-port={self.ports['nats']}",
             f"--openbao-port={self.ports['openbao']}",
             f"--openbao-cluster-port={self.ports['openbao_cluster']}",
+            f"--idp-port={self.ports['idp']}",
             *(f"--service-port={entry.name}={self.ports[entry.name]}" for entry in SERVICES),
             *self.extra_args,
         ]
