@@ -60,15 +60,20 @@ def test_upgrade_without_service_upgrades_every_database_of_every_service(
     monkeypatch.setenv("STEWARD_VAULT__TRANSIT__TOKEN", "unused-by-migrations")
     monkeypatch.setenv("STEWARD_DSR__DATABASE_URL", f"sqlite:///{tmp_path / 'dsr.db'}")
     monkeypatch.setenv("STEWARD_DSR__TRANSIT__TOKEN", "unused-by-migrations")
+    monkeypatch.setenv("STEWARD_NOTIFY__DATABASE_URL", f"sqlite:///{tmp_path / 'notify.db'}")
+    monkeypatch.setenv("STEWARD_NOTIFY__TRANSIT__TOKEN", "unused-by-migrations")
+    monkeypatch.setenv("STEWARD_NOTIFY__RECIPIENT_HASH_KEY", "k" * 32)
+    monkeypatch.setenv("STEWARD_NOTIFY__UNSUBSCRIBE_KEY", "u" * 32)
     result = run_cli("db", "upgrade")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "dsr.database_url: at head",
         "gateway.database_url: at head",
+        "notify.database_url: at head",
         "vault.database_url: at head",
         "vault.tombstone_database_url: at head",
     ]
-    for name in ("dsr.db", "gateway.db", "vault.db", "tombstones.db"):
+    for name in ("dsr.db", "gateway.db", "notify.db", "vault.db", "tombstones.db"):
         assert "alembic_version" in tables(tmp_path / name), name
 
 
