@@ -19,7 +19,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
-## run: the whole stack on embedded defaults (NATS, OpenBao, SQLite, the installed services; no SMTP sink yet)
+## run: the whole stack on embedded defaults (NATS, OpenBao, SQLite, dev CA and IdP, an SMTP sink, a WhatsApp Graph API stand-in, every service)
 run: $(STAMP)
 	$(BIN)/steward run
 

@@ -183,7 +183,7 @@ def resolve_target(
 def _hint(target: GatewayTarget, code: grpc.StatusCode, *, refused: bool) -> str:
     """A short "what now" for the failures a local user meets most; ``refused``: a service answered with a reason
     (not a connection failure, so no hint about reaching it)."""
-    if refused:
+    if code == grpc.StatusCode.UNAVAILABLE and refused:
         return ""
     if code == grpc.StatusCode.UNAVAILABLE and target.local_stack is not None:
         return " (is the local stack running? `steward doctor` checks it)"
