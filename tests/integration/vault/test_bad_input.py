@@ -49,6 +49,8 @@ def every_rpc(vault: VaultHarness) -> dict[str, Any]:
         "DeleteRecord": lambda md: r.DeleteRecord(pb.DeleteRecordRequest(), metadata=md),
         "ResolveSubject": lambda md: r.ResolveSubject(pb.ResolveSubjectRequest(), metadata=md),
         "ExportSubject": lambda md: r.ExportSubject(pb.ExportSubjectRequest(), metadata=md),
+        "ExportTenant": lambda md: r.ExportTenant(pb.ExportTenantRequest(), metadata=md),
+        "DownloadExport": lambda md: r.DownloadExport(pb.DownloadExportRequest(), metadata=md),
         "EraseSubject": lambda md: r.EraseSubject(pb.EraseSubjectRequest(), metadata=md),
         "RestrictSubject": lambda md: r.RestrictSubject(pb.RestrictSubjectRequest(), metadata=md),
         "LiftRestriction": lambda md: r.LiftRestriction(pb.LiftRestrictionRequest(), metadata=md),
@@ -65,6 +67,8 @@ def every_rpc(vault: VaultHarness) -> dict[str, Any]:
         "ApplyTombstones": lambda md: a.ApplyTombstones(pb.ApplyTombstonesRequest(), metadata=md),
         "GetAuditCheckpoint": lambda md: a.GetAuditCheckpoint(pb.GetAuditCheckpointRequest(), metadata=md),
         "ApplyAllTombstones": lambda md: a.ApplyAllTombstones(pb.ApplyAllTombstonesRequest(), metadata=md),
+        "GetKeyStatus": lambda md: a.GetKeyStatus(pb.GetKeyStatusRequest(), metadata=md),
+        "ReopenTenant": lambda md: a.ReopenTenant(pb.ReopenTenantRequest(), metadata=md),
     }
 
 
