@@ -89,6 +89,7 @@ async def run() -> dict[str, Any]:
         },
         delivery={"batch": BATCH, "scan_interval_s": 0.05},
         recipient_hash_key=uuid.uuid4().hex * 2,
+        unsubscribe_key=uuid.uuid4().hex * 2,
         nats={"enabled": False},
         trust_identity_metadata=True,
     )
