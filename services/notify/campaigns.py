@@ -7,6 +7,7 @@ its deliveries (cause ``campaign:<id>``): delivered, failed, pending.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,6 +23,8 @@ from services.notify.channels import Lane
 from services.notify.consent import Recipient
 from services.notify.deliveries import DeliveryContext, Plan
 from services.notify.models import CampaignRow, DeliveryRow
+
+log = logging.getLogger("steward.notify.campaigns")
 
 __all__ = ["CampaignView", "TenantOutcome", "announce", "list_campaigns", "view"]
 
@@ -46,6 +49,32 @@ class CampaignView:
 
     row: CampaignRow
     tenants: tuple[TenantOutcome, ...]
+
+
+def plan_to_contacts(
+    session: Session, ctx: DeliveryContext, tenant_id: str, cause: str, template: str, variables: dict[str, str]
+) -> int:
+    """Plan ``template`` by email to each of ``tenant_id``'s contacts (service lane); returns how many were new."""
+    found = contacts.contact_ids(session, tenant_id)
+    if not found:
+        log.info("no contacts to notify", extra={"tenant_id": tenant_id, "template": template})
+    planned = 0
+    for contact_id, locale in found:
+        _row, replayed = deliveries.plan(
+            session,
+            ctx,
+            Plan(
+                tenant_id=tenant_id,
+                cause=cause,
+                channel="email",
+                lane=Lane.SERVICE,
+                template_version=ctx.catalogue.version(template, locale),
+                recipient=Recipient("contact", contact_id),
+                variables=variables,
+            ),
+        )
+        planned += 0 if replayed else 1
+    return planned
 
 
 def announce(
@@ -89,23 +118,10 @@ def announce(
         "effective_date": f"{effective_at:%Y-%m-%d}",
         "policy_url": settings.policy_url,
     }
-    planned = 0
-    for tenant_id in tenants:
-        for contact_id, locale in contacts.contact_ids(session, tenant_id):
-            _row, replayed = deliveries.plan(
-                session,
-                ctx,
-                Plan(
-                    tenant_id=tenant_id,
-                    cause=f"campaign:{row.campaign_id}",
-                    channel="email",
-                    lane=Lane.SERVICE,
-                    template_version=ctx.catalogue.version(TEMPLATE, locale),
-                    recipient=Recipient("contact", contact_id),
-                    variables=variables,
-                ),
-            )
-            planned += 0 if replayed else 1
+    planned = sum(
+        plan_to_contacts(session, ctx, tenant_id, f"campaign:{row.campaign_id}", TEMPLATE, variables)
+        for tenant_id in tenants
+    )
     return row, planned, False
 
 

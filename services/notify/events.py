@@ -30,10 +30,8 @@ from steward.events.v1 import events_pb2 as ev
 from services.chassis.bus import RefusedEvent
 from services.chassis.catalog import subject_of
 from services.chassis.ids import is_id, is_tenant_id
-from services.notify import consent, contacts, deliveries
-from services.notify.channels import Lane
-from services.notify.consent import Recipient
-from services.notify.deliveries import DeliveryContext, DeliveryEngine, Plan
+from services.notify import campaigns, consent
+from services.notify.deliveries import DeliveryContext, DeliveryEngine
 
 log = logging.getLogger("steward.notify.events")
 
@@ -102,26 +100,7 @@ def notify_contacts(
     session: Session, ctx: DeliveryContext, event: ev.Event, template: str, variables: dict[str, str]
 ) -> int:
     """Plan ``template`` by email to each of the event tenant's contacts (service lane); returns how many were new."""
-    planned = 0
-    found = contacts.contact_ids(session, event.tenant_id)
-    if not found:
-        log.info("no contacts to notify", extra={"tenant_id": event.tenant_id, "template": template})
-    for contact_id, locale in found:
-        _row, replayed = deliveries.plan(
-            session,
-            ctx,
-            Plan(
-                tenant_id=event.tenant_id,
-                cause=f"event:{event.id}",
-                channel="email",
-                lane=Lane.SERVICE,
-                template_version=ctx.catalogue.version(template, locale),
-                recipient=Recipient("contact", contact_id),
-                variables=variables,
-            ),
-        )
-        planned += 0 if replayed else 1
-    return planned
+    return campaigns.plan_to_contacts(session, ctx, event.tenant_id, f"event:{event.id}", template, variables)
 
 
 class NotifyEventHandler:
