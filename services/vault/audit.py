@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Update, bindparam, select, update
+from sqlalchemy import Update, bindparam, event, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -164,7 +164,34 @@ def append(
     # Keep the in-memory row in step without marking it dirty (the staged UPDATE writes it).
     set_committed_value(tenant, "audit_seq", seq)
     set_committed_value(tenant, "audit_head", row["hash"])
+    if session.in_nested_transaction():
+        _forget_on_rollback(session, tenant)
     return str(row["hash"])
+
+
+_SAVEPOINT_TENANTS = "steward.vault.audit.savepoint_tenants"
+
+
+def _forget_on_rollback(session: Session, tenant: TenantVault) -> None:
+    """Inside a savepoint (a group-commit batch replayed unit by unit), a rollback must also undo the head this
+    unit moved in memory: SQLAlchemy expires only the objects a savepoint flushed, and ``set_committed_value``
+    flushes nothing, so without this the next unit would link to an entry that was rolled back."""
+    tenants: set[TenantVault] | None = session.info.get(_SAVEPOINT_TENANTS)
+    if tenants is None:
+        tenants = session.info[_SAVEPOINT_TENANTS] = set()
+        event.listen(session, "after_rollback", _expire_heads)
+        event.listen(session, "after_commit", _drop_heads)
+    tenants.add(tenant)
+
+
+def _expire_heads(session: Session) -> None:
+    for tenant in session.info.pop(_SAVEPOINT_TENANTS, set()):
+        session.expire(tenant, ["audit_seq", "audit_head"])
+    session.info[_SAVEPOINT_TENANTS] = set()
+
+
+def _drop_heads(session: Session) -> None:
+    session.info.get(_SAVEPOINT_TENANTS, set()).clear()
 
 
 class Fault(StrEnum):
