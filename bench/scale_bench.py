@@ -465,7 +465,10 @@ def report(kind: str, data: dict[str, Any]) -> dict[str, Any]:
         what = "ops/s" if throughput else "p50"
         p99 = "" if throughput else f"   p99 B/A {b.p99_ms / a.p99_ms if a.p99_ms else 0:.2f}"
         verdict = "met" if worse_b <= WORSE_LIMIT else "NOT met"
-        print(f"  {name:<24} {what:<6} B vs A {worse_b:+7.1%}   C vs A {worse_c:+7.1%}{p99:<20} -> {verdict}")
+        print(
+            f"  {name:<24} {what:<6} B vs A {worse_b:+7.1%}   C vs A {worse_c:+7.1%}   B vs A2 {worse_b2:+7.1%}"
+            f"{p99:<20} -> {verdict}"
+        )
         checks[name] = {
             "B_vs_A_worse": worse_b,
             "C_vs_A_worse": worse_c,
