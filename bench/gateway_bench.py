@@ -38,6 +38,7 @@ N_PUT = int(os.environ.get("BENCH_GW_PUTS", "3000"))
 N_GET = int(os.environ.get("BENCH_GW_GETS", "4000"))
 N_ECHO = int(os.environ.get("BENCH_GW_ECHO", "6000"))
 N_SERIAL = int(os.environ.get("BENCH_GW_SERIAL", "500"))
+N_EIGHT = int(os.environ.get("BENCH_GW_EIGHT", "1500"))
 WARMUP = 200
 PUT_METHOD = "/steward.vault.v1.VaultService/PutRecord"
 GET_METHOD = "/steward.vault.v1.VaultService/GetRecord"
@@ -256,6 +257,11 @@ async def run_on(dbs: BenchDatabases, bao: Any) -> dict[str, Any]:
         await phase("gateway -> vault, 1 caller PutRecord", client_put, gateway_port, gateway_md, N_SERIAL, 1)
         await phase("vault direct, 1 caller GetRecord", client_get, vault_port, direct_md, ids, N_SERIAL, 1)
         await phase("gateway -> vault, 1 caller GetRecord", client_get, gateway_port, gateway_md, ids, N_SERIAL, 1)
+        # Eight callers: the p99 the gateway adds under moderate load (issue 14: <= 5 ms).
+        await phase("vault direct, 8 callers PutRecord", client_put, vault_port, direct_md, N_EIGHT, 8)
+        await phase("gateway -> vault, 8 callers PutRecord", client_put, gateway_port, gateway_md, N_EIGHT, 8)
+        await phase("vault direct, 8 callers GetRecord", client_get, vault_port, direct_md, ids, N_EIGHT, 8)
+        await phase("gateway -> vault, 8 callers GetRecord", client_get, gateway_port, gateway_md, ids, N_EIGHT, 8)
         await phase("bare echo server PutRecord", client_put, echo_port, [], N_ECHO, CONCURRENCY)
         await phase("bare echo server GetRecord", client_get, echo_port, [], ["x"], N_ECHO, CONCURRENCY)
         await phase("gateway -> echo PutRecord", client_put, echo_gateway_port, echo_gateway_md, N_ECHO, CONCURRENCY)
@@ -298,6 +304,11 @@ async def run_on(dbs: BenchDatabases, bao: Any) -> dict[str, Any]:
             by_name[f"gateway -> vault, 1 caller {method}"].p50_ms - by_name[f"vault direct, 1 caller {method}"].p50_ms
         )
         checks[f"{method}_serial_p50_added_ms"] = serial_added
+        eight_added = (
+            by_name[f"gateway -> vault, 8 callers {method}"].p99_ms
+            - by_name[f"vault direct, 8 callers {method}"].p99_ms
+        )
+        checks[f"{method}_8_callers_p99_added_ms"] = eight_added
         checks[f"{method}_gateway_echo_over_echo"] = echo_through.ops_per_s / echo_direct.ops_per_s
         checks[f"{method}_vault_over_echo"] = direct.ops_per_s / echo_direct.ops_per_s
         verdict = "met" if ratio >= 0.7 and added <= 5.0 else "NOT met"
@@ -306,7 +317,8 @@ async def run_on(dbs: BenchDatabases, bao: Any) -> dict[str, Any]:
             f"(1 caller: p50 added {serial_added:+.2f} ms)   -> {verdict}"
         )
         print(
-            f"  {'':<10} gateway->echo / bare echo {checks[f'{method}_gateway_echo_over_echo']:.2f}   "
+            f"  {'':<10} 8 callers: p99 added {eight_added:+.2f} ms   "
+            f"gateway->echo / bare echo {checks[f'{method}_gateway_echo_over_echo']:.2f}   "
             f"vault direct / bare echo {checks[f'{method}_vault_over_echo']:.2f}"
         )
     return {"rows": [row.row() for row in rows], "checks": checks}
