@@ -165,6 +165,9 @@ class BenchDatabases:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        import shutil
+
+        shutil.rmtree(self.workdir, ignore_errors=True)
         if not self.created:
             return
         import sqlalchemy as sa
