@@ -1,6 +1,6 @@
 """What each step of the gateway costs per call: a table for whoever optimises the gateway's hot path.
 
-``python -m bench.gateway_steps [--n N] [--rounds R] [--no-total]``
+``python -m bench.gateway_steps [--n N] [--rounds R] [--total-calls C] [--no-total] [--no-layers] [--out FILE]``
 
 Two parts, both on this machine, both in CPU time (``thread_time`` / the process's utime+stime), which holds
 up far better than wall time on a shared machine:
@@ -349,7 +349,147 @@ async def measure_total(n: int, echo: EchoProcess) -> dict[str, float]:
     }
 
 
-def _print(steps: list[Step], total: dict[str, float] | None, n: int, rounds: int) -> str:
+LAYERS = ["admission", "forwarding", "request decoding", "error mapping", "OpenTelemetry", "metrics"]
+
+
+def _serve_layers(count: int, upstream_port: int, out: Any) -> None:
+    """Child process: a gRPC server with the gateway's first ``count`` layers (innermost first) around PutRecord.
+
+    0 layers: a bare echo handler. Then, added one by one in the gateway's order from the inside out: the
+    admission interceptor (API-key cache hit, rate limiter, access log), the forwarding handler (replaces the
+    echo: a pass-through call to the echo server at ``upstream_port``), request decoding, error mapping,
+    OpenTelemetry's server interceptor (as the gateway sets it up: no exporter, so spans are not sampled),
+    and the metrics interceptor. With all six it is the gateway's chain for PutRecord.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+    async def serve() -> None:
+        import grpc
+        from grpc import aio
+        from steward.vault.v1 import vault_pb2
+
+        from bench.gateway_bench import start_echo_server
+        from services.chassis.errors import ErrorMappingInterceptor
+        from services.chassis.grpc_server import RequestDecodingInterceptor
+        from services.chassis.metrics import ServiceMetrics
+        from services.chassis.settings import MetricsSettings
+        from services.chassis.telemetry import setup_telemetry
+        from services.gateway import apikeys
+        from services.gateway.accesslog import AccessLog
+        from services.gateway.admission import AdmissionInterceptor, Gatekeeper
+        from services.gateway.forwarding import DeadlinePolicy, ForwardedService, Forwarder
+        from services.gateway.ratelimit import RateLimiter
+
+        setup_telemetry("gateway")
+        enabled = LAYERS[:count]
+        pepper = b"bench-pepper-0123456789abcdef0123456789"
+        key_id, secret, token = apikeys._new_token("bench")
+        keys = apikeys.ApiKeyAuthenticator(None, pepper, ttl_s=1e12)  # type: ignore[arg-type]
+        keys._cache[key_id] = (
+            apikeys.VerifiedKey(
+                key_id=key_id,
+                tenant_id="t-bench",
+                scopes=frozenset({"records:read", "records:write"}),
+                secret_hash=apikeys.hash_secret(pepper, key_id, secret),
+                expires_at=None,
+                revoked_at=None,
+            ),
+            time.monotonic(),
+        )
+        limiter = RateLimiter(tenant_rps=1e6, tenant_burst=10**6, operator_rps=100, operator_burst=200)
+        gate = Gatekeeper(db=None, keys=keys, operators=None, limiter=limiter)  # type: ignore[arg-type]
+        access_log = AccessLog(None, flush_s=1.0, max_buffer=10**7)  # type: ignore[arg-type]
+
+        async def drain() -> None:  # the flush's in-memory part (protos built), without a database
+            while True:
+                await asyncio.sleep(1.0)
+                batch, access_log._buffer = access_log._buffer, []
+                for item in batch:
+                    AccessLog._entry(*item)
+
+        drainer = asyncio.create_task(drain())
+        interceptors: list[aio.ServerInterceptor] = []
+        if "metrics" in enabled:
+            interceptors.append(ServiceMetrics("gateway", MetricsSettings()).interceptor())
+        if "OpenTelemetry" in enabled:
+            from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+            interceptors.append(aio_server_interceptor())
+        if "error mapping" in enabled:
+            interceptors.append(ErrorMappingInterceptor())
+        if "admission" in enabled:
+            interceptors.append(AdmissionInterceptor(gate, access_log))
+        if "request decoding" in enabled:
+            interceptors.append(RequestDecodingInterceptor())
+        server = aio.server(interceptors=interceptors)
+        channel = None
+        if "forwarding" in enabled:
+            channel = aio.insecure_channel(f"127.0.0.1:{upstream_port}")
+
+            class _Upstreams:
+                def channel(self, _name: str) -> aio.Channel:
+                    return channel  # type: ignore[return-value]
+
+            forwarder = Forwarder(_Upstreams(), DeadlinePolicy(default_cap_s=30.0, caps_s={}))  # type: ignore[arg-type]
+            service = ForwardedService("vault", vault_pb2.DESCRIPTOR.services_by_name["VaultService"])
+            server.add_generic_rpc_handlers((forwarder.handler_for(service),))
+        else:
+            echo, _port = await start_echo_server()  # only for its reply bytes; stopped at once
+            await echo.stop(0)
+            reply = vault_pb2.PutRecordResponse(record=vault_pb2.Record(id="0" * 36)).SerializeToString()
+
+            async def put(_request: bytes, _context: aio.ServicerContext) -> bytes:
+                return reply
+
+            server.add_generic_rpc_handlers(
+                (
+                    grpc.method_handlers_generic_handler(
+                        "steward.vault.v1.VaultService", {"PutRecord": grpc.unary_unary_rpc_method_handler(put)}
+                    ),
+                )
+            )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        out.put((port, token))
+        await asyncio.Event().wait()
+        drainer.cancel()
+
+    asyncio.run(serve())
+
+
+async def measure_layers(calls: int, rounds: int, echo: EchoProcess) -> list[tuple[str, float]]:
+    """Server-process CPU per call with 0..6 of the gateway's layers (median of ``rounds``, interleaved)."""
+    from bench.common import run_in_client_process
+    from bench.gateway_bench import client_put
+
+    results: dict[int, list[float]] = {}
+    for round_no in range(rounds):
+        for count in range(len(LAYERS) + 1):
+            context = multiprocessing.get_context("spawn")
+            queue = context.Queue()
+            process = context.Process(target=_serve_layers, args=(count, echo.port, queue), daemon=True)
+            process.start()
+            try:
+                port, token = queue.get(timeout=120)
+                md = [["authorization", f"Bearer {token}"]]
+                await asyncio.to_thread(run_in_client_process, client_put, port, md, 500, FORWARD_CONCURRENCY)
+                before = _cpu_s(process.pid)
+                await asyncio.to_thread(run_in_client_process, client_put, port, md, calls, FORWARD_CONCURRENCY)
+                per_call = (_cpu_s(process.pid) - before) / (calls + 200) * 1e6
+            finally:
+                process.terminate()
+                process.join(30)
+            results.setdefault(count, []).append(per_call)
+            print(f"  round {round_no} layers {count}: {per_call:8.1f} µs/call", flush=True)
+    return [
+        ("bare gRPC server, echo handler" if count == 0 else f"+ {LAYERS[count - 1]}", statistics.median(values))
+        for count, values in sorted(results.items())
+    ]
+
+
+def _print(
+    steps: list[Step], total: dict[str, float] | None, layers: list[tuple[str, float]] | None, n: int, rounds: int
+) -> str:
     lines = [
         f"Gateway per-step cost (CPU µs per call; {n} iterations x {rounds} rounds, median; spread = (max-min)/median; "
         f"{os.cpu_count()} cores)",
@@ -380,6 +520,19 @@ def _print(steps: list[Step], total: dict[str, float] | None, n: int, rounds: in
             f"  not covered by the steps (gw - floor - steps)       {gw - floor - covered:10.1f} µs"
             "   <- chassis interceptors (metrics, OpenTelemetry, error mapping, request decoding), event loop",
         ]
+    if layers:
+        lines += [
+            "",
+            "Layer by layer (a server process with the gateway's layers added one at a time, inside out; CPU of that",
+            "process per PutRecord, 32 callers from another process, median of rounds; from '+ forwarding' on the rows",
+            "include the upstream call's client side):",
+            f"{'server':<40}{'µs/call':>10}{'added':>10}",
+        ]
+        previous = None
+        for name, us in layers:
+            added = "" if previous is None else f"{us - previous:+10.1f}"
+            lines.append(f"{name:<40}{us:>10.1f}{added:>10}")
+            previous = us
     text = "\n".join(lines)
     print(text)
     return text
@@ -391,21 +544,24 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--total-calls", type=int, default=6000)
     parser.add_argument("--no-total", action="store_true")
+    parser.add_argument("--no-layers", action="store_true")
+    parser.add_argument("--layer-rounds", type=int, default=3)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     echo = EchoProcess()
     try:
         steps = await measure_steps(args.n, args.rounds, echo.port)
         total = None if args.no_total else await measure_total(args.total_calls, echo)
+        layers = None if args.no_layers else await measure_layers(args.total_calls, args.layer_rounds, echo)
     finally:
         echo.stop()
-    text = _print(steps, total, args.n, args.rounds)
+    text = _print(steps, total, layers, args.n, args.rounds)
     if args.out:
         Path(args.out).write_text(text + "\n")
     with contextlib.suppress(Exception):
         from bench.common import save_results
 
-        save_results("gateway_steps", {"steps": [s.__dict__ for s in steps], "total": total})
+        save_results("gateway_steps", {"steps": [s.__dict__ for s in steps], "total": total, "layers": layers})
 
 
 if __name__ == "__main__":
