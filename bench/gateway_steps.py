@@ -17,6 +17,12 @@ up far better than wall time on a shared machine:
    echo server's CPU per call (the gRPC server floor). The gateway's total minus the echo floor, minus the
    forwarding client call, minus the steps, leaves what the steps do not cover (the chassis interceptors:
    metrics, OpenTelemetry, error mapping, request decoding; and the event loop).
+3. With ``--layers`` (default on): those uncovered layers measured: a server process with the gateway's layers
+   added one at a time from the inside out (admission, forwarding, request decoding, error mapping,
+   OpenTelemetry, metrics: the gateway's own classes, its order), its CPU per call for each; the difference
+   between rows is what that layer costs. Rounds are interleaved so load drift hits every row alike.
+
+One run's output: bench/results/gateway-steps-<date>.txt.
 """
 
 # ruff: noqa: ASYNC240  -- a measuring script: blocking process and path calls between phases are fine
