@@ -55,32 +55,20 @@ def _summary(results: dict[str, Any]) -> None:
         "bench.vault_bench",
         lambda d: f"{d['checks']['putrecords_records_per_s']:.0f}",
     )
+    gateway_figures = (
+        ("gateway->vault / direct", "throughput_ratio", lambda v: f"{v * 100:.0f}%"),
+        ("gateway->echo / bare echo", "gateway_echo_over_echo", lambda v: f"{v:.2f}"),
+        ("vault direct / bare echo", "vault_over_echo", lambda v: f"{v:.2f}"),
+        ("gateway p99 added, 8 callers, ms", "8_callers_p99_added_ms", lambda v: f"{v:+.1f}"),
+        ("gateway p99 added, 32 callers, ms", "p99_added_ms", lambda v: f"{v:+.1f}"),
+    )
     for method in ("PutRecord", "GetRecord"):
-        add(
-            f"gateway->vault / direct, {method}",
-            "bench.gateway_bench",
-            lambda d, m=method: f"{d['checks'][f'{m}_throughput_ratio'] * 100:.0f}%",
-        )
-        add(
-            f"gateway->echo / bare echo, {method}",
-            "bench.gateway_bench",
-            lambda d, m=method: f"{d['checks'][f'{m}_gateway_echo_over_echo']:.2f}",
-        )
-        add(
-            f"vault direct / bare echo, {method}",
-            "bench.gateway_bench",
-            lambda d, m=method: f"{d['checks'][f'{m}_vault_over_echo']:.2f}",
-        )
-        add(
-            f"gateway p99 added, 8 callers, {method}, ms",
-            "bench.gateway_bench",
-            lambda d, m=method: f"{d['checks'][f'{m}_8_callers_p99_added_ms']:+.1f}",
-        )
-        add(
-            f"gateway p99 added, 32 callers, {method}, ms",
-            "bench.gateway_bench",
-            lambda d, m=method: f"{d['checks'][f'{m}_p99_added_ms']:+.1f}",
-        )
+        for label, key, fmt in gateway_figures:
+            add(
+                f"{label}, {method}",
+                "bench.gateway_bench",
+                lambda d, k=f"{method}_{key}", f=fmt: f(d["checks"][k]),
+            )
     add(
         "scale: figures within 20% (B vs A)",
         "bench.scale_bench",
@@ -89,9 +77,9 @@ def _summary(results: dict[str, Any]) -> None:
     add("scale: export peak RSS, MB", "bench.scale_bench", lambda d: f"{d['export']['vm_hwm_kb'] / 1024:.0f}")
     names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
     print("\n=== Summary per database (this run; read ratios, the machine may be shared) ===")
-    print(f"{'figure':<40}" + "".join(f"{names[k]:>14}" for k in kinds))
+    print(f"{'figure':<48}" + "".join(f"{names[k]:>14}" for k in kinds))
     for label, values in lines:
-        print(f"{label:<40}" + "".join(f"{v:>14}" for v in values))
+        print(f"{label:<48}" + "".join(f"{v:>14}" for v in values))
 
 
 def main() -> None:

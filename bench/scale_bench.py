@@ -35,13 +35,21 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-from google.protobuf.struct_pb2 import Struct
 from grpc import aio
 
-from bench.common import BenchDatabases, Figures, VaultProcess, database_kinds, save_results, summarise, timed_calls
+from bench.common import (
+    BenchDatabases,
+    Figures,
+    VaultProcess,
+    database_kinds,
+    run_benchmark,
+    save_results,
+    summarise,
+    timed_calls,
+)
+from bench.tenant_export_bench import _data, _md
 
 FULL = os.environ.get("BENCH_SCALE", "") == "1"
 SMALL = int(os.environ.get("BENCH_SCALE_SMALL", "10000"))
@@ -56,28 +64,6 @@ SEED_CONCURRENCY = 4
 SAMPLE = 2000  # record ids drawn uniformly from the tenant for GetRecord (and their subjects for PutRecord)
 ROUND = 5000  # seeding: one PutRecords of leads then nine of their notes
 WORSE_LIMIT = 0.20
-
-
-def _md(tenant: str) -> tuple[tuple[str, str], ...]:
-    from services.chassis.identity import CallerIdentity, identity_metadata
-
-    return identity_metadata(CallerIdentity(tenant_id=tenant, principal="bench", credential_id="bench"))
-
-
-def _data(i: int) -> Struct:
-    """A realistic ~300-byte CRM record (synthetic)."""
-    data = Struct()
-    data.update(
-        {
-            "first_name": f"Lead{i}",
-            "company": f"Acme {i % 97} Pvt Ltd",
-            "stage": "qualified",
-            "value_inr": 125000 + i,
-            "notes": "Asked for a demo of the reporting module; follow up after the quarterly review.",
-            "tags": ["enterprise", "north"],
-        }
-    )
-    return data
 
 
 def _email(i: int) -> str:
@@ -118,46 +104,35 @@ async def seed(port: int, tenants: list[str], start: int, total: int, create: bo
         queue: asyncio.Queue[tuple[str, int, int] | None] = asyncio.Queue()
         reservoirs = {tenant: _Reservoir(SAMPLE) for tenant in tenants}
 
+        async def store(tenant: str, items: list[Any]) -> list[Any]:
+            """PutRecords of ``items`` (<= 500); the stored records, each also offered to the tenant's sample."""
+            reply = await stub.PutRecords(pb.PutRecordsRequest(records=items), metadata=_md(tenant), timeout=600)
+            for record in reply.records:
+                reservoirs[tenant].add((record.id, record.subject_id))
+            return list(reply.records)
+
         async def round_(tenant: str, first: int, end: int) -> None:
-            md = _md(tenant)
             leads = [i for i in range(first, end) if i % 10 == 0]
             lead_subject: dict[int, str] = {}
             for at in range(0, len(leads), 500):
                 batch = leads[at : at + 500]
-                reply = await stub.PutRecords(
-                    pb.PutRecordsRequest(
-                        records=[
-                            pb.NewRecord(
-                                kind=pb.RECORD_KIND_LEAD_CONTACT,
-                                data=_data(i),
-                                identifiers=pb.SubjectIdentifiers(email=_email(i)),
-                            )
-                            for i in batch
-                        ]
-                    ),
-                    metadata=md,
-                    timeout=600,
-                )
-                for i, record in zip(batch, reply.records, strict=True):
+                items = [
+                    pb.NewRecord(
+                        kind=pb.RECORD_KIND_LEAD_CONTACT,
+                        data=_data(i),
+                        identifiers=pb.SubjectIdentifiers(email=_email(i)),
+                    )
+                    for i in batch
+                ]
+                for i, record in zip(batch, await store(tenant, items), strict=True):
                     lead_subject[i] = record.subject_id
-                    reservoirs[tenant].add((record.id, record.subject_id))
             notes = [i for i in range(first, end) if i % 10 != 0 and (i // 10) * 10 in lead_subject]
             for at in range(0, len(notes), 500):
-                batch = notes[at : at + 500]
-                reply = await stub.PutRecords(
-                    pb.PutRecordsRequest(
-                        records=[
-                            pb.NewRecord(
-                                kind=pb.RECORD_KIND_NOTE, data=_data(i), subject_id=lead_subject[(i // 10) * 10]
-                            )
-                            for i in batch
-                        ]
-                    ),
-                    metadata=md,
-                    timeout=600,
-                )
-                for record in reply.records:
-                    reservoirs[tenant].add((record.id, record.subject_id))
+                items = [
+                    pb.NewRecord(kind=pb.RECORD_KIND_NOTE, data=_data(i), subject_id=lead_subject[(i // 10) * 10])
+                    for i in notes[at : at + 500]
+                ]
+                await store(tenant, items)
 
         async def worker() -> None:
             while (job := await queue.get()) is not None:
@@ -527,10 +502,7 @@ async def run() -> dict[str, Any]:
 
 def main() -> None:
     """Entry point."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    started = time.perf_counter()
-    asyncio.run(run())
-    print(f"(took {time.perf_counter() - started:.0f} s)")
+    run_benchmark(run)
 
 
 if __name__ == "__main__":
