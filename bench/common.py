@@ -21,6 +21,7 @@ __all__ = [
     "Figures",
     "VaultProcess",
     "database_kinds",
+    "on_each_database",
     "print_table",
     "run_benchmark",
     "run_in_client_process",
@@ -180,6 +181,25 @@ class BenchDatabases:
         finally:
             admin.dispose()
         self.created.clear()
+
+
+async def on_each_database(
+    name: str, run_on: Callable[[BenchDatabases, Any], Awaitable[dict[str, Any]]], payload: dict[str, Any]
+) -> dict[str, Any]:
+    """``run_on(databases, openbao)`` once per database kind (one real OpenBao for all), figures under the kind's
+    key in ``payload``, saved as ``bench/results/<name>.json``; returns ``payload``."""
+    from tests.plugins.infra import OpenBaoDev
+
+    bao = OpenBaoDev()
+    bao.start()
+    try:
+        for kind in database_kinds():
+            with BenchDatabases(kind) as dbs:
+                payload[kind] = await run_on(dbs, bao)
+    finally:
+        bao.stop()
+    print(f"\nresults: {save_results(name, payload)}")
+    return payload
 
 
 def _serve_vault(settings: dict[str, Any], ports: Any) -> None:

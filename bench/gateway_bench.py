@@ -26,9 +26,8 @@ from grpc import aio
 from bench.common import (
     BenchDatabases,
     Figures,
-    database_kinds,
+    on_each_database,
     run_in_client_process,
-    save_results,
     summarise,
     timed_calls,
 )
@@ -192,19 +191,7 @@ def _print(rows: list[Figures]) -> None:
 
 async def run() -> dict[str, Any]:
     """Every phase on each database (SQLite, and PostgreSQL when reachable: ``BENCH_DATABASES``)."""
-    from tests.plugins.infra import OpenBaoDev
-
-    bao = OpenBaoDev()
-    bao.start()
-    payload: dict[str, Any] = {"cpu_count": os.cpu_count()}
-    try:
-        for kind in database_kinds():
-            with BenchDatabases(kind) as dbs:
-                payload[kind] = await run_on(dbs, bao)
-    finally:
-        bao.stop()
-    print(f"\nresults: {save_results('gateway', payload)}")
-    return payload
+    return await on_each_database("gateway", run_on, {"cpu_count": os.cpu_count()})
 
 
 async def run_on(dbs: BenchDatabases, bao: Any) -> dict[str, Any]:

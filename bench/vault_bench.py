@@ -22,10 +22,9 @@ from grpc import aio
 from bench.common import (
     BenchDatabases,
     Figures,
-    database_kinds,
+    on_each_database,
     print_table,
     run_in_client_process,
-    save_results,
     summarise,
     timed_calls,
 )
@@ -185,21 +184,9 @@ async def client_export(port: int, tenant: str, subject: str) -> dict[str, Any]:
 
 async def run() -> dict[str, Any]:
     """Every phase on each database (SQLite, and PostgreSQL when reachable: ``BENCH_DATABASES``)."""
-    from tests.plugins.infra import OpenBaoDev
-
     if os.environ.get("BENCH_SWITCH"):
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
-    bao = OpenBaoDev()
-    bao.start()
-    payload: dict[str, Any] = {}
-    try:
-        for kind in database_kinds():
-            with BenchDatabases(kind) as dbs:
-                payload[kind] = await run_on(dbs, bao)
-    finally:
-        bao.stop()
-    print(f"\nresults: {save_results('vault', payload)}")
-    return payload
+    return await on_each_database("vault", run_on, {})
 
 
 async def run_on(dbs: BenchDatabases, bao: Any) -> dict[str, Any]:
