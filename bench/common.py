@@ -5,14 +5,31 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import statistics
+import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Figures", "print_table", "run_benchmark", "run_in_client_process", "save_results", "timed_calls"]
+__all__ = [
+    "BenchDatabases",
+    "Figures",
+    "VaultProcess",
+    "database_kinds",
+    "on_each_database",
+    "print_table",
+    "run_benchmark",
+    "run_in_client_process",
+    "save_results",
+    "timed_calls",
+]
+
+POSTGRES_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @dataclass
@@ -73,15 +90,154 @@ def _child(target: Callable[..., Any], args: tuple[Any, ...], queue: multiproces
     queue.put(asyncio.run(target(*args)))
 
 
-def run_in_client_process(target: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+def run_in_client_process(target: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 600) -> Any:
     """Run an async load generator in a separate process so it does not share the server's GIL."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_child, args=(target, args, queue))
     process.start()
-    result = queue.get(timeout=600)
+    result = queue.get(timeout=timeout)
     process.join(60)
     return result
+
+
+def _postgres_problem() -> str | None:
+    """Why PostgreSQL at ``POSTGRES_ADMIN_URL`` cannot be used, or None."""
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("select 1"))
+        finally:
+            engine.dispose()
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def database_kinds() -> list[str]:
+    """The databases to run on: ``BENCH_DATABASES`` (default ``sqlite,postgres``), PostgreSQL dropped with a
+    message when it is unreachable (benchmarks are not CI: the run goes on with SQLite)."""
+    kinds = [k.strip() for k in os.environ.get("BENCH_DATABASES", "sqlite,postgres").split(",") if k.strip()]
+    if "postgres" in kinds:
+        problem = _postgres_problem()
+        if problem is not None:
+            print(f"\n*** PostgreSQL not reachable at {POSTGRES_ADMIN_URL} ({problem}): SQLite only ***\n")
+            kinds.remove("postgres")
+    return kinds
+
+
+@dataclass
+class BenchDatabases:
+    """Fresh databases of one kind for one benchmark run, dropped afterwards (``with`` block).
+
+    SQLite: files in a temporary folder. PostgreSQL: ``CREATE DATABASE steward_bench_<pid>_<random>_<name>`` on
+    the server at ``POSTGRES_ADMIN_URL`` (``BENCH_POSTGRES_URL``), ``DROP DATABASE ... WITH (FORCE)`` at the end.
+    """
+
+    kind: str
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steward-bench-db-")))
+    created: list[str] = field(default_factory=list)
+    tag: str = field(default_factory=lambda: f"steward_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}")
+
+    @property
+    def label(self) -> str:
+        return "PostgreSQL" if self.kind == "postgres" else "SQLite"
+
+    def url(self, name: str) -> str:
+        """The URL of a new, empty database called ``name`` within this run."""
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.workdir / name}.db"
+        import sqlalchemy as sa
+
+        database = f"{self.tag}_{name}"
+        admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+        finally:
+            admin.dispose()
+        self.created.append(database)
+        return sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=database).render_as_string(hide_password=False)
+
+    def __enter__(self) -> BenchDatabases:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        import shutil
+
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not self.created:
+            return
+        import sqlalchemy as sa
+
+        admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                for database in self.created:
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        finally:
+            admin.dispose()
+        self.created.clear()
+
+
+async def on_each_database(
+    name: str, run_on: Callable[[BenchDatabases, Any], Awaitable[dict[str, Any]]], payload: dict[str, Any]
+) -> dict[str, Any]:
+    """``run_on(databases, openbao)`` once per database kind (one real OpenBao for all), figures under the kind's
+    key in ``payload``, saved as ``bench/results/<name>.json``; returns ``payload``."""
+    from tests.plugins.infra import OpenBaoDev
+
+    bao = OpenBaoDev()
+    bao.start()
+    try:
+        for kind in database_kinds():
+            with BenchDatabases(kind) as dbs:
+                payload[kind] = await run_on(dbs, bao)
+    finally:
+        bao.stop()
+    print(f"\nresults: {save_results(name, payload)}")
+    return payload
+
+
+def _serve_vault(settings: dict[str, Any], ports: Any) -> None:
+    """Child process: one vault until terminated."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+    async def serve() -> None:
+        from services.vault.main import create_server
+        from services.vault.settings import VaultSettings
+
+        _app, port = await create_server(VaultSettings(**settings), port=0)
+        ports.put(port)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+class VaultProcess:
+    """A vault in a child process (``VaultSettings`` fields as a dict), and its resident memory."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        self.process = context.Process(target=_serve_vault, args=(settings, queue), daemon=True)
+        self.process.start()
+        self.port = int(queue.get(timeout=300))
+
+    def memory_kb(self, name: str = "VmRSS") -> int:
+        """``VmRSS`` (now) or ``VmHWM`` (peak so far) of the vault process, in kB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        """Terminate the child this benchmark started (by its own handle)."""
+        self.process.terminate()
+        self.process.join(30)
 
 
 def print_table(title: str, rows: list[Figures]) -> None:

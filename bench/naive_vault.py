@@ -11,7 +11,6 @@ import asyncio
 import base64
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import hvac
 from grpc import aio
@@ -36,8 +35,8 @@ _records = Table(
 class NaiveVault(vault_pb2_grpc.VaultServiceServicer):
     """PutRecord = one Transit encrypt + one insert."""
 
-    def __init__(self, bao_url: str, token: str, db_path: Path, workers: int = 16) -> None:
-        self.engine = make_engine(f"sqlite:///{db_path}")
+    def __init__(self, bao_url: str, token: str, db_url: str, workers: int = 16) -> None:
+        self.engine = make_engine(db_url)
         _metadata.create_all(self.engine)
         self.client = hvac.Client(url=bao_url, token=token)
         self.client.secrets.transit.create_key(name="naive-baseline", key_type="aes256-gcm96")
@@ -60,9 +59,9 @@ class NaiveVault(vault_pb2_grpc.VaultServiceServicer):
         return pb.PutRecordResponse(record=pb.Record(id=record_id, kind=request.record.kind, version=1))
 
 
-async def start_naive_vault(bao_url: str, token: str, db_path: Path) -> tuple[aio.Server, int, NaiveVault]:
-    """Serve the baseline on a free port."""
-    servicer = NaiveVault(bao_url, token, db_path)
+async def start_naive_vault(bao_url: str, token: str, db_url: str) -> tuple[aio.Server, int, NaiveVault]:
+    """Serve the baseline (its database at ``db_url``) on a free port."""
+    servicer = NaiveVault(bao_url, token, db_url)
     server = aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
     vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

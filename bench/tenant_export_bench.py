@@ -12,7 +12,6 @@ the vault's resident memory (``/proc/<pid>/status``) while the chunks stream. Ru
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any
 from google.protobuf.struct_pb2 import Struct
 from grpc import aio
 
-from bench.common import save_results
+from bench.common import VaultProcess, save_results
 
 N_RECORDS = int(os.environ.get("BENCH_TENANT_EXPORT_RECORDS", "100000"))
 CHUNK_RECORDS = int(os.environ.get("BENCH_TENANT_EXPORT_CHUNK", "1000"))
@@ -55,44 +54,6 @@ def _data(i: int) -> Struct:
         }
     )
     return data
-
-
-def _serve(settings: dict[str, Any], ports: Any) -> None:
-    """Child process: one vault until terminated."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-    async def serve() -> None:
-        from services.vault.main import create_server
-        from services.vault.settings import VaultSettings
-
-        _app, port = await create_server(VaultSettings(**settings), port=0)
-        ports.put(port)
-        await asyncio.Event().wait()
-
-    asyncio.run(serve())
-
-
-class VaultProcess:
-    """A vault in a child process, and its resident memory."""
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        self.process = context.Process(target=_serve, args=(settings, queue), daemon=True)
-        self.process.start()
-        self.port = int(queue.get(timeout=120))
-
-    def memory_kb(self, field: str = "VmRSS") -> int:
-        """``VmRSS`` (now) or ``VmHWM`` (peak so far) of the vault process, in kB."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        return 0
-
-    def stop(self) -> None:
-        """Terminate the child this benchmark started (by its own handle)."""
-        self.process.terminate()
-        self.process.join(30)
 
 
 async def seed(port: int, tenant: str, total: int) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +19,15 @@ from typing import Any
 from google.protobuf.struct_pb2 import Struct
 from grpc import aio
 
-from bench.common import Figures, print_table, run_in_client_process, save_results, summarise, timed_calls
+from bench.common import (
+    BenchDatabases,
+    Figures,
+    on_each_database,
+    print_table,
+    run_in_client_process,
+    summarise,
+    timed_calls,
+)
 from bench.naive_vault import start_naive_vault
 
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
@@ -176,19 +183,20 @@ async def client_export(port: int, tenant: str, subject: str) -> dict[str, Any]:
 
 
 async def run() -> dict[str, Any]:
-    """Run every phase; return the figures."""
-    from services.vault.main import create_server
-    from services.vault.settings import VaultSettings
-    from tests.plugins.infra import OpenBaoDev
-
+    """Every phase on each database (SQLite, and PostgreSQL when reachable: ``BENCH_DATABASES``)."""
     if os.environ.get("BENCH_SWITCH"):
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
-    bao = OpenBaoDev()
-    bao.start()
-    workdir = Path(tempfile.mkdtemp(prefix="steward-bench-"))
+    return await on_each_database("vault", run_on, {})
+
+
+async def run_on(dbs: BenchDatabases, bao: Any) -> dict[str, Any]:
+    """Every phase on one database; prints the table and the targets; returns the figures."""
+    from services.vault.main import create_server
+    from services.vault.settings import VaultSettings
+
     settings = VaultSettings(
-        database_url=f"sqlite:///{workdir / 'vault.db'}",
-        tombstone_database_url=f"sqlite:///{workdir / 'ledger.db'}",
+        database_url=dbs.url("vault"),
+        tombstone_database_url=dbs.url("ledger"),
         transit={"url": bao.url, "token": bao.token},
         nats={"enabled": False},
         trust_identity_metadata=True,
@@ -260,7 +268,7 @@ async def run() -> dict[str, Any]:
             print(f"group commit: {writer.units} units in {writer.batches} batches")
     finally:
         await app.stop(0)
-    naive_server, naive_port, naive_servicer = await start_naive_vault(bao.url, bao.token, workdir / "naive.db")
+    naive_server, naive_port, naive_servicer = await start_naive_vault(bao.url, bao.token, dbs.url("naive"))
     try:
         result = await asyncio.to_thread(
             run_in_client_process, client_put_existing, naive_port, "naive", ["s"], N_NAIVE, CONCURRENCY
@@ -270,8 +278,11 @@ async def run() -> dict[str, Any]:
         rows.append(naive)
     finally:
         await naive_server.stop(0)
-        bao.stop()
-    print_table(f"Vault benchmark (loopback, SQLite, {os.cpu_count()} cores, {CONCURRENCY} concurrent callers)", rows)
+        naive_servicer.engine.dispose()
+    print_table(
+        f"=== Vault benchmark on {dbs.label} (loopback, {os.cpu_count()} cores, {CONCURRENCY} concurrent callers) ===",
+        rows,
+    )
     put_cached = next(r for r in rows if r.name.startswith("PutRecord, existing"))
     batch = next(r for r in rows if r.name.startswith("PutRecords x500, cached"))
     new_row = rows[0]
@@ -286,7 +297,7 @@ async def run() -> dict[str, Any]:
         "export_transit_calls": export["transit_calls"],
     }
     print(
-        "\nTargets: 1 Transit call per new subject, 0 per cached read; PutRecord >= 5x naive; "
+        f"\nTargets on {dbs.label}: 1 Transit call per new subject, 0 per cached read; PutRecord >= 5x naive; "
         "PutRecords >= 20,000 records/s; ExportSubject of 10,000 records <= 2 s"
     )
     print(f"  Transit calls per new subject : {checks['transit_calls_per_new_subject']:.2f}")
@@ -297,9 +308,7 @@ async def run() -> dict[str, Any]:
         f"  ExportSubject                 : {export['records']} records in {export['seconds']:.2f} s "
         f"({export['transit_calls']} Transit call(s), cold cache)"
     )
-    payload = {"rows": [r.row() for r in rows], "checks": checks}
-    print(f"\nresults: {save_results('vault', payload)}")
-    return payload
+    return {"rows": [r.row() for r in rows], "checks": checks}
 
 
 def main() -> None:
