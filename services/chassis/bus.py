@@ -480,6 +480,7 @@ class Consumer(BackgroundTask):
         nak_base_delay_s: float = 0.2,
         max_backoff_s: float = 30.0,
         fetch_timeout_s: float = 1.0,
+        concurrent: bool = False,
     ) -> None:
         super().__init__(f"consumer-{durable}")
         self.bus = bus
@@ -493,6 +494,11 @@ class Consumer(BackgroundTask):
         self.nak_base_delay_s = nak_base_delay_s
         self.max_backoff_s = max_backoff_s
         self.fetch_timeout_s = fetch_timeout_s
+        # On SQLite, hand a fetched batch's messages to the group-commit writer all at once rather than one after
+        # the other: they are queued in order and share one transaction and one commit instead of one each. A
+        # failing one makes the writer replay the others with a savepoint each, as for any unit. On PostgreSQL
+        # every message has its own transaction anyway and they stay one after the other (order kept).
+        self.concurrent = concurrent and db.is_sqlite
         self.stats = ConsumerStats()
 
     def _config(self) -> ConsumerConfig:
@@ -548,8 +554,11 @@ class Consumer(BackgroundTask):
                     self.stats.empty_fetches += 1
                     continue
                 failures = 0
-                for msg in messages:
-                    await self._process(msg)
+                if self.concurrent:
+                    await asyncio.gather(*(self._process(msg) for msg in messages))
+                else:
+                    for msg in messages:
+                        await self._process(msg)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -226,12 +226,15 @@ class ServiceRuntime(Generic[SettingsT]):
         return bus
 
     async def consume(
-        self, db: Database, *, durable: str, subjects: Sequence[str], handler: Handler
+        self, db: Database, *, durable: str, subjects: Sequence[str], handler: Handler, concurrent: bool = False
     ) -> Consumer | None:
-        """Start a durable consumer on the bus (:meth:`start_bus` first); ``None`` when NATS is disabled."""
+        """Start a durable consumer on the bus (:meth:`start_bus` first); ``None`` when NATS is disabled.
+        ``concurrent``: a fetched batch shares one SQLite commit (see :class:`~services.chassis.bus.Consumer`)."""
         if self.bus is None:
             return None
-        consumer = await self.task(Consumer(self.bus, db, durable=durable, subjects=subjects, handler=handler))
+        consumer = await self.task(
+            Consumer(self.bus, db, durable=durable, subjects=subjects, handler=handler, concurrent=concurrent)
+        )
         self.metrics.watch_consumer(consumer)
         return consumer
 

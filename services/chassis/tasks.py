@@ -86,18 +86,22 @@ class BackgroundTask:
 
 class PeriodicTask(BackgroundTask):
     """A background task that runs :meth:`once` every ``interval_s``; a failed round is logged and retried
-    next round. Tests call :meth:`once` themselves after moving the injected clock."""
+    next round. Tests call :meth:`once` themselves after moving the injected clock. With ``delay_first`` the
+    first round comes one interval after start rather than at once (replicas restarting together do not race)."""
 
-    def __init__(self, name: str, *, interval_s: float) -> None:
+    def __init__(self, name: str, *, interval_s: float, delay_first: bool = False) -> None:
         super().__init__(name)
         self.interval_s = interval_s
+        self.delay_first = delay_first
 
     async def once(self) -> int:
         """One round; returns how much it did."""
         raise NotImplementedError
 
     async def run(self) -> None:
-        """Round, sleep, repeat."""
+        """Round, sleep, repeat (sleep first with ``delay_first``)."""
+        if self.delay_first:
+            await asyncio.sleep(self.interval_s)
         while True:
             try:
                 await self.once()

@@ -14,7 +14,6 @@ replica that holds the ``retention-sweep`` lease.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from datetime import timedelta
@@ -28,7 +27,7 @@ from services.chassis.catalog import kind_of, subject_of
 from services.chassis.db import Database
 from services.chassis.errors import FailedPrecondition
 from services.chassis.ids import is_tenant_id
-from services.chassis.tasks import BackgroundTask
+from services.chassis.tasks import PeriodicTask
 from services.chassis.timestamps import from_timestamp, to_timestamp
 from services.dsr import offboarding
 from services.dsr.lease import take_lease
@@ -156,15 +155,14 @@ def remind_due_requests(session: Session, ctx: DsrContext, *, limit: int = 500) 
     return sent
 
 
-class OverdueWatcher(BackgroundTask):
+class OverdueWatcher(PeriodicTask):
     """Every ``interval_s``: :func:`announce_overdue` and :func:`remind_due_requests`. A database outage is logged
     and retried next round."""
 
     def __init__(self, db: Database, ctx: DsrContext, *, interval_s: float) -> None:
-        super().__init__("dsr-overdue-watcher")
+        super().__init__("dsr-overdue-watcher", interval_s=interval_s)
         self.db = db
         self.ctx = ctx
-        self.interval_s = interval_s
         self.announced = 0
         self.reminded = 0
 
@@ -175,14 +173,9 @@ class OverdueWatcher(BackgroundTask):
         self.reminded += await self.db.run(lambda s: remind_due_requests(s, self.ctx))
         return count
 
-    async def run(self) -> None:
-        """Scan, sleep, repeat."""
-        while True:
-            try:
-                await self.scan_once()
-            except Exception as exc:
-                log.warning("overdue scan failed; retrying next round", extra={"error_type": type(exc).__name__})
-            await asyncio.sleep(self.interval_s)
+    async def once(self) -> int:
+        """The periodic round: :meth:`scan_once`."""
+        return await self.scan_once()
 
 
 def count_open_requests(db: Database, ctx: DsrContext, *, overdue: bool) -> list[tuple[float, dict[str, str]]]:
@@ -253,15 +246,15 @@ class TenantLifecycleHandler:
             raise RefusedEvent("tenant_shredded") from None
 
 
-class RetentionSweeper(BackgroundTask):
+class RetentionSweeper(PeriodicTask):
     """Every ``interval_s``: take (or renew) the ``retention-sweep`` lease and, while this replica holds it, run a
-    sweep. The lease lasts ``lease_s`` on the injected clock, so a replica that dies hands over after that."""
+    sweep. The lease lasts ``lease_s`` on the injected clock, so a replica that dies hands over after that. The
+    first sweep comes one interval after start (a restarting replica does not race)."""
 
     def __init__(self, db: Database, sweep: RetentionSweep, *, interval_s: float, lease_s: float) -> None:
-        super().__init__("dsr-retention-sweeper")
+        super().__init__("dsr-retention-sweeper", interval_s=interval_s, delay_first=True)
         self.db = db
         self.sweep = sweep
-        self.interval_s = interval_s
         self.lease = timedelta(seconds=lease_s)
         self.holder = f"dsr-{uuid.uuid4().hex[:12]}"
         self.sweeps = 0
@@ -278,11 +271,6 @@ class RetentionSweeper(BackgroundTask):
         self.sweeps += 1
         return items
 
-    async def run(self) -> None:
-        """Sleep, sweep, repeat (the first sweep one interval after start: a restarting replica does not race)."""
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.sweep_once()
-            except Exception as exc:
-                log.warning("retention sweep failed; retrying next round", extra={"error_type": type(exc).__name__})
+    async def once(self) -> int:
+        """The periodic round: :meth:`sweep_once`; returns how many items it had (0 when not the leader)."""
+        return len(await self.sweep_once() or [])

@@ -4,6 +4,10 @@ signed with dsr's OpenBao Transit Ed25519 key, so a regulator can verify it offl
 Each entry's hash covers the previous entry's hash of the same tenant, its own position, the request, the
 kind of step and the canonical JSON of its facts; the Transit key signs that hash. :func:`verify_entries`
 needs no OpenBao and no database: the entries (as ``GetEvidence`` returns them) and the raw public key.
+
+Signing happens as the transaction commits, for every entry it appended at once (one Transit call per
+transaction, not one per entry: SQLite's group commit puts many requests in one transaction). The hash chain is
+built inside the transaction as before; a signing failure fails the commit, so no entry is ever stored unsigned.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
 from services.chassis.signatures import signature_verifies
@@ -76,14 +80,43 @@ class EvidenceSigner:
         """Create the key (not exportable, not deletable) or check the existing one."""
         self.transit.create_signing_key()
 
-    def sign(self, entry_hash: str) -> Signature:
-        """Sign one entry hash."""
-        [signature] = self.transit.sign([entry_hash.encode("ascii")])
-        return signature
+    def sign(self, entry_hashes: Sequence[str]) -> list[Signature]:
+        """Sign entry hashes, in order; one Transit call."""
+        return self.transit.sign([entry_hash.encode("ascii") for entry_hash in entry_hashes])
 
     def public_key(self, version: int) -> bytes | None:
         """The raw public key of one key version (read from Transit, cached)."""
         return self.transit.signing_public_key(version)
+
+
+_UNSIGNED = "dsr_evidence_unsigned"
+"""``Session.info`` key: the entries this transaction appended and their signer (signed as it commits). The list
+holds them strongly: the identity map would let go of a flushed, unchanged entry."""
+
+
+_HEADS = "dsr_evidence_heads"
+"""``Session.info`` key: per tenant, the last entry this transaction appended (the chain's head)."""
+
+
+def _sign_unsigned(session: Session) -> None:
+    """``before_commit``: sign the transaction's unsigned entries, one Transit call per signer. An entry a
+    rolled-back savepoint added has left the session and is skipped; an error here rolls everything back."""
+    appended: list[tuple[EvidenceSigner, EvidenceRow]] = session.info.get(_UNSIGNED, [])
+    by_signer: dict[int, tuple[EvidenceSigner, list[EvidenceRow]]] = {}
+    for signer, row in appended:
+        if not row.signature and row in session:
+            by_signer.setdefault(id(signer), (signer, []))[1].append(row)
+    for signer, rows in by_signer.values():
+        for row, signature in zip(rows, signer.sign([row.entry_hash for row in rows]), strict=True):
+            row.signature, row.key_version = signature.value, signature.key_version
+    session.info.pop(_UNSIGNED, None)
+
+
+def _sign_at_commit(session: Session, signer: EvidenceSigner, row: EvidenceRow) -> None:
+    """Have ``row`` signed by ``signer`` as the transaction commits (the hook is set once per process)."""
+    if not event.contains(Session, "before_commit", _sign_unsigned):
+        event.listen(Session, "before_commit", _sign_unsigned)
+    session.info.setdefault(_UNSIGNED, []).append((signer, row))
 
 
 def _lock_tenant_chain(session: Session, tenant_id: str) -> None:
@@ -104,20 +137,27 @@ def append(
     facts: Mapping[str, Any],
     at: datetime,
 ) -> EvidenceRow:
-    """Add one signed entry at the head of ``tenant_id``'s chain (in the caller's transaction)."""
-    _lock_tenant_chain(session, tenant_id)
-    head = session.execute(
-        select(EvidenceRow.seq, EvidenceRow.entry_hash)
-        .where(EvidenceRow.tenant_id == tenant_id)
-        .order_by(EvidenceRow.seq.desc())
-        .limit(1)
-    ).first()
-    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+    """Add one entry at the head of ``tenant_id``'s chain (in the caller's transaction); it is signed, with the
+    transaction's other entries, as the transaction commits."""
+    heads: dict[str, EvidenceRow] = session.info.setdefault(_HEADS, {})
+    latest = heads.get(tenant_id)
+    if latest is not None and latest in session:
+        # This transaction already holds the chain (lock taken) and appended its head; a head a rolled-back
+        # savepoint added has left the session, so the chain is read again below.
+        seq, prev_hash = latest.seq + 1, latest.entry_hash
+    else:
+        _lock_tenant_chain(session, tenant_id)
+        head = session.execute(
+            select(EvidenceRow.seq, EvidenceRow.entry_hash)
+            .where(EvidenceRow.tenant_id == tenant_id)
+            .order_by(EvidenceRow.seq.desc())
+            .limit(1)
+        ).first()
+        seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
     facts_json = canonical_facts(facts)
     # Stored at the precision a Timestamp and every database keep, so a verifier recomputes the same hash.
     at = at.astimezone(UTC)
     entry_hash = compute_hash(tenant_id, seq, request_id, kind, facts_json, at, prev_hash)
-    signature = signer.sign(entry_hash)
     row = EvidenceRow(
         tenant_id=tenant_id,
         seq=seq,
@@ -127,11 +167,12 @@ def append(
         at=at,
         prev_hash=prev_hash,
         entry_hash=entry_hash,
-        signature=signature.value,
-        key_version=signature.key_version,
+        signature="",
+        key_version=0,
     )
     session.add(row)
-    session.flush()
+    heads[tenant_id] = row
+    _sign_at_commit(session, signer, row)
     return row
 
 

@@ -75,7 +75,7 @@ async def assemble(runtime: ServiceRuntime[DsrSettings]) -> DsrApp:
     ctx = DsrContext(signer=signer, clock=clock)
     bus = await runtime.start_bus(db)
     consumer = await runtime.consume(
-        db, durable=RESULTS_DURABLE, subjects=list(RESULT_SUBJECTS), handler=ResultHandler(ctx)
+        db, durable=RESULTS_DURABLE, subjects=list(RESULT_SUBJECTS), handler=ResultHandler(ctx), concurrent=True
     )
     lifecycle = await runtime.consume(
         db, durable=LIFECYCLE_DURABLE, subjects=list(LIFECYCLE_SUBJECTS), handler=TenantLifecycleHandler(ctx)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
@@ -253,7 +253,7 @@ def record_step(
 ) -> None:
     """Timeline row + ``dsr.request.changed`` for the row's current state (also for an extension)."""
     now = ctx.clock.now()
-    seq = len(timeline(session, row.request_id)) + 1
+    seq = (session.scalar(select(func.max(TimelineRow.seq)).where(TimelineRow.request_id == row.request_id)) or 0) + 1
     session.add(
         TimelineRow(request_id=row.request_id, seq=seq, state=row.state, at=now, actor=actor, reason_code=reason_code)
     )

@@ -16,7 +16,8 @@ export's key, so a forged one, another tenant's and an expired one are told apar
 
 A data-subject export (dsr's EXPORT task) leaves a bundle: versioned JSON of the subject's records by kind
 and a plain-text summary, sealed under the subject's own DEK (erasing the subject destroys it) and kept under
-the request id until it expires.
+the request id until it expires; :class:`ExpiredBundleSweeper` then deletes it (:func:`purge_expired_bundles`, on
+the injected clock, one audit entry per tenant naming the bundles that went).
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 from steward.vault.v1 import vault_pb2 as pb
 
+from services.chassis.db import Database
 from services.chassis.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Reason
 from services.chassis.identity import CallerIdentity
 from services.chassis.ids import new_id
 from services.chassis.signatures import signature_verifies
+from services.chassis.tasks import PeriodicTask
 from services.chassis.timestamps import to_timestamp
 from services.chassis.transit import Signature
 from services.vault import audit, records
@@ -57,6 +60,7 @@ __all__ = [
     "TOKEN_TTL",
     "Bundle",
     "ChunkRows",
+    "ExpiredBundleSweeper",
     "ExportCursor",
     "Manifest",
     "SentChunk",
@@ -67,6 +71,7 @@ __all__ = [
     "manifest_message",
     "manifest_of",
     "open_bundle",
+    "purge_expired_bundles",
     "read_chunk",
     "record_chunk",
     "resume_export",
@@ -82,6 +87,8 @@ MANIFEST_FORMAT = "steward.export.manifest.v1"
 _TOKEN_FORMAT = "steward.export.token.v1"  # noqa: S105 - a format label, not a secret
 TOKEN_TTL = timedelta(hours=24)
 BUNDLE_TTL = timedelta(days=7)
+BUNDLE_PURGE_BATCH = 500
+BUNDLE_EXPIRED_ACTION = "subject.export.expired"
 DEFAULT_CHUNK_RECORDS = 1000
 MAX_CHUNK_RECORDS = 5000
 _SUBJECTS, _RECORDS = "s", "r"
@@ -622,3 +629,59 @@ def open_bundle(session: Session, ctx: VaultContext, identity: CallerIdentity, e
         expires_at=to_timestamp(row.expires_at),
     )
     return Bundle(document, info)
+
+
+def purge_expired_bundles(session: Session, ctx: VaultContext, *, limit: int = BUNDLE_PURGE_BATCH) -> int:
+    """Delete up to ``limit`` export bundles past their expiry (the injected clock); returns how many went.
+
+    Each tenant's chain gets one ``subject.export.expired`` audit entry naming the export ids deleted (ids only).
+    Idempotent and safe on every replica: a bundle another replica deleted first is simply not counted.
+    """
+    now = ctx.clock.now()
+    expired = session.execute(
+        select(ExportBundle.tenant_id, ExportBundle.export_id)
+        .where(ExportBundle.expires_at <= now)
+        .order_by(ExportBundle.tenant_id, ExportBundle.export_id)
+        .limit(limit)
+    ).all()
+    by_tenant: dict[str, list[str]] = {}
+    for tenant_id, export_id in expired:
+        by_tenant.setdefault(tenant_id, []).append(export_id)
+    purged = 0
+    for tenant_id, export_ids in by_tenant.items():
+        tenant = audit.lock_tenant(session, tenant_id, shredded_ok=True)
+        gone = session.scalars(
+            delete(ExportBundle)
+            .where(
+                ExportBundle.tenant_id == tenant_id,
+                ExportBundle.export_id.in_(export_ids),
+                ExportBundle.expires_at <= now,
+            )
+            .returning(ExportBundle.export_id)
+        ).all()
+        if not gone:
+            continue
+        who = CallerIdentity(tenant_id=tenant_id, principal="service:vault", principal_kind="service")
+        audit.append(session, tenant, who, BUNDLE_EXPIRED_ACTION, sorted(gone), at=now)
+        purged += len(gone)
+    return purged
+
+
+class ExpiredBundleSweeper(PeriodicTask):
+    """Every ``interval_s``: :func:`purge_expired_bundles` until no expired bundle is left."""
+
+    def __init__(self, db: Database, ctx: VaultContext, *, interval_s: float) -> None:
+        super().__init__("vault-export-bundle-sweeper", interval_s=interval_s)
+        self.db = db
+        self.ctx = ctx
+        self.purged = 0
+
+    async def once(self) -> int:
+        """One round (tests call it after moving the clock); returns how many bundles were deleted."""
+        total = 0
+        while count := await self.db.run(lambda s: purge_expired_bundles(s, self.ctx)):
+            total += count
+            if count < BUNDLE_PURGE_BATCH:
+                break
+        self.purged += total
+        return total

@@ -25,6 +25,7 @@ from services.vault.api import VaultAdminServicer, VaultContactServicer, VaultSe
 from services.vault.checkpoints import AuditCheckpointer
 from services.vault.domain import VaultContext, VaultPolicy
 from services.vault.events import DSR_TASK_SUBJECT, VaultTaskHandler
+from services.vault.exports import ExpiredBundleSweeper
 from services.vault.keycache import DekCache
 from services.vault.keyring import KeyRing
 from services.vault.restore import AppliedTombstones, apply_pending_tombstones
@@ -48,6 +49,7 @@ class VaultApp:
     consumer: Consumer | None
     checkpointer: AuditCheckpointer
     tombstones_applied: AppliedTombstones  # what start-up found pending in the erasure ledger and applied
+    bundle_sweeper: ExpiredBundleSweeper
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Refuse new RPCs, let in-flight ones finish within ``grace_s``, stop everything else in reverse."""
@@ -92,7 +94,7 @@ async def assemble(runtime: ServiceRuntime[VaultSettings]) -> VaultApp:
         ready=ReadyCheck("apply pending tombstones", apply_tombstones, TOMBSTONES_PENDING),
     )
     consumer = await runtime.consume(
-        db, durable="vault-dsr-tasks", subjects=[DSR_TASK_SUBJECT], handler=VaultTaskHandler(ctx)
+        db, durable="vault-dsr-tasks", subjects=[DSR_TASK_SUBJECT], handler=VaultTaskHandler(ctx), concurrent=True
     )
     checkpointer = await runtime.task(
         AuditCheckpointer(
@@ -102,7 +104,10 @@ async def assemble(runtime: ServiceRuntime[VaultSettings]) -> VaultApp:
             interval_s=settings.audit_checkpoint_interval_s,
         )
     )
-    return VaultApp(runtime, db, ledger_db, transit, ctx, bus, runtime.relay, consumer, checkpointer, applied[0])
+    bundle_sweeper = await runtime.task(ExpiredBundleSweeper(db, ctx, interval_s=settings.export_bundle_sweep_s))
+    return VaultApp(
+        runtime, db, ledger_db, transit, ctx, bus, runtime.relay, consumer, checkpointer, applied[0], bundle_sweeper
+    )
 
 
 TOMBSTONES_PENDING = Unavailable(

@@ -62,6 +62,9 @@ class VaultSettings(ServiceSettings):
     db_workers: int = Field(default=8, ge=1)
     audit_checkpoint_every_entries: int = Field(default=1000, ge=1)
     audit_checkpoint_interval_s: float = Field(default=300.0, gt=0)
+    export_bundle_sweep_s: float = Field(
+        default=3600.0, gt=0, description="How often export bundles past their expiry are deleted."
+    )
 
     @field_validator("tombstone_database_url")
     @classmethod

@@ -41,7 +41,10 @@ async def test_evidence_verifies_offline_and_one_changed_byte_fails(stack: DsrSt
         "the time": dataclasses.replace(
             entries[1], at=entries[1].at.replace(microsecond=(entries[1].at.microsecond + 1) % 10**6)
         ),
-        "the link": dataclasses.replace(entries[1], prev_hash="f" + entries[1].prev_hash[1:]),
+        # One hex digit changed (always: a link that already began with "f" made this case a no-op 1 time in 16).
+        "the link": dataclasses.replace(
+            entries[1], prev_hash=("e" if entries[1].prev_hash[0] == "f" else "f") + entries[1].prev_hash[1:]
+        ),
     }
     for what, changed in cases.items():
         forged = [changed if e.seq == changed.seq else e for e in entries]
