@@ -40,7 +40,8 @@ from email.utils import format_datetime
 
 import aiosmtplib
 import dkim
-from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.settings import SettingsError
@@ -65,6 +66,7 @@ DKIM_HEADERS = (
     "Content-Transfer-Encoding",
 )
 CRLF = "\r\n"
+MIN_RSA_BITS = 1024  # RFC 8301: signers MUST use at least 1024 bits (2048 recommended)
 # A server reply that means "this session is over" (RFC 5321 4.2.3: service closing transmission channel).
 _CLOSING = 421
 
@@ -78,9 +80,19 @@ def smtp_tls_context(settings: SmtpSettings) -> ssl.SSLContext:
 
 def _header(name: str, value: str) -> bytes:
     value = " ".join(value.split())  # one line: nothing a value holds can start another header
-    if value.isascii():
-        return f"{name}: {value}\r\n".encode("ascii")
-    return f"{name}: {Header(value, 'utf-8', header_name=name).encode(linesep=CRLF)}\r\n".encode("ascii")
+    if not value.isascii():
+        # RFC 2047 encoded words, folded by the email package.
+        return f"{name}: {Header(value, 'utf-8', header_name=name).encode(linesep=CRLF)}\r\n".encode("ascii")
+    # Folded at spaces only, before 78 characters where a space allows it (a URL has none and stays whole, as
+    # RFC 8058 one-click needs; lines may reach 998).
+    lines, line = [], f"{name}:"
+    for word in value.split(" "):
+        if len(line) + 1 + len(word) > 76 and line != f"{name}:":
+            lines.append(line)
+            line = ""
+        line = f"{line} {word}"
+    lines.append(line)
+    return (CRLF.join(lines) + CRLF).encode("ascii")
 
 
 def _quoted_printable(text: str) -> bytes:
@@ -105,7 +117,7 @@ def mime_message(headers: list[tuple[str, str]], text: str, html: str = "") -> b
     return b"".join(
         [
             head,
-            b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\r\n\r\n',
+            b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\n\r\n',
             b"--" + boundary + b"\r\n" + text_part + b"\r\n" + _quoted_printable(text) + b"\r\n",
             b"--" + boundary + b"\r\n" + html_part + b"\r\n" + _quoted_printable(html) + b"\r\n",
             b"--" + boundary + b"--\r\n",
@@ -123,17 +135,24 @@ class DkimSigner:
         if not self.domain:
             raise SettingsError(f"DKIM needs a signing domain: set {prefix}DOMAIN")
         try:
-            self.private_key = settings.private_key_file.read_bytes()
+            pem = settings.private_key_file.read_bytes()
         except OSError as exc:
             raise SettingsError(
                 f"DKIM private key file cannot be read ({type(exc).__name__}): check {prefix}PRIVATE_KEY_FILE"
             ) from None
         try:
-            parse_pem_private_key(self.private_key)
-        except (UnparsableKeyError, ValueError, IndexError):
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError):
+            key = None
+        if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < MIN_RSA_BITS:
             raise SettingsError(
-                f"DKIM private key file is not an RSA private key in PEM form: check {prefix}PRIVATE_KEY_FILE"
-            ) from None
+                f"DKIM private key file is not an unencrypted RSA private key (PEM, at least {MIN_RSA_BITS} bits): "
+                f"check {prefix}PRIVATE_KEY_FILE"
+            )
+        # dkimpy reads PKCS#1 ("RSA PRIVATE KEY"); the file may be PKCS#8 (what openssl genpkey writes).
+        self.private_key = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
         self.headers = [name.lower().encode("ascii") for name in DKIM_HEADERS]
 
     def sign(self, message: bytes) -> bytes:
