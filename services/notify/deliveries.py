@@ -31,6 +31,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Protocol
 
 from sqlalchemy import delete, or_, select
@@ -46,7 +47,7 @@ from services.notify import consent, contacts, statuses
 from services.notify.channels import Channel, Lane, Outcome, OutgoingMessage, SendResult
 from services.notify.consent import Recipient
 from services.notify.keys import TenantKeys
-from services.notify.models import DeliveryRow, PayloadRow
+from services.notify.models import ContactRow, DeliveryRow, PayloadRow
 from services.notify.settings import DeliverySettings
 from services.notify.templates import TemplateCatalogue
 
@@ -254,6 +255,12 @@ def claim(session: Session, ctx: DeliveryContext, *, limit: int) -> list[Job]:
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
+    # Load what the rows need in two queries (not two per row); the loop below then finds them in the session.
+    ids = [row.delivery_id for row in rows]
+    session.scalars(select(PayloadRow).where(PayloadRow.delivery_id.in_(ids))).all()
+    contact_ids = {row.recipient_id for row in rows if row.recipient_kind == "contact"}
+    if contact_ids:
+        session.scalars(select(ContactRow).where(ContactRow.contact_id.in_(contact_ids))).all()
     jobs: list[Job] = []
     for row in rows:
         lane = Lane(row.lane)
@@ -425,14 +432,42 @@ class DeliveryEngine(BackgroundTask):
             self._wake.clear()
 
     async def process_due(self) -> int:
-        """Claim and send every due delivery (batches until none is due); returns how many were attempted."""
+        """Claim and send every due delivery until none is due; returns how many were attempted.
+
+        Up to ``batch`` sends are in flight. More are claimed as soon as half of them have finished, so one slow
+        send (a relay that greylists, a timeout) holds up nothing but itself. A round that fails (the database)
+        lets the sends already in flight finish, then raises.
+        """
+        limit = self.ctx.settings.batch
+        refill = max(limit // 2, 1)
+        in_flight: set[asyncio.Task[None]] = set()
+        failure: BaseException | None = None
         total = 0
-        while True:
-            jobs = await self.db.run(lambda s: claim(s, self.ctx, limit=self.ctx.settings.batch))
-            if not jobs:
-                return total
-            await asyncio.gather(*(self._send(job) for job in jobs))
-            total += len(jobs)
+        more = True
+        try:
+            while True:
+                room = limit - len(in_flight)
+                if failure is None and ((more and room >= refill) or not in_flight):
+                    try:
+                        jobs = await self.db.run(partial(claim, ctx=self.ctx, limit=room))
+                    except Exception as exc:
+                        failure, jobs = exc, []
+                    in_flight.update(asyncio.create_task(self._send(job)) for job in jobs)
+                    total += len(jobs)
+                    more = len(jobs) == room
+                if not in_flight:
+                    if failure is not None:
+                        raise failure
+                    return total
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if failure is None and task.exception() is not None:
+                        failure = task.exception()
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _send(self, job: Job) -> None:
         try:
@@ -475,7 +510,10 @@ class DeliveryEngine(BackgroundTask):
             await self.db.run(lambda s: finish_unsent(s, ctx, job, "FAILED", "malformed_address"))
             return
         recipient_hash = ctx.recipient_hash(job.channel, job.address)
-        blocked, consent_id = await self.db.run(lambda s: decide(s, ctx, job, recipient_hash))
+        # Critical notices go regardless: no consent or suppression to read, so no database round for them.
+        blocked, consent_id = (
+            ("", "") if job.lane == Lane.CRITICAL else await self.db.run(lambda s: decide(s, ctx, job, recipient_hash))
+        )
         if blocked:
             await self.db.run(lambda s: finish_unsent(s, ctx, job, "SUPPRESSED", blocked))
             return

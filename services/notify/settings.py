@@ -17,7 +17,14 @@ from services.chassis.upstreams import UpstreamSettings
 from services.notify.breach_settings import BreachSettings
 from services.notify.whatsapp import WhatsAppSettings
 
-__all__ = ["DeliverySettings", "HttpSettings", "NotifySettings", "NotifyTransitSettings", "SmtpSettings"]
+__all__ = [
+    "DeliverySettings",
+    "DkimSettings",
+    "HttpSettings",
+    "NotifySettings",
+    "NotifyTransitSettings",
+    "SmtpSettings",
+]
 
 
 class NotifyTransitSettings(BaseModel):
@@ -33,9 +40,25 @@ class NotifyTransitSettings(BaseModel):
     breaker_reset_s: float = Field(default=5.0, gt=0)
 
 
+class DkimSettings(BaseModel):
+    """DKIM signing of outgoing email (``STEWARD_NOTIFY__SMTP__DKIM__*``); the public key is published as the TXT
+    record ``<selector>._domainkey.<domain>``."""
+
+    selector: str = Field(
+        min_length=1, max_length=63, pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$", description="e.g. s2026"
+    )
+    domain: str = Field(
+        default="",
+        pattern=r"^$|^[A-Za-z0-9.-]+\.[A-Za-z]{2,}$",
+        description="The signing domain (d=); empty: the from address's domain (aligned for DMARC).",
+    )
+    private_key_file: Path = Field(description="The RSA private key (PEM, 2048 bits recommended); read at start.")
+
+
 class SmtpSettings(BaseModel):
     """The SMTP relay. ``tls`` is ``implicit`` (port 465, RFC 8314) or ``starttls`` (mandatory: a server that does
-    not offer it is refused); certificates are always verified, against ``ca_file`` when given."""
+    not offer it is refused); certificates are always verified, against ``ca_file`` when given. Sessions are pooled
+    (``pool_size``) and reused for up to ``session_max_messages`` messages."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=465, ge=1, le=65535)
@@ -47,6 +70,14 @@ class SmtpSettings(BaseModel):
     # The right-hand side of our Message-IDs (default: the from address's domain).
     message_id_domain: str = ""
     timeout_s: float = Field(default=10.0, gt=0)
+    pool_size: int = Field(default=8, ge=1, le=100, description="Open sessions to the relay at most.")
+    session_max_messages: int = Field(
+        default=100, ge=1, description="Messages per session before it is closed and a fresh one opened."
+    )
+    session_check_after_s: float = Field(
+        default=5.0, ge=0, description="A session idle longer than this is checked with NOOP before it is reused."
+    )
+    dkim: DkimSettings | None = Field(default=None, description="Sign outgoing email with DKIM; unset: unsigned.")
 
 
 class DeliverySettings(BaseModel):

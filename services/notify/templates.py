@@ -80,6 +80,7 @@ class TemplateCatalogue:
             self._versions[key] = max(self._versions.get(key, 0), int(found.group(1)))
         self._sources: dict[Path, str] = {}
         self._templates: dict[tuple[int, Path], Template] = {}
+        self._wa_parameters: dict[tuple[int, Path], list[Template]] = {}
 
     @property
     def names(self) -> frozenset[str]:
@@ -116,6 +117,16 @@ class TemplateCatalogue:
             self._templates[key] = template
         return template
 
+    def _whatsapp(self, path: Path) -> tuple[str, list[Template]]:
+        # The .wa file: the template name, then one parameter per line, each compiled once like the other files.
+        key = (id(self._text), path)
+        first, *lines = [line for line in self._source(path).splitlines() if line.strip()]
+        parameters = self._wa_parameters.get(key)
+        if parameters is None:
+            parameters = [self._text.from_string(line) for line in lines]
+            self._wa_parameters[key] = parameters
+        return first.strip(), parameters
+
     def render(self, name: str, locale: str, variables: dict[str, str], *, version: str = "") -> Rendered:
         """Render ``name`` in ``locale`` (the current version, or ``version`` when a queued delivery pinned one)."""
         version = version or self.version(name, locale)
@@ -131,9 +142,8 @@ class TemplateCatalogue:
             wa_name, wa_parameters = "", tuple[str, ...]()
             wa_file = folder / f"{ver}.wa"
             if wa_file.is_file():
-                first, *lines = [line for line in self._source(wa_file).splitlines() if line.strip()]
-                wa_name = first.strip()
-                wa_parameters = tuple(self._text.from_string(line).render(variables).strip() for line in lines)
+                wa_name, parameters = self._whatsapp(wa_file)
+                wa_parameters = tuple(line.render(variables).strip() for line in parameters)
         except UndefinedError:
             raise InvalidArgument(
                 "a variable the template needs is missing; see the template's files for its variables",
