@@ -90,7 +90,7 @@ async def assemble(
         rng=random.Random(),  # noqa: S311 - backoff jitter, not a secret
         reengagement_template=settings.whatsapp_reengagement_template,
     )
-    live_channels: dict[str, Channel] = channels if channels is not None else _channels(settings)
+    live_channels: dict[str, Channel] = channels if channels is not None else _channels(settings, clock)
     for channel in live_channels.values():
         runtime.on_stop(f"{channel.name} channel", channel.close)
     delivery = settings.delivery
@@ -117,9 +117,9 @@ async def assemble(
     return NotifyApp(runtime, db, ctx, engine, bus, consumer, tokens, http_port, breaches)
 
 
-def _channels(settings: NotifySettings) -> dict[str, Channel]:
+def _channels(settings: NotifySettings, clock: Clock) -> dict[str, Channel]:
     """Email always; WhatsApp when its settings are given."""
-    found: dict[str, Channel] = {"email": EmailChannel(settings.smtp)}
+    found: dict[str, Channel] = {"email": EmailChannel(settings.smtp, clock=clock)}
     if settings.whatsapp is not None:
         found["whatsapp"] = WhatsAppChannel(settings.whatsapp)
     return found
