@@ -124,6 +124,8 @@ CATALOG: tuple[EventKind, ...] = (
     EventKind(ev.TenantShredCertified, ("dsr.tenant.certified",)),
     EventKind(ev.LegalNoticeReleased, ("gateway.legal.released",)),
     EventKind(ev.TenantReopened, ("gateway.tenant.reopened", "vault.tenant.reopened")),
+    EventKind(ev.LegalRequestPurged, ("gateway.legal.purged",)),
+    EventKind(ev.TenantAccountPurged, ("gateway.tenant.purged",)),
 )
 
 _BY_NAME = {kind.name: kind for kind in CATALOG}

@@ -111,6 +111,7 @@ class Reason(StrEnum):
     LEGAL_REQUEST_NOT_FOUND = "LEGAL_REQUEST_NOT_FOUND"
     LEGAL_INVALID_TRANSITION = "LEGAL_INVALID_TRANSITION"  # metadata: state (current), action
     FOUR_EYES_REQUIRED = "FOUR_EYES_REQUIRED"  # the recorder of a legal request cannot approve it
+    LEGAL_EXECUTION_IN_PROGRESS = "LEGAL_EXECUTION_IN_PROGRESS"  # ABORTED: another operator's execution runs now
     OUT_OF_SCOPE = "OUT_OF_SCOPE"  # a subject outside a legal request's approved scope
     SUBJECT_RESTRICTED = "SUBJECT_RESTRICTED"
     SUBJECT_ERASED = "SUBJECT_ERASED"  # the subject's tombstone is all that is left: nothing may be sent to it

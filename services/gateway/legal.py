@@ -7,6 +7,19 @@ marked with the request id: it is live only for the export the gateway runs itse
 refuses it to forwarded calls) and hidden from the tenant (``visible_to_tenant``) until the notice is
 released — at execution when there is no non-disclosure order, or by :func:`release_due` once the order's
 date passes. Indefinite orders carry a review date; :func:`reviews_due` reminds operators once per date.
+
+One execution at a time: :func:`begin_execution` claims the request with a conditional UPDATE (``state =
+'approved'`` and no live claim), so of two operators executing at once exactly one wins on SQLite and
+PostgreSQL alike and the other gets ABORTED ``LEGAL_EXECUTION_IN_PROGRESS`` before anything is exported. The
+claim lapses with the grant (:data:`GRANT_TTL`), so a gateway that died mid-execution does not block the
+request for ever.
+
+Retention (:func:`purge_closed_requests`): the register is evidence of every disclosure, so a request is kept
+whole for the account-retention period (seven years by default) after it closes — rejected, or executed with
+its notice released — then its particulars (authority, legal basis, reference, subject ids, operators, the
+rejection reason) are blanked. What stays is PII-free and keeps the transparency report unchanged: tenant,
+authority type, outcome, dates, categories, the order's kind and dates, and the subject and record counts. A
+request whose notice is still withheld is not closed and is never purged: the tenant must still be told.
 """
 
 from __future__ import annotations
@@ -15,13 +28,14 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 from steward.events.v1 import events_pb2
 
 from services.chassis.bus import enqueue, make_event
-from services.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Reason
+from services.chassis.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Reason
 from services.chassis.timestamps import to_timestamp
 from services.gateway import grants, tenants
 from services.gateway.models import LegalRequestRow, SupportGrantRow
@@ -39,6 +53,7 @@ __all__ = [
     "find_request",
     "finish_execution",
     "list_requests",
+    "purge_closed_requests",
     "record_request",
     "reject",
     "release_due",
@@ -137,6 +152,7 @@ def record_request(
         legal_basis=request.legal_basis,
         reference_number=request.reference_number,
         subject_ids=" ".join(sorted(set(subject_ids))),
+        subject_count=len(set(subject_ids)),
         window_start=request.window_start,
         window_end=request.window_end,
         data_categories=" ".join(str(kind) for kind in request.data_categories),
@@ -165,14 +181,18 @@ def find_request(session: Session, request_id: str) -> LegalRequestRow:
     return row
 
 
+def _transition_refused(row: LegalRequestRow, action: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"a {row.state} legal request cannot be {action}",
+        reason=Reason.LEGAL_INVALID_TRANSITION,
+        metadata={"state": row.state, "action": action},
+    )
+
+
 def require_state(row: LegalRequestRow, action: str, *allowed: str) -> None:
     """FAILED_PRECONDITION LEGAL_INVALID_TRANSITION unless ``row`` is in one of ``allowed``."""
     if row.state not in allowed:
-        raise FailedPrecondition(
-            f"a {row.state} legal request cannot be {action}",
-            reason=Reason.LEGAL_INVALID_TRANSITION,
-            metadata={"state": row.state, "action": action},
-        )
+        raise _transition_refused(row, action)
 
 
 def approve(session: Session, request_id: str, *, by: str, now: datetime) -> LegalRequestRow:
@@ -204,12 +224,42 @@ def reject(session: Session, request_id: str, *, by: str, reason: str, now: date
     return row
 
 
+def _claim(session: Session, request_id: str, *conditions: Any, **values: Any) -> bool:
+    """One conditional UPDATE of an APPROVED request (the database decides between concurrent callers: on
+    PostgreSQL the second waits for the first's row lock, then re-checks the condition); True if it matched."""
+    result = session.execute(
+        update(LegalRequestRow)
+        .where(LegalRequestRow.id == request_id, LegalRequestRow.state == "approved", *conditions)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def _claim_refused(session: Session, row: LegalRequestRow, action: str) -> Aborted | FailedPrecondition:
+    """Why a claim did not match, from the committed row: the request moved on, or another execution holds it."""
+    session.refresh(row)
+    if row.state != "approved":
+        return _transition_refused(row, action)
+    return Aborted(
+        "another operator is executing this legal request now; list it to see whether that run completes",
+        reason=Reason.LEGAL_EXECUTION_IN_PROGRESS,
+    )
+
+
 def begin_execution(session: Session, request_id: str, *, by: str, now: datetime) -> tuple[LegalRequestRow, str]:
-    """Open the legal grant an APPROVED request's export runs under (hidden from the tenant); (row, grant id)."""
+    """Claim an APPROVED request no other execution holds, and open the legal grant its export runs under (hidden
+    from the tenant); (row, grant id). A concurrent execution's claim refuses with ABORTED
+    LEGAL_EXECUTION_IN_PROGRESS; one that finished first with FAILED_PRECONDITION LEGAL_INVALID_TRANSITION."""
     row = find_request(session, request_id)
     require_state(row, "executed", "approved")
+    grant_id = f"sg_{uuid.uuid4().hex}"
+    free = or_(LegalRequestRow.execution_lease_until.is_(None), LegalRequestRow.execution_lease_until <= now)
+    if not _claim(session, row.id, free, execution_lease_until=now + GRANT_TTL, grant_id=grant_id):
+        raise _claim_refused(session, row, "executed")
+    session.refresh(row)
     grant = SupportGrantRow(
-        id=f"sg_{uuid.uuid4().hex}",
+        id=grant_id,
         tenant_id=row.tenant_id,
         principal=by,
         reason=f"legal disclosure request {row.id}",
@@ -230,11 +280,13 @@ def begin_execution(session: Session, request_id: str, *, by: str, now: datetime
     return row, grant.id
 
 
-def abandon_execution(session: Session, grant_id: str, *, now: datetime) -> None:
-    """An execution that failed part-way: its grant ends ``now`` (the request stays APPROVED, to be run again)."""
+def abandon_execution(session: Session, request_id: str, grant_id: str, *, now: datetime) -> None:
+    """An execution that failed part-way: its grant ends ``now`` and its claim is released (the request stays
+    APPROVED, to be run again)."""
     grant = session.get(SupportGrantRow, grant_id)
     if grant is not None:
         grant.expires_at = now
+    _claim(session, request_id, LegalRequestRow.grant_id == grant_id, execution_lease_until=None, grant_id="")
 
 
 def _notice_allowed(row: LegalRequestRow, now: datetime) -> bool:
@@ -266,14 +318,22 @@ def _release(session: Session, row: LegalRequestRow, now: datetime) -> None:
 def finish_execution(
     session: Session, request_id: str, *, grant_id: str, by: str, records: int, now: datetime
 ) -> LegalRequestRow:
-    """Mark executed, close the grant, and release the notice at once when no order withholds it."""
+    """Mark executed (only by the execution holding the claim), close the grant, and release the notice at once
+    when no order withholds it."""
     row = find_request(session, request_id)
-    require_state(row, "executed", "approved")
-    row.state = "executed"
-    row.executed_by = by
-    row.executed_at = now
-    row.grant_id = grant_id
-    row.records_disclosed = records
+    done = _claim(
+        session,
+        request_id,
+        LegalRequestRow.grant_id == grant_id,
+        state="executed",
+        executed_by=by,
+        executed_at=now,
+        records_disclosed=records,
+        execution_lease_until=None,
+    )
+    if not done:
+        raise _claim_refused(session, row, "executed")
+    session.refresh(row)
     grant = session.get(SupportGrantRow, grant_id)
     if grant is not None:
         grant.expires_at = now
@@ -350,5 +410,41 @@ def transparency(session: Session, *, year: int) -> list[TransparencyCount]:
             _outcome(row.state),
         )
         requests[key] += 1
-        subjects[key] += len(row.subject_ids.split())
+        subjects[key] += row.subject_count
     return [TransparencyCount(q, a, o, requests[(q, a, o)], subjects[(q, a, o)]) for q, a, o in sorted(requests)]
+
+
+def purge_closed_requests(session: Session, *, now: datetime, retention: timedelta, limit: int = 100) -> list[str]:
+    """Blank the particulars of requests closed at least ``retention`` ago (once each), announcing each with
+    ``gateway.legal.purged``; their ids. Closed: rejected (at the decision) or executed with the notice released
+    (at the release). The counts, dates and codes the transparency report reads are kept."""
+    cutoff = now - retention
+    rows = session.scalars(
+        select(LegalRequestRow)
+        .where(
+            LegalRequestRow.purged_at.is_(None),
+            or_(
+                and_(LegalRequestRow.state == "rejected", LegalRequestRow.decided_at <= cutoff),
+                and_(LegalRequestRow.state == "executed", LegalRequestRow.notice_released_at <= cutoff),
+            ),
+        )
+        .order_by(LegalRequestRow.recorded_at)
+        .limit(limit)
+    ).all()
+    for row in rows:
+        closed_at = row.decided_at if row.state == "rejected" else row.notice_released_at
+        row.authority, row.legal_basis, row.reference_number, row.subject_ids = "", "", "", ""
+        row.recorded_by, row.decided_by, row.executed_by, row.rejection_reason = "", "", "", ""
+        row.purged_at = now
+        enqueue(
+            session,
+            make_event(
+                events_pb2.LegalRequestPurged(
+                    legal_request_id=row.id, closed_at=to_timestamp(closed_at), purged_at=to_timestamp(now)
+                ),
+                source="gateway",
+                tenant_id=row.tenant_id,
+                occurred_at=now,
+            ),
+        )
+    return [row.id for row in rows]

@@ -10,7 +10,6 @@ review dates, on the injected clock.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +27,7 @@ from services.chassis.db import Database
 from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied, Reason
 from services.chassis.identity import CallerIdentity, identity_metadata
 from services.chassis.ids import valid_id
-from services.chassis.tasks import BackgroundTask
+from services.chassis.tasks import PeriodicTask
 from services.chassis.timestamps import from_timestamp, to_timestamp
 from services.chassis.upstreams import Upstreams
 from services.gateway import grants, legal, tenants
@@ -256,7 +255,7 @@ class LegalRequestServicer(legal_pb2_grpc.LegalRequestServiceServicer):
                     await self.db.run(partial(grants.complete_access, seq=seq, status=status, latency_ms=0))
         except BaseException:
             # A failed or cancelled export leaves nothing live: the grant ends, the request stays APPROVED.
-            await self.db.run(lambda s: legal.abandon_execution(s, grant_id, now=self.clock.now()))
+            await self.db.run(lambda s: legal.abandon_execution(s, row.id, grant_id, now=self.clock.now()))
             raise
         done = self.clock.now()
         total = sum(counts.values())
@@ -304,15 +303,14 @@ class LegalRequestServicer(legal_pb2_grpc.LegalRequestServiceServicer):
         )
 
 
-class LegalNoticeWatcher(BackgroundTask):
+class LegalNoticeWatcher(PeriodicTask):
     """Every ``interval_s``: release notices whose order date passed (LegalNoticeReleased) and remind operators
     of review dates that came (a warning log line and the ``steward_legal_reviews_due_total`` counter)."""
 
     def __init__(self, db: Database, *, clock: Clock, interval_s: float, reviews_counter: Any = None) -> None:
-        super().__init__("legal-notice-watcher")
+        super().__init__("legal-notice-watcher", interval_s=interval_s)
         self.db = db
         self.clock = clock
-        self.interval_s = interval_s
         self.reviews_counter = reviews_counter
         self.released: list[str] = []
         self.reminded: list[str] = []
@@ -332,11 +330,7 @@ class LegalNoticeWatcher(BackgroundTask):
                 self.reviews_counter.add(1)
         return released, reminded
 
-    async def run(self) -> None:
-        """Scan, sleep, repeat; a failed scan is logged and retried next round."""
-        while True:
-            try:
-                await self.scan_once()
-            except Exception as exc:
-                log.warning("legal notice scan failed; retrying next round", extra={"error_type": type(exc).__name__})
-            await asyncio.sleep(self.interval_s)
+    async def once(self) -> int:
+        """One scan; how many notices were released and reviews reminded."""
+        released, reminded = await self.scan_once()
+        return len(released) + len(reminded)

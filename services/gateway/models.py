@@ -168,3 +168,10 @@ class LegalRequestRow(GatewayBase):
     grant_id: Mapped[str] = mapped_column(String(40), default="")
     records_disclosed: Mapped[int] = mapped_column(Integer, default=0)
     notice_released_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # While an execution runs: until when its claim holds (one execution at a time, taken by a conditional UPDATE;
+    # a claim left by a crashed gateway lapses with its grant). NULL when no execution runs.
+    execution_lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # How many subjects the request named (kept when the retention purge blanks ``subject_ids``).
+    subject_count: Mapped[int] = mapped_column(Integer, default=0)
+    # When the retention purge blanked the request's particulars (see ``account_retention``).
+    purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

@@ -147,6 +147,8 @@ class Event(_message.Message):
     TENANT_SHRED_CERTIFIED_FIELD_NUMBER: _builtins.int
     LEGAL_NOTICE_RELEASED_FIELD_NUMBER: _builtins.int
     TENANT_REOPENED_FIELD_NUMBER: _builtins.int
+    LEGAL_REQUEST_PURGED_FIELD_NUMBER: _builtins.int
+    TENANT_ACCOUNT_PURGED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Globally unique event id (UUID), also the deduplication key."""
     type: _builtins.str
@@ -219,6 +221,10 @@ class Event(_message.Message):
 
     @_builtins.property
     def tenant_reopened(self) -> Global___TenantReopened: ...
+    @_builtins.property
+    def legal_request_purged(self) -> Global___LegalRequestPurged: ...
+    @_builtins.property
+    def tenant_account_purged(self) -> Global___TenantAccountPurged: ...
     def __init__(
         self,
         *,
@@ -257,12 +263,14 @@ class Event(_message.Message):
         tenant_shred_certified: Global___TenantShredCertified | None = ...,
         legal_notice_released: Global___LegalNoticeReleased | None = ...,
         tenant_reopened: Global___TenantReopened | None = ...,
+        legal_request_purged: Global___LegalRequestPurged | None = ...,
+        tenant_account_purged: Global___TenantAccountPurged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_deadline_extended", b"dsr_deadline_extended", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "dsr_request_reminder", b"dsr_request_reminder", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "legal_notice_released", b"legal_notice_released", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_offboarding_reminder", b"tenant_offboarding_reminder", "tenant_reopened", b"tenant_reopened", "tenant_shred_certified", b"tenant_shred_certified", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_deadline_extended", b"dsr_deadline_extended", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "dsr_request_reminder", b"dsr_request_reminder", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "legal_notice_released", b"legal_notice_released", "legal_request_purged", b"legal_request_purged", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_account_purged", b"tenant_account_purged", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_offboarding_reminder", b"tenant_offboarding_reminder", "tenant_reopened", b"tenant_reopened", "tenant_shred_certified", b"tenant_shred_certified", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_deadline_extended", b"dsr_deadline_extended", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "dsr_request_reminder", b"dsr_request_reminder", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "legal_notice_released", b"legal_notice_released", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_offboarding_reminder", b"tenant_offboarding_reminder", "tenant_reopened", b"tenant_reopened", "tenant_shred_certified", b"tenant_shred_certified", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_logged", b"access_logged", "api_key_created", b"api_key_created", "api_key_revoked", b"api_key_revoked", "audit_checkpointed", b"audit_checkpointed", "dsr_deadline_extended", b"dsr_deadline_extended", "dsr_request_changed", b"dsr_request_changed", "dsr_request_overdue", b"dsr_request_overdue", "dsr_request_reminder", b"dsr_request_reminder", "id", b"id", "key_rotated", b"key_rotated", "legal_hold_changed", b"legal_hold_changed", "legal_notice_released", b"legal_notice_released", "legal_request_purged", b"legal_request_purged", "occurred_at", b"occurred_at", "opt_out_completed", b"opt_out_completed", "opt_out_requested", b"opt_out_requested", "payload", b"payload", "record_changed", b"record_changed", "source", b"source", "subject_erased", b"subject_erased", "subject_exported", b"subject_exported", "subject_restricted", b"subject_restricted", "support_access_granted", b"support_access_granted", "support_access_requested", b"support_access_requested", "support_access_revoked", b"support_access_revoked", "tenant_account_purged", b"tenant_account_purged", "tenant_closed", b"tenant_closed", "tenant_created", b"tenant_created", "tenant_id", b"tenant_id", "tenant_offboarding_reminder", b"tenant_offboarding_reminder", "tenant_reopened", b"tenant_reopened", "tenant_shred_certified", b"tenant_shred_certified", "tenant_shredded", b"tenant_shredded", "tenant_updated", b"tenant_updated", "tombstones_applied", b"tombstones_applied", "type", b"type", "vault_task_completed", b"vault_task_completed", "vault_task_requested", b"vault_task_requested"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked", "audit_checkpointed", "tombstones_applied", "dsr_request_changed", "dsr_request_overdue", "opt_out_requested", "opt_out_completed", "dsr_request_reminder", "dsr_deadline_extended", "tenant_offboarding_reminder", "tenant_shred_certified", "legal_notice_released", "tenant_reopened"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["tenant_created", "tenant_closed", "tenant_shredded", "tenant_updated", "record_changed", "subject_exported", "subject_erased", "subject_restricted", "legal_hold_changed", "key_rotated", "vault_task_requested", "vault_task_completed", "api_key_created", "api_key_revoked", "access_logged", "support_access_requested", "support_access_granted", "support_access_revoked", "audit_checkpointed", "tombstones_applied", "dsr_request_changed", "dsr_request_overdue", "opt_out_requested", "opt_out_completed", "dsr_request_reminder", "dsr_deadline_extended", "tenant_offboarding_reminder", "tenant_shred_certified", "legal_notice_released", "tenant_reopened", "legal_request_purged", "tenant_account_purged"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1349,3 +1357,68 @@ class TenantReopened(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TenantReopened: _TypeAlias = TenantReopened  # noqa: Y015
+
+@_typing.final
+class LegalRequestPurged(_message.Message):
+    """LegalRequestPurged: gateway.legal.purged — the retention period after a legal request closed has passed and
+    its particulars (authority, legal basis, reference, subject ids, operators) were blanked; the PII-free row
+    (authority type, outcome, dates, counts) stays for the transparency report. Ids and times only.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEGAL_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
+    PURGED_AT_FIELD_NUMBER: _builtins.int
+    legal_request_id: _builtins.str
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the request closed: rejected, or executed with its notice released."""
+
+    @_builtins.property
+    def purged_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        legal_request_id: _builtins.str = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
+        purged_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "purged_at", b"purged_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "legal_request_id", b"legal_request_id", "purged_at", b"purged_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LegalRequestPurged: _TypeAlias = LegalRequestPurged  # noqa: Y015
+
+@_typing.final
+class TenantAccountPurged(_message.Message):
+    """TenantAccountPurged: gateway.tenant.purged — a closed tenant's business account information was purged from
+    the registry at the end of its retention period (seven years after closure by default). Ids and times only.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
+    PURGED_AT_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def purged_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
+        purged_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "purged_at", b"purged_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "purged_at", b"purged_at", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantAccountPurged: _TypeAlias = TenantAccountPurged  # noqa: Y015
