@@ -248,15 +248,37 @@ def transition(
     )
 
 
+_TIMELINE_TAILS = "dsr_timeline_tails"
+"""``Session.info`` key: per request, the last timeline row this transaction added."""
+
+
+def _next_timeline_seq(session: Session, row: DsrRequestRow) -> int:
+    """The next timeline position of ``row``: 1 for a request this transaction creates, one past the step this
+    transaction added last (a step of a rolled-back savepoint has left the session), else read. Neither of the
+    first two queries, so nothing is flushed early (evidence entries are inserted signed at commit)."""
+    tail = session.info.get(_TIMELINE_TAILS, {}).get(row.request_id)
+    if tail is not None and tail in session:
+        return int(tail.seq) + 1
+    if row in session.new:
+        return 1
+    return (session.scalar(select(func.max(TimelineRow.seq)).where(TimelineRow.request_id == row.request_id)) or 0) + 1
+
+
 def record_step(
     session: Session, ctx: DsrContext, row: DsrRequestRow, *, actor: str, reason_code: str, previous: str
 ) -> None:
     """Timeline row + ``dsr.request.changed`` for the row's current state (also for an extension)."""
     now = ctx.clock.now()
-    seq = (session.scalar(select(func.max(TimelineRow.seq)).where(TimelineRow.request_id == row.request_id)) or 0) + 1
-    session.add(
-        TimelineRow(request_id=row.request_id, seq=seq, state=row.state, at=now, actor=actor, reason_code=reason_code)
+    step = TimelineRow(
+        request_id=row.request_id,
+        seq=_next_timeline_seq(session, row),
+        state=row.state,
+        at=now,
+        actor=actor,
+        reason_code=reason_code,
     )
+    session.add(step)
+    session.info.setdefault(_TIMELINE_TAILS, {})[row.request_id] = step
     enqueue(
         session,
         make_event(

@@ -1,6 +1,7 @@
 """Evidence is signed as its transaction commits, all of a transaction's entries in one Transit call: entries of
-units that share a commit are each signed and chained, a unit that fails leaves no entry behind, and when Transit
-cannot sign nothing is written at all (real OpenBao; an unreachable Transit is a real client on a closed port)."""
+units that share a commit are each signed and chained, a unit that fails leaves no entry (and no timeline step)
+behind, and when Transit cannot sign nothing is written at all (real OpenBao; an unreachable Transit is a real
+client on a closed port)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.chassis.identity import CallerIdentity
 from services.chassis.transit import TransitClient
-from services.dsr import evidence
+from services.dsr import evidence, requests
 from services.dsr.evidence import EntryView, EvidenceSigner, verify_entries
 from services.dsr.models import EvidenceRow
+from services.dsr.requests import Submission
 from tests.plugins.infra import free_port
 from tests.plugins.stack import DsrFactory, DsrHarness
 
@@ -96,3 +99,30 @@ async def test_when_transit_cannot_sign_nothing_is_written_and_the_chain_goes_on
     rows = _chain(dsr)
     assert [(row.seq, row.request_id) for row in rows] == [(1, "request-before"), (2, "request-after")]
     assert _verifies(dsr, rows)
+
+
+async def test_steps_of_one_request_in_shared_commits_stay_numbered_when_one_unit_fails(
+    dsr_factory: DsrFactory,
+) -> None:
+    dsr = await dsr_factory()
+    db, ctx = dsr.app.db, dsr.app.ctx
+    who = CallerIdentity(tenant_id=TENANT, principal="tester")
+    sub = Submission("RESTRICTION", None, "email", "", "", False, "")
+    request_id = "0192f3a4-0000-7000-8000-000000000001"
+    await db.run(lambda s: requests.create(s, ctx, who, sub, request_id, "subject-1"))
+
+    def step(state: str, *, fail: bool = False):  # type: ignore[no-untyped-def]
+        def unit(session: Session) -> None:
+            requests.transition(session, ctx, requests.get(session, TENANT, request_id), state, actor="tester")
+            if fail:
+                raise UnitFailed
+
+        return unit
+
+    units = [step("IN_PROGRESS"), step("BLOCKED_BY_HOLD", fail=True), step("IN_PROGRESS"), step("COMPLETED")]
+    outcomes = await asyncio.gather(*(db.run(unit) for unit in units), return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes].count("UnitFailed") == 1
+    with db.transaction() as session:
+        steps = [(t.seq, t.state) for t in requests.timeline(session, request_id)]
+    assert steps == [(1, "RECEIVED"), (2, "IN_PROGRESS"), (3, "IN_PROGRESS"), (4, "COMPLETED")]
+    assert _verifies(dsr, _chain(dsr))
