@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc import aio
 from steward.gateway.v1 import gateway_pb2
 from steward.vault.v1 import vault_pb2
