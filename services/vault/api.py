@@ -4,8 +4,8 @@ subjects.py and admin.py; each call is one transaction on a worker thread)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, TypeVar
 
 from google.protobuf.struct_pb2 import Struct
 from grpc import aio
@@ -49,17 +49,31 @@ def _data_bytes(data: Struct) -> bytes:
 
 
 def _record(view: RecordView) -> pb.Record:
-    message = pb.Record(
-        id=view.id,
-        subject_id=view.subject_id,
-        kind=view.kind,  # type: ignore[arg-type]
-        version=view.version,
-        created_at=to_timestamp(view.created_at),
-        updated_at=to_timestamp(view.updated_at),
-    )
+    message = pb.Record()
+    _fill_record(message, view)
+    return message
+
+
+def _fill_record(message: pb.Record, view: RecordView) -> None:
+    """Set ``message`` (a new Record, or one added in place to a response's list) from ``view``."""
+    message.id = view.id
+    message.subject_id = view.subject_id
+    message.kind = view.kind  # type: ignore[assignment]
+    message.version = view.version
+    created, updated = to_timestamp(view.created_at), to_timestamp(view.updated_at)
+    if created is not None:
+        message.created_at.CopyFrom(created)
+    if updated is not None:
+        message.updated_at.CopyFrom(updated)
     if view.data is not None:
         message.data.MergeFromString(view.data)
-    return message
+
+
+def _records_into(records: Any, views: Iterable[RecordView]) -> None:
+    """Append ``views`` to a response's repeated Record field, built in place (no message copied per record)."""
+    add = records.add
+    for view in views:
+        _fill_record(add(), view)
 
 
 def _input(message: pb.NewRecord) -> RecordInput:
@@ -145,7 +159,9 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         items = [_input(message) for message in request.records]
         key = request.idempotency_key
         views = await self._put(context, lambda s, who: records.put_records(s, self.ctx, who, items, key), key)
-        return pb.PutRecordsResponse(records=[_record(view) for view in views])
+        response = pb.PutRecordsResponse()
+        _records_into(response.records, views)
+        return response
 
     async def _put(
         self, context: aio.ServicerContext, work: Callable[[Session, CallerIdentity], T], idempotency_key: str
@@ -179,7 +195,9 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
                 page_token=request.page_token,
             ),
         )
-        return pb.ListRecordsResponse(records=[_record(view) for view in views], next_page_token=token)
+        response = pb.ListRecordsResponse(next_page_token=token)
+        _records_into(response.records, views)
+        return response
 
     async def UpdateRecord(
         self, request: pb.UpdateRecordRequest, context: aio.ServicerContext
