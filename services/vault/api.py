@@ -124,10 +124,12 @@ class _Base:
         work: Callable[[Session, CallerIdentity], T],
         *,
         isolated: bool = False,
+        identity: CallerIdentity | None = None,
     ) -> T:
         # isolated: the work has external effects that must not be repeated (Transit key lifecycle,
-        # erasure), so it never shares a group commit that could be replayed.
-        identity = require_identity(context)
+        # erasure), so it never shares a group commit that could be replayed. ``identity``: already read.
+        if identity is None:
+            identity = require_identity(context)
         # A caller whose deadline has passed gets DEADLINE_EXCEEDED and nothing is committed for it.
         return await self.db.run(
             lambda session: work(session, identity), isolated=isolated, timeout_s=context.time_remaining()
@@ -138,17 +140,20 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     """VaultService: records and data subjects of the calling tenant."""
 
     async def PutRecord(self, request: pb.PutRecordRequest, context: aio.ServicerContext) -> pb.PutRecordResponse:
-        require_identity(context)  # an unauthenticated caller learns nothing, not even what a valid request is
+        # An unauthenticated caller learns nothing, not even what a valid request is.
+        identity = require_identity(context)
         if not request.HasField("record"):
             raise InvalidArgument("record is missing; send the record to store")
         valid_id("record.subject_id", request.record.subject_id)
         item = _input(request.record)
         key = request.idempotency_key
-        [view] = await self._put(context, lambda s, who: records.put_records(s, self.ctx, who, [item], key), key)
+        [view] = await self._put(
+            context, lambda s, who: records.put_records(s, self.ctx, who, [item], key), key, identity
+        )
         return pb.PutRecordResponse(record=_record(view))
 
     async def PutRecords(self, request: pb.PutRecordsRequest, context: aio.ServicerContext) -> pb.PutRecordsResponse:
-        require_identity(context)
+        identity = require_identity(context)
         if len(request.records) > self.ctx.policy.max_batch:
             raise InvalidArgument(
                 f"too many records: at most {self.ctx.policy.max_batch} per call; split the batch",
@@ -158,22 +163,28 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
             valid_id(f"records[{i}].subject_id", message.subject_id)
         items = [_input(message) for message in request.records]
         key = request.idempotency_key
-        views = await self._put(context, lambda s, who: records.put_records(s, self.ctx, who, items, key), key)
+        views = await self._put(
+            context, lambda s, who: records.put_records(s, self.ctx, who, items, key), key, identity
+        )
         response = pb.PutRecordsResponse()
         _records_into(response.records, views)
         return response
 
     async def _put(
-        self, context: aio.ServicerContext, work: Callable[[Session, CallerIdentity], T], idempotency_key: str
+        self,
+        context: aio.ServicerContext,
+        work: Callable[[Session, CallerIdentity], T],
+        idempotency_key: str,
+        identity: CallerIdentity,
     ) -> T:
         try:
-            return await self._run(context, work)
+            return await self._run(context, work, identity=identity)
         except IntegrityError:
             if not idempotency_key:
                 raise
             # Another call with this key committed first (the unique key refused ours): run again to
             # return its result, or refuse if its request differed.
-            return await self._run(context, work)
+            return await self._run(context, work, identity=identity)
 
     async def GetRecord(self, request: pb.GetRecordRequest, context: aio.ServicerContext) -> pb.GetRecordResponse:
         valid_id("record_id", request.record_id)
