@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -23,7 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from grpc_status import rpc_status
 
-from services.chassis.rpc import WrappedHandlers, wrap_rpc_handler
+from services.chassis.rpc import MethodWrappingInterceptor, wrap_rpc_behaviour
 
 log = logging.getLogger("steward.errors")
 
@@ -417,29 +416,38 @@ def _is_abort(exc: BaseException) -> bool:
     return isinstance(exc, aio.AbortError) or type(exc).__name__ == "AbortError"
 
 
-@asynccontextmanager
-async def _map_errors(context: aio.ServicerContext) -> AsyncIterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        if _is_abort(exc):
-            raise
+async def _abort_unless_aborted(context: aio.ServicerContext, exc: Exception) -> None:
+    # An abort has already set the status and must pass through untouched; anything else is mapped.
+    if not _is_abort(exc):
         await abort_for(context, exc)
-        raise
 
 
-class ErrorMappingInterceptor(aio.ServerInterceptor):
+def _mapping_errors(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await behaviour(request, context)
+        except Exception as exc:
+            await _abort_unless_aborted(context, exc)
+            raise
+
+    return call
+
+
+def _mapping_errors_streaming(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            async for item in behaviour(request, context):
+                yield item
+        except Exception as exc:
+            await _abort_unless_aborted(context, exc)
+            raise
+
+    return call
+
+
+class ErrorMappingInterceptor(MethodWrappingInterceptor):
     """Wraps every handler so domain errors become statuses and unknown errors become INTERNAL."""
 
-    def __init__(self) -> None:
-        self._handlers = WrappedHandlers(lambda handler, _method: wrap_rpc_handler(handler, _map_errors))
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        return self._handlers.get(handler, handler_call_details.method)
+    def wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` with its exceptions mapped to statuses (a plain try/except per call, no context manager)."""
+        return wrap_rpc_behaviour(handler, _mapping_errors, _mapping_errors_streaming)

@@ -12,7 +12,7 @@ servicer is also served alone on a plaintext port (no other service, no reflecti
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -22,8 +22,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.chassis.errors import ErrorMappingInterceptor, PermissionDenied, Reason, abort_for
-from services.chassis.rpc import DecodeFailureLog, WrappedHandlers, refuse_undecodable_requests, wrap_rpc_handler
+from services.chassis.rpc import (
+    DecodeFailureLog,
+    MethodWrappingInterceptor,
+    compose_interceptors,
+    refuse_undecodable_requests,
+    wrap_rpc_handler,
+)
 from services.chassis.settings import GrpcSettings, SettingsError
+from services.chassis.telemetry import TracingInterceptor
 from services.chassis.tls_reload import CertificateFiles, ReloadingServerCredentials
 
 log = logging.getLogger("steward.grpc")
@@ -60,7 +67,7 @@ def server_options(settings: GrpcSettings) -> list[tuple[str, int]]:
     ]
 
 
-class PeerAllowlistInterceptor(aio.ServerInterceptor):
+class PeerAllowlistInterceptor(MethodWrappingInterceptor):
     """Refuses callers whose verified certificate name is not allowed (services accept only the gateway).
 
     Health checks stay open so Kubernetes probes work without a client certificate.
@@ -68,17 +75,12 @@ class PeerAllowlistInterceptor(aio.ServerInterceptor):
 
     def __init__(self, allowed_names: Iterable[str]) -> None:
         self._allowed = {name.encode() for name in allowed_names}
-        self._handlers = WrappedHandlers(lambda handler, _method: wrap_rpc_handler(handler, self._only_allowed_peers))
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith("/grpc.health.v1.Health/"):
+    def wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` refusing callers that are not allowed peers (health checks are left open)."""
+        if method.startswith("/grpc.health.v1.Health/"):
             return handler
-        return self._handlers.get(handler, handler_call_details.method)
+        return wrap_rpc_handler(handler, self._only_allowed_peers)
 
     @asynccontextmanager
     async def _only_allowed_peers(self, context: aio.ServicerContext) -> AsyncIterator[None]:
@@ -88,7 +90,7 @@ class PeerAllowlistInterceptor(aio.ServerInterceptor):
         yield
 
 
-class RequestDecodingInterceptor(aio.ServerInterceptor):
+class RequestDecodingInterceptor(MethodWrappingInterceptor):
     """A request body that does not parse is INVALID_ARGUMENT with a clear message, for every method of every service.
 
     Installed innermost, so callers that fail authentication or the peer allowlist learn nothing about
@@ -97,19 +99,10 @@ class RequestDecodingInterceptor(aio.ServerInterceptor):
 
     def __init__(self, failures: DecodeFailureLog | None = None) -> None:
         self.failures = failures or DecodeFailureLog()
-        self._handlers = WrappedHandlers(
-            lambda handler, method: refuse_undecodable_requests(handler, method=method, failures=self.failures)
-        )
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        return self._handlers.get(handler, handler_call_details.method)
+    def wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` answering INVALID_ARGUMENT for a body that does not parse."""
+        return refuse_undecodable_requests(handler, method=method, failures=self.failures)
 
 
 @dataclass
@@ -159,8 +152,6 @@ async def build_server(
     Without mTLS a service would trust identity metadata from anyone, so that requires the explicit
     ``trust_identity_metadata`` switch (tests, benchmarks); otherwise start-up fails.
     """
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
-
     tls = settings.tls
     mtls = tls.enabled and tls.client_ca_file is not None
     if not mtls and not trust_identity_metadata:
@@ -168,14 +159,15 @@ async def build_server(
             "mTLS is not configured: set GRPC__TLS__CERT_FILE, GRPC__TLS__KEY_FILE and GRPC__TLS__CLIENT_CA_FILE, "
             "or TRUST_IDENTITY_METADATA=true for local testing only"
         )
-    interceptors: list[aio.ServerInterceptor] = [aio_server_interceptor(), ErrorMappingInterceptor()]
+    interceptors: list[aio.ServerInterceptor] = [TracingInterceptor(), ErrorMappingInterceptor()]
     if mtls and tls.allowed_client_names:
         interceptors.insert(1, PeerAllowlistInterceptor(tls.allowed_client_names))
     interceptors[:0] = outer_interceptors
     interceptors.extend(extra_interceptors)
     interceptors.append(RequestDecodingInterceptor())
     server = aio.server(
-        interceptors=interceptors,
+        # Interceptors that only wrap each method's handler run as one (one coroutine per call, not one each).
+        interceptors=compose_interceptors(interceptors),
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )

@@ -27,6 +27,7 @@ __all__ = [
     "is_reference",
     "is_tenant_id",
     "new_id",
+    "new_ids",
     "valid_id",
 ]
 
@@ -45,14 +46,21 @@ _REFERENCE = re.compile(f"[{_ID_CHARACTERS}]{{1,{ID_MAX_LENGTH}}}")
 
 def new_id() -> str:
     """A new UUIDv7 string."""
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (millis & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76  # version 7
-    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a (12 bits)
-    value |= 0b10 << 62  # RFC 4122 variant
-    value |= rand & ((1 << 62) - 1)  # rand_b (62 bits)
-    return str(uuid.UUID(int=value))
+    return new_ids(1)[0]
+
+
+def new_ids(count: int) -> list[str]:
+    """``count`` new UUIDv7 strings, from one read of the system's random source (a batch of records)."""
+    millis = (time.time_ns() // 1_000_000) & ((1 << 48) - 1)
+    head = (millis << 80) | (0x7 << 76) | (0b10 << 62)  # time, version 7, RFC 4122 variant
+    pool = os.urandom(10 * count)
+    ids = []
+    for offset in range(0, 10 * count, 10):
+        rand = int.from_bytes(pool[offset : offset + 10], "big")
+        # rand_a (12 bits) and rand_b (62 bits)
+        text = "%032x" % (head | ((rand >> 62) & 0xFFF) << 64 | (rand & ((1 << 62) - 1)))
+        ids.append(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
+    return ids
 
 
 def is_tenant_id(value: object) -> bool:

@@ -31,7 +31,6 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -46,7 +45,7 @@ from services.chassis.errors import DomainError, abort_for
 from services.chassis.grpc_server import RunningServer, build_server
 from services.chassis.metrics import ServiceMetrics
 from services.chassis.migrations import require_head, upgrade
-from services.chassis.rpc import wrap_rpc_handler
+from services.chassis.rpc import MethodWrappingInterceptor, wrap_rpc_behaviour
 from services.chassis.settings import ServiceSettings, SettingsError, load_settings, variable_name
 from services.chassis.tasks import BackgroundTask
 from services.chassis.telemetry import setup_logging, setup_telemetry
@@ -98,7 +97,7 @@ class ReadyCheck:
     refusal: DomainError
 
 
-class _StartupGate(aio.ServerInterceptor):
+class _StartupGate(MethodWrappingInterceptor):
     """Refuses every call but health and reflection with the check's refusal until :meth:`open`."""
 
     _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -110,22 +109,31 @@ class _StartupGate(aio.ServerInterceptor):
         """Let calls through from now on."""
         self._refusal = None
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        refusal = self._refusal
-        if refusal is None or handler is None or handler_call_details.method.startswith(self._OPEN_PREFIXES):
+    def wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` refusing calls while the check runs (one test per call afterwards; health stays open)."""
+        if self._refusal is None or method.startswith(self._OPEN_PREFIXES):
             return handler
 
-        @asynccontextmanager
-        async def refused(context: aio.ServicerContext) -> AsyncIterator[None]:
-            await abort_for(context, refusal)
-            yield
+        def unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            async def call(request: Any, context: aio.ServicerContext) -> Any:
+                refusal = self._refusal
+                if refusal is not None:
+                    await abort_for(context, refusal)
+                return await behaviour(request, context)
 
-        return wrap_rpc_handler(handler, refused)
+            return call
+
+        def streaming(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+                refusal = self._refusal
+                if refusal is not None:
+                    await abort_for(context, refusal)
+                async for item in behaviour(request, context):
+                    yield item
+
+            return call
+
+        return wrap_rpc_behaviour(handler, unary, streaming)
 
 
 class ServiceRuntime(Generic[SettingsT]):

@@ -13,8 +13,12 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import Token
+from typing import Any, NamedTuple
 
+import grpc
+from grpc import aio
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -23,7 +27,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-__all__ = ["JsonLogFormatter", "extract_context", "inject_headers", "setup_logging", "setup_telemetry"]
+from services.chassis.rpc import MethodWrappingInterceptor, wrap_rpc_behaviour
+
+__all__ = [
+    "JsonLogFormatter",
+    "TracingInterceptor",
+    "extract_context",
+    "inject_headers",
+    "setup_logging",
+    "setup_telemetry",
+]
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -115,3 +128,89 @@ def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
 def extract_context(headers: Mapping[str, str] | None) -> otel_context.Context:
     """The trace context a publisher put into NATS headers."""
     return propagate.extract(dict(headers or {}))
+
+
+# --------------------------------------------------------------------------- server spans
+
+_PROPAGATION_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+class _Details(NamedTuple):
+    """The part of ``grpc.HandlerCallDetails`` OpenTelemetry's interceptor reads (the method)."""
+
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...] = ()
+
+
+def _recording() -> bool:
+    """True when server spans are recorded: an SDK tracer provider whose sampler is not ALWAYS_OFF."""
+    provider = trace.get_tracer_provider()
+    return isinstance(provider, TracerProvider) and provider.sampler is not ALWAYS_OFF
+
+
+class TracingInterceptor(MethodWrappingInterceptor):
+    """A server span per call, child of the caller's W3C trace context; wrapped once per method.
+
+    When spans are recorded (an exporter is configured), each call goes through OpenTelemetry's own
+    grpc interceptor: attributes, status, exceptions. When they are not (:func:`setup_telemetry` samples
+    nothing without an exporter, and tests run without an SDK provider), the call only gets what logs and
+    downstream hops need: the caller's context extracted from metadata (when it sent any) and a
+    non-recording span of the same trace made current — without OpenTelemetry's per-call work (a new
+    handler, a proxied servicer context, attribute and metadata dicts), which cost more than the span.
+    """
+
+    def __init__(self) -> None:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        self._otel: Any = aio_server_interceptor()
+        self._tracer = trace.get_tracer(__name__)
+
+    def wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` running inside a server span named ``method``."""
+        details = _Details(method)
+        otel, tracer = self._otel, self._tracer
+        server_kind = trace.SpanKind.SERVER
+
+        def enter(context: aio.ServicerContext) -> Token[otel_context.Context]:
+            carrier: dict[str, str] | None = None
+            for key, value in context.invocation_metadata() or ():
+                if key in _PROPAGATION_KEYS:
+                    if carrier is None:
+                        carrier = {}
+                    carrier[key] = value
+            parent = propagate.extract(carrier) if carrier is not None else None
+            span = tracer.start_span(method, context=parent, kind=server_kind)
+            return otel_context.attach(trace.set_span_in_context(span, parent))
+
+        def unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            recorded = otel._intercept_aio_server_unary(behaviour, details)
+
+            async def call(request: Any, context: aio.ServicerContext) -> Any:
+                if _recording():
+                    return await recorded(request, context)
+                token = enter(context)
+                try:
+                    return await behaviour(request, context)
+                finally:
+                    otel_context.detach(token)
+
+            return call
+
+        def streaming(behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+            recorded = otel._intercept_aio_server_stream(behaviour, details)
+
+            async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+                if _recording():
+                    async for item in recorded(request, context):
+                        yield item
+                    return
+                token = enter(context)
+                try:
+                    async for item in behaviour(request, context):
+                        yield item
+                finally:
+                    otel_context.detach(token)
+
+            return call
+
+        return wrap_rpc_behaviour(handler, unary, streaming)

@@ -11,9 +11,8 @@ when it ends. Handlers read the result with :func:`~services.gateway.caller.curr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -31,10 +30,10 @@ from services.chassis.errors import (
     Unauthenticated,
 )
 from services.chassis.ids import valid_id
-from services.chassis.rpc import Around, wrap_rpc_handler
+from services.chassis.rpc import MethodWrappingInterceptor, wrap_rpc_behaviour
 from services.gateway import grants
 from services.gateway.accesslog import AccessLog
-from services.gateway.apikeys import ApiKeyAuthenticator
+from services.gateway.apikeys import ApiKeyAuthenticator, VerifiedKey
 from services.gateway.caller import NO_CREDENTIAL, Caller, acting_as
 from services.gateway.jwt_auth import OperatorVerifier
 from services.gateway.models import TenantRow
@@ -53,6 +52,8 @@ MD_SUPPORT_GRANT = "x-steward-support-grant"
 LOCAL_PREFIX = "/steward.gateway.v1."
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 MAX_TOKEN_LEN = 4096
+MAX_CACHED_CALLERS = 50_000
+Behaviour = Callable[..., Any]
 
 
 def _metadata_values(metadata: Sequence[tuple[str, Any]] | None, key: str) -> list[Any]:
@@ -98,6 +99,8 @@ class Gatekeeper:
         self.operators = operators
         self.limiter = limiter
         self.clock = clock
+        # One Caller per verified key object (the authenticator hands out the same one while it caches the key).
+        self._key_callers: dict[str, tuple[VerifiedKey, Caller]] = {}
 
     async def admit(self, method: str, metadata: Sequence[tuple[str, Any]] | None, peer: str = "") -> Caller:
         """The caller of ``method``, or a DomainError saying what is wrong.
@@ -137,7 +140,10 @@ class Gatekeeper:
         if not policy.any_caller and not policy.scopes.intersection(key.scopes):
             needed = " or ".join(sorted(policy.scopes)) or "an operator role"
             raise PermissionDenied(f"this API key may not call {method}: it needs {needed}")
-        return Caller(
+        cached = self._key_callers.get(key.key_id)
+        if cached is not None and cached[0] is key:
+            return cached[1]
+        caller = Caller(
             kind="api_key",
             principal=f"apikey:{key.key_id}",
             tenant_id=key.tenant_id,
@@ -145,6 +151,10 @@ class Gatekeeper:
             scopes=key.scopes,
             expires_at=key.expires_at,
         )
+        if len(self._key_callers) >= MAX_CACHED_CALLERS:
+            self._key_callers.clear()
+        self._key_callers[key.key_id] = (key, caller)
+        return caller
 
     async def _operator_caller(
         self, token: str, method: str, policy: RoutePolicy, metadata: Sequence[tuple[str, Any]] | None
@@ -231,65 +241,85 @@ def _status_name(exc: BaseException | None, context: aio.ServicerContext) -> str
     return "INTERNAL"
 
 
-class AdmissionInterceptor(aio.ServerInterceptor):
+class AdmissionInterceptor(MethodWrappingInterceptor):
     """Admits every call (health and reflection excepted) and logs how it ended."""
 
     def __init__(self, gate: Gatekeeper, access_log: AccessLog) -> None:
         self.gate = gate
         self.access_log = access_log
-        # The wrapped handler depends only on the method, so it is built once per method, not per call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
+    def wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` behind admission and access logging (health and reflection stay open)."""
+        if method.startswith(OPEN_PREFIXES):
             return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
         if handler.stream_unary or handler.stream_stream:
-            wrapped = _refuse_streaming_requests(handler)
-        else:
-            wrapped = wrap_rpc_handler(handler, self._around(method))
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+            return _refuse_streaming_requests(handler)
+        return wrap_rpc_behaviour(handler, self._unary(method), self._streaming(method))
 
-    def _around(self, method: str) -> Around:
+    def _unary(self, method: str) -> Callable[[Behaviour], Behaviour]:
         """Admission before the handler runs; access logging (and support-access completion) after."""
+        enter, leave = self._enter, self._leave
 
-        @contextlib.asynccontextmanager
-        async def around(context: aio.ServicerContext) -> AsyncIterator[None]:
-            started = time.perf_counter()
-            caller: Caller | None = None
-            seq: int | None = None
-            failure: BaseException | None = None
+        def wrap(behaviour: Behaviour) -> Behaviour:
+            async def call(request: Any, context: aio.ServicerContext) -> Any:
+                state = _CallState(time.perf_counter())
+                try:
+                    with acting_as(await enter(method, context, state)):
+                        response = await behaviour(request, context)
+                except BaseException as exc:
+                    await leave(method, state, _status_name(exc, context))
+                    raise
+                await leave(method, state, _status_name(None, context))
+                return response
+
+            return call
+
+        return wrap
+
+    def _streaming(self, method: str) -> Callable[[Behaviour], Behaviour]:
+        enter, leave = self._enter, self._leave
+
+        def wrap(behaviour: Behaviour) -> Behaviour:
+            async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+                state = _CallState(time.perf_counter())
+                try:
+                    with acting_as(await enter(method, context, state)):
+                        async for item in behaviour(request, context):
+                            yield item
+                except BaseException as exc:
+                    await leave(method, state, _status_name(exc, context))
+                    raise
+                await leave(method, state, _status_name(None, context))
+
+            return call
+
+        return wrap
+
+    async def _enter(self, method: str, context: aio.ServicerContext, state: _CallState) -> Caller:
+        caller = state.caller = await self.gate.admit(method, context.invocation_metadata(), _peer_host(context.peer()))
+        if caller.support_grant_id:
+            state.seq = await self.gate.open_support_access(caller, method)
+        return caller
+
+    async def _leave(self, method: str, state: _CallState, status: str) -> None:
+        elapsed = time.perf_counter() - state.started
+        self.access_log.record(state.caller, method, status, elapsed)
+        if state.seq is not None:
             try:
-                caller = await self.gate.admit(method, context.invocation_metadata(), _peer_host(context.peer()))
-                if caller.support_grant_id:
-                    seq = await self.gate.open_support_access(caller, method)
-                with acting_as(caller):
-                    yield
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                await self._leave(method, caller, seq, _status_name(failure, context), started)
-
-        return around
-
-    async def _leave(self, method: str, caller: Caller | None, seq: int | None, status: str, started: float) -> None:
-        elapsed = time.perf_counter() - started
-        self.access_log.record(caller, method, status, elapsed)
-        if seq is not None:
-            try:
-                await self.gate.close_support_access(seq, status, int(elapsed * 1000))
+                await self.gate.close_support_access(state.seq, status, int(elapsed * 1000))
             except Exception:  # the access row exists already; only its outcome is missing
                 self.access_log.failed_completions += 1
+
+
+class _CallState:
+    """One admitted call: when it started, who the caller is (once known), its support-access row (if any)."""
+
+    __slots__ = ("caller", "seq", "started")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.caller: Caller | None = None
+        self.seq: int | None = None
 
 
 def _refuse_streaming_requests(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

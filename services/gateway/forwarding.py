@@ -40,6 +40,9 @@ from services.gateway.policy import policy_for
 
 log = logging.getLogger("steward.gateway.forwarding")
 
+MAX_CACHED_IDENTITIES = 10_000
+"""Identity metadata kept per admitted Caller object (cleared when full)."""
+
 __all__ = [
     "FORWARDED_SERVICES",
     "DeadlinePolicy",
@@ -93,7 +96,10 @@ class DeadlinePolicy:
 
     def timeout(self, method: str, context: aio.ServicerContext) -> tuple[float, bool]:
         """(seconds to give the upstream, whether the route cap — not the caller — set it)."""
-        cap = self.cap_for(method)
+        return self.timeout_within(self.cap_for(method), context)
+
+    def timeout_within(self, cap: float, context: aio.ServicerContext) -> tuple[float, bool]:
+        """:meth:`timeout` for a method whose cap is ``cap`` (forwarding looks it up once per method)."""
         remaining = context.time_remaining()
         if remaining is None or remaining > 10**8:  # no deadline sent (gRPC reports None or "infinite")
             if self.require_client_deadline:
@@ -114,6 +120,22 @@ class Forwarder:
         self.upstreams = upstreams
         self.deadlines = deadlines
         self._callables: dict[str, tuple[aio.Channel, Any]] = {}
+        # Identity metadata per Caller object: admission hands out one Caller per API key while it is cached.
+        self._identities: dict[int, tuple[Caller, tuple[tuple[str, str], ...]]] = {}
+
+    def _outbound_metadata(self, caller: Caller) -> tuple[tuple[str, str], ...]:
+        """Identity set by the gateway plus W3C trace context, and nothing the caller sent.
+
+        Trace context is injected directly rather than through OpenTelemetry's aio client interceptor: the
+        interceptor wraps every call in an extra task and span, a measurable share of the gateway's CPU per
+        call, while the services' server spans join the same trace from these headers alone.
+        """
+        entry = self._identities.get(id(caller))
+        if entry is None or entry[0] is not caller:
+            if len(self._identities) >= MAX_CACHED_IDENTITIES:
+                self._identities.clear()
+            entry = self._identities[id(caller)] = (caller, identity_metadata(caller.identity()))
+        return entry[1] + tuple(inject_headers().items())
 
     def _unary_callable(self, upstream: str, method: str) -> Any:
         # Multicallables are reusable; building one per call costs time on the hot path. One is kept per channel:
@@ -145,23 +167,31 @@ class Forwarder:
         return grpc.method_handlers_generic_handler(service.descriptor.full_name, handlers)
 
     def _unary(self, upstream: str, method: str) -> Callable[[bytes, aio.ServicerContext], Any]:
+        cap, timeout_within, metadata = (
+            self.deadlines.cap_for(method),
+            self.deadlines.timeout_within,
+            self._outbound_metadata,
+        )
+
         async def forward(request: bytes, context: aio.ServicerContext) -> bytes:
             caller = current_caller()
-            timeout, capped = self.deadlines.timeout(method, context)
+            timeout, capped = timeout_within(cap, context)
             call = self._unary_callable(upstream, method)
             try:
-                return await call(request, metadata=_outbound_metadata(caller), timeout=timeout)  # type: ignore[no-any-return]
+                return await call(request, metadata=metadata(caller), timeout=timeout)  # type: ignore[no-any-return]
             except aio.AioRpcError as err:
                 raise upstream_error(err, upstream=upstream, cap=timeout if capped else None) from None
 
         return forward
 
     def _stream(self, upstream: str, method: str) -> Callable[[bytes, aio.ServicerContext], AsyncIterator[bytes]]:
+        cap = self.deadlines.cap_for(method)
+
         async def forward(request: bytes, context: aio.ServicerContext) -> AsyncIterator[bytes]:
             caller = current_caller()
-            timeout, capped = self.deadlines.timeout(method, context)
+            timeout, capped = self.deadlines.timeout_within(cap, context)
             call = self._stream_callable(upstream, method)(
-                request, metadata=_outbound_metadata(caller), timeout=timeout
+                request, metadata=self._outbound_metadata(caller), timeout=timeout
             )
             try:
                 async for item in call:
@@ -172,16 +202,6 @@ class Forwarder:
                 call.cancel()
 
         return forward
-
-
-def _outbound_metadata(caller: Caller) -> tuple[tuple[str, str], ...]:
-    """Identity set by the gateway plus W3C trace context, and nothing the caller sent.
-
-    Trace context is injected directly rather than through OpenTelemetry's aio client interceptor: the
-    interceptor wraps every call in an extra task and span, a measurable share of the gateway's CPU per
-    call, while the services' server spans join the same trace from these headers alone.
-    """
-    return identity_metadata(caller.identity()) + tuple(inject_headers().items())
 
 
 def upstream_error(err: aio.AioRpcError, *, upstream: str, cap: float | None) -> DomainError:

@@ -4,8 +4,8 @@ subjects.py and admin.py; each call is one transaction on a worker thread)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, TypeVar
 
 from google.protobuf.struct_pb2 import Struct
 from grpc import aio
@@ -49,17 +49,31 @@ def _data_bytes(data: Struct) -> bytes:
 
 
 def _record(view: RecordView) -> pb.Record:
-    message = pb.Record(
-        id=view.id,
-        subject_id=view.subject_id,
-        kind=view.kind,  # type: ignore[arg-type]
-        version=view.version,
-        created_at=to_timestamp(view.created_at),
-        updated_at=to_timestamp(view.updated_at),
-    )
+    message = pb.Record()
+    _fill_record(message, view)
+    return message
+
+
+def _fill_record(message: pb.Record, view: RecordView) -> None:
+    """Set ``message`` (a new Record, or one added in place to a response's list) from ``view``."""
+    message.id = view.id
+    message.subject_id = view.subject_id
+    message.kind = view.kind  # type: ignore[assignment]
+    message.version = view.version
+    created, updated = to_timestamp(view.created_at), to_timestamp(view.updated_at)
+    if created is not None:
+        message.created_at.CopyFrom(created)
+    if updated is not None:
+        message.updated_at.CopyFrom(updated)
     if view.data is not None:
         message.data.MergeFromString(view.data)
-    return message
+
+
+def _records_into(records: Any, views: Iterable[RecordView]) -> None:
+    """Append ``views`` to a response's repeated Record field, built in place (no message copied per record)."""
+    add = records.add
+    for view in views:
+        _fill_record(add(), view)
 
 
 def _input(message: pb.NewRecord) -> RecordInput:
@@ -110,10 +124,12 @@ class _Base:
         work: Callable[[Session, CallerIdentity], T],
         *,
         isolated: bool = False,
+        identity: CallerIdentity | None = None,
     ) -> T:
         # isolated: the work has external effects that must not be repeated (Transit key lifecycle,
-        # erasure), so it never shares a group commit that could be replayed.
-        identity = require_identity(context)
+        # erasure), so it never shares a group commit that could be replayed. ``identity``: already read.
+        if identity is None:
+            identity = require_identity(context)
         # A caller whose deadline has passed gets DEADLINE_EXCEEDED and nothing is committed for it.
         return await self.db.run(
             lambda session: work(session, identity), isolated=isolated, timeout_s=context.time_remaining()
@@ -124,17 +140,20 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
     """VaultService: records and data subjects of the calling tenant."""
 
     async def PutRecord(self, request: pb.PutRecordRequest, context: aio.ServicerContext) -> pb.PutRecordResponse:
-        require_identity(context)  # an unauthenticated caller learns nothing, not even what a valid request is
+        # An unauthenticated caller learns nothing, not even what a valid request is.
+        identity = require_identity(context)
         if not request.HasField("record"):
             raise InvalidArgument("record is missing; send the record to store")
         valid_id("record.subject_id", request.record.subject_id)
         item = _input(request.record)
         key = request.idempotency_key
-        [view] = await self._put(context, lambda s, who: records.put_records(s, self.ctx, who, [item], key), key)
+        [view] = await self._put(
+            context, lambda s, who: records.put_records(s, self.ctx, who, [item], key), key, identity
+        )
         return pb.PutRecordResponse(record=_record(view))
 
     async def PutRecords(self, request: pb.PutRecordsRequest, context: aio.ServicerContext) -> pb.PutRecordsResponse:
-        require_identity(context)
+        identity = require_identity(context)
         if len(request.records) > self.ctx.policy.max_batch:
             raise InvalidArgument(
                 f"too many records: at most {self.ctx.policy.max_batch} per call; split the batch",
@@ -144,20 +163,28 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
             valid_id(f"records[{i}].subject_id", message.subject_id)
         items = [_input(message) for message in request.records]
         key = request.idempotency_key
-        views = await self._put(context, lambda s, who: records.put_records(s, self.ctx, who, items, key), key)
-        return pb.PutRecordsResponse(records=[_record(view) for view in views])
+        views = await self._put(
+            context, lambda s, who: records.put_records(s, self.ctx, who, items, key), key, identity
+        )
+        response = pb.PutRecordsResponse()
+        _records_into(response.records, views)
+        return response
 
     async def _put(
-        self, context: aio.ServicerContext, work: Callable[[Session, CallerIdentity], T], idempotency_key: str
+        self,
+        context: aio.ServicerContext,
+        work: Callable[[Session, CallerIdentity], T],
+        idempotency_key: str,
+        identity: CallerIdentity,
     ) -> T:
         try:
-            return await self._run(context, work)
+            return await self._run(context, work, identity=identity)
         except IntegrityError:
             if not idempotency_key:
                 raise
             # Another call with this key committed first (the unique key refused ours): run again to
             # return its result, or refuse if its request differed.
-            return await self._run(context, work)
+            return await self._run(context, work, identity=identity)
 
     async def GetRecord(self, request: pb.GetRecordRequest, context: aio.ServicerContext) -> pb.GetRecordResponse:
         valid_id("record_id", request.record_id)
@@ -179,7 +206,9 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
                 page_token=request.page_token,
             ),
         )
-        return pb.ListRecordsResponse(records=[_record(view) for view in views], next_page_token=token)
+        response = pb.ListRecordsResponse(next_page_token=token)
+        _records_into(response.records, views)
+        return response
 
     async def UpdateRecord(
         self, request: pb.UpdateRecordRequest, context: aio.ServicerContext

@@ -26,7 +26,7 @@ from services.chassis.bus import enqueue, make_event
 from services.chassis.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, NotFound, Reason
 from services.chassis.fastsql import insert_rows, select_rows
 from services.chassis.identity import CallerIdentity
-from services.chassis.ids import new_id
+from services.chassis.ids import new_ids
 from services.vault import audit
 from services.vault.blind_index import BlindIndex
 from services.vault.domain import (
@@ -197,8 +197,7 @@ def put_records(
     now = ctx.clock.now()
     rows = []
     views = []
-    for item, sid, key_id in zip(items, subject_ids, key_ids, strict=True):
-        rid = new_id()
+    for item, sid, key_id, rid in zip(items, subject_ids, key_ids, new_ids(len(items)), strict=True):
         blob = sealers[key_id].seal(item.data, _aad(tid, rid, item.kind, sid, 1))
         rows.append(
             {

@@ -189,3 +189,24 @@ def test_every_listed_name_is_what_prometheus_sees(metrics: ServiceMetrics, db: 
     consumer_series = {name for name in METRIC_NAMES if name.startswith("steward_consumer_")}  # need JetStream
     for name in set(METRIC_NAMES) - consumer_series:
         assert name in families or f"{name}_count" in families, name
+
+
+def test_rpc_latency_buckets_are_cumulative_with_inclusive_bounds(metrics: ServiceMetrics) -> None:
+    """The per-RPC histogram (kept outside the SDK) exports what Prometheus expects: ``le`` inclusive, cumulative
+    buckets, ``_count`` equal to the +Inf bucket, and the sum."""
+    labels = {"grpc_service": "pkg.Service", "grpc_method": "Call"}
+    for seconds in (0.0005, 0.005, 0.2, 30.0):  # 0.005 sits exactly on a bound: it counts in le="0.005"
+        metrics.rpc_duration.record(seconds, labels)
+    metrics.rpc_requests.add(1, {**labels, "grpc_code": "OK"})
+    found = samples(metrics.scrape())
+    series = {**labels, "service_name": "test"}
+    bucket = "steward_rpc_duration_seconds_bucket"
+    assert sample(found, bucket, **series, le="0.001") == 1
+    assert sample(found, bucket, **series, le="0.0025") == 1
+    assert sample(found, bucket, **series, le="0.005") == 2
+    assert sample(found, bucket, **series, le="0.25") == 3
+    assert sample(found, bucket, **series, le="10.0") == 3
+    assert sample(found, bucket, **series, le="+Inf") == 4
+    assert sample(found, "steward_rpc_duration_seconds_count", **series) == 4
+    assert sample(found, "steward_rpc_duration_seconds_sum", **series) == pytest.approx(30.2055)
+    assert sample(found, "steward_rpc_requests_total", **series, grpc_code="OK") == 1

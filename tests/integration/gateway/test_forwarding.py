@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc import aio
 from steward.gateway.v1 import gateway_pb2
 from steward.vault.v1 import vault_pb2
@@ -306,3 +307,24 @@ async def test_trace_context_crosses_the_gateway_hop(env: GatewayEnv) -> None:
     forwarded = env.vault.traceparents[-1].split("-")
     assert forwarded[1] == caller_trace  # same trace
     assert forwarded[2] != "00f067aa0ba902b7"  # a new parent span: the gateway's own
+
+
+async def test_trace_context_crosses_the_gateway_hop_when_no_span_is_recorded(
+    env: GatewayEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an exporter nothing samples spans (ALWAYS_OFF, as setup_telemetry configures it): the gateway then
+    skips OpenTelemetry's per-call span work, and the caller's trace must still reach the upstream."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+    monkeypatch.setattr(trace.get_tracer_provider(), "sampler", ALWAYS_OFF)
+    caller_trace = "0af7651916cd43dd8448eb211c80319c"
+    await env.c.vault.PutRecord(
+        PUT, metadata=(*bearer(env.key_a), ("traceparent", f"00-{caller_trace}-b7ad6b7169203331-01"))
+    )
+    forwarded = env.vault.traceparents[-1].split("-")
+    assert forwarded[1] == caller_trace  # same trace
+    assert forwarded[2] != "b7ad6b7169203331"  # a new parent span: the gateway's own

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.chassis.errors import InvalidArgument, Reason
-from services.chassis.ids import PAGE_TOKEN_MAX_LENGTH, is_reference, new_id, valid_id
+from services.chassis.ids import PAGE_TOKEN_MAX_LENGTH, is_id, is_reference, new_id, new_ids, valid_id
 
 ACCEPTED = [
     "",  # absent: whether the field is required is the domain's rule, with its own message
@@ -56,3 +56,16 @@ def test_references_from_other_systems_use_the_same_characters_without_padding()
     assert is_reference("dsr:2026-11-30.case_7")
     assert not is_reference("c2VxOjQ=")
     assert not is_reference("")
+
+
+def test_ids_made_in_a_batch_are_distinct_uuid7s_in_canonical_form() -> None:
+    import time
+    import uuid
+
+    batch = new_ids(2000)
+    assert len(set(batch)) == 2000
+    for value in [*batch, new_id()]:
+        parsed = uuid.UUID(value)
+        assert is_id(value) and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert abs((parsed.int >> 80) - time.time_ns() // 1_000_000) < 60_000  # the millisecond timestamp
+    assert new_ids(0) == []
