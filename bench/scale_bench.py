@@ -23,7 +23,8 @@ measured state (nothing of the seeding in its memory); the load comes from anoth
 are excluded.
 
 ``python -m bench.scale_bench`` (10k vs 100k, part of ``make bench``);
-``BENCH_SCALE=1 python -m bench.scale_bench`` (10k vs 1M, the full run, ~1 h on the loaded 2-core machine).
+``BENCH_SCALE=1 python -m bench.scale_bench`` (10k vs 1M, the full run: about 35 min per database on the loaded
+2-core machine).
 """
 
 from __future__ import annotations
