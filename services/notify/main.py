@@ -37,6 +37,7 @@ from services.notify.email import EmailChannel
 from services.notify.endpoints import NotifyEndpoints, WebhookServer, unsubscribe_link
 from services.notify.events import EVENT_SUBJECTS, EVENTS_DURABLE, NotifyEventHandler
 from services.notify.keys import TRANSIT_PREFIX, TenantKeys
+from services.notify.pacing import Pacer
 from services.notify.settings import NotifySettings
 from services.notify.statuses import SqlStatusStore
 from services.notify.templates import TemplateCatalogue
@@ -44,7 +45,9 @@ from services.notify.unsubscribe import UnsubscribeTokens
 from services.notify.webhooks import create_webhook_app
 from services.notify.whatsapp import WhatsAppChannel
 
-__all__ = ["NotifyApp", "NotifySettings", "assemble", "create_server", "main"]
+__all__ = ["DEFERRALS_METRIC", "NotifyApp", "NotifySettings", "assemble", "create_server", "main"]
+
+DEFERRALS_METRIC = "steward_notify_deferrals_total"
 
 
 @dataclass
@@ -89,6 +92,10 @@ async def assemble(
         unsubscribe_link=partial(unsubscribe_link, tokens, unsubscribe_base),
         rng=random.Random(),  # noqa: S311 - backoff jitter, not a secret
         reengagement_template=settings.whatsapp_reengagement_template,
+    )
+    deferrals = runtime.metrics.counter(DEFERRALS_METRIC, "Sends deferred by quiet hours or a tenant's rate limit.")
+    ctx.pacer = Pacer(
+        settings.pacing, clock, ctx.catalogue, on_deferral=lambda reason: deferrals.add(1, {"reason": reason})
     )
     live_channels: dict[str, Channel] = channels if channels is not None else _channels(settings)
     for channel in live_channels.values():

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr
 from services.chassis.settings import ServiceSettings, service_settings_config
 from services.chassis.upstreams import UpstreamSettings
 from services.notify.breach_settings import BreachSettings
+from services.notify.pacing import PacingSettings
 from services.notify.whatsapp import WhatsAppSettings
 
 __all__ = ["DeliverySettings", "HttpSettings", "NotifySettings", "NotifyTransitSettings", "SmtpSettings"]
@@ -84,6 +85,7 @@ class NotifySettings(ServiceSettings):
     transit: NotifyTransitSettings
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    pacing: PacingSettings = Field(default_factory=PacingSettings)  # per-tenant send rate limits (pacing.py)
     breach: BreachSettings = Field(default_factory=BreachSettings)  # breach notices, impact log (breach_settings.py)
     recipient_hash_key: SecretStr = Field(
         description="HMAC key (at least 32 characters) of the recipient hashes in deliveries and the suppression "
