@@ -7,7 +7,8 @@ tenant data keys, the channels, bus and the event consumer, gRPC servicer, the d
 Subjects' addresses come from the vault at send time (:class:`~services.notify.addresses.VaultAddressBook` over
 the ``vault`` upstream, notify's mTLS client certificate); tests may pass another
 :class:`~services.notify.deliveries.AddressBook`. With WhatsApp settings the WhatsApp channel joins email, and the
-HTTP endpoints (WhatsApp webhook, RFC 8058 one-click unsubscribe) are served on ``http.port`` in this process.
+HTTP endpoints (WhatsApp webhook, RFC 8058 one-click unsubscribe, breach ack links) are served on ``http.port`` in
+this process.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from services.notify.breach_runtime import start_breach_side
 from services.notify.channels import Channel
 from services.notify.deliveries import AddressBook, DeliveryContext, DeliveryEngine, StaticAddressBook
 from services.notify.email import EmailChannel
-from services.notify.endpoints import NotifyEndpoints, WebhookServer, unsubscribe_link
+from services.notify.endpoints import NotifyEndpoints, WebhookServer, add_breach_ack_routes, unsubscribe_link
 from services.notify.events import EVENT_SUBJECTS, EVENTS_DURABLE, NotifyEventHandler
 from services.notify.keys import TRANSIT_PREFIX, TenantKeys
 from services.notify.pacing import Pacer
@@ -120,7 +121,7 @@ async def assemble(
 
     await runtime.serve_grpc(register, trust_identity_metadata=settings.trust_identity_metadata)
     await runtime.task(engine)
-    http_port = await _serve_http(runtime, db, ctx, tokens) if settings.http.enabled else 0
+    http_port = await _serve_http(runtime, db, ctx, tokens, breaches) if settings.http.enabled else 0
     return NotifyApp(runtime, db, ctx, engine, bus, consumer, tokens, http_port, breaches)
 
 
@@ -143,9 +144,14 @@ def _address_book(runtime: ServiceRuntime[NotifySettings]) -> AddressBook:
 
 
 async def _serve_http(
-    runtime: ServiceRuntime[NotifySettings], db: Database, ctx: DeliveryContext, tokens: UnsubscribeTokens
+    runtime: ServiceRuntime[NotifySettings],
+    db: Database,
+    ctx: DeliveryContext,
+    tokens: UnsubscribeTokens,
+    breaches: BreachApi,
 ) -> int:
-    """Serve the webhook and unsubscribe endpoints; the runtime closes them on stop (before the database)."""
+    """Serve the webhook, unsubscribe and breach-ack endpoints; the runtime closes them on stop (before the
+    database)."""
     settings = runtime.settings
     whatsapp = settings.whatsapp
     endpoints = NotifyEndpoints(db, ctx, runtime.clock)
@@ -158,6 +164,7 @@ async def _serve_http(
         on_unsubscribe=endpoints.on_unsubscribe,
         on_stop=endpoints.on_stop,
     )
+    add_breach_ack_routes(app, db, breaches.desk)
     server = WebhookServer(app)
     port = await server.start(settings.http.host, settings.http.port)
     runtime.client("http endpoints", server)
