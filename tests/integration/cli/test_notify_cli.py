@@ -14,8 +14,7 @@ from steward.notify.v1 import notify_pb2, notify_pb2_grpc
 from steward.vault.v1 import vault_pb2
 
 from services.devstack.catalog import SERVICES
-from tests.integration.cli.launcher import Launcher
-from tests.integration.cli.test_operator_cli import Stack, new_tenant, one_line_error
+from tests.integration.cli.test_operator_cli import Stack, new_tenant, one_line_error, start_stack
 from tests.plugins.waiting import eventually
 
 LEAD_EMAIL = "notify.cli.lead@example.org"
@@ -27,12 +26,7 @@ SKIP = tuple(f"--skip={entry.name}" for entry in SERVICES if entry.name not in (
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("notify-cli")
-    launcher = Launcher(home=folder / "home", log_file=folder / "run.log", extra_args=SKIP)
-    try:
-        summary = launcher.start()
-    except BaseException:
-        launcher.kill_everything()
-        raise
+    launcher, summary = start_stack(folder / "home", folder / "run.log", SKIP)
     yield Stack(launcher, folder / "home", summary)
     launcher.kill_everything()
 
