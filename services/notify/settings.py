@@ -89,7 +89,7 @@ class NotifySettings(ServiceSettings):
     breach: BreachSettings = Field(default_factory=BreachSettings)  # breach notices, impact log (breach_settings.py)
     recipient_hash_key: SecretStr = Field(
         description="HMAC key (at least 32 characters) of the recipient hashes in deliveries and the suppression "
-        "list; changing it forgets every suppression.",
+        "list, and root of the breach ack links' key; changing it forgets every suppression and voids every ack link.",
         min_length=32,
     )
     unsubscribe_url: str = Field(
