@@ -42,6 +42,7 @@ from services.cli.ops.legal import legal
 from services.cli.ops.local import demo, token
 from services.cli.ops.login import login
 from services.cli.ops.nats import nats
+from services.cli.ops.notify import notify
 from services.cli.ops.support import support
 from services.cli.ops.tenant import tenant
 from services.cli.ops.tenant_export import tenant_export  # noqa: F401 - registers ``steward tenant export``
@@ -336,6 +337,7 @@ for _command in (
     dlq,
     login,
     breach,
+    notify,
 ):
     cli.add_command(_command)
 cli.add_command(nats)

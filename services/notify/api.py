@@ -1,8 +1,9 @@
 """gRPC servicer of notify: protobuf <-> domain objects, nothing else (rules live in contacts.py, consent.py,
 deliveries.py and templates.py; each call is one transaction on a worker thread).
 
-Breach incidents, their impact and policy-change campaigns are in the contract but not built yet: they answer
-UNIMPLEMENTED with reason NOT_IMPLEMENTED.
+Breach incidents, their impact and policy-change campaigns are served by :mod:`services.notify.breach_api`
+(attached to this servicer). Preferences are stored here and applied at send time by
+:mod:`services.notify.pacing` (quiet hours, channels per notice kind, language).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from services.notify.consent import Recipient
 from services.notify.contacts import ContactView
 from services.notify.deliveries import DeliveryContext, DeliveryEngine, Plan
 from services.notify.models import ConsentRow, DeliveryRow, PreferencesRow
+from services.notify.pacing import NOTICE_KINDS, Preferences
 from services.notify.templates import CONTACT_TEMPLATES, MARKETING_TEMPLATES, check_variables
 
 __all__ = ["NotifyServicer"]
@@ -365,15 +367,15 @@ class NotifyServicer(notify_pb2_grpc.NotifyServiceServicer):
         row = await self._run(context, lambda s, who: s.get(PreferencesRow, who.tenant_id))
         if row is None:
             return pb.GetPreferencesResponse(preferences=pb.Preferences(time_zone="UTC", language="en"))
-        data: dict[str, Any] = json.loads(row.preferences_json)
+        stored = Preferences.from_json(row.preferences_json)  # the same reading the delivery engine applies
         return pb.GetPreferencesResponse(
             preferences=pb.Preferences(
-                time_zone=data["time_zone"],
-                language=data["language"],
-                quiet_hours=pb.QuietHours(start_minute=data["quiet"][0], end_minute=data["quiet"][1]),
+                time_zone=stored.time_zone,
+                language=stored.language,
+                quiet_hours=pb.QuietHours(start_minute=stored.quiet_start, end_minute=stored.quiet_end),
                 channels=[
                     pb.NoticeChannels(notice_kind=kind, channels=[_CHANNEL_ENUM[c] for c in chans])
-                    for kind, chans in sorted(data["channels"].items())
+                    for kind, chans in sorted(stored.channels.items())
                 ],
             )
         )
@@ -431,7 +433,7 @@ def _check_preferences(prefs: pb.Preferences) -> None:
                 f"quiet_hours.{field} must be minutes after midnight (0-1439)", metadata={"field": field}
             )
     for entry in prefs.channels:
-        if entry.notice_kind not in ("dsr", "policy", "product_updates", "support_access"):
+        if entry.notice_kind not in NOTICE_KINDS:
             raise InvalidArgument(
                 "notice_kind must be dsr, policy, product_updates or support_access",
                 metadata={"field": "notice_kind"},

@@ -7,8 +7,11 @@ acknowledgements, notifies again those who have not acknowledged, and shows the 
   a phone number and a WhatsApp channel is configured. The delivery engine sends them at once.
 - **Deadlines** (:func:`deadlines`): counted from the detection time the operator gives — the CERT-In report
   (India, 6 hours) and the regulator report (GDPR Art. 33 and India's DPDP rules, 72 hours).
-- **Acknowledge**: a tenant acknowledges with the signed token of its ack link (HMAC over breach and tenant,
-  :func:`ack_token`), or an operator records an acknowledgement received otherwise (``UpdateBreach``).
+- **Acknowledge**: a tenant acknowledges with the signed, expiring, tenant-bound token of its ack link
+  (:class:`BreachAckTokens`, the unsubscribe links' signing code: ``[tenant, breach, expiry]`` under a per-tenant
+  key) — by following the link (notify's HTTP ``/breach-ack``, :mod:`services.notify.endpoints`) or with
+  ``steward breach ack --ack-token`` — or an operator records an acknowledgement received otherwise
+  (``UpdateBreach``). Every notice carries a fresh token valid ``ack_token_ttl_days``.
 - **Re-notify** (:class:`BreachRenotifier`, on the injected clock): a tenant still unacknowledged
   ``renotify_after_s`` after its last notice gets notice *n+1* (a new cause, so a new delivery), up to
   ``max_notices``; a closed breach notifies no more.
@@ -41,17 +44,18 @@ from services.notify.channels import Lane
 from services.notify.consent import Recipient
 from services.notify.deliveries import DeliveryContext, Plan
 from services.notify.models import BreachRow, BreachTenantRow, ContactRow, DeliveryRow
+from services.notify.unsubscribe import SignedTokens, TokenInvalid
 
 __all__ = [
     "CERT_IN_HOURS",
     "REGULATOR_HOURS",
     "STATES",
+    "BreachAckTokens",
     "BreachDesk",
     "BreachDraft",
     "BreachRenotifier",
     "BreachView",
     "TenantStatus",
-    "ack_token",
     "active_tenants",
     "deadlines",
 ]
@@ -61,6 +65,7 @@ REGULATOR_HOURS = 72
 STATES = ("DECLARED", "CONTAINED", "CLOSED")
 TEMPLATE = "breach_notice"
 _REACHED = ("SENT", "DELIVERED", "READ")
+_ACK_KDF_INFO = b"steward.notify.breach-ack.v1|"
 
 
 def deadlines(detected_at: datetime) -> tuple[datetime, datetime]:
@@ -68,10 +73,24 @@ def deadlines(detected_at: datetime) -> tuple[datetime, datetime]:
     return detected_at + timedelta(hours=CERT_IN_HOURS), detected_at + timedelta(hours=REGULATOR_HOURS)
 
 
-def ack_token(key: bytes, breach_id: str, tenant_id: str) -> str:
-    """The ack link's token: HMAC-SHA256 over breach and tenant (hex)."""
-    message = f"notify.breach-ack.v1\x00{breach_id}\x00{tenant_id}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+class BreachAckTokens:
+    """Ack-link tokens: :class:`~services.notify.unsubscribe.SignedTokens` with version ``a1`` over
+    ``[tenant, breach]``; :meth:`verify` raises :class:`~services.notify.unsubscribe.TokenInvalid`
+    (malformed, forged, wrong tenant, expired)."""
+
+    def __init__(self, key: bytes, *, clock: Clock, ttl: timedelta) -> None:
+        self._signed = SignedTokens(
+            key, version="a1", kdf_info=_ACK_KDF_INFO, field_count=1, what="acknowledgement", clock=clock, ttl=ttl
+        )
+
+    def issue(self, breach_id: str, tenant_id: str) -> str:
+        """A token acknowledging ``breach_id`` for ``tenant_id``."""
+        return self._signed.issue(tenant_id, (breach_id,))
+
+    def verify(self, token: str, *, expected_tenant: str | None = None) -> tuple[str, str]:
+        """(breach id, tenant id) of a genuine, unexpired token (of ``expected_tenant`` when given)."""
+        claims = self._signed.verify(token, expected_tenant=expected_tenant)
+        return claims.fields[0], claims.tenant_id
 
 
 def active_tenants(session: Session) -> list[str]:
@@ -130,6 +149,7 @@ class BreachDesk:
         self.ctx = ctx
         self.settings = settings
         self.ack_key = ack_key
+        self.ack_tokens = BreachAckTokens(ack_key, clock=ctx.clock, ttl=timedelta(days=settings.ack_token_ttl_days))
         self.channels = frozenset(channels)
 
     @property
@@ -137,10 +157,9 @@ class BreachDesk:
         """The injected clock."""
         return self.ctx.clock
 
-    def ack_link(self, breach_id: str, tenant_id: str) -> str:
-        """The https link a contact follows to acknowledge."""
-        token = ack_token(self.ack_key, breach_id, tenant_id)
-        return f"{self.settings.ack_url}?b={quote(breach_id)}&t={quote(tenant_id)}&k={token}"
+    def ack_link(self, token: str) -> str:
+        """The https link a contact follows to acknowledge (notify's ``/breach-ack``)."""
+        return f"{self.settings.ack_url}?token={quote(token)}"
 
     # -- declare and notify ------------------------------------------------------------------------------
 
@@ -180,6 +199,7 @@ class BreachDesk:
         now = self.clock.now()
         number = affected.notices + 1
         cert_in, regulator = deadlines(_utc(breach.detected_at))
+        token = self.ack_tokens.issue(breach.breach_id, affected.tenant_id)
         variables = {
             "breach_id": breach.breach_id,
             "notice_number": str(number),
@@ -190,8 +210,8 @@ class BreachDesk:
             "contact_point": breach.contact_point,
             "cert_in_deadline": cert_in.strftime("%Y-%m-%d %H:%M"),
             "regulator_deadline": regulator.strftime("%Y-%m-%d %H:%M"),
-            "ack_url": self.ack_link(breach.breach_id, affected.tenant_id),
-            "ack_token": ack_token(self.ack_key, breach.breach_id, affected.tenant_id),
+            "ack_url": self.ack_link(token),
+            "ack_token": token,
         }
         planned = 0
         for contact in contacts.get_contacts(session, self.ctx.keys, affected.tenant_id):
@@ -239,26 +259,46 @@ class BreachDesk:
 
     # -- acknowledge and update --------------------------------------------------------------------------
 
-    def acknowledge(self, session: Session, breach_id: str, tenant_id: str, via: str) -> BreachTenantRow:
-        """Record the tenant's acknowledgement (the first one counts; later ones change nothing)."""
+    def view_tenant(self, session: Session, breach_id: str, tenant_id: str) -> BreachTenantRow:
+        """The tenant's row of the breach (NOT_FOUND when the breach does not exist or does not affect it)."""
         self._breach(session, breach_id)
         affected = session.get(BreachTenantRow, (breach_id, tenant_id))
         if affected is None:
             raise NotFound("this tenant is not affected by this breach", reason=Reason.TENANT_NOT_FOUND)
+        return affected
+
+    def acknowledge(self, session: Session, breach_id: str, tenant_id: str, via: str) -> BreachTenantRow:
+        """Record the tenant's acknowledgement (the first one counts; later ones change nothing)."""
+        affected = self.view_tenant(session, breach_id, tenant_id)
         if affected.acknowledged_at is None:
             affected.acknowledged_at = self.clock.now()
             affected.acknowledged_via = via
             affected.next_notice_at = None
         return affected
 
+    def check_ack_token(self, token: str, *, breach_id: str = "", tenant_id: str | None = None) -> tuple[str, str]:
+        """(breach id, tenant id) of a genuine, unexpired ack token — of ``breach_id`` and ``tenant_id`` when
+        given; otherwise PERMISSION_DENIED ``BREACH_ACK_TOKEN_INVALID`` with ``metadata.refusal`` (malformed,
+        forged, wrong_tenant, expired). Nothing is read or written."""
+        try:
+            found_breach, found_tenant = self.ack_tokens.verify(token, expected_tenant=tenant_id)
+        except TokenInvalid as exc:
+            refusal = exc.reason.value
+        else:
+            if not breach_id or hmac.compare_digest(found_breach.encode(), breach_id.encode()):
+                return found_breach, found_tenant
+            refusal = "wrong_breach"
+        raise PermissionDenied(
+            "the acknowledgement token is not valid for this breach and tenant, or has expired; use the link "
+            "from the latest notice",
+            reason=Reason.BREACH_ACK_TOKEN_INVALID,
+            metadata={"refusal": refusal},
+        )
+
     def acknowledge_with_token(self, session: Session, breach_id: str, tenant_id: str, token: str) -> BreachTenantRow:
-        """Acknowledge with an ack link's token; a forged token, or one for another breach or tenant, is refused."""
-        expected = ack_token(self.ack_key, breach_id, tenant_id)
-        if not hmac.compare_digest(expected.encode(), token.encode()):
-            raise PermissionDenied(
-                "the acknowledgement token does not match this breach and tenant; use the link from the notice",
-                reason=Reason.BREACH_ACK_TOKEN_INVALID,
-            )
+        """Acknowledge with an ack link's token; a forged or expired token, or one for another breach or tenant,
+        is refused."""
+        self.check_ack_token(token, breach_id=breach_id, tenant_id=tenant_id)
         return self.acknowledge(session, breach_id, tenant_id, "link")
 
     def update(self, session: Session, breach_id: str, *, measures: str, state: str) -> BreachRow:

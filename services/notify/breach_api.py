@@ -27,6 +27,7 @@ from services.notify import campaigns, impact
 from services.notify.breach import BreachDesk, BreachDraft, BreachRenotifier, BreachView, TenantStatus
 from services.notify.deliveries import DeliveryContext, DeliveryEngine
 from services.notify.impact import AccessLogPurger
+from services.notify.unsubscribe import MAX_TOKEN_CHARS
 
 __all__ = ["BreachApi", "ack_key", "attach", "of"]
 
@@ -274,9 +275,9 @@ class BreachApi:
         """The calling tenant acknowledges with its ack link's token."""
         who = require_identity(context)
         valid_id("breach_id", request.breach_id)
-        if not request.token or len(request.token) > 128:
+        if not request.token or len(request.token) > MAX_TOKEN_CHARS:
             raise InvalidArgument(
-                "token is required: the k= value of the ack link in the notice",
+                "token is required: the token= value of the ack link in the notice",
                 reason=Reason.BREACH_ACK_TOKEN_INVALID,
                 metadata={"field": "token"},
             )

@@ -18,8 +18,11 @@ class BreachSettings(BaseModel):
     scan_interval_s: float = Field(default=30.0, gt=0)
     ack_url: str = Field(
         default="https://steward.example/notify/breach-ack",
-        description="Base of the ack links in breach notices (breach id, tenant id and a signed token are appended).",
+        description="Base of the ack links in breach notices: notify's HTTP endpoint <http.public_base_url>/breach-ack "
+        "(a signed, expiring token naming breach and tenant is appended as ?token=).",
     )
+    # How long a notice's ack link works; each re-notice carries a fresh one.
+    ack_token_ttl_days: int = Field(default=30, ge=1, le=365)
     # The PII-free access log (gateway access events) behind BreachImpact: kept 24 to 36 months.
     access_log_retention_months: int = Field(default=36, ge=24, le=36)
     purge_interval_s: float = Field(default=3600.0, gt=0)

@@ -48,6 +48,7 @@ from services.notify.channels import Channel, Lane, Outcome, OutgoingMessage, Se
 from services.notify.consent import Recipient
 from services.notify.keys import TenantKeys
 from services.notify.models import ContactRow, DeliveryRow, PayloadRow
+from services.notify.pacing import Pacer
 from services.notify.settings import DeliverySettings
 from services.notify.templates import TemplateCatalogue
 
@@ -123,6 +124,8 @@ class DeliveryContext:
     rng: random.Random
     # The approved WhatsApp template sent instead of a text notice refused outside the 24 h window (131047).
     reengagement_template: str = ""
+    # Preferences, quiet hours and rate limits of the service and marketing lanes (pacing.py); None: not paced.
+    pacer: Pacer | None = None
 
     def recipient_hash(self, channel: str, address: str) -> str:
         """Keyed hash of a normalised address (what deliveries and the suppression list keep)."""
@@ -267,6 +270,13 @@ def claim(session: Session, ctx: DeliveryContext, *, limit: int) -> list[Job]:
         if row.status == "SENDING" and lane == Lane.MARKETING:
             # The last attempt's answer was never recorded: it may have gone out. At most once.
             _finish(session, row, "AMBIGUOUS", "attempt_lost", now)
+            continue
+        verdict = ctx.pacer.check(session, row, now) if ctx.pacer is not None else None
+        if verdict is not None and (verdict.final or verdict.until is not None):
+            if verdict.final:
+                _finish(session, row, verdict.final, verdict.reason, now)
+            else:
+                row.next_attempt_at, row.reason_code, row.updated_at = verdict.until, verdict.reason, now
             continue
         payload = session.get(PayloadRow, row.delivery_id)
         if payload is None:

@@ -7,10 +7,17 @@ unsubscribe, a WhatsApp STOP and a status webhook do (the routes themselves are 
   tenant whose deliveries went to that number (and the tenant of the message it replied to). The number is hashed
   in memory; it is never stored or logged.
 - Status webhooks are merged by :class:`~services.notify.statuses.SqlStatusStore`, whose transaction applies them.
+- A breach notice's ack link (:func:`add_breach_ack_routes`): ``GET /breach-ack?token=…`` shows a confirmation
+  page (changing nothing: mail scanners follow links); ``POST /breach-ack?token=…`` records the acknowledgement
+  (``via=link``) and answers 200 — again for a repeat, which keeps the first time. The token is the signed,
+  expiring, tenant-bound :class:`~services.notify.breach.BreachAckTokens`; a refused one answers 400 (malformed),
+  403 (forged, another tenant's, a tenant the breach does not affect) or 410 (expired) with ``{"reason": …}``
+  on POST, and records nothing.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 from datetime import datetime
 from urllib.parse import quote
@@ -21,22 +28,38 @@ from sqlalchemy.orm import Session
 
 from services.chassis.clock import Clock
 from services.chassis.db import Database
+from services.chassis.errors import NotFound
 from services.notify import consent
+from services.notify.breach import BreachDesk
 from services.notify.consent import Recipient
 from services.notify.deliveries import DeliveryContext
 from services.notify.models import DeliveryRow, ProviderStatusRow
-from services.notify.unsubscribe import UnsubscribeClaims, UnsubscribeTokens
+from services.notify.unsubscribe import TokenInvalid, TokenRefusal, UnsubscribeClaims, UnsubscribeTokens
 from services.notify.webhooks import DeliveryStatus, StopRequest
 
 log = logging.getLogger("steward.notify.endpoints")
 
-__all__ = ["ALL_PURPOSES", "NotifyEndpoints", "WebhookServer", "unsubscribe_link"]
+__all__ = ["ACK_PATH", "ALL_PURPOSES", "NotifyEndpoints", "WebhookServer", "add_breach_ack_routes", "unsubscribe_link"]
 
 ALL_PURPOSES = "all"
 UNSUBSCRIBE_SOURCE = "one_click_unsubscribe"
 STOP_SOURCE = "whatsapp_stop"
 STOP_REASON = "wa_stop"
 _CONTACT_PREFIX = "contact:"
+ACK_PATH = "/breach-ack"
+NOT_AFFECTED = "not_affected"
+# The same answers as the unsubscribe endpoint's (webhooks.py), plus a genuine token of a tenant not affected.
+_ACK_REFUSAL_HTTP = {
+    TokenRefusal.MALFORMED.value: 400,
+    TokenRefusal.FORGED.value: 403,
+    TokenRefusal.WRONG_TENANT.value: 403,
+    NOT_AFFECTED: 403,
+    TokenRefusal.EXPIRED.value: 410,
+}
+_ACK_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Breach notice acknowledgement</title></head>
+<body><h1>{title}</h1><p>{text}</p>{form}</body></html>
+"""
 
 
 def unsubscribe_link(
@@ -112,6 +135,60 @@ class NotifyEndpoints:
     async def on_status(self, message_id: str, status: DeliveryStatus, error_code: int | None, at: datetime) -> None:
         """Already applied by the store's transaction; only counted here."""
         log.info("whatsapp status", extra={"status": status.value, "error_code": error_code})
+
+
+def _ack_page(title: str, text: str, form: str = "", status: int = 200) -> web.Response:
+    body = _ACK_PAGE.format(title=html.escape(title), text=html.escape(text), form=form)
+    return web.Response(text=body, content_type="text/html", status=status, headers={"Cache-Control": "no-store"})
+
+
+def add_breach_ack_routes(app: web.Application, db: Database, desk: BreachDesk) -> None:
+    """``GET``/``POST`` :data:`ACK_PATH` on ``app`` (see the module docstring)."""
+
+    def claims(request: web.Request) -> tuple[str, str]:
+        """(breach, tenant) of the token, or TokenInvalid; the breach must affect the tenant."""
+        breach_id, tenant_id = desk.ack_tokens.verify(request.query.get("token", ""))
+        return breach_id, tenant_id
+
+    def affected_status(session: Session, breach_id: str, tenant_id: str) -> datetime | None:
+        return desk.view_tenant(session, breach_id, tenant_id).acknowledged_at
+
+    async def confirm_page(request: web.Request) -> web.Response:
+        try:
+            breach_id, tenant_id = claims(request)
+            acknowledged_at = await db.run(lambda s: affected_status(s, breach_id, tenant_id))
+        except TokenInvalid as exc:
+            status = _ACK_REFUSAL_HTTP[exc.reason.value]
+            return _ack_page("Link not valid", "This acknowledgement link is not valid or has expired.", status=status)
+        except NotFound:
+            return _ack_page("Link not valid", "This acknowledgement link is not valid.", status=403)
+        if acknowledged_at is not None:
+            return _ack_page("Already acknowledged", f"Breach {breach_id} was acknowledged for {tenant_id}.")
+        token = html.escape(request.query.get("token", ""), quote=True)
+        form = (
+            f'<form method="post" action="{ACK_PATH}?token={token}">'
+            '<button type="submit">Acknowledge receipt</button></form>'
+        )
+        text = f"Acknowledge receipt of breach {breach_id} for {tenant_id}?"
+        return _ack_page("Acknowledge breach notice", text, form)
+
+    async def acknowledge(request: web.Request) -> web.Response:
+        try:
+            breach_id, tenant_id = claims(request)
+            row = await db.run(lambda s: desk.acknowledge(s, breach_id, tenant_id, "link"))
+        except TokenInvalid as exc:
+            reason = exc.reason.value
+            log.info("breach ack link refused", extra={"reason": reason})
+            return web.json_response({"reason": reason}, status=_ACK_REFUSAL_HTTP[reason])
+        except NotFound:
+            log.info("breach ack link refused", extra={"reason": NOT_AFFECTED})
+            return web.json_response({"reason": NOT_AFFECTED}, status=_ACK_REFUSAL_HTTP[NOT_AFFECTED])
+        log.info("breach acknowledged by link", extra={"breach_id": breach_id, "tenant_id": tenant_id})
+        at = row.acknowledged_at.isoformat() if row.acknowledged_at else ""
+        return _ack_page("Acknowledged", f"Receipt of breach {breach_id} acknowledged for {tenant_id} ({at}).")
+
+    app.router.add_get(ACK_PATH, confirm_page)
+    app.router.add_post(ACK_PATH, acknowledge)
 
 
 class WebhookServer:

@@ -7,7 +7,8 @@ tenant data keys, the channels, bus and the event consumer, gRPC servicer, the d
 Subjects' addresses come from the vault at send time (:class:`~services.notify.addresses.VaultAddressBook` over
 the ``vault`` upstream, notify's mTLS client certificate); tests may pass another
 :class:`~services.notify.deliveries.AddressBook`. With WhatsApp settings the WhatsApp channel joins email, and the
-HTTP endpoints (WhatsApp webhook, RFC 8058 one-click unsubscribe) are served on ``http.port`` in this process.
+HTTP endpoints (WhatsApp webhook, RFC 8058 one-click unsubscribe, breach ack links) are served on ``http.port`` in
+this process.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from services.notify.breach_runtime import start_breach_side
 from services.notify.channels import Channel
 from services.notify.deliveries import AddressBook, DeliveryContext, DeliveryEngine, StaticAddressBook
 from services.notify.email import EmailChannel
-from services.notify.endpoints import NotifyEndpoints, WebhookServer, unsubscribe_link
+from services.notify.endpoints import NotifyEndpoints, WebhookServer, add_breach_ack_routes, unsubscribe_link
 from services.notify.events import EVENT_SUBJECTS, EVENTS_DURABLE, NotifyEventHandler
 from services.notify.keys import TRANSIT_PREFIX, TenantKeys
+from services.notify.pacing import Pacer
 from services.notify.settings import NotifySettings
 from services.notify.statuses import SqlStatusStore
 from services.notify.templates import TemplateCatalogue
@@ -44,7 +46,9 @@ from services.notify.unsubscribe import UnsubscribeTokens
 from services.notify.webhooks import create_webhook_app
 from services.notify.whatsapp import WhatsAppChannel
 
-__all__ = ["NotifyApp", "NotifySettings", "assemble", "create_server", "main"]
+__all__ = ["DEFERRALS_METRIC", "NotifyApp", "NotifySettings", "assemble", "create_server", "main"]
+
+DEFERRALS_METRIC = "steward_notify_deferrals_total"
 
 
 @dataclass
@@ -90,6 +94,10 @@ async def assemble(
         rng=random.Random(),  # noqa: S311 - backoff jitter, not a secret
         reengagement_template=settings.whatsapp_reengagement_template,
     )
+    deferrals = runtime.metrics.counter(DEFERRALS_METRIC, "Sends deferred by quiet hours or a tenant's rate limit.")
+    ctx.pacer = Pacer(
+        settings.pacing, clock, ctx.catalogue, on_deferral=lambda reason: deferrals.add(1, {"reason": reason})
+    )
     live_channels: dict[str, Channel] = channels if channels is not None else _channels(settings, clock)
     for channel in live_channels.values():
         runtime.on_stop(f"{channel.name} channel", channel.close)
@@ -113,7 +121,7 @@ async def assemble(
 
     await runtime.serve_grpc(register, trust_identity_metadata=settings.trust_identity_metadata)
     await runtime.task(engine)
-    http_port = await _serve_http(runtime, db, ctx, tokens) if settings.http.enabled else 0
+    http_port = await _serve_http(runtime, db, ctx, tokens, breaches) if settings.http.enabled else 0
     return NotifyApp(runtime, db, ctx, engine, bus, consumer, tokens, http_port, breaches)
 
 
@@ -136,9 +144,14 @@ def _address_book(runtime: ServiceRuntime[NotifySettings]) -> AddressBook:
 
 
 async def _serve_http(
-    runtime: ServiceRuntime[NotifySettings], db: Database, ctx: DeliveryContext, tokens: UnsubscribeTokens
+    runtime: ServiceRuntime[NotifySettings],
+    db: Database,
+    ctx: DeliveryContext,
+    tokens: UnsubscribeTokens,
+    breaches: BreachApi,
 ) -> int:
-    """Serve the webhook and unsubscribe endpoints; the runtime closes them on stop (before the database)."""
+    """Serve the webhook, unsubscribe and breach-ack endpoints; the runtime closes them on stop (before the
+    database)."""
     settings = runtime.settings
     whatsapp = settings.whatsapp
     endpoints = NotifyEndpoints(db, ctx, runtime.clock)
@@ -151,6 +164,7 @@ async def _serve_http(
         on_unsubscribe=endpoints.on_unsubscribe,
         on_stop=endpoints.on_stop,
     )
+    add_breach_ack_routes(app, db, breaches.desk)
     server = WebhookServer(app)
     port = await server.start(settings.http.host, settings.http.port)
     runtime.client("http endpoints", server)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr
 from services.chassis.settings import ServiceSettings, service_settings_config
 from services.chassis.upstreams import UpstreamSettings
 from services.notify.breach_settings import BreachSettings
+from services.notify.pacing import PacingSettings
 from services.notify.whatsapp import WhatsAppSettings
 
 __all__ = [
@@ -115,10 +116,11 @@ class NotifySettings(ServiceSettings):
     transit: NotifyTransitSettings
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    pacing: PacingSettings = Field(default_factory=PacingSettings)  # per-tenant send rate limits (pacing.py)
     breach: BreachSettings = Field(default_factory=BreachSettings)  # breach notices, impact log (breach_settings.py)
     recipient_hash_key: SecretStr = Field(
         description="HMAC key (at least 32 characters) of the recipient hashes in deliveries and the suppression "
-        "list; changing it forgets every suppression.",
+        "list, and root of the breach ack links' key; changing it forgets every suppression and voids every ack link.",
         min_length=32,
     )
     unsubscribe_url: str = Field(

@@ -56,8 +56,8 @@ class Stack:
         return channel, vault_pb2_grpc.VaultServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
-def start_stack(home: Path, log: Path) -> tuple[Launcher, dict[str, Any]]:
-    launcher = Launcher(home=home, log_file=log, extra_args=SKIP_OTHERS)
+def start_stack(home: Path, log: Path, extra_args: tuple[str, ...] = SKIP_OTHERS) -> tuple[Launcher, dict[str, Any]]:
+    launcher = Launcher(home=home, log_file=log, extra_args=extra_args)
     try:
         return launcher, launcher.start()
     except BaseException:

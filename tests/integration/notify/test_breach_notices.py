@@ -66,7 +66,7 @@ async def tenants_with_contacts(h: NotifyHarness, count: int) -> dict[str, list[
 
 def ack_token_in(mail: object) -> str:
     body = mail.get_body(("plain",)).get_content()  # type: ignore[attr-defined]
-    found = re.search(r"&k=([0-9a-f]{64})", body)
+    found = re.search(r"--ack-token (a1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", body)
     assert found, "no ack link in the notice"
     return found.group(1)
 

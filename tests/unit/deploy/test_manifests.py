@@ -623,6 +623,9 @@ def prod_network() -> tuple[Network, dict[str, Pod]]:
         "dns": Pod("coredns", "kube-system", {"k8s-app": "kube-dns"}),
         "prometheus": Pod("prometheus-0", "monitoring", {"app.kubernetes.io/name": "prometheus"}),
         "cnpg": Pod("cnpg", "cnpg-system", {"app.kubernetes.io/name": "cloudnative-pg"}),
+        "ingress-controller": Pod(
+            "ingress-nginx-controller", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}
+        ),
         "internet": Pod("idp", "", ip="203.0.113.10"),
         "private": Pod("private", "", ip="10.1.2.3"),
     }
@@ -687,6 +690,15 @@ FLOWS = [
     ("notify", "internet", 587, True),
     ("notify", "internet", 443, False),
     ("notify", "private", 465, False),
+    # notify's public HTTP endpoints (webhook, unsubscribe, breach ack): through the ingress controller only.
+    ("ingress-controller", "notify", 8080, True),
+    ("ingress-controller", "notify", 50054, False),
+    ("ingress-controller", "notify", 8081, False),
+    ("ingress-controller", "gateway", 50051, False),
+    ("crm-app", "notify", 8080, False),
+    ("stranger", "notify", 8080, False),
+    ("steward-stranger", "notify", 8080, False),
+    ("gateway", "notify", 8080, False),
     ("notify-migrate", "notify-db", 5432, True),
     ("notify-migrate", "internet", 465, False),
     ("notify-migrate", "openbao", 8200, False),
