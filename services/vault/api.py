@@ -246,23 +246,30 @@ class VaultServicer(_Base, vault_pb2_grpc.VaultServiceServicer):
         valid_id("subject_id", request.subject_id)
         valid_id("request_id", request.request_id)
         plan = await self._run(
-            context, lambda s, who: records.export_subject(s, self.ctx, who, request.subject_id, request.request_id)
+            context,
+            lambda s, who: records.start_subject_export(s, self.ctx, who, request.subject_id, request.request_id),
         )
         digest = records.ExportDigest()
 
-        def decrypt(start: int) -> list[pb.ExportSubjectResponse]:
-            chunk = records.ExportPlan(
-                plan.tenant_id, plan.subject_id, plan.rows[start : start + EXPORT_CHUNK], plan.sealer
-            )
+        def decrypt(page: records.ExportPlan) -> list[pb.ExportSubjectResponse]:
             out = []
-            for view in records.iter_export(chunk):
+            for view in records.iter_export(page):
                 digest.update(view)
                 out.append(pb.ExportSubjectResponse(record=_record(view)))
             return out
 
-        for start in range(0, len(plan.rows), EXPORT_CHUNK):
-            for item in await asyncio.to_thread(decrypt, start):
+        # One bounded page at a time (keyset on the record id), so the vault's memory does not grow with the
+        # subject: read, decrypt and hash off the loop, send.
+        after = ""
+        while True:
+            page = await self.db.run(lambda s: records.subject_rows(s, plan, after=after, limit=EXPORT_CHUNK))  # noqa: B023
+            if not page.rows:
+                break
+            for item in await asyncio.to_thread(decrypt, page):
                 yield item
+            if len(page.rows) < EXPORT_CHUNK:
+                break
+            after = page.rows[-1].id
         # The digest exists only once every record has been streamed, so the event has its own transaction.
         await self.db.run(
             lambda s: records.announce_export(s, self.ctx, plan.tenant_id, plan.subject_id, request.request_id, digest)

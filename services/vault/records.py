@@ -62,6 +62,8 @@ __all__ = [
     "page_byte_budget",
     "purge_expired",
     "put_records",
+    "start_subject_export",
+    "subject_rows",
     "update_record",
 ]
 
@@ -522,20 +524,34 @@ class ExportPlan:
     sealer: Sealer
 
 
+def start_subject_export(
+    session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, request_id: str
+) -> ExportPlan:
+    """Open a subject's export (allowed even while restricted): checks, key and audit entry; no rows yet (read them
+    page by page with :func:`subject_rows`, so memory stays bounded however many records the subject has).
+    One Transit call at most."""
+    tenant, subject = requested_subject(session, identity, subject_id, request_id)
+    sealer = ctx.keyring.sealer(session, tenant.tenant_id, subject.key_id)
+    audit.append(session, tenant, identity, "subject.export", [subject.id, request_id], at=ctx.clock.now())
+    return ExportPlan(tenant.tenant_id, subject.id, [], sealer)
+
+
+def subject_rows(session: Session, plan: ExportPlan, *, after: str = "", limit: int | None = None) -> ExportPlan:
+    """The plan with the subject's rows whose id follows ``after`` (keyset order), at most ``limit`` of them."""
+    query = (
+        select(Record)
+        .where(Record.tenant_id == plan.tenant_id, Record.subject_id == plan.subject_id, Record.id > after)
+        .order_by(Record.id)
+    )
+    rows = list(session.scalars(query if limit is None else query.limit(limit)))
+    return ExportPlan(plan.tenant_id, plan.subject_id, rows, plan.sealer)
+
+
 def export_subject(
     session: Session, ctx: VaultContext, identity: CallerIdentity, subject_id: str, request_id: str
 ) -> ExportPlan:
-    """Every record of a subject (allowed even while restricted). One Transit call at most."""
-    tenant, subject = requested_subject(session, identity, subject_id, request_id)
-    tid = tenant.tenant_id
-    rows = list(
-        session.scalars(
-            select(Record).where(Record.tenant_id == tid, Record.subject_id == subject.id).order_by(Record.id)
-        )
-    )
-    sealer = ctx.keyring.sealer(session, tid, subject.key_id)
-    audit.append(session, tenant, identity, "subject.export", [subject.id, request_id], at=ctx.clock.now())
-    return ExportPlan(tid, subject.id, rows, sealer)
+    """Every record of a subject at once, for the DSR task's bundle (built in memory anyway)."""
+    return subject_rows(session, start_subject_export(session, ctx, identity, subject_id, request_id))
 
 
 def iter_export(plan: ExportPlan) -> Iterator[RecordView]:
