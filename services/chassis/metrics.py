@@ -92,6 +92,8 @@ DB_POOL_IN_USE = "steward_db_pool_connections_in_use"
 DB_POOL_SIZE = "steward_db_pool_size"
 DSR_OVERDUE = "steward_dsr_overdue_requests"
 DSR_OPEN = "steward_dsr_open_requests"
+NOTIFY_DEFERRALS = "steward_notify_deferrals_total"
+LEGAL_REVIEWS_DUE = "steward_legal_reviews_due_total"
 
 METRIC_NAMES: tuple[str, ...] = (
     RPC_REQUESTS,
@@ -117,6 +119,8 @@ METRIC_NAMES: tuple[str, ...] = (
     DB_POOL_SIZE,
     DSR_OVERDUE,
     DSR_OPEN,
+    NOTIFY_DEFERRALS,
+    LEGAL_REVIEWS_DUE,
     TLS_RELOAD_FAILURES,
 )
 """Every Prometheus series a Steward service exports (later services append theirs)."""
@@ -418,7 +422,10 @@ class ServiceMetrics:
     # ------------------------------------------------------------------ serving
 
     def counter(self, name: str, description: str) -> Any:
-        """A service-specific counter on this registry; ``name`` is its Prometheus name (ending in ``_total``)."""
+        """A service-specific counter on this registry; ``name`` is its Prometheus name (ending in ``_total``), one of
+        :data:`METRIC_NAMES` so alert rules can rely on it."""
+        if name not in METRIC_NAMES:
+            raise ValueError(f"{name} is not in METRIC_NAMES; add it there first")
         return self._meter.create_counter(_base(name), description=description)
 
     def serve(self, host: str) -> int | None:

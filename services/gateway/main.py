@@ -17,6 +17,7 @@ from steward.legal.v1 import legal_pb2, legal_pb2_grpc
 from services.chassis.bus import Bus, OutboxRelay
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
+from services.chassis.metrics import LEGAL_REVIEWS_DUE
 from services.chassis.runtime import ServiceRuntime, run_service, start_service
 from services.chassis.upstreams import Upstreams
 from services.gateway.accesslog import AccessLog
@@ -115,9 +116,7 @@ async def assemble(runtime: ServiceRuntime[GatewaySettings]) -> GatewayHandle:
         register, trust_identity_metadata=True, interceptors=[AdmissionInterceptor(gate, access_log)]
     )
     revocations = await runtime.task(RevocationListener(bus, keys)) if bus is not None else None
-    reviews = runtime.metrics.counter(
-        "steward_legal_reviews_due_total", "Non-disclosure orders that reached a review date."
-    )
+    reviews = runtime.metrics.counter(LEGAL_REVIEWS_DUE, "Non-disclosure orders that reached a review date.")
     legal_notices = await runtime.task(
         LegalNoticeWatcher(db, clock=clock, interval_s=settings.legal_scan_interval_s, reviews_counter=reviews)
     )

@@ -25,6 +25,7 @@ from services.chassis.bus import Bus, Consumer
 from services.chassis.circuit import CircuitBreaker
 from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.db import Database
+from services.chassis.metrics import NOTIFY_DEFERRALS
 from services.chassis.runtime import ServiceRuntime, run_service, start_service
 from services.chassis.transit import TransitClient
 from services.chassis.upstreams import Upstreams
@@ -48,7 +49,7 @@ from services.notify.whatsapp import WhatsAppChannel
 
 __all__ = ["DEFERRALS_METRIC", "NotifyApp", "NotifySettings", "assemble", "create_server", "main"]
 
-DEFERRALS_METRIC = "steward_notify_deferrals_total"
+DEFERRALS_METRIC = NOTIFY_DEFERRALS
 
 
 @dataclass

@@ -23,7 +23,14 @@ from services.chassis.bus import enqueue_many, make_event
 from services.chassis.circuit import CircuitBreaker
 from services.chassis.clock import ManualClock
 from services.chassis.db import Base, Database
-from services.chassis.metrics import DSR_OPEN, DSR_OVERDUE, METRIC_NAMES, ServiceMetrics
+from services.chassis.metrics import (
+    DSR_OPEN,
+    DSR_OVERDUE,
+    LEGAL_REVIEWS_DUE,
+    METRIC_NAMES,
+    NOTIFY_DEFERRALS,
+    ServiceMetrics,
+)
 from services.chassis.settings import MetricsSettings
 from tests.plugins.scraping import sample, samples
 
@@ -185,6 +192,8 @@ def test_every_listed_name_is_what_prometheus_sees(metrics: ServiceMetrics, db: 
     metrics.rpc_duration.record(0.01, {})
     for gauge in (DSR_OVERDUE, DSR_OPEN):  # dsr's own gauges (read from its database in the service)
         metrics.watch_gauge(gauge, lambda: [(1.0, {"state": "IN_PROGRESS", "type": "ACCESS"})], "dsr requests")
+    for counter in (NOTIFY_DEFERRALS, LEGAL_REVIEWS_DUE):  # notify's and the gateway's own counters
+        metrics.counter(counter, "a service's counter").add(1, {})
     families = {name for name, _labels in samples(metrics.scrape())}
     consumer_series = {name for name in METRIC_NAMES if name.startswith("steward_consumer_")}  # need JetStream
     for name in set(METRIC_NAMES) - consumer_series:
