@@ -29,8 +29,17 @@ from tests.system.harness.accounting import (
 from tests.system.harness.canary import CanaryScan, scan_for_canaries
 from tests.system.harness.faults import Fault, faults_for
 from tests.system.harness.fuzz import FORBIDDEN, FuzzResult, fuzz_stack
+from tests.system.harness.http_fuzz import HttpFuzzResult, fuzz_notify_http
 from tests.system.harness.load import AttemptCounter, Flow, Ledger, Load, flows, new_record
-from tests.system.harness.privacy import DsrFlow, ExportFlow, NoticeFlow, PrivacyLedger, account_privacy
+from tests.system.harness.privacy import (
+    DsrFlow,
+    ExportFlow,
+    NoticeFlow,
+    PrivacyLedger,
+    account_privacy,
+    consent_snapshot,
+    half_written,
+)
 from tests.system.harness.stack import SystemStack
 
 __all__ = ["CampaignResult", "FaultOutcome", "Sizes", "account", "run_campaign", "violations"]
@@ -121,6 +130,8 @@ class CampaignResult:
     phases: list[FaultOutcome] = field(default_factory=list)
     final: Accounting = field(default_factory=Accounting)
     fuzz: FuzzResult = field(default_factory=FuzzResult)
+    http_fuzz: HttpFuzzResult = field(default_factory=HttpFuzzResult)
+    half_written: dict[str, str] = field(default_factory=dict)
     rss_soak: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
     rss_fuzz: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
     pids_before_fuzz: dict[str, int] = field(default_factory=dict)
@@ -282,6 +293,11 @@ async def run_campaign(stack: SystemStack, sizes: Sizes, progress: Progress = la
     result.pids_before_fuzz = stack.pids()
     before = stack.rss()
     result.fuzz = await fuzz_stack(stack, examples=sizes.fuzz_examples, huge=sizes.fuzz_huge, progress=progress)
+    result.http_fuzz = await fuzz_notify_http(
+        stack, lambda: consent_snapshot(stack, privacy), examples=sizes.fuzz_examples
+    )
+    progress(f"http fuzz of notify: {result.http_fuzz.total} requests, {dict(result.http_fuzz.statuses)}")
+    result.half_written = await half_written(stack, privacy)
     result.pids_after_fuzz = stack.pids()
     result.rss_fuzz = _rss_pairs(before, stack.rss())
     result.alive_after_fuzz = await _still_serves(stack, ledger)
@@ -388,6 +404,17 @@ def violations(result: CampaignResult) -> list[str]:
             f"{result.database}: processes changed during the fuzz: {result.pids_before_fuzz} -> "
             f"{result.pids_after_fuzz}"
         )
+    for method, counter in result.fuzz.without_reason.items():
+        found.append(f"{result.database}: fuzz refusals of {method} without a reason: {dict(counter)}")
+    http = result.http_fuzz
+    if http.broken:
+        found.append(
+            f"{result.database}: notify HTTP fuzz: {len(http.broken)} answers broke a rule, e.g. {http.broken[:2]}"
+        )
+    if http.consent_changed:
+        found.append(f"{result.database}: notify HTTP fuzz changed consent of {len(http.consent_changed)} subjects")
+    if result.half_written:
+        found.append(f"{result.database}: requests left half-written after the fuzz: {_sample(result.half_written)}")
     if result.canary is not None:
         for place, hits in result.canary.found.items():
             found.append(f"{result.database}: plaintext canaries in {place}: {len(hits)} e.g. {hits[:2]}")

@@ -637,3 +637,38 @@ def _message_reference(mail: EmailMessage) -> str:
     """The delivery reference a Message-ID carries (``<reference@domain>``)."""
     value = str(mail.get("Message-ID", "")).strip().strip("<>")
     return value.split("@", 1)[0]
+
+
+async def consent_snapshot(stack: SystemStack, privacy: PrivacyLedger) -> dict[str, str]:
+    """``{subject id: consent history and suppressions}`` of every person the notice flow stored."""
+    snapshot = {}
+    async with stack.client(timeout_s=10.0) as client:
+        _dsr, notify = _stubs(client)
+        for person in privacy.people:
+            answer = await client.call(
+                notify.GetConsent, notify_pb2.GetConsentRequest(subject_id=person.subject_id), idempotent=True
+            )
+            state = [*answer.history, *answer.suppressions]
+            snapshot[person.subject_id] = "|".join(item.SerializeToString(deterministic=True).hex() for item in state)
+    return snapshot
+
+
+async def half_written(stack: SystemStack, privacy: PrivacyLedger, *, settle_s: float = 30) -> dict[str, str]:
+    """Requests the load never made (the fuzz's) that do not settle: stuck RECEIVED / IN_PROGRESS is half-written.
+
+    A request waiting for the tenant (AWAITING_APPROVAL, after a fuzzed SetPolicy) or on a hold has settled.
+    """
+    settled = TERMINAL | {dsr_pb2.REQUEST_STATE_AWAITING_APPROVAL, dsr_pb2.REQUEST_STATE_BLOCKED_BY_HOLD}
+    ours = {ack.request_id for ack in privacy.requests}
+    loop = asyncio.get_running_loop()
+    until = loop.time() + settle_s
+    async with stack.client(timeout_s=10.0) as client:
+        while True:
+            stuck = {
+                r.request_id: dsr_pb2.RequestState.Name(r.state)
+                for r in await _list_requests(client)
+                if r.request_id not in ours and r.state not in settled
+            }
+            if not stuck or loop.time() >= until:
+                return stuck
+            await asyncio.sleep(0.5)  # polling the requests' states; the overall bound is settle_s
