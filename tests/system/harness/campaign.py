@@ -38,6 +38,7 @@ from tests.system.harness.privacy import (
     PrivacyLedger,
     account_privacy,
     consent_snapshot,
+    dsr_policy,
     half_written,
 )
 from tests.system.harness.stack import SystemStack
@@ -72,7 +73,7 @@ class Sizes:
     fuzz_huge: bool = False
     dsr_workers: int = 1
     notice_workers: int = 1
-    exports: bool = True
+    export_phases: tuple[str, ...] | None = ("kill -9 vault",)
     fault_names: tuple[str, ...] | None = ("kill -9 vault", "kill -9 nats")
 
     @classmethod
@@ -92,7 +93,7 @@ class Sizes:
             fuzz_huge=os.environ.get("SOAK_FUZZ_HUGE", "1") == "1",
             dsr_workers=_env_int("SOAK_DSR_WORKERS", 2),
             notice_workers=_env_int("SOAK_NOTICE_WORKERS", 2),
-            exports=os.environ.get("SOAK_EXPORTS", "1") == "1",
+            export_phases=None if os.environ.get("SOAK_EXPORTS", "1") == "1" else (),
             fault_names=None,
         )
 
@@ -246,9 +247,13 @@ async def _run_phase(
     outcome.attempted, outcome.acknowledged = ledger.attempted[name], ledger.acknowledged[name]
     outcome.statuses = Counter(ledger.statuses[name])
     outcome.attempts = Counter(ledger.attempts[name])
+    loaded = time.monotonic()
     outcome.accounting = await account(stack, ledger, name, privacy)
     outcome.duration_s = time.monotonic() - began
-    progress(f"{stack.database}: {name} done: {_summary(outcome)}")
+    progress(
+        f"{stack.database}: {name} done in {outcome.duration_s:.0f} s (accounting {time.monotonic() - loaded:.0f} s): "
+        f"{_summary(outcome)}"
+    )
     return outcome
 
 
@@ -292,12 +297,14 @@ async def run_campaign(stack: SystemStack, sizes: Sizes, progress: Progress = la
 
     result.pids_before_fuzz = stack.pids()
     before = stack.rss()
+    policy = await dsr_policy(stack)
     result.fuzz = await fuzz_stack(stack, examples=sizes.fuzz_examples, huge=sizes.fuzz_huge, progress=progress)
     result.http_fuzz = await fuzz_notify_http(
         stack, lambda: consent_snapshot(stack, privacy), examples=sizes.fuzz_examples
     )
     progress(f"http fuzz of notify: {result.http_fuzz.total} requests, {dict(result.http_fuzz.statuses)}")
     result.half_written = await half_written(stack, privacy)
+    await dsr_policy(stack, policy)  # a fuzzed SetPolicy may be valid: later users of the stack get the old one back
     result.pids_after_fuzz = stack.pids()
     result.rss_fuzz = _rss_pairs(before, stack.rss())
     result.alive_after_fuzz = await _still_serves(stack, ledger)
@@ -311,8 +318,8 @@ def _privacy_flows(stack: SystemStack, privacy: PrivacyLedger, sizes: Sizes) -> 
         DsrFlow(privacy, workers=sizes.dsr_workers),
         NoticeFlow(privacy, workers=sizes.notice_workers),
     ]
-    if sizes.exports:
-        chosen.append(ExportFlow(stack, privacy))
+    if sizes.export_phases != ():
+        chosen.append(ExportFlow(stack, privacy, phases=sizes.export_phases))
     return [flow for flow in chosen if flow.workers > 0]
 
 

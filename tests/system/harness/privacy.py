@@ -7,8 +7,9 @@ Everything goes through the gateway with the demo tenant's API key, as a client 
   address and a note), so erasing it never touches what the write ledger expects to read back.
 - :class:`NoticeFlow` sends notices with ``SendToSubject``: transactional (service lane) and marketing, to people
   who consented (``RecordConsent``) and to people who did not, each under an idempotency key.
-- :class:`ExportFlow` runs one tenant-wide export per phase (``ExportTenant`` with a tenant admin key, made by
-  ``steward apikey create``) and checks it offline as ``steward tenant export --verify`` does.
+- :class:`ExportFlow` runs one tenant-wide export per phase (the quick campaign: only under the vault's kill) —
+  ``ExportTenant`` with a tenant admin key made by ``steward apikey create`` — and checks it offline as
+  ``steward tenant export --verify`` does.
 
 :func:`account_privacy` then checks, for the operations of a phase: every acknowledged request reached one
 terminal state, once, with evidence that verifies (``VerifyEvidence`` and, offline, each entry's Ed25519
@@ -288,14 +289,15 @@ class ExportFlow:
 
     stack: SystemStack
     privacy: PrivacyLedger
+    phases: tuple[str, ...] | None = None
     workers: int = 1
     name: str = "export"
     admin_key: str = ""
 
     async def step(self, load: Any) -> None:
-        """Export once in each phase; otherwise idle until the load stops."""
+        """Export once in each phase (of ``phases``; None: every phase); otherwise idle until the load stops."""
         phase = load.ledger.phase
-        if self.privacy.exports.get(phase):
+        if self.privacy.exports.get(phase) or (self.phases is not None and phase not in self.phases):
             await asyncio.sleep(0.2)  # one export per phase is enough; the worker idles until the phase ends
             return
         if not self.admin_key:
@@ -672,3 +674,12 @@ async def half_written(stack: SystemStack, privacy: PrivacyLedger, *, settle_s: 
             if not stuck or loop.time() >= until:
                 return stuck
             await asyncio.sleep(0.5)  # polling the requests' states; the overall bound is settle_s
+
+
+async def dsr_policy(stack: SystemStack, policy: dsr_pb2.TenantPolicy | None = None) -> dsr_pb2.TenantPolicy:
+    """The demo tenant's DSR policy; with ``policy``, set it first (the fuzz may send a valid SetPolicy)."""
+    async with stack.client(timeout_s=10.0) as client:
+        dsr, _notify = _stubs(client)
+        if policy is not None:
+            await client.call(dsr.SetPolicy, dsr_pb2.SetPolicyRequest(policy=policy), idempotent=True)
+        return (await client.call(dsr.GetPolicy, dsr_pb2.GetPolicyRequest(), idempotent=True)).policy

@@ -93,7 +93,7 @@ def render(results: list[CampaignResult], *, sizes: str) -> str:
                 f"{'':<24} after: lost {len(acc.lost)}, corrupted {len(acc.corrupted)}, events missing "
                 f"{len(acc.missing_events)}/duplicated {len(acc.duplicated_events)}, outbox "
                 f"{sum(acc.outbox_unpublished.values())}, stuck {len(acc.stuck_consumers)}, reconciled "
-                f"{acc.reconciled} (committed-but-failed {acc.committed_but_failed})"
+                f"{acc.reconciled} (committed-but-failed {acc.committed_but_failed}); {phase.duration_s:.0f} s"
             )
             lines.append(
                 f"{'':<24} DSRs {acc.privacy.requests_checked} {_statuses(acc.privacy.states)}; deliveries "
