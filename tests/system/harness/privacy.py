@@ -577,10 +577,10 @@ async def account_privacy(
     # One request per (subject, type) the load asked about: a second one is a submit stored twice.
     everything = await _list_requests(client)
     ours = {ack.request_id for ack in privacy.requests}
-    pairs = Counter((r.subject_id, r.type) for r in everything if r.subject_id)
-    for request in everything:
-        if request.request_id not in ours and pairs[(request.subject_id, request.type)] > 1:
-            result.requests_duplicated.append(request.request_id)
+    asked = {(r.subject_id, r.type) for r in everything if r.request_id in ours and r.subject_id}
+    result.requests_duplicated += [
+        r.request_id for r in everything if r.request_id not in ours and (r.subject_id, r.type) in asked
+    ]
 
     await _account_deliveries(stack, client, privacy, deliveries, result, phase=phase, settle_s=settle_s)
     for name, problems in privacy.exports.items():
