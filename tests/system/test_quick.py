@@ -12,10 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from steward.dsr.v1 import dsr_pb2, dsr_pb2_grpc
-from steward.notify.v1 import notify_pb2, notify_pb2_grpc
+from steward.dsr.v1 import dsr_pb2
+from steward.notify.v1 import notify_pb2
 
 from services.chassis.nats_permissions import STREAM
+from services.client import StewardClient
 from tests.system.harness.accounting import Accounting, count_record_events, patient_client, read_back, reconcile
 from tests.system.harness.campaign import CampaignResult, Sizes, run_campaign, violations
 from tests.system.harness.canary import scan_for_canaries
@@ -27,6 +28,7 @@ from tests.system.harness.privacy import (
     PrivacyLedger,
     account_privacy,
     new_person,
+    stubs,
 )
 from tests.system.harness.report import render
 from tests.system.harness.stack import SystemStack
@@ -153,21 +155,16 @@ def test_notify_http_fuzz_gets_clean_refusals_and_changes_no_consent(
 # -- each privacy check, shown able to fail -------------------------------------------------------------------
 
 
-def _stubs(client: object) -> tuple[dsr_pb2_grpc.DsrServiceStub, notify_pb2_grpc.NotifyServiceStub]:
-    channel = client.channel  # type: ignore[attr-defined]
-    return dsr_pb2_grpc.DsrServiceStub(channel), notify_pb2_grpc.NotifyServiceStub(channel)
-
-
-async def _submit(client: object, email: str, key: str) -> dsr_pb2.DsrRequest:
-    dsr, _notify = _stubs(client)
+async def _submit(client: StewardClient, email: str, key: str) -> dsr_pb2.DsrRequest:
+    dsr, _notify = stubs(client)
     request = dsr_pb2.SubmitRequestRequest(
         type=dsr_pb2.REQUEST_TYPE_ACCESS, subject=dsr_pb2.SubjectIdentifier(email=email), idempotency_key=key
     )
-    return (await dsr.SubmitRequest(request, metadata=client.metadata)).request  # type: ignore[attr-defined]
+    return (await dsr.SubmitRequest(request, metadata=client.metadata)).request
 
 
-async def _send(client: object, subject_id: str, key: str) -> notify_pb2.Delivery:
-    _dsr, notify = _stubs(client)
+async def _send(client: StewardClient, subject_id: str, key: str) -> notify_pb2.Delivery:
+    _dsr, notify = stubs(client)
     request = notify_pb2.SendToSubjectRequest(
         subject_id=subject_id,
         template="account_update",
@@ -177,7 +174,7 @@ async def _send(client: object, subject_id: str, key: str) -> notify_pb2.Deliver
         variables={"name": "x", "detail": "y", "business": "z"},
         idempotency_key=key,
     )
-    return (await notify.SendToSubject(request, metadata=client.metadata)).delivery  # type: ignore[attr-defined]
+    return (await notify.SendToSubject(request, metadata=client.metadata)).delivery
 
 
 async def test_privacy_accounting_flags_evidence_altered_behind_dsrs_back(
@@ -232,7 +229,7 @@ async def test_privacy_accounting_flags_a_request_stored_twice_and_one_never_fin
     stack, _result = quick
     ledger = PrivacyLedger(run="twice")
     async with patient_client(stack) as client:
-        dsr, _notify = _stubs(client)
+        dsr, _notify = stubs(client)
         policy = (await dsr.GetPolicy(dsr_pb2.GetPolicyRequest(), metadata=client.metadata)).policy
         person = await new_person(client, ledger, consent=False)
         first = await _submit(client, person.email, f"first-{uuid.uuid4().hex}")

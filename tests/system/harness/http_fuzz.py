@@ -133,8 +133,8 @@ def _requests(secret: bytes, tokens: list[str], examples: int) -> list[tuple[str
     mutated: list[str] = []
     for index, token in enumerate(tokens[:4]):
         for edit in generate_bodies(edits.map(lambda e: json.dumps(e).encode()), examples, 20 + index):
-            changed = _mutate(token.encode(), [(op, at, value) for op, at, value in json.loads(edit)])
-            changed = changed.decode(errors="replace")
+            raw_edit = [(op, at, value) for op, at, value in json.loads(edit)]
+            changed = _mutate(token.encode(), raw_edit).decode(errors="replace")
             if changed != token:
                 mutated.append(changed)
     randoms = [t.decode(errors="replace") for t in generate_bodies(st.binary(max_size=300), examples, 14)]

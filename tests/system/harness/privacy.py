@@ -56,6 +56,7 @@ __all__ = [
     "PrivacyLedger",
     "account_privacy",
     "mail_by_recipient",
+    "stubs",
 ]
 
 TERMINAL = {
@@ -151,7 +152,8 @@ class PrivacyLedger:
         return f"{self.run}-{prefix}{self.sequence}"
 
 
-def _stubs(client: StewardClient) -> tuple[dsr_pb2_grpc.DsrServiceStub, notify_pb2_grpc.NotifyServiceStub]:
+def stubs(client: StewardClient) -> tuple[dsr_pb2_grpc.DsrServiceStub, notify_pb2_grpc.NotifyServiceStub]:
+    """dsr's and notify's stubs on the client's current channel (the gateway forwards both)."""
     channel = client.channel
     return dsr_pb2_grpc.DsrServiceStub(channel), notify_pb2_grpc.NotifyServiceStub(channel)
 
@@ -169,7 +171,7 @@ async def new_person(client: StewardClient, privacy: PrivacyLedger, *, consent: 
     noted = await client.put_record(note)
     person = Person(stored.subject_id, address, [stored.id, noted.id])
     if consent:
-        _dsr, notify = _stubs(client)
+        _dsr, notify = stubs(client)
         request = notify_pb2.RecordConsentRequest(
             subject_id=person.subject_id,
             channel=notify_pb2.CHANNEL_EMAIL,
@@ -226,7 +228,7 @@ class DsrFlow:
             verification=dsr_pb2.IdentityVerification(method="email_link", verified_by="agent-7"),
             idempotency_key=key,
         )
-        dsr, _notify = _stubs(load.client)
+        dsr, _notify = stubs(load.client)
         try:
             answer = await load.client.call(dsr.SubmitRequest, request, idempotent=True)
         except (TimeoutError, grpc.RpcError) as exc:
@@ -272,7 +274,7 @@ class NoticeFlow:
             purpose=PURPOSE if marketing else "",
         )
         expect_sent = not marketing or person.consented
-        _dsr, notify = _stubs(load.client)
+        _dsr, notify = stubs(load.client)
         try:
             answer = await load.client.call(notify.SendToSubject, request, idempotent=True)
         except (TimeoutError, grpc.RpcError) as exc:
@@ -400,7 +402,7 @@ class PrivacyAccounting:
 
 async def reconcile_privacy(client: StewardClient, privacy: PrivacyLedger, into: PrivacyAccounting) -> None:
     """Replay each failed SubmitRequest / SendToSubject with its own key; the answer joins the ledger."""
-    dsr, notify = _stubs(client)
+    dsr, notify = stubs(client)
     pending, privacy.pending_requests = privacy.pending_requests, []
     for call in pending:
         try:
@@ -444,7 +446,7 @@ def _verify_offline(evidence: dsr_pb2.GetEvidenceResponse) -> str:
 
 
 async def _check_request(client: StewardClient, ack: DsrAck, into: PrivacyAccounting, settle_s: float) -> None:
-    dsr, _notify = _stubs(client)
+    dsr, _notify = stubs(client)
     loop = asyncio.get_running_loop()
     until = loop.time() + settle_s
     while True:
@@ -497,7 +499,7 @@ async def _check_erased(client: StewardClient, person: Person, into: PrivacyAcco
 
 
 async def _list_requests(client: StewardClient) -> list[dsr_pb2.DsrRequest]:
-    dsr, _notify = _stubs(client)
+    dsr, _notify = stubs(client)
     found, token = [], ""
     while True:
         page = await client.call(
@@ -510,7 +512,7 @@ async def _list_requests(client: StewardClient) -> list[dsr_pb2.DsrRequest]:
 
 
 async def _deliveries_of(client: StewardClient, subject_id: str) -> list[notify_pb2.Delivery]:
-    _dsr, notify = _stubs(client)
+    _dsr, notify = stubs(client)
     found, token = [], ""
     while True:
         request = notify_pb2.ListDeliveriesRequest(subject_id=subject_id, page_size=100, page_token=token)
@@ -533,7 +535,7 @@ def mail_by_recipient(stack: SystemStack) -> dict[str, list[EmailMessage]]:
 async def _check_delivery(
     client: StewardClient, ack: NoticeAck, into: PrivacyAccounting, settle_s: float
 ) -> notify_pb2.Delivery:
-    _dsr, notify = _stubs(client)
+    _dsr, notify = stubs(client)
     loop = asyncio.get_running_loop()
     until = loop.time() + settle_s
     while True:
@@ -645,7 +647,7 @@ async def consent_snapshot(stack: SystemStack, privacy: PrivacyLedger) -> dict[s
     """``{subject id: consent history and suppressions}`` of every person the notice flow stored."""
     snapshot = {}
     async with stack.client(timeout_s=10.0) as client:
-        _dsr, notify = _stubs(client)
+        _dsr, notify = stubs(client)
         for person in privacy.people:
             answer = await client.call(
                 notify.GetConsent, notify_pb2.GetConsentRequest(subject_id=person.subject_id), idempotent=True
@@ -679,7 +681,7 @@ async def half_written(stack: SystemStack, privacy: PrivacyLedger, *, settle_s: 
 async def dsr_policy(stack: SystemStack, policy: dsr_pb2.TenantPolicy | None = None) -> dsr_pb2.TenantPolicy:
     """The demo tenant's DSR policy; with ``policy``, set it first (the fuzz may send a valid SetPolicy)."""
     async with stack.client(timeout_s=10.0) as client:
-        dsr, _notify = _stubs(client)
+        dsr, _notify = stubs(client)
         if policy is not None:
             await client.call(dsr.SetPolicy, dsr_pb2.SetPolicyRequest(policy=policy), idempotent=True)
         return (await client.call(dsr.GetPolicy, dsr_pb2.GetPolicyRequest(), idempotent=True)).policy
