@@ -30,10 +30,11 @@ import subprocess
 import sys
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from cryptography.exceptions import InvalidSignature
@@ -58,6 +59,8 @@ __all__ = [
     "mail_by_recipient",
     "stubs",
 ]
+
+T = TypeVar("T")
 
 TERMINAL = {
     dsr_pb2.REQUEST_STATE_COMPLETED,
@@ -551,7 +554,11 @@ async def _check_delivery(
     into.delivery_states[name] += 1
     if not final:
         into.not_final[ack.delivery_id] = name
-    elif ack.expect_sent != (delivery.status in SENT_OR_LATER):
+    elif ack.expect_sent != (delivery.status in SENT_OR_LATER) and not (
+        # Marketing is at most once: a send whose SMTP answer was lost (notify killed mid-send) stays AMBIGUOUS and
+        # is never resent. Allowed only where sending was allowed; the mail check still refuses a second copy.
+        delivery.status == notify_pb2.DELIVERY_STATUS_AMBIGUOUS and ack.expect_sent
+    ):
         into.wrong_status[ack.delivery_id] = f"{name} ({delivery.reason_code}), expected sent={ack.expect_sent}"
     return delivery
 
@@ -570,8 +577,7 @@ async def account_privacy(
     requests = [ack for ack in privacy.requests if phase is None or ack.phase == phase]
     deliveries = [ack for ack in privacy.deliveries if phase is None or ack.phase == phase]
     result.requests_checked, result.deliveries_checked = len(requests), len(deliveries)
-    for ack in requests:
-        await _check_request(client, ack, result, settle_s)
+    await _each(requests, lambda ack: _check_request(client, ack, result, settle_s))
     by_key: dict[str, set[str]] = defaultdict(set)
     for ack in privacy.requests:
         by_key[ack.key].add(ack.request_id)
@@ -604,8 +610,11 @@ async def _account_deliveries(
 ) -> None:
     """Final status of each delivery, one delivery per key, and the SMTP sink: one mail per sent delivery."""
     final: dict[str, notify_pb2.Delivery] = {}
-    for sent in deliveries:
+
+    async def check(sent: NoticeAck) -> None:
         final[sent.delivery_id] = await _check_delivery(client, sent, result, settle_s)
+
+    await _each(deliveries, check)
     by_send_key: dict[str, set[str]] = defaultdict(set)
     for sent in privacy.deliveries:
         by_send_key[sent.key].add(sent.delivery_id)
@@ -635,6 +644,17 @@ async def _account_deliveries(
             # Mail to a person under a reference no acknowledged delivery has: a send the load never saw.
             mine = {final[a.delivery_id].reference for a in deliveries if a.person is person}
             result.mail_unwanted += [ref for ref in references if ref not in mine]
+
+
+async def _each(items: Sequence[T], check: Callable[[T], Awaitable[None]], *, concurrency: int = 8) -> None:
+    """Run ``check`` on every item, ``concurrency`` at a time (each may poll for up to its settle time)."""
+    queue = list(items)
+
+    async def worker() -> None:
+        while queue:
+            await check(queue.pop())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 def _message_reference(mail: EmailMessage) -> str:
