@@ -12,6 +12,7 @@ found, so a scan that finds nothing has looked.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +20,10 @@ from typing import Any
 import sqlalchemy as sa
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from tests.integration.vault.helpers import RawDatabase, leaks
+from tests.integration.vault.helpers import RawDatabase
 from tests.system.harness.stack import SystemStack
 
-__all__ = ["CanaryScan", "scan_for_canaries"]
+__all__ = ["CanaryScan", "Needles", "scan_for_canaries"]
 
 
 @dataclass
@@ -35,12 +36,40 @@ class CanaryScan:
     control_seen: bool = False
     messages: int = 0
 
-    def note(self, place: str, haystack: bytes, needles: Iterable[str], tenant: str) -> None:
+    def note(self, place: str, haystack: bytes, needles: Needles, tenant: str) -> None:
         """Search ``haystack``; remember any canary found, and whether the control (the tenant id) was seen."""
-        hits = leaks(haystack, needles)
+        hits = needles.find(haystack)
         if hits:
             self.found.setdefault(place, []).extend(hits)
         self.control_seen = self.control_seen or (bool(tenant) and tenant.encode() in haystack)
+
+
+@dataclass(frozen=True)
+class Needles:
+    """The canaries, searched in one pass per haystack: a regex finds where any of their 4-byte prefixes occurs (the
+    flows' canaries share one), and only there is each canary with that prefix compared."""
+
+    values: tuple[str, ...]
+    by_prefix: dict[bytes, tuple[bytes, ...]]
+    pattern: re.Pattern[bytes]
+
+    @classmethod
+    def of(cls, values: Iterable[str]) -> Needles:
+        """Index ``values`` by prefix."""
+        ordered = tuple(sorted(set(values)))
+        groups: dict[bytes, list[bytes]] = {}
+        for value in ordered:
+            groups.setdefault(value.encode()[:4], []).append(value.encode())
+        pattern = re.compile(b"|".join(re.escape(prefix) for prefix in groups) or b"(?!)")
+        return cls(ordered, {prefix: tuple(found) for prefix, found in groups.items()}, pattern)
+
+    def find(self, haystack: bytes) -> list[str]:
+        """The canaries that occur in ``haystack``."""
+        hits: set[bytes] = set()
+        for match in self.pattern.finditer(haystack):
+            at = match.start()
+            hits.update(value for value in self.by_prefix[match.group()] if haystack.startswith(value, at))
+        return sorted(hit.decode() for hit in hits)
 
 
 def _database_urls(stack: SystemStack) -> list[str]:
@@ -51,17 +80,21 @@ def _database_urls(stack: SystemStack) -> list[str]:
     return [f"sqlite:///{path}" for path in sorted((stack.home / "data").glob("*.db"))]
 
 
-async def scan_for_canaries(stack: SystemStack, needles: list[str]) -> CanaryScan:
-    """Search databases, SQLite files, the stack log and every JetStream stream for ``needles``."""
+async def scan_for_canaries(stack: SystemStack, canaries: list[str]) -> CanaryScan:
+    """Search databases, SQLite files, the stack log and every JetStream stream for ``canaries``."""
     tenant = json.loads((stack.home / "demo.json").read_text())["tenant_id"]
-    scan = CanaryScan(needles=len(needles))
+    needles = Needles.of(canaries)
+    scan = CanaryScan(needles=len(needles.values))
     for url in _database_urls(stack):
         raw = RawDatabase(url)
         try:
             place = sa.engine.make_url(url).database or url
             scan.places.append(place)
+            tables: dict[str, list[bytes]] = {}
             for table, value in raw.every_value():
-                scan.note(f"{place}:{table}", value, needles, tenant)
+                tables.setdefault(table, []).append(value)
+            for table, values in tables.items():
+                scan.note(f"{place}:{table}", b"\0".join(values), needles, tenant)
             if url.startswith("sqlite"):
                 scan.note(f"{place} (raw file + WAL)", raw.file_bytes(), needles, tenant)
         finally:
@@ -84,8 +117,9 @@ async def scan_for_canaries(stack: SystemStack, needles: list[str]) -> CanarySca
     return scan
 
 
-async def _scan_subject(js: Any, stream: str, subject: str, scan: CanaryScan, needles: list[str], tenant: str) -> None:
+async def _scan_subject(js: Any, stream: str, subject: str, scan: CanaryScan, needles: Needles, tenant: str) -> None:
     """Read every message of ``stream`` under ``subject`` from the start (an ordered ephemeral consumer)."""
+    blobs: list[bytes] = []
     sub = await js.subscribe(
         subject, stream=stream, ordered_consumer=True, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
     )
@@ -94,11 +128,11 @@ async def _scan_subject(js: Any, stream: str, subject: str, scan: CanaryScan, ne
             try:
                 msg = await sub.next_msg(timeout=3)
             except TimeoutError:
-                return
+                break
             scan.messages += 1
-            headers = repr(sorted((msg.headers or {}).items())).encode()
-            scan.note(f"stream {stream}", msg.subject.encode() + msg.data + headers, needles, tenant)
+            blobs.append(msg.subject.encode() + msg.data + repr(sorted((msg.headers or {}).items())).encode())
             if msg.metadata.num_pending == 0:
-                return
+                break
     finally:
         await sub.unsubscribe()
+    scan.note(f"stream {stream}", b"\0".join(blobs), needles, tenant)
