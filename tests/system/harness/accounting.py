@@ -22,6 +22,7 @@ from steward.vault.v1 import vault_pb2 as pb
 from services.chassis.nats_permissions import STREAM
 from services.client import RetryPolicy, StewardClient
 from tests.system.harness.load import Ack, Ledger, marker_of, status_name, store
+from tests.system.harness.privacy import PrivacyAccounting
 from tests.system.harness.stack import SystemStack
 
 __all__ = ["Accounting", "EventTally", "count_record_events", "outbox_backlog", "read_back", "reconcile", "stuck"]
@@ -31,7 +32,8 @@ RECORD_SUBJECTS = "steward.vault.record.>"
 
 @dataclass
 class Accounting:
-    """The result of one accounting pass (all counts are record ids unless named otherwise)."""
+    """The result of one accounting pass (all counts are record ids unless named otherwise; ``privacy`` holds what
+    :func:`~tests.system.harness.privacy.account_privacy` found about requests, deliveries and exports)."""
 
     checked: int = 0
     lost: list[str] = field(default_factory=list)
@@ -46,6 +48,7 @@ class Accounting:
     never_committed: int = 0
     duplicated_by_retry: list[str] = field(default_factory=list)
     unreconciled: dict[str, str] = field(default_factory=dict)
+    privacy: PrivacyAccounting = field(default_factory=PrivacyAccounting)
 
     @property
     def clean(self) -> bool:
@@ -60,6 +63,7 @@ class Accounting:
             or self.stuck_consumers
             or self.duplicated_by_retry
             or self.unreconciled
+            or not self.privacy.clean
         )
 
 

@@ -26,9 +26,21 @@ from tests.system.harness.accounting import (
     reconcile,
     stuck,
 )
+from tests.system.harness.canary import CanaryScan, scan_for_canaries
 from tests.system.harness.faults import Fault, faults_for
 from tests.system.harness.fuzz import FORBIDDEN, FuzzResult, fuzz_stack
-from tests.system.harness.load import AttemptCounter, Ledger, Load, flows, new_record
+from tests.system.harness.http_fuzz import HttpFuzzResult, fuzz_notify_http
+from tests.system.harness.load import AttemptCounter, Flow, Ledger, Load, flows, new_record
+from tests.system.harness.privacy import (
+    DsrFlow,
+    ExportFlow,
+    NoticeFlow,
+    PrivacyLedger,
+    account_privacy,
+    consent_snapshot,
+    dsr_policy,
+    half_written,
+)
 from tests.system.harness.stack import SystemStack
 
 __all__ = ["CampaignResult", "FaultOutcome", "Sizes", "account", "run_campaign", "violations"]
@@ -59,6 +71,9 @@ class Sizes:
     soak_s: float = 0.0
     fuzz_examples: int = 4
     fuzz_huge: bool = False
+    dsr_workers: int = 1
+    notice_workers: int = 1
+    export_phases: tuple[str, ...] | None = ("kill -9 vault",)
     fault_names: tuple[str, ...] | None = ("kill -9 vault", "kill -9 nats")
 
     @classmethod
@@ -76,6 +91,9 @@ class Sizes:
             soak_s=_env_float("SOAK_SECONDS", 60.0),
             fuzz_examples=_env_int("SOAK_FUZZ_EXAMPLES", 25),
             fuzz_huge=os.environ.get("SOAK_FUZZ_HUGE", "1") == "1",
+            dsr_workers=_env_int("SOAK_DSR_WORKERS", 2),
+            notice_workers=_env_int("SOAK_NOTICE_WORKERS", 2),
+            export_phases=None if os.environ.get("SOAK_EXPORTS", "1") == "1" else (),
             fault_names=None,
         )
 
@@ -113,6 +131,8 @@ class CampaignResult:
     phases: list[FaultOutcome] = field(default_factory=list)
     final: Accounting = field(default_factory=Accounting)
     fuzz: FuzzResult = field(default_factory=FuzzResult)
+    http_fuzz: HttpFuzzResult = field(default_factory=HttpFuzzResult)
+    half_written: dict[str, str] = field(default_factory=dict)
     rss_soak: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
     rss_fuzz: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
     pids_before_fuzz: dict[str, int] = field(default_factory=dict)
@@ -123,6 +143,8 @@ class CampaignResult:
     total_records: int = 0
     event_messages: int = 0
     ledger: Ledger | None = None
+    privacy: PrivacyLedger | None = None
+    canary: CanaryScan | None = None
     duration_s: float = 0.0
 
     @property
@@ -131,8 +153,16 @@ class CampaignResult:
         return [phase for phase in self.phases if phase.name not in ("baseline", "soak")]
 
 
-async def account(stack: SystemStack, ledger: Ledger, phase: str | None, *, settle_s: float = 90) -> Accounting:
-    """Reconcile unsettled writes, read back the acks of ``phase`` (None: every ack), check outbox, events, consumers.
+async def account(
+    stack: SystemStack,
+    ledger: Ledger,
+    phase: str | None,
+    privacy: PrivacyLedger | None = None,
+    *,
+    settle_s: float = 90,
+) -> Accounting:
+    """Reconcile unsettled writes, read back the acks of ``phase`` (None: every ack), check outbox, events, consumers;
+    with ``privacy``, also every request, delivery and export of the phase (:func:`account_privacy`).
 
     Reconciliation comes first, so writes that committed although their caller saw a failure are read back too.
     """
@@ -141,6 +171,8 @@ async def account(stack: SystemStack, ledger: Ledger, phase: str | None, *, sett
         await reconcile(client, ledger, result)
         chosen = [ack for ack in ledger.acks.values() if phase is None or ack.phase == phase]
         await read_back(client, chosen, result)
+        if privacy is not None:
+            result.privacy = await account_privacy(stack, client, privacy, phase, settle_s=settle_s)
 
     backlog: dict[str, int] = {}
 
@@ -185,7 +217,13 @@ async def _settle(predicate: Callable[[], object], timeout_s: float, what: str) 
 
 
 async def _run_phase(
-    stack: SystemStack, load: Load, ledger: Ledger, sizes: Sizes, fault: Fault | None, progress: Progress
+    stack: SystemStack,
+    load: Load,
+    ledger: Ledger,
+    privacy: PrivacyLedger,
+    sizes: Sizes,
+    fault: Fault | None,
+    progress: Progress,
 ) -> FaultOutcome:
     name = fault.name if fault else "baseline"
     ledger.phase = name
@@ -209,9 +247,13 @@ async def _run_phase(
     outcome.attempted, outcome.acknowledged = ledger.attempted[name], ledger.acknowledged[name]
     outcome.statuses = Counter(ledger.statuses[name])
     outcome.attempts = Counter(ledger.attempts[name])
-    outcome.accounting = await account(stack, ledger, name)
+    loaded = time.monotonic()
+    outcome.accounting = await account(stack, ledger, name, privacy)
     outcome.duration_s = time.monotonic() - began
-    progress(f"{stack.database}: {name} done: {_summary(outcome)}")
+    progress(
+        f"{stack.database}: {name} done in {outcome.duration_s:.0f} s (accounting {time.monotonic() - loaded:.0f} s): "
+        f"{_summary(outcome)}"
+    )
     return outcome
 
 
@@ -220,7 +262,9 @@ def _summary(outcome: FaultOutcome) -> str:
     return (
         f"acked {outcome.acknowledged}/{outcome.attempted}, recovery {outcome.recovery_s}, lost {len(acc.lost)}, "
         f"corrupted {len(acc.corrupted)}, dup events {len(acc.duplicated_events)}, "
-        f"committed-but-failed {acc.committed_but_failed}"
+        f"committed-but-failed {acc.committed_but_failed}; DSRs {acc.privacy.requests_checked} "
+        f"{dict(acc.privacy.states)}, deliveries {acc.privacy.deliveries_checked} {dict(acc.privacy.delivery_states)}, "
+        f"privacy problems {[label for label, _ in acc.privacy.problems()]}"
     )
 
 
@@ -229,17 +273,23 @@ async def run_campaign(stack: SystemStack, sizes: Sizes, progress: Progress = la
     began = time.monotonic()
     result = CampaignResult(stack.database)
     ledger = Ledger(run=uuid.uuid4().hex[:8])
-    result.ledger = ledger
+    privacy = PrivacyLedger(run=ledger.run)
+    result.ledger, result.privacy = ledger, privacy
     retry = RetryPolicy(max_attempts=5, budget_s=sizes.retry_budget_s)
     counter = AttemptCounter(ledger)
     async with stack.client(timeout_s=sizes.write_timeout_s, retry=retry, interceptors=[counter]) as client:
-        load = Load(client, ledger, flows(writers=sizes.writers, readers=sizes.readers))
-        result.phases.append(await _run_phase(stack, load, ledger, sizes, None, progress))
+        load = Load(
+            client,
+            ledger,
+            [*flows(writers=sizes.writers, readers=sizes.readers), *_privacy_flows(stack, privacy, sizes)],
+        )
+        result.phases.append(await _run_phase(stack, load, ledger, privacy, sizes, None, progress))
         for fault in sizes.faults(stack.database):
-            result.phases.append(await _run_phase(stack, load, ledger, sizes, fault, progress))
+            result.phases.append(await _run_phase(stack, load, ledger, privacy, sizes, fault, progress))
         if sizes.soak_s > 0:
-            result.phases.append(await _soak(stack, load, ledger, sizes, result, progress))
-    result.final = await account(stack, ledger, None)
+            result.phases.append(await _soak(stack, load, ledger, privacy, sizes, result, progress))
+    result.final = await account(stack, ledger, None, privacy)
+    result.canary = await scan_for_canaries(stack, privacy.canaries)
     result.lost_reads, result.corrupt_reads = len(ledger.lost_reads), len(ledger.corrupt_reads)
     result.total_records = len(ledger.acks)
     result.event_messages = (await count_record_events(stack)).messages
@@ -247,7 +297,14 @@ async def run_campaign(stack: SystemStack, sizes: Sizes, progress: Progress = la
 
     result.pids_before_fuzz = stack.pids()
     before = stack.rss()
+    policy = await dsr_policy(stack)
     result.fuzz = await fuzz_stack(stack, examples=sizes.fuzz_examples, huge=sizes.fuzz_huge, progress=progress)
+    result.http_fuzz = await fuzz_notify_http(
+        stack, lambda: consent_snapshot(stack, privacy), examples=sizes.fuzz_examples
+    )
+    progress(f"http fuzz of notify: {result.http_fuzz.total} requests, {dict(result.http_fuzz.statuses)}")
+    result.half_written = await half_written(stack, privacy)
+    await dsr_policy(stack, policy)  # a fuzzed SetPolicy may be valid: later users of the stack get the old one back
     result.pids_after_fuzz = stack.pids()
     result.rss_fuzz = _rss_pairs(before, stack.rss())
     result.alive_after_fuzz = await _still_serves(stack, ledger)
@@ -255,8 +312,25 @@ async def run_campaign(stack: SystemStack, sizes: Sizes, progress: Progress = la
     return result
 
 
+def _privacy_flows(stack: SystemStack, privacy: PrivacyLedger, sizes: Sizes) -> list[Flow]:
+    """The dsr, notify and tenant-export flows at the campaign's sizes."""
+    chosen: list[Flow] = [
+        DsrFlow(privacy, workers=sizes.dsr_workers),
+        NoticeFlow(privacy, workers=sizes.notice_workers),
+    ]
+    if sizes.export_phases != ():
+        chosen.append(ExportFlow(stack, privacy, phases=sizes.export_phases))
+    return [flow for flow in chosen if flow.workers > 0]
+
+
 async def _soak(
-    stack: SystemStack, load: Load, ledger: Ledger, sizes: Sizes, result: CampaignResult, progress: Progress
+    stack: SystemStack,
+    load: Load,
+    ledger: Ledger,
+    privacy: PrivacyLedger,
+    sizes: Sizes,
+    result: CampaignResult,
+    progress: Progress,
 ) -> FaultOutcome:
     """The load for ``soak_s`` seconds with no fault; RSS of every process before and after."""
     ledger.phase = "soak"
@@ -272,7 +346,7 @@ async def _soak(
     outcome.attempted, outcome.acknowledged = ledger.attempted["soak"], ledger.acknowledged["soak"]
     outcome.statuses = Counter(ledger.statuses["soak"])
     outcome.attempts = Counter(ledger.attempts["soak"])
-    outcome.accounting = await account(stack, ledger, "soak")
+    outcome.accounting = await account(stack, ledger, "soak", privacy)
     outcome.duration_s = time.monotonic() - began
     progress(f"{stack.database}: soak done: {_summary(outcome)}")
     return outcome
@@ -318,6 +392,8 @@ def violations(result: CampaignResult) -> list[str]:
                 found.append(f"{result.database} {name}: {label}: {len(items)} {_sample(items)}")
         if any(acc.outbox_unpublished.values()):
             found.append(f"{result.database} {name}: outbox not drained: {acc.outbox_unpublished}")
+        for label, privacy_items in acc.privacy.problems():
+            found.append(f"{result.database} {name}: {label}: {len(privacy_items)} {_sample(privacy_items)}")  # type: ignore[arg-type]
     for phase in result.faults:
         if phase.recovery_s is None:
             found.append(f"{result.database} {phase.name}: no write succeeded after the fault ended")
@@ -335,6 +411,22 @@ def violations(result: CampaignResult) -> list[str]:
             f"{result.database}: processes changed during the fuzz: {result.pids_before_fuzz} -> "
             f"{result.pids_after_fuzz}"
         )
+    for method, counter in result.fuzz.without_reason.items():
+        found.append(f"{result.database}: fuzz refusals of {method} without a reason: {dict(counter)}")
+    http = result.http_fuzz
+    if http.broken:
+        found.append(
+            f"{result.database}: notify HTTP fuzz: {len(http.broken)} answers broke a rule, e.g. {http.broken[:2]}"
+        )
+    if http.consent_changed:
+        found.append(f"{result.database}: notify HTTP fuzz changed consent of {len(http.consent_changed)} subjects")
+    if result.half_written:
+        found.append(f"{result.database}: requests left half-written after the fuzz: {_sample(result.half_written)}")
+    if result.canary is not None:
+        for place, hits in result.canary.found.items():
+            found.append(f"{result.database}: plaintext canaries in {place}: {len(hits)} e.g. {hits[:2]}")
+        if not result.canary.control_seen:
+            found.append(f"{result.database}: the canary scan did not even see the tenant id: it looked at nothing")
     if not result.alive_after_fuzz:
         found.append(f"{result.database}: the stack did not serve a write after the fuzz")
     return found

@@ -133,6 +133,8 @@ def faults_for(*, freeze_s: float, seal_s: float) -> list[Fault]:
         kill9("nats"),
         kill9("vault"),
         kill9("gateway"),
+        kill9("dsr"),
+        kill9("notify"),
         kill9("openbao"),
         seal_openbao(seal_s),
         freeze("vault", freeze_s),

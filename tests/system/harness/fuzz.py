@@ -6,7 +6,8 @@ bytes in ids, odd page sizes, unknown enum values, long strings), those messages
 level, a valid message with invalid UTF-8 in a string field, Struct data nested past protobuf's limits,
 and a few huge strings — and each body is sent as raw bytes on a generic channel
 (``unary_unary(method, request_serializer=None)``) with the demo tenant's API key. Statuses are counted
-per method; UNKNOWN and INTERNAL must never appear.
+per method; UNKNOWN and INTERNAL must never appear, and every refusal carries a machine-readable reason
+(``google.rpc.ErrorInfo``); refusals without one are counted per method.
 
 Admin methods are called with the demo key too: the destructive ones (close, shred) are refused by policy
 before any body is read, so the fuzz can never harm the tenant the load uses.
@@ -28,6 +29,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as fixed_seed
 from hypothesis import strategies as st
 
+from services.chassis.errors import error_reason
 from services.gateway.forwarding import FORWARDED_SERVICES
 from tests.system.harness.stack import SystemStack
 
@@ -276,6 +278,7 @@ class FuzzResult:
 
     statuses: dict[str, Counter[str]] = field(default_factory=dict)
     forbidden: list[tuple[str, str, str, bytes]] = field(default_factory=list)
+    without_reason: dict[str, Counter[str]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -346,6 +349,8 @@ async def _fuzz_method(
                 status = exc.code().name
                 if status in FORBIDDEN:
                     result.forbidden.append((name, family, f"{status}: {exc.details()}", body[:200]))
+                elif not error_reason(exc):
+                    result.without_reason.setdefault(name, Counter())[status] += 1
             counter[status] += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))

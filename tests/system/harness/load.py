@@ -7,8 +7,8 @@ idempotency key per write, reason-aware retries). An acknowledged write goes int
 ``unsettled`` with its idempotency key and request, to be reconciled once the fault is over. Readers
 read acknowledged records back while the load runs and compare digests.
 
-Extension point: :data:`FLOWS` lists what one load round runs. dsr (data-subject requests) and notify
-(notices) add their flows there when they land — a flow is an object with ``name``, ``workers`` and
+Extension point: :data:`FLOWS` lists the record flows; the campaign adds the dsr, notify and tenant-export flows
+of :mod:`tests.system.harness.privacy` next to them — a flow is an object with ``name``, ``workers`` and
 ``async step(load)``, recording its outcomes with :meth:`Ledger.outcome`.
 """
 
@@ -278,9 +278,7 @@ class ReadFlow:
 
 
 def flows(*, writers: int, readers: int) -> list[Flow]:
-    """What the load runs. EXTENSION POINT: dsr and notify add their flows here when those services land
-    (e.g. a flow that files export/erase requests and waits for their completion events; one that sends
-    notices), each with its own worker count from the campaign's sizes."""
+    """The record flows of the load (the campaign adds the privacy flows of :mod:`tests.system.harness.privacy`)."""
     return [WriteFlow(workers=writers), ReadFlow(workers=readers)]
 
 

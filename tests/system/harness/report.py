@@ -24,6 +24,34 @@ def _statuses(counter: Counter[str]) -> str:
     return ", ".join(f"{key} {value}" for key, value in sorted(counter.items())) or "-"
 
 
+def _privacy_line(result: CampaignResult) -> str:
+    """The dsr / notify / export / canary figures of the final accounting."""
+    acc = result.final.privacy
+    privacy = result.privacy
+    canary = result.canary
+    exports = (
+        "-"
+        if privacy is None
+        else f"{len(privacy.exports)} ({sum(p == ['ok'] for p in privacy.exports.values())} verified)"
+    )
+    scan = (
+        "-"
+        if canary is None
+        else f"{canary.needles} canaries in {len(canary.places)} places ({canary.messages} stream messages): "
+        f"found {sum(len(v) for v in canary.found.values())}"
+    )
+    return (
+        f"DSRs acknowledged {acc.requests_checked}: {_statuses(acc.states)}; never terminal {len(acc.not_terminal)}, "
+        f"terminal twice {len(acc.terminal_twice)}, evidence failing {len(acc.evidence_invalid)}, stored twice "
+        f"{len(acc.requests_duplicated)}, erased but readable {len(acc.erased_still_there)}\n"
+        f"deliveries acknowledged {acc.deliveries_checked}: {_statuses(acc.delivery_states)}; never final "
+        f"{len(acc.not_final)}, wrong status {len(acc.wrong_status)}, stored twice {len(acc.deliveries_duplicated)}, "
+        f"mail missing {len(acc.mail_missing)} / duplicated {len(acc.mail_duplicated)} / unwanted "
+        f"{len(acc.mail_unwanted)}\n"
+        f"tenant exports {exports}; plaintext scan: {scan}"
+    )
+
+
 def render(results: list[CampaignResult], *, sizes: str) -> str:
     """The report for every database the soak ran on; ends with PASS or the list of violations."""
     lines = [f"Steward soak report — {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}", f"sizes: {sizes}", ""]
@@ -48,6 +76,7 @@ def render(results: list[CampaignResult], *, sizes: str) -> str:
             f"not committed {never}; all reconciled by idempotency key, none stored twice"
             if not any(p.accounting.duplicated_by_retry or p.accounting.unreconciled for p in result.phases)
             else "writes reported failed: RECONCILIATION FOUND PROBLEMS (see violations)",
+            _privacy_line(result),
             f"outbox unpublished at the end: {final.outbox_unpublished or 0}; stuck consumers: "
             f"{final.stuck_consumers or 'none'}; reads during load: {result.lost_reads} lost, "
             f"{result.corrupt_reads} corrupt",
@@ -64,7 +93,12 @@ def render(results: list[CampaignResult], *, sizes: str) -> str:
                 f"{'':<24} after: lost {len(acc.lost)}, corrupted {len(acc.corrupted)}, events missing "
                 f"{len(acc.missing_events)}/duplicated {len(acc.duplicated_events)}, outbox "
                 f"{sum(acc.outbox_unpublished.values())}, stuck {len(acc.stuck_consumers)}, reconciled "
-                f"{acc.reconciled} (committed-but-failed {acc.committed_but_failed})"
+                f"{acc.reconciled} (committed-but-failed {acc.committed_but_failed}); {phase.duration_s:.0f} s"
+            )
+            lines.append(
+                f"{'':<24} DSRs {acc.privacy.requests_checked} {_statuses(acc.privacy.states)}; deliveries "
+                f"{acc.privacy.deliveries_checked} {_statuses(acc.privacy.delivery_states)}; replayed by key "
+                f"{acc.privacy.reconciled}; problems {[label for label, _ in acc.privacy.problems()] or 'none'}"
             )
         fuzz = result.fuzz
         lines += [
@@ -77,6 +111,19 @@ def render(results: list[CampaignResult], *, sizes: str) -> str:
             lines.append(f"  {method.rsplit('.', 1)[-1]:<40} {sum(counter.values()):>5}  {_statuses(counter)}")
         for method, family, answer, body in fuzz.forbidden[:10]:
             lines.append(f"  FORBIDDEN {method} ({family}): {answer[:300]!r} body[:200]={body.hex()}")
+        without = sum(sum(counter.values()) for counter in fuzz.without_reason.values())
+        lines.append(f"  refusals without a machine-readable reason: {without} {dict(fuzz.without_reason) or ''}")
+        http = result.http_fuzz
+        lines.append(
+            f"notify HTTP fuzz: {http.total} requests; 5xx or unexplained refusals {len(http.broken)}; consent "
+            f"changed for {len(http.consent_changed)} subjects; requests half-written after the fuzz "
+            f"{len(result.half_written)}"
+        )
+        for family, statuses in sorted(http.statuses.items()):
+            by_code = Counter({str(code): n for code, n in statuses.items()})
+            lines.append(f"  {family:<40} {sum(statuses.values()):>5}  {_statuses(by_code)}")
+        for family, status, answer, body in http.broken[:10]:
+            lines.append(f"  BROKEN {family}: {status} {answer!r} body[:200]={body.hex()}")
         lines += [
             "",
             f"{'process':<10} {'soak before':>12} {'soak after':>12} {'growth':>22} "

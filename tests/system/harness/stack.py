@@ -110,6 +110,7 @@ class SystemStack:
                 "STEWARD_VAULT__TOMBSTONE_DATABASE_URL": f"steward_sys_{run}_tombstones",
                 "STEWARD_GATEWAY__DATABASE_URL": f"steward_sys_{run}_gateway",
                 "STEWARD_DSR__DATABASE_URL": f"steward_sys_{run}_dsr",
+                "STEWARD_NOTIFY__DATABASE_URL": f"steward_sys_{run}_notify",
             }
             base = sa.engine.make_url(server).set(drivername="postgresql+psycopg")
             env = {var: base.set(database=name).render_as_string(hide_password=False) for var, name in names.items()}
