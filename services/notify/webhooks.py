@@ -313,7 +313,10 @@ def create_webhook_app(
         return tokens.verify(request.query.get("token", ""))
 
     async def unsubscribe(request: web.Request) -> web.Response:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (UnicodeDecodeError, ValueError):
+            return web.json_response({"reason": "form_body_malformed"}, status=400)
         if form.get("List-Unsubscribe") != "One-Click":
             return web.json_response({"reason": "one_click_body_required"}, status=400)
         try:

@@ -18,10 +18,15 @@ POLL_INTERVAL_S = 0.05
 
 
 async def eventually(
-    predicate: Callable[[], object | Awaitable[object]], timeout_s: float = 20.0, *, what: str
+    predicate: Callable[[], object | Awaitable[object]],
+    timeout_s: float = 20.0,
+    *,
+    what: str,
+    interval_s: float = POLL_INTERVAL_S,
 ) -> None:
     """Return as soon as ``predicate()`` (plain or async) is truthy; raise AssertionError naming ``what`` after
-    ``timeout_s``. An exception from the predicate is not swallowed: it fails the test as it is."""
+    ``timeout_s``. An exception from the predicate is not swallowed: it fails the test as it is. ``interval_s``
+    spaces the polls (longer for a predicate that is itself a remote call made by many waiters at once)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
@@ -32,4 +37,4 @@ async def eventually(
             return
         if loop.time() >= deadline:
             raise AssertionError(f"{what}: not reached within {timeout_s:g} s")
-        await asyncio.sleep(POLL_INTERVAL_S)
+        await asyncio.sleep(interval_s)

@@ -195,7 +195,7 @@ def _token(env: Endpoints, tenant: str = "t-acme") -> str:
     return env.tokens.issue(tenant_id=tenant, subject_id="s-42", channel="email", purpose="marketing")
 
 
-async def _one_click(env: Endpoints, token: str, body: str = "List-Unsubscribe=One-Click") -> tuple[int, Any]:
+async def _one_click(env: Endpoints, token: str, body: str | bytes = "List-Unsubscribe=One-Click") -> tuple[int, Any]:
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     async with env.http.post(env.url + "/unsubscribe", params={"token": token}, data=body, headers=headers) as reply:
         text = await reply.text()
@@ -216,6 +216,12 @@ async def test_one_click_post_withdraws_consent_and_answers_200(endpoints: Endpo
 
 async def test_one_click_needs_the_rfc_8058_body(endpoints: Endpoints) -> None:
     assert await _one_click(endpoints, _token(endpoints), body="") == (400, {"reason": "one_click_body_required"})
+    assert endpoints.withdrawn == []
+
+
+async def test_a_form_body_that_is_not_utf8_is_refused_not_a_server_error(endpoints: Endpoints) -> None:
+    body = bytes.fromhex("ec7396cda12f4d89b198")  # found by the system suite's HTTP fuzz (it answered 500)
+    assert await _one_click(endpoints, _token(endpoints), body=body) == (400, {"reason": "form_body_malformed"})
     assert endpoints.withdrawn == []
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email
 import email.policy
 import json
@@ -47,6 +48,7 @@ from steward.vault.v1 import vault_pb2_grpc
 
 from services.cli.ops.tenant_export import MANIFEST_FILE, chunk_path, verify_export_dir
 from services.client import StewardClient
+from tests.plugins.waiting import eventually
 from tests.system.harness.stack import SystemStack
 
 __all__ = [
@@ -448,16 +450,24 @@ def _verify_offline(evidence: dsr_pb2.GetEvidenceResponse) -> str:
     return ""
 
 
+async def _settled(predicate: Callable[[], Awaitable[bool]], settle_s: float, what: str) -> None:
+    """Wait (the one ``eventually``) until ``predicate`` holds or ``settle_s`` passes; the caller then records what
+    it saw last as a violation instead of failing at once, so one report lists every problem."""
+    with contextlib.suppress(AssertionError):
+        await eventually(predicate, settle_s, what=what, interval_s=0.25)
+
+
 async def _check_request(client: StewardClient, ack: DsrAck, into: PrivacyAccounting, settle_s: float) -> None:
     dsr, _notify = stubs(client)
-    loop = asyncio.get_running_loop()
-    until = loop.time() + settle_s
-    while True:
+    latest: list[dsr_pb2.DsrRequest] = []
+
+    async def terminal() -> bool:
         got = await client.call(dsr.GetRequest, dsr_pb2.GetRequestRequest(request_id=ack.request_id), idempotent=True)
-        request = got.request
-        if request.state in TERMINAL or loop.time() >= until:
-            break
-        await asyncio.sleep(0.25)  # polling the request's state; the overall bound is settle_s
+        latest[:] = [got.request]
+        return got.request.state in TERMINAL
+
+    await _settled(terminal, settle_s, f"request {ack.request_id} terminal")
+    request = latest[0]
     into.states[dsr_pb2.RequestState.Name(request.state)] += 1
     if request.state not in TERMINAL:
         into.not_terminal[ack.request_id] = dsr_pb2.RequestState.Name(request.state)
@@ -539,17 +549,21 @@ async def _check_delivery(
     client: StewardClient, ack: NoticeAck, into: PrivacyAccounting, settle_s: float
 ) -> notify_pb2.Delivery:
     _dsr, notify = stubs(client)
-    loop = asyncio.get_running_loop()
-    until = loop.time() + settle_s
-    while True:
-        request = notify_pb2.GetDeliveryRequest(delivery_id=ack.delivery_id)
-        delivery = (await client.call(notify.GetDelivery, request, idempotent=True)).delivery
-        final = delivery.status in FINAL_DELIVERY or (
+    latest: list[notify_pb2.Delivery] = []
+
+    def is_final(delivery: notify_pb2.Delivery) -> bool:
+        return delivery.status in FINAL_DELIVERY or (
             delivery.status == notify_pb2.DELIVERY_STATUS_AMBIGUOUS and ack.lane == notify_pb2.LANE_MARKETING
         )
-        if final or loop.time() >= until:
-            break
-        await asyncio.sleep(0.25)  # polling the delivery's status; the overall bound is settle_s
+
+    async def settled() -> bool:
+        request = notify_pb2.GetDeliveryRequest(delivery_id=ack.delivery_id)
+        latest[:] = [(await client.call(notify.GetDelivery, request, idempotent=True)).delivery]
+        return is_final(latest[0])
+
+    await _settled(settled, settle_s, f"delivery {ack.delivery_id} final")
+    delivery = latest[0]
+    final = is_final(delivery)
     name = notify_pb2.DeliveryStatus.Name(delivery.status)
     into.delivery_states[name] += 1
     if not final:
@@ -684,18 +698,20 @@ async def half_written(stack: SystemStack, privacy: PrivacyLedger, *, settle_s: 
     """
     settled = TERMINAL | {dsr_pb2.REQUEST_STATE_AWAITING_APPROVAL, dsr_pb2.REQUEST_STATE_BLOCKED_BY_HOLD}
     ours = {ack.request_id for ack in privacy.requests}
-    loop = asyncio.get_running_loop()
-    until = loop.time() + settle_s
+    stuck: dict[str, str] = {}
     async with stack.client(timeout_s=10.0) as client:
-        while True:
-            stuck = {
-                r.request_id: dsr_pb2.RequestState.Name(r.state)
+
+        async def none_stuck() -> bool:
+            stuck.clear()
+            stuck.update(
+                (r.request_id, dsr_pb2.RequestState.Name(r.state))
                 for r in await _list_requests(client)
                 if r.request_id not in ours and r.state not in settled
-            }
-            if not stuck or loop.time() >= until:
-                return stuck
-            await asyncio.sleep(0.5)  # polling the requests' states; the overall bound is settle_s
+            )
+            return not stuck
+
+        await _settled(none_stuck, settle_s, "requests the fuzz created settled")
+    return stuck
 
 
 async def dsr_policy(stack: SystemStack, policy: dsr_pb2.TenantPolicy | None = None) -> dsr_pb2.TenantPolicy:

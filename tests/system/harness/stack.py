@@ -98,7 +98,9 @@ class SystemStack:
     def start(self, timeout_s: float = 180) -> SystemStack:
         """Start the stack and wait for its ready line; PostgreSQL databases get names unique to this run."""
         self.root.mkdir(parents=True, exist_ok=True)
-        env: dict[str, str] = {}
+        # A crashed notify's in-flight sends are taken up again when their lease lapses (120 s by default); the
+        # stack shortens it so a kill -9 of notify settles within the accounting's wait.
+        env: dict[str, str] = {"STEWARD_NOTIFY__DELIVERY__SENDING_LEASE_S": "20"}
         args: tuple[str, ...] = ()
         if self.database == "postgresql":
             server = pg_server_url()
@@ -113,7 +115,7 @@ class SystemStack:
                 "STEWARD_NOTIFY__DATABASE_URL": f"steward_sys_{run}_notify",
             }
             base = sa.engine.make_url(server).set(drivername="postgresql+psycopg")
-            env = {var: base.set(database=name).render_as_string(hide_password=False) for var, name in names.items()}
+            env |= {var: base.set(database=name).render_as_string(hide_password=False) for var, name in names.items()}
             self.pg_databases = list(names.values())
             args = (f"--database={server}",)
         self.launcher = Launcher(self.root / "home", self.root / "stack.log", extra_args=args, env=env)
