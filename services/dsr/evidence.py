@@ -82,6 +82,8 @@ class EvidenceSigner:
 
     def sign(self, entry_hashes: Sequence[str]) -> list[Signature]:
         """Sign entry hashes, in order; one Transit call."""
+        if isinstance(entry_hashes, str):
+            raise TypeError("sign takes a sequence of entry hashes, not one hash")
         return self.transit.sign([entry_hash.encode("ascii") for entry_hash in entry_hashes])
 
     def public_key(self, version: int) -> bytes | None:

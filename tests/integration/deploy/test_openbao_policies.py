@@ -134,7 +134,7 @@ def test_dsr_policy_allows_everything_dsr_does(policies: OpenBaoDev) -> None:
     signer.ensure_key()  # dsr start-up
     signer.ensure_key()  # every later start-up: the key exists
     assert signer.key_name == DSR_SIGNING_KEY
-    signature = signer.sign("ab" * 32)
+    (signature,) = signer.sign(["ab" * 32])
     public_key = signer.public_key(signature.key_version)
     assert public_key is not None and signature_verifies(public_key, ("ab" * 32).encode("ascii"), signature.value)
 
@@ -350,7 +350,7 @@ def test_dsr_proxy_replaces_the_placeholder_token(policies: OpenBaoDev, proxy: s
         _dsr_signer(policies, token=placeholder).ensure_key()
     through_proxy = _dsr_signer(policies, url=proxy, token=placeholder)
     through_proxy.ensure_key()
-    signature = through_proxy.sign("cd" * 32)
+    (signature,) = through_proxy.sign(["cd" * 32])
     public_key = through_proxy.public_key(signature.key_version)
     assert public_key is not None and signature_verifies(public_key, ("cd" * 32).encode("ascii"), signature.value)
 
