@@ -93,6 +93,14 @@ def _refusal(err: aio.AioRpcError) -> DomainError:
     # ends the delivery FAILED with this reason, for on-call to see, instead of retrying it forever.
     denied = err.code() == grpc.StatusCode.PERMISSION_DENIED
     return FailedPrecondition(
-        f"the vault refused the address lookup ({err.code().name})",
-        reason=Reason.PEER_NOT_ALLOWED if denied else None,
+        f"the vault refused the lookup ({err.code().name})",
+        reason=Reason.PEER_NOT_ALLOWED if denied else _known(reason),
     )
+
+
+def _known(reason: str | None) -> Reason | None:
+    """The vault's reason when it is one of ours (e.g. TENANT_NOT_FOUND), kept for the caller to see."""
+    try:
+        return Reason(reason) if reason else None
+    except ValueError:
+        return None

@@ -24,7 +24,7 @@ from services.devstack.devca import DevPki, ensure_dev_pki
 from services.gateway.forwarding import FORWARDED_SERVICES
 from services.gateway.policy import POLICIES
 from tests.integration.vault.helpers import RawDatabase, canary_email, canary_phone, lead, leaks, rpc_error, unknown_id
-from tests.plugins.stack import ALL_SCOPES, VaultFactory
+from tests.plugins.stack import ALL_SCOPES, VaultFactory, VaultHarness
 
 CONTACT = pb.DESCRIPTOR.services_by_name["VaultContactService"]
 
@@ -43,6 +43,7 @@ class MtlsVault:
     port: int
     database_url: str
     channels: dict[str, aio.Channel]
+    harness: VaultHarness | None = None  # to stop the vault (a dependency outage)
 
     def channel(self, name: str) -> aio.Channel:
         if name not in self.channels:
@@ -95,7 +96,7 @@ async def start_mtls_vault(
         "allowed_client_names": ["gateway", "dsr", "notify"],
     }
     harness = await vault_factory(database_url=database_url, grpc={"tls": tls}, clock=clock)
-    return MtlsVault(pki, harness.port, database_url, {})
+    return MtlsVault(pki, harness.port, database_url, {}, harness)
 
 
 @pytest.fixture
