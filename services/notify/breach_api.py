@@ -311,9 +311,16 @@ class BreachApi:
             ),
             timeout_s=context.time_remaining(),
         )
-        return pb.BreachImpactResponse(tenants=[await self._with_subjects(i, start, end) for i in found])
+        tenants: list[pb.ImpactedTenant] = []
+        for each in found:
+            # Once the vault is unreachable, the other tenants do not each wait out its timeout.
+            vault_down = bool(tenants) and tenants[-1].subjects_unavailable_reason == _VAULT_UNAVAILABLE
+            tenants.append(await self._with_subjects(each, start, end, vault_down=vault_down))
+        return pb.BreachImpactResponse(tenants=tenants)
 
-    async def _with_subjects(self, found: Impact, start: datetime, end: datetime) -> pb.ImpactedTenant:
+    async def _with_subjects(
+        self, found: Impact, start: datetime, end: datetime, *, vault_down: bool
+    ) -> pb.ImpactedTenant:
         """The tenant's entry, its subjects asked of the vault for each principal the access log names for it (a
         credential id is one principal, ``apikey:<id>``); when the vault cannot answer, the tenant is still listed
         with the reason its subjects are missing."""
@@ -321,6 +328,8 @@ class BreachApi:
         unavailable = ""
         if self.touched is None:
             unavailable = _VAULT_NOT_CONFIGURED
+        elif vault_down:
+            unavailable = _VAULT_UNAVAILABLE
         else:
             try:
                 for principal in found.principals:
