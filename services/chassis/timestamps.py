@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.chassis.errors import InvalidArgument, Reason
 
-__all__ = ["from_timestamp", "to_timestamp"]
+__all__ = ["from_timestamp", "time_window", "to_timestamp"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -38,3 +39,15 @@ def from_timestamp(stamp: Timestamp, field: str) -> datetime:
             f"{field} is not a valid timestamp: seconds must lie between years 1 and 9999 and nanos in [0, 1e9)",
             reason=Reason.INVALID_ARGUMENT,
         ) from None
+
+
+def time_window(request: Any) -> tuple[datetime, datetime]:
+    """``[window_start, window_end)`` of a request with those two Timestamp fields; INVALID_ARGUMENT when either is
+    missing or out of range, or the end is not after the start."""
+    if not (request.HasField("window_start") and request.HasField("window_end")):
+        raise InvalidArgument("window_start and window_end are required", metadata={"field": "window_start"})
+    start = from_timestamp(request.window_start, "window_start")
+    end = from_timestamp(request.window_end, "window_end")
+    if end <= start:
+        raise InvalidArgument("window_end must be after window_start", metadata={"field": "window_end"})
+    return start, end

@@ -19,14 +19,14 @@ from steward.notify.v1 import notify_pb2 as pb
 
 from services.chassis.bus import Consumer
 from services.chassis.db import Database
-from services.chassis.errors import InvalidArgument, PermissionDenied, Reason
+from services.chassis.errors import DomainError, InvalidArgument, PermissionDenied, Reason, Unavailable
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.ids import is_reference, is_tenant_id, valid_id
-from services.chassis.timestamps import from_timestamp, to_timestamp
+from services.chassis.timestamps import from_timestamp, time_window, to_timestamp
 from services.notify import campaigns, impact
 from services.notify.breach import BreachDesk, BreachDraft, BreachRenotifier, BreachView, TenantStatus
 from services.notify.deliveries import DeliveryContext, DeliveryEngine
-from services.notify.impact import AccessLogPurger
+from services.notify.impact import AccessLogPurger, Impact, TouchedSubjects
 from services.notify.unsubscribe import MAX_TOKEN_CHARS
 
 __all__ = ["BreachApi", "ack_key", "attach", "of"]
@@ -45,6 +45,9 @@ _STATE_ENUM = {v: k for k, v in _STATE.items()}
 _ATTR = "breach_api"
 # Detection times may be a little ahead of our clock (another host's clock); more is a typo.
 _CLOCK_SKEW = timedelta(minutes=5)
+# ImpactedTenant.subjects_unavailable_reason when the vault could not list the subjects (see notify.proto).
+_VAULT_NOT_CONFIGURED = "vault_not_configured"
+_VAULT_UNAVAILABLE = "vault_unavailable"
 
 
 def ack_key(hash_key: bytes) -> bytes:
@@ -149,6 +152,8 @@ class BreachApi:
         self.renotifier: BreachRenotifier | None = None
         self.purger: AccessLogPurger | None = None
         self.access_consumer: Consumer | None = None
+        # Subjects a principal touched, from the vault's audit; None when notify has no vault upstream.
+        self.touched: TouchedSubjects | None = None
 
     def _operator(self, context: aio.ServicerContext) -> CallerIdentity:
         who = require_identity(context, tenant_required=False)
@@ -299,23 +304,45 @@ class BreachApi:
             raise InvalidArgument("give exactly one of credential_id or principal", reason=Reason.IDENTIFIER_REQUIRED)
         if len(request.credential_id) > 128 or len(request.principal) > 256:
             raise InvalidArgument("credential_id or principal is too long", reason=Reason.MALFORMED_ID)
-        if not (request.HasField("window_start") and request.HasField("window_end")):
-            raise InvalidArgument("window_start and window_end are required", metadata={"field": "window_start"})
-        start = from_timestamp(request.window_start, "window_start")
-        end = from_timestamp(request.window_end, "window_end")
-        if end <= start:
-            raise InvalidArgument("window_end must be after window_start", metadata={"field": "window_end"})
+        start, end = time_window(request)
         found = await self.db.run(
             lambda s: impact.impact(
                 s, credential_id=request.credential_id, principal=request.principal, start=start, end=end
             ),
             timeout_s=context.time_remaining(),
         )
-        return pb.BreachImpactResponse(
-            tenants=[
-                pb.ImpactedTenant(tenant_id=i.tenant_id, subject_ids=list(i.subject_ids), accesses=i.accesses)
-                for i in found
-            ]
+        tenants: list[pb.ImpactedTenant] = []
+        for each in found:
+            # Once the vault is unreachable, the other tenants do not each wait out its timeout.
+            vault_down = bool(tenants) and tenants[-1].subjects_unavailable_reason == _VAULT_UNAVAILABLE
+            tenants.append(await self._with_subjects(each, start, end, vault_down=vault_down))
+        return pb.BreachImpactResponse(tenants=tenants)
+
+    async def _with_subjects(
+        self, found: Impact, start: datetime, end: datetime, *, vault_down: bool
+    ) -> pb.ImpactedTenant:
+        """The tenant's entry, its subjects asked of the vault for each principal the access log names for it (a
+        credential id is one principal, ``apikey:<id>``); when the vault cannot answer, the tenant is still listed
+        with the reason its subjects are missing."""
+        subjects = set(found.subject_ids)
+        unavailable = ""
+        if self.touched is None:
+            unavailable = _VAULT_NOT_CONFIGURED
+        elif vault_down:
+            unavailable = _VAULT_UNAVAILABLE
+        else:
+            try:
+                for principal in found.principals:
+                    subjects.update(await self.touched.touched_subjects(found.tenant_id, principal, start, end))
+            except Unavailable:
+                unavailable = _VAULT_UNAVAILABLE
+            except DomainError as err:
+                unavailable = str(err.reason).lower()
+        return pb.ImpactedTenant(
+            tenant_id=found.tenant_id,
+            subject_ids=sorted(subjects),
+            accesses=found.accesses,
+            subjects_unavailable_reason=unavailable,
         )
 
     # -- campaigns -----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from services.chassis.db import Database
 from services.chassis.runtime import ServiceRuntime
+from services.notify.addresses import VaultAddressBook
 from services.notify.breach import BreachDesk, BreachRenotifier
 from services.notify.breach_api import BreachApi, ack_key
 from services.notify.deliveries import DeliveryContext, DeliveryEngine
@@ -21,6 +22,8 @@ async def start_breach_side(
     settings = runtime.settings.breach
     desk = BreachDesk(ctx, settings, ack_key=ack_key(ctx.hash_key), channels=engine.channels.keys())
     api = BreachApi(db, ctx, desk, engine)
+    # The vault address book also lists the subjects a principal touched (BreachImpact); without one, none.
+    api.touched = engine.addresses if isinstance(engine.addresses, VaultAddressBook) else None
     api.renotifier = await runtime.task(BreachRenotifier(db, desk, engine.wake))
     api.purger = await runtime.task(
         AccessLogPurger(

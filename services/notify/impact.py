@@ -2,15 +2,17 @@
 
 Fed by the gateway's access events (``steward.gateway.access.logged``, durable ``notify-access-log``): one row
 per authenticated call — time, tenant, principal, credential id, method, status — ids and codes only, never a
-request's content. The vault's audit is not on the bus; when an access event carries a subject id it is kept,
-otherwise ``subject_id`` is empty and the impact lists tenants only. Rows older than the configured retention
-(24 to 36 months, :class:`~services.notify.breach_settings.BreachSettings`) are purged on the injected clock.
+request's content. The access events carry no subject id: the subjects come from the vault's audit, which
+``BreachApi.impact`` asks (``ListTouchedSubjects``) for each tenant and principal found here. Rows older than
+the configured retention (24 to 36 months, :class:`~services.notify.breach_settings.BreachSettings`)
+are purged on the injected clock.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -29,6 +31,7 @@ __all__ = [
     "AccessLogHandler",
     "AccessLogPurger",
     "Impact",
+    "TouchedSubjects",
     "impact",
     "months_before",
     "purge",
@@ -73,11 +76,21 @@ class AccessLogHandler:
 
 @dataclass(frozen=True, slots=True)
 class Impact:
-    """One tenant a credential or principal touched in the window."""
+    """One tenant a credential or principal touched in the window, and the principals the log names for it (the
+    vault's audit knows principals, not credential ids)."""
 
     tenant_id: str
     subject_ids: tuple[str, ...]
     accesses: int
+    principals: tuple[str, ...] = ()
+
+
+class TouchedSubjects(Protocol):
+    """Where the subjects a principal touched come from: the vault (``VaultAddressBook``)."""
+
+    async def touched_subjects(self, tenant_id: str, principal: str, start: datetime, end: datetime) -> list[str]:
+        """Ids of ``tenant_id``'s subjects ``principal`` touched in ``[start, end)``; DomainError when refused."""
+        ...
 
 
 def impact(session: Session, *, credential_id: str, principal: str, start: datetime, end: datetime) -> list[Impact]:
@@ -95,7 +108,14 @@ def impact(session: Session, *, credential_id: str, principal: str, start: datet
         select(AccessLogRow.tenant_id, AccessLogRow.subject_id).where(*where, AccessLogRow.subject_id != "").distinct()
     ):
         subjects.setdefault(tenant_id, set()).add(subject_id)
-    return [Impact(t, tuple(sorted(subjects.get(t, ()))), int(n)) for t, n in counts]
+    principals: dict[str, set[str]] = {}
+    for tenant_id, who in session.execute(
+        select(AccessLogRow.tenant_id, AccessLogRow.principal).where(*where, AccessLogRow.principal != "").distinct()
+    ):
+        principals.setdefault(tenant_id, set()).add(who)
+    return [
+        Impact(t, tuple(sorted(subjects.get(t, ()))), int(n), tuple(sorted(principals.get(t, ())))) for t, n in counts
+    ]
 
 
 def months_before(now: datetime, months: int) -> datetime:

@@ -4,7 +4,7 @@ rewrap, the audit chain, and re-applying tombstones after a restore."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,7 +16,7 @@ from services.chassis.bus import enqueue, make_event
 from services.chassis.db import Database
 from services.chassis.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Reason
 from services.chassis.identity import CallerIdentity
-from services.chassis.ids import new_id
+from services.chassis.ids import is_reference, new_id
 from services.chassis.transit import KeyInfo
 from services.vault import audit, checkpoints
 from services.vault.domain import VaultContext
@@ -295,24 +295,58 @@ def list_audit(
     audit.append(
         session, tenant, identity, "audit.list", [support_grant_id] if support_grant_id else [], at=ctx.clock.now()
     )
-    token = base64.urlsafe_b64encode(f"seq:{rows[-1].seq}".encode()).decode() if more else ""
+    token = _token("seq", rows[-1].seq) if more else ""
     return rows, token
 
 
 def _read_seq_token(token: str) -> int:
     # Audit page tokens only carry a sequence number within the caller's own tenant chain, so they need
     # no signature: a forged one can only skip through entries the caller may read anyway.
+    return int(_read_token(token, "seq", str.isdigit) or 0)
+
+
+def _read_token(token: str, kind: str, valid: Callable[[str], bool]) -> str:
+    """The value of an unsigned ``<kind>:<value>`` page token ("" for no token); INVALID_PAGE_TOKEN if malformed."""
     if not token:
-        return 0
+        return ""
     try:
-        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind != "seq" or not value.isdigit():
+        found, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if found != kind or not valid(value):
             raise ValueError
-        return int(value)
+        return value
     except ValueError:
         raise InvalidArgument(
             "page_token is invalid; repeat the query without it", reason=Reason.INVALID_PAGE_TOKEN
         ) from None
+
+
+def _token(kind: str, value: object) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
+
+
+def list_touched_subjects(
+    session: Session,
+    ctx: VaultContext,
+    identity: CallerIdentity,
+    *,
+    principal: str,
+    start: datetime,
+    end: datetime,
+    page_size: int,
+    page_token: str,
+) -> tuple[list[str], str]:
+    """A page of the ids of the subjects ``principal`` touched in ``[start, end)`` (:func:`audit.touched_subjects`),
+    for notify's BreachImpact; the read is itself audited. Like audit page tokens, the token is unsigned: it only
+    says where to resume in this tenant's list, which the caller may read whole."""
+    tenant = audit.lock_tenant(session, identity.tenant_id)
+    if page_size < 0 or page_size > 1000:
+        raise InvalidArgument("page_size must be between 1 and 1000 (0 means 1000)", metadata={"field": "page_size"})
+    after = _read_token(page_token, "subject", is_reference)
+    found = [s for s in audit.touched_subjects(session, tenant.tenant_id, principal, start, end) if s > after]
+    size = page_size or 1000
+    page = found[:size]
+    audit.append(session, tenant, identity, "audit.touched_subjects", [], at=ctx.clock.now())
+    return page, _token("subject", page[-1]) if len(found) > size else ""
 
 
 def verify_audit(session: Session, ctx: VaultContext, identity: CallerIdentity) -> audit.ChainReport:

@@ -18,7 +18,7 @@ from services.chassis.db import Database
 from services.chassis.errors import InvalidArgument, NotFound, PermissionDenied, Reason
 from services.chassis.identity import CallerIdentity, require_identity
 from services.chassis.ids import PAGE_TOKEN_MAX_LENGTH, valid_id
-from services.chassis.timestamps import to_timestamp
+from services.chassis.timestamps import time_window, to_timestamp
 from services.vault import admin, exports, records, restore, subjects
 from services.vault.audit import Fault
 from services.vault.checkpoints import signed_fields
@@ -533,6 +533,7 @@ class VaultAdminServicer(_Base, vault_pb2_grpc.VaultAdminServiceServicer):
 
 _CONTACT_FIELDS = {pb.CONTACT_CHANNEL_EMAIL: "email", pb.CONTACT_CHANNEL_WHATSAPP: "phone"}
 CONTACT_READERS = ("notify",)
+_PRINCIPAL_MAX_LENGTH = 200  # vault_audit.principal
 """mTLS identities (certificate names) that may read subjects' addresses: notify, which sends."""
 
 
@@ -543,17 +544,22 @@ class VaultContactServicer(_Base, vault_pb2_grpc.VaultContactServiceServicer):
         super().__init__(db, ctx)
         self.readers = frozenset(name.encode() for name in readers)
 
+    def _require_reader(self, context: aio.ServicerContext, method: str, tenant_id: str) -> CallerIdentity:
+        """The caller's identity, if its verified certificate is one of the readers and ``tenant_id`` is its tenant."""
+        # The verified certificate, not metadata: without mTLS there is no peer name and nobody may read.
+        if not self.readers.intersection(context.peer_identities() or ()):
+            raise PermissionDenied(f"{method} is served only to notify's mTLS identity", reason=Reason.PEER_NOT_ALLOWED)
+        who = require_identity(context)
+        if not tenant_id:
+            raise InvalidArgument("tenant_id is required: the tenant of the call", metadata={"field": "tenant_id"})
+        if tenant_id != who.tenant_id:
+            raise PermissionDenied("tenant_id differs from the tenant of the caller's identity; send the same tenant")
+        return who
+
     async def GetSubjectContact(
         self, request: pb.GetSubjectContactRequest, context: aio.ServicerContext
     ) -> pb.GetSubjectContactResponse:
-        # The verified certificate, not metadata: without mTLS there is no peer name and nobody may read addresses.
-        if not self.readers.intersection(context.peer_identities() or ()):
-            raise PermissionDenied(
-                "GetSubjectContact is served only to notify's mTLS identity", reason=Reason.PEER_NOT_ALLOWED
-            )
-        who = require_identity(context)
-        if request.tenant_id != who.tenant_id:
-            raise PermissionDenied("tenant_id differs from the tenant of the caller's identity; send the same tenant")
+        self._require_reader(context, "GetSubjectContact", request.tenant_id)
         valid_id("subject_id", request.subject_id)
         field = _CONTACT_FIELDS.get(request.channel)
         if field is None:
@@ -564,3 +570,31 @@ class VaultContactServicer(_Base, vault_pb2_grpc.VaultContactServiceServicer):
         if read.refusal is not None:
             raise read.refusal
         return pb.GetSubjectContactResponse(address=read.address)
+
+    async def ListTouchedSubjects(
+        self, request: pb.ListTouchedSubjectsRequest, context: aio.ServicerContext
+    ) -> pb.ListTouchedSubjectsResponse:
+        who = self._require_reader(context, "ListTouchedSubjects", request.tenant_id)
+        if not request.principal or len(request.principal) > _PRINCIPAL_MAX_LENGTH:
+            raise InvalidArgument(
+                f"principal is required, at most {_PRINCIPAL_MAX_LENGTH} characters (as the audit names it)",
+                reason=Reason.MALFORMED_ID,
+                metadata={"field": "principal"},
+            )
+        start, end = time_window(request)
+        valid_id("page_token", request.page_token, max_length=PAGE_TOKEN_MAX_LENGTH)
+        page, token = await self._run(
+            context,
+            lambda s, who: admin.list_touched_subjects(
+                s,
+                self.ctx,
+                who,
+                principal=request.principal,
+                start=start,
+                end=end,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
+            identity=who,
+        )
+        return pb.ListTouchedSubjectsResponse(subject_ids=page, next_page_token=token)

@@ -26,7 +26,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from services.chassis.errors import FailedPrecondition, NotFound, Reason
 from services.chassis.fastsql import stage_rows, stage_update
 from services.chassis.identity import CallerIdentity
-from services.vault.models import AuditEntry, TenantVault
+from services.vault.models import AuditEntry, Record, Subject, TenantVault
 
 __all__ = [
     "HASHED_FIELDS",
@@ -36,6 +36,7 @@ __all__ = [
     "canonical_time",
     "entry_hash",
     "lock_tenant",
+    "touched_subjects",
     "verify",
 ]
 
@@ -265,3 +266,39 @@ def verify(session: Session, tenant_id: str, anchors: Mapping[int, str] | None =
     if cut:  # entries were cut off the end (and perhaps the head rewound with them)
         return ChainReport(False, checked, expected_seq, Fault.ENTRIES_MISSING, anchored, agreed)
     return ChainReport(True, checked, 0, Fault.NONE, anchored, agreed)
+
+
+_RESOLVE_BATCH = 500  # ids per IN (...) lookup, well under SQLite's bound-parameter limit
+
+
+def touched_subjects(session: Session, tenant_id: str, principal: str, start: datetime, end: datetime) -> list[str]:
+    """Ids of ``tenant_id``'s subjects that ``principal`` touched in ``[start, end)``, ascending (read-only).
+
+    From the principal's audit entries in the window: a target id that is one of the tenant's subjects counts
+    itself, one of its records counts the record's subject; anything else (request, export or hold ids, field
+    names, erased subjects and deleted records, which no longer exist) is skipped.
+    """
+    targets: set[str] = set()
+    rows = session.scalars(
+        select(AuditEntry.target_ids).where(
+            AuditEntry.tenant_id == tenant_id,
+            AuditEntry.principal == principal,
+            AuditEntry.at >= start,
+            AuditEntry.at < end,
+        )
+    )
+    for target_ids in rows:
+        targets.update(target_ids.split())
+    found: set[str] = set()
+    ids = sorted(targets)
+    for i in range(0, len(ids), _RESOLVE_BATCH):
+        batch = ids[i : i + _RESOLVE_BATCH]
+        found.update(session.scalars(select(Subject.id).where(Subject.tenant_id == tenant_id, Subject.id.in_(batch))))
+        found.update(
+            session.scalars(
+                select(Record.subject_id).where(
+                    Record.tenant_id == tenant_id, Record.id.in_(batch), Record.subject_id != ""
+                )
+            )
+        )
+    return sorted(found)

@@ -84,6 +84,10 @@ async def test_impact_lists_exactly_the_tenants_a_credential_touched(
 
     by_credential = await h.notify.BreachImpact(impact_request(credential_id=leaked), metadata=OPERATOR)
     assert [(t.tenant_id, t.accesses) for t in by_credential.tenants] == sorted([(a, 2), (b, 1)])
+    # No vault upstream: the subjects cannot be listed, and the answer says so.
+    assert {(len(t.subject_ids), t.subjects_unavailable_reason) for t in by_credential.tenants} == {
+        (0, "vault_not_configured")
+    }
     by_principal = await h.notify.BreachImpact(impact_request(principal=f"key:{other}"), metadata=OPERATOR)
     assert [t.tenant_id for t in by_principal.tenants] == [c]
     wider = await h.notify.BreachImpact(

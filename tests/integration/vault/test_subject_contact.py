@@ -17,13 +17,14 @@ from grpc import aio
 from steward.vault.v1 import vault_pb2 as pb
 from steward.vault.v1 import vault_pb2_grpc
 
+from services.chassis.clock import SYSTEM_CLOCK, Clock
 from services.chassis.errors import Reason, error_reason
 from services.chassis.identity import CallerIdentity, identity_metadata
 from services.devstack.devca import DevPki, ensure_dev_pki
 from services.gateway.forwarding import FORWARDED_SERVICES
 from services.gateway.policy import POLICIES
 from tests.integration.vault.helpers import RawDatabase, canary_email, canary_phone, lead, leaks, rpc_error, unknown_id
-from tests.plugins.stack import ALL_SCOPES, VaultFactory
+from tests.plugins.stack import ALL_SCOPES, VaultFactory, VaultHarness
 
 CONTACT = pb.DESCRIPTOR.services_by_name["VaultContactService"]
 
@@ -42,6 +43,7 @@ class MtlsVault:
     port: int
     database_url: str
     channels: dict[str, aio.Channel]
+    harness: VaultHarness | None = None  # to stop the vault (a dependency outage)
 
     def channel(self, name: str) -> aio.Channel:
         if name not in self.channels:
@@ -77,9 +79,15 @@ class MtlsVault:
         request = pb.GetSubjectContactRequest(tenant_id=tenant, subject_id=subject_id, channel=channel)
         return self.contacts(caller).GetSubjectContact(request, metadata=_md(tenant, f"service:{caller}"))
 
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
 
-@pytest.fixture
-async def vault(vault_factory: VaultFactory, database_url: str, tmp_path: Path) -> AsyncIterator[MtlsVault]:
+
+async def start_mtls_vault(
+    vault_factory: VaultFactory, database_url: str, tmp_path: Path, clock: Clock = SYSTEM_CLOCK
+) -> MtlsVault:
+    """A vault on mTLS from the dev CA (as in ``steward run``) admitting gateway, dsr and notify; ``close()`` it."""
     pki, _ = ensure_dev_pki(tmp_path / "tls", ["vault", "gateway", "dsr", "notify"])
     tls = {
         "cert_file": pki["vault"].cert_file,
@@ -87,11 +95,15 @@ async def vault(vault_factory: VaultFactory, database_url: str, tmp_path: Path) 
         "client_ca_file": pki.ca_file,
         "allowed_client_names": ["gateway", "dsr", "notify"],
     }
-    harness = await vault_factory(database_url=database_url, grpc={"tls": tls})
-    running = MtlsVault(pki, harness.port, database_url, {})
+    harness = await vault_factory(database_url=database_url, grpc={"tls": tls}, clock=clock)
+    return MtlsVault(pki, harness.port, database_url, {}, harness)
+
+
+@pytest.fixture
+async def vault(vault_factory: VaultFactory, database_url: str, tmp_path: Path) -> AsyncIterator[MtlsVault]:
+    running = await start_mtls_vault(vault_factory, database_url, tmp_path)
     yield running
-    for channel in running.channels.values():
-        await channel.close()
+    await running.close()
 
 
 async def _refused(call: object) -> tuple[grpc.StatusCode, str | None, str]:

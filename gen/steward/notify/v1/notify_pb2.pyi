@@ -1279,8 +1279,15 @@ class ImpactedTenant(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     SUBJECT_IDS_FIELD_NUMBER: _builtins.int
     ACCESSES_FIELD_NUMBER: _builtins.int
+    SUBJECTS_UNAVAILABLE_REASON_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     accesses: _builtins.int
+    subjects_unavailable_reason: _builtins.str
+    """Empty when subject_ids is complete (from the vault's audit). Otherwise why the subjects could not be listed
+    and subject_ids holds only what the access log itself knew: "vault_not_configured" (notify has no vault
+    upstream), "vault_unavailable" (unreachable or timed out), or the vault's refusal reason in lower case
+    (e.g. "tenant_not_found", "peer_not_allowed").
+    """
     @_builtins.property
     def subject_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -1289,10 +1296,11 @@ class ImpactedTenant(_message.Message):
         tenant_id: _builtins.str = ...,
         subject_ids: _abc.Iterable[_builtins.str] | None = ...,
         accesses: _builtins.int = ...,
+        subjects_unavailable_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "subject_ids", b"subject_ids", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "subject_ids", b"subject_ids", "subjects_unavailable_reason", b"subjects_unavailable_reason", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1648,6 +1648,74 @@ class GetSubjectContactResponse(_message.Message):
 Global___GetSubjectContactResponse: _TypeAlias = GetSubjectContactResponse  # noqa: Y015
 
 @_typing.final
+class ListTouchedSubjectsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Must equal the tenant of the caller's identity metadata (a guard against a mixed-up call, not a source of truth)."""
+    principal: _builtins.str
+    """The principal as the audit names it ("apikey:<id>", "operator:<subject>", ...)."""
+    page_size: _builtins.int
+    """Subject ids per page, 1..1000; 0 means 1000."""
+    page_token: _builtins.str
+    """Empty for the first page; next_page_token of the previous page for the next."""
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """The window [window_start, window_end) of the audit entries' times; both required, end after start."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "tenant_id", b"tenant_id", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTouchedSubjectsRequest: _TypeAlias = ListTouchedSubjectsRequest  # noqa: Y015
+
+@_typing.final
+class ListTouchedSubjectsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_IDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def subject_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Distinct subject ids, ascending."""
+
+    def __init__(
+        self,
+        *,
+        subject_ids: _abc.Iterable[_builtins.str] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "subject_ids", b"subject_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTouchedSubjectsResponse: _TypeAlias = ListTouchedSubjectsResponse  # noqa: Y015
+
+@_typing.final
 class ExportTenantRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -1334,6 +1334,11 @@ class VaultContactServiceStub:
                 request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactRequest.SerializeToString,
                 response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactResponse.FromString,
                 _registered_method=True)
+        self.ListTouchedSubjects = channel.unary_unary(
+                '/steward.vault.v1.VaultContactService/ListTouchedSubjects',
+                request_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ListTouchedSubjectsRequest.SerializeToString,
+                response_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ListTouchedSubjectsResponse.FromString,
+                _registered_method=True)
 
 
 class VaultContactServiceServicer:
@@ -1349,6 +1354,15 @@ class VaultContactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTouchedSubjects(self, request, context):
+        """The ids (never data) of the tenant's subjects a principal touched in a window, for BreachImpact: resolved
+        from the principal's audit entries (a record id becomes its subject's id; erased or unknown ids are skipped).
+        Reading it is itself audited. Same restriction as GetSubjectContact: notify's mTLS identity only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaultContactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1356,6 +1370,11 @@ def add_VaultContactServiceServicer_to_server(servicer, server):
                     servicer.GetSubjectContact,
                     request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactRequest.FromString,
                     response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactResponse.SerializeToString,
+            ),
+            'ListTouchedSubjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTouchedSubjects,
+                    request_deserializer=steward_dot_vault_dot_v1_dot_vault__pb2.ListTouchedSubjectsRequest.FromString,
+                    response_serializer=steward_dot_vault_dot_v1_dot_vault__pb2.ListTouchedSubjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1389,6 +1408,33 @@ class VaultContactService:
             '/steward.vault.v1.VaultContactService/GetSubjectContact',
             steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactRequest.SerializeToString,
             steward_dot_vault_dot_v1_dot_vault__pb2.GetSubjectContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTouchedSubjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/steward.vault.v1.VaultContactService/ListTouchedSubjects',
+            steward_dot_vault_dot_v1_dot_vault__pb2.ListTouchedSubjectsRequest.SerializeToString,
+            steward_dot_vault_dot_v1_dot_vault__pb2.ListTouchedSubjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

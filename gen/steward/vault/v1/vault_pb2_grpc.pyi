@@ -419,6 +419,11 @@ class VaultContactServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> VaultContactServiceAsyncStub: ...
     GetSubjectContact: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GetSubjectContactRequest, _vault_pb2.GetSubjectContactResponse]
+    ListTouchedSubjects: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ListTouchedSubjectsRequest, _vault_pb2.ListTouchedSubjectsResponse]
+    """The ids (never data) of the tenant's subjects a principal touched in a window, for BreachImpact: resolved
+    from the principal's audit entries (a record id becomes its subject's id; erased or unknown ids are skipped).
+    Reading it is itself audited. Same restriction as GetSubjectContact: notify's mTLS identity only.
+    """
 
 @_typing.type_check_only
 class VaultContactServiceAsyncStub(VaultContactServiceStub):
@@ -430,6 +435,11 @@ class VaultContactServiceAsyncStub(VaultContactServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetSubjectContact: _aio.UnaryUnaryMultiCallable[_vault_pb2.GetSubjectContactRequest, _vault_pb2.GetSubjectContactResponse]  # type: ignore[assignment]
+    ListTouchedSubjects: _aio.UnaryUnaryMultiCallable[_vault_pb2.ListTouchedSubjectsRequest, _vault_pb2.ListTouchedSubjectsResponse]  # type: ignore[assignment]
+    """The ids (never data) of the tenant's subjects a principal touched in a window, for BreachImpact: resolved
+    from the principal's audit entries (a record id becomes its subject's id; erased or unknown ids are skipped).
+    Reading it is itself audited. Same restriction as GetSubjectContact: notify's mTLS identity only.
+    """
 
 class VaultContactServiceServicer(metaclass=_abc_1.ABCMeta):
     """VaultContactService: a data subject's address for notify, at send time. Served only to the peer whose mTLS
@@ -444,5 +454,16 @@ class VaultContactServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vault_pb2.GetSubjectContactRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vault_pb2.GetSubjectContactResponse, _abc.Awaitable[_vault_pb2.GetSubjectContactResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTouchedSubjects(
+        self,
+        request: _vault_pb2.ListTouchedSubjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.ListTouchedSubjectsResponse, _abc.Awaitable[_vault_pb2.ListTouchedSubjectsResponse]]:
+        """The ids (never data) of the tenant's subjects a principal touched in a window, for BreachImpact: resolved
+        from the principal's audit entries (a record id becomes its subject's id; erased or unknown ids are skipped).
+        Reading it is itself audited. Same restriction as GetSubjectContact: notify's mTLS identity only.
+        """
 
 def add_VaultContactServiceServicer_to_server(servicer: VaultContactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
