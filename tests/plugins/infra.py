@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -28,11 +29,49 @@ BIN = Path(sys.executable).parent
 POSTGRES_ADMIN_URL = os.environ.get("STEWARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+_HANDED_OUT: set[int] = set()
+_LOWEST_CHOSEN_PORT = 15000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux default 32768-60999)."""
+    try:
+        low, high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now, below the ephemeral range and never handed out twice.
+
+    A port from ``bind(0)`` comes from the ephemeral range, so any outgoing connection the suite makes
+    (PostgreSQL, NATS, OpenBao clients) can take it between this choice and the server's own bind: a
+    nats-server once exited with "address already in use" that way. Ports below that range are only
+    taken by servers that ask for them, and this process never hands the same one out twice.
+    """
+    low, _ = _ephemeral_range()
+    if low - _LOWEST_CHOSEN_PORT >= 1000:
+        chooser = random.Random()
+        for _ in range(500):
+            port = chooser.randrange(_LOWEST_CHOSEN_PORT, low)
+            if port not in _HANDED_OUT and _bindable(port):
+                _HANDED_OUT.add(port)
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+    _HANDED_OUT.add(port)
+    return port
 
 
 def wait_for_port(port: int, timeout_s: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -75,7 +114,11 @@ class NatsServer:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        wait_for_port(self.port, proc=self.proc)
+        try:
+            wait_for_port(self.port, proc=self.proc)
+        except RuntimeError as exited:
+            tail = (self.store_dir / "nats.log").read_text(errors="replace").splitlines()[-5:]
+            raise RuntimeError(f"{exited}; nats.log ends: {' | '.join(tail)}") from exited
 
     def subscribers(self, subject: str) -> int:
         """How many connections subscribe to exactly ``subject`` now (the server's monitoring endpoint)."""
