@@ -174,8 +174,15 @@ def breach_impact(run: Invocation, credential_id: str, principal: str, since_s: 
         credential_id=credential_id, principal=principal, window_start=start, window_end=stop
     )
     answer = run.client.call(_stub(run).BreachImpact, request)
-    rows = [[t.tenant_id, t.accesses, len(t.subject_ids)] for t in answer.tenants]
+    rows = [[t.tenant_id, t.accesses, _subjects_cell(t)] for t in answer.tenants]
     run.emit(
         {"tenants": [as_json(t) for t in answer.tenants]},
-        table(("tenant", "accesses", "subjects known"), rows, empty="(no tenant touched in the window)"),
+        table(("tenant", "accesses", "subjects touched"), rows, empty="(no tenant touched in the window)"),
     )
+
+
+def _subjects_cell(tenant: pb.ImpactedTenant) -> str:
+    """How many subjects were touched, or why the vault could not say (the subjects are then unknown, not none)."""
+    if tenant.subjects_unavailable_reason:
+        return f"unknown: {tenant.subjects_unavailable_reason}"
+    return str(len(tenant.subject_ids))

@@ -128,6 +128,38 @@ async def test_deliveries_delivery_and_consent_explain_what_was_sent(stack: Stac
     one_line_error(stack.cli("notify", "delivery", second.delivery_id, f"--tenant={other}"), "NOT_FOUND")
 
 
+async def test_breach_impact_lists_the_tenant_and_the_subjects_a_credential_touched(stack: Stack) -> None:
+    tenant = new_tenant(stack, "Impact CLI Co")
+    created = stack.cli_json("apikey", "create", f"--tenant={tenant}", "--name=leaky", "--scope=records:write")
+    key, key_id = created["token"], created["api_key"]["key_id"]
+    channel, vault = stack.vault()
+    with channel:
+        data = Struct()
+        data.update({"name": "Lead"})
+        record = vault_pb2.NewRecord(
+            kind=vault_pb2.RECORD_KIND_LEAD_CONTACT,
+            identifiers=vault_pb2.SubjectIdentifiers(email=LEAD_EMAIL),
+            data=data,
+        )
+        auth = [("authorization", f"Bearer {key}")]
+        subject = vault.PutRecord(
+            vault_pb2.PutRecordRequest(record=record), metadata=auth, timeout=30
+        ).record.subject_id
+
+    def impact() -> list[dict[str, object]]:
+        tenants: list[dict[str, object]] = stack.cli_json("breach", "impact", f"--credential={key_id}")["tenants"]
+        return tenants
+
+    # The gateway's access event reaches notify's access log over NATS.
+    await eventually(lambda: len(impact()) == 1, 60, what="the access in notify's log")
+    [found] = impact()
+    assert found["tenant_id"] == tenant and found["subject_ids"] == [subject]
+    shown = stack.cli("breach", "impact", f"--credential={key_id}")
+    assert shown.returncode == 0 and "SUBJECTS TOUCHED" in shown.stdout
+    assert [line.split()[-1] for line in shown.stdout.splitlines() if tenant in line] == ["1"]
+    assert LEAD_EMAIL not in shown.stdout
+
+
 def test_refusals_print_one_line_with_the_documented_exit_code(stack: Stack) -> None:
     tenant = new_tenant(stack, "Notify Refusals Co")
     one_line_error(stack.cli("notify", "delivery", "d-does-not-exist", f"--tenant={tenant}"), "NOT_FOUND")

@@ -37,3 +37,14 @@ def test_usage_mistakes_are_refused_before_any_call() -> None:
     assert code == 2 and "ISO 8601" in output
     code, output = run("status", "b-1", "--state", "reopened")
     assert code == 2 and "reopened" in output
+
+
+def test_impact_shows_unknown_subjects_with_the_reason_not_as_none() -> None:
+    from steward.notify.v1 import notify_pb2 as pb
+
+    from services.cli.ops.breach import _subjects_cell
+
+    assert _subjects_cell(pb.ImpactedTenant(tenant_id="t-1", subject_ids=["s-1", "s-2"])) == "2"
+    assert _subjects_cell(pb.ImpactedTenant(tenant_id="t-1")) == "0"
+    unknown = pb.ImpactedTenant(tenant_id="t-1", subjects_unavailable_reason="vault_unavailable")
+    assert _subjects_cell(unknown) == "unknown: vault_unavailable"

@@ -93,17 +93,34 @@ async def test_impact_lists_exactly_the_subjects_a_credential_touched(
         later = _with(window(now + timedelta(days=1)), credential_id=leaked)
         assert (await h.notify.BreachImpact(later, metadata=OPERATOR)).tenants == []
 
-        # With the vault down, the tenants are still listed, with the reason their subjects are missing.
+        # With the vault down, the tenants are still listed, with the reason their subjects are missing; after
+        # the first tenant finds the vault unreachable, the others do not each ask it (and wait out its timeout).
         assert vault.harness is not None
         await vault.harness.app.stop(0)
+        asked = count_vault_lookups(h)
         answer = await h.notify.BreachImpact(_with(window(now), credential_id=leaked), metadata=OPERATOR)
         assert {(t.tenant_id, len(t.subject_ids), t.subjects_unavailable_reason) for t in answer.tenants} == {
             (a, 0, "vault_unavailable"),
             (b, 0, "vault_unavailable"),
             (absent, 0, "vault_unavailable"),
         }
+        assert len(asked) == 1
     finally:
         await vault.close()
+
+
+def count_vault_lookups(h: NotifyHarness) -> list[str]:
+    """The tenants notify asks the vault about from now on (the real client, observed)."""
+    assert h.app.breaches is not None and h.app.breaches.touched is not None
+    client, asked = h.app.breaches.touched, []
+    real = client.touched_subjects
+
+    async def observed(tenant_id: str, *args: Any) -> list[str]:
+        asked.append(tenant_id)
+        return await real(tenant_id, *args)
+
+    client.touched_subjects = observed  # type: ignore[method-assign]
+    return asked
 
 
 def _with(request: pb.BreachImpactRequest, **fields: str) -> pb.BreachImpactRequest:
