@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from google.protobuf.struct_pb2 import Struct
@@ -45,6 +46,16 @@ def _send(notify: notify_pb2_grpc.NotifyServiceStub, key: str, subject_id: str, 
     return notify.SendToSubject(request, metadata=[("authorization", f"Bearer {key}")], timeout=30).delivery
 
 
+def _new_lead(vault: Any, auth: list[tuple[str, str]]) -> str:
+    """A lead put through the gateway with ``auth``; its subject id."""
+    data = Struct()
+    data.update({"name": "Lead"})
+    record = vault_pb2.NewRecord(
+        kind=vault_pb2.RECORD_KIND_LEAD_CONTACT, identifiers=vault_pb2.SubjectIdentifiers(email=LEAD_EMAIL), data=data
+    )
+    return str(vault.PutRecord(vault_pb2.PutRecordRequest(record=record), metadata=auth, timeout=30).record.subject_id)
+
+
 async def test_deliveries_delivery_and_consent_explain_what_was_sent(stack: Stack) -> None:
     tenant = new_tenant(stack, "Notify CLI Co")
     key = stack.cli_json(
@@ -54,16 +65,7 @@ async def test_deliveries_delivery_and_consent_explain_what_was_sent(stack: Stac
     auth = [("authorization", f"Bearer {key}")]
     with channel:
         notify = notify_pb2_grpc.NotifyServiceStub(channel)  # type: ignore[no-untyped-call]
-        data = Struct()
-        data.update({"name": "Lead"})
-        record = vault_pb2.NewRecord(
-            kind=vault_pb2.RECORD_KIND_LEAD_CONTACT,
-            identifiers=vault_pb2.SubjectIdentifiers(email=LEAD_EMAIL),
-            data=data,
-        )
-        subject = vault.PutRecord(
-            vault_pb2.PutRecordRequest(record=record), metadata=auth, timeout=30
-        ).record.subject_id
+        subject = _new_lead(vault, auth)
         first = _send(notify, key, subject, "cli-news-1")
 
         def state_of(delivery_id: str) -> int:
@@ -134,17 +136,7 @@ async def test_breach_impact_lists_the_tenant_and_the_subjects_a_credential_touc
     key, key_id = created["token"], created["api_key"]["key_id"]
     channel, vault = stack.vault()
     with channel:
-        data = Struct()
-        data.update({"name": "Lead"})
-        record = vault_pb2.NewRecord(
-            kind=vault_pb2.RECORD_KIND_LEAD_CONTACT,
-            identifiers=vault_pb2.SubjectIdentifiers(email=LEAD_EMAIL),
-            data=data,
-        )
-        auth = [("authorization", f"Bearer {key}")]
-        subject = vault.PutRecord(
-            vault_pb2.PutRecordRequest(record=record), metadata=auth, timeout=30
-        ).record.subject_id
+        subject = _new_lead(vault, [("authorization", f"Bearer {key}")])
 
     def impact() -> list[dict[str, object]]:
         tenants: list[dict[str, object]] = stack.cli_json("breach", "impact", f"--credential={key_id}")["tenants"]
