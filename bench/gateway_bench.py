@@ -159,6 +159,16 @@ def start_gateway_process(
     return proc, port
 
 
+def start_bare_proxy_process(upstream_port: int) -> tuple[subprocess.Popen[bytes], int]:
+    """``bench.bare_proxy`` in its own process (as the gateway is) in front of ``upstream_port``."""
+    from tests.plugins.infra import free_port, wait_for_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_proxy", str(port), str(upstream_port)])
+    wait_for_port(port, timeout_s=60, proc=proc)
+    return proc, port
+
+
 async def provision(gateway_port: int, admin_token: str) -> tuple[str, str]:
     """Create a tenant (and its vault) through the gateway and an API key for it; (tenant id, token)."""
     from steward.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -218,6 +228,7 @@ async def run_on(dbs: BenchDatabases, bao: Any) -> dict[str, Any]:
     echo_gateway, echo_gateway_port = start_gateway_process(
         workdir, "gateway-echo", echo_port, idp.jwks_file, ISSUER, AUDIENCE, dbs.url("gateway_echo")
     )
+    bare_proxy, bare_proxy_port = start_bare_proxy_process(echo_port)
     rows: list[Figures] = []
 
     async def phase(name: str, target: Any, *args: Any) -> dict[str, Any]:
@@ -255,10 +266,13 @@ async def run_on(dbs: BenchDatabases, bao: Any) -> dict[str, Any]:
         await phase(
             "gateway -> echo GetRecord", client_get, echo_gateway_port, echo_gateway_md, ["x"], N_ECHO, CONCURRENCY
         )
+        # The floor of any grpc.aio proxy: bytes forwarded, nothing else (bench/bare_proxy.py).
+        await phase("bare proxy -> echo PutRecord", client_put, bare_proxy_port, [], N_ECHO, CONCURRENCY)
+        await phase("bare proxy -> echo GetRecord", client_get, bare_proxy_port, [], ["x"], N_ECHO, CONCURRENCY)
     finally:
-        for proc in (gateway, echo_gateway):
+        for proc in (gateway, echo_gateway, bare_proxy):
             proc.terminate()
-        for proc in (gateway, echo_gateway):
+        for proc in (gateway, echo_gateway, bare_proxy):
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -298,6 +312,9 @@ async def run_on(dbs: BenchDatabases, bao: Any) -> dict[str, Any]:
         checks[f"{method}_8_callers_p99_added_ms"] = eight_added
         checks[f"{method}_gateway_echo_over_echo"] = echo_through.ops_per_s / echo_direct.ops_per_s
         checks[f"{method}_vault_over_echo"] = direct.ops_per_s / echo_direct.ops_per_s
+        bare_proxy_through = by_name[f"bare proxy -> echo {method}"]
+        checks[f"{method}_bare_proxy_echo_over_echo"] = bare_proxy_through.ops_per_s / echo_direct.ops_per_s
+        checks[f"{method}_gateway_echo_over_bare_proxy_echo"] = echo_through.ops_per_s / bare_proxy_through.ops_per_s
         verdict = "met" if ratio >= 0.7 and added <= 5.0 else "NOT met"
         print(
             f"  {method:<10} gateway/direct throughput {ratio * 100:5.1f}%   p99 added {added:+7.2f} ms   "
@@ -307,6 +324,11 @@ async def run_on(dbs: BenchDatabases, bao: Any) -> dict[str, Any]:
             f"  {'':<10} 8 callers: p99 added {eight_added:+.2f} ms   "
             f"gateway->echo / bare echo {checks[f'{method}_gateway_echo_over_echo']:.2f}   "
             f"vault direct / bare echo {checks[f'{method}_vault_over_echo']:.2f}"
+        )
+        print(
+            f"  {'':<10} floor of any grpc.aio proxy: bare proxy->echo / bare echo "
+            f"{checks[f'{method}_bare_proxy_echo_over_echo']:.2f}   "
+            f"gateway->echo / bare proxy->echo {checks[f'{method}_gateway_echo_over_bare_proxy_echo']:.2f}"
         )
     return {"rows": [row.row() for row in rows], "checks": checks}
 
