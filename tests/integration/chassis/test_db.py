@@ -1,8 +1,11 @@
-"""The group-commit writer: units share a commit, a failing unit fails alone, isolated units run alone."""
+"""The group-commit writer, on SQLite and on PostgreSQL: units share a commit, a failing unit fails alone, isolated
+units run alone, and a failed commit fails every unit of its batch, retryably, having written nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,15 +13,18 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.chassis.db import Database
-from services.chassis.errors import NotFound
+from services.chassis.errors import NotFound, is_transient
 
 _metadata = MetaData()
 _items = Table("items", _metadata, Column("id", Integer, primary_key=True), Column("name", String(20)))
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'gc.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    url = f"sqlite:///{tmp_path / 'gc.db'}"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    database = Database(url, group_commit=True)
     _metadata.create_all(database.engine)
     yield database
     database.close()
@@ -104,3 +110,45 @@ async def test_orm_rows_returned_by_units_stay_readable_when_another_unit_of_the
         assert all([note.text for note in page] == [f"t{n}" for n in range(len(page))] for page in pages)
     writer = db._writer
     assert writer is not None and writer.replays >= 1  # the savepoint path really ran
+
+
+_REFUSE_AT_COMMIT = """
+CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.name = 'doomed' THEN
+        RAISE EXCEPTION 'refused at commit' USING ERRCODE = 'serialization_failure';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON items DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION refuse_at_commit();
+"""
+
+
+async def test_a_failed_commit_fails_every_unit_of_its_batch_retryably_and_writes_nothing(db: Database) -> None:
+    if db.is_sqlite:
+        pytest.skip("the failure at COMMIT is a PostgreSQL deferred constraint trigger")
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(_REFUSE_AT_COMMIT)
+    gate = threading.Event()
+
+    def held(session: Session) -> None:
+        # Keeps the writer busy while the units below queue, so they make one batch (this one or the next).
+        assert gate.wait(30)
+        session.execute(insert(_items).values(id=100, name="before"))
+
+    def unit(i: int):  # type: ignore[no-untyped-def]
+        def work(session: Session) -> int:
+            session.execute(insert(_items).values(id=i, name="doomed" if i == 5 else f"n{i}"))
+            return i
+
+        return work
+
+    first = asyncio.ensure_future(db.run(held))
+    batch = [asyncio.ensure_future(db.run(unit(i))) for i in range(10)]
+    await asyncio.sleep(0)  # every unit is queued
+    gate.set()
+    held_result, *results = await asyncio.gather(first, *batch, return_exceptions=True)
+    assert all(isinstance(r, Exception) and is_transient(r) for r in results), results  # retry later, all of them
+    written = await db.run(lambda s: list(s.scalars(select(_items.c.id))))
+    assert written == ([] if isinstance(held_result, Exception) else [100])  # none of the batch was written
