@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
@@ -19,12 +18,9 @@ _metadata = MetaData()
 _items = Table("items", _metadata, Column("id", Integer, primary_key=True), Column("name", String(20)))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'gc.db'}"
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    database = Database(url, group_commit=True)
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url, group_commit=True)
     _metadata.create_all(database.engine)
     yield database
     database.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,12 +21,9 @@ _rows = Table("staged_rows", _metadata, Column("id", Integer, primary_key=True),
 _head = Table("staged_head", _metadata, Column("id", Integer, primary_key=True), Column("value", Integer))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'staged.db'}"
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    database = Database(url, group_commit=True)
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url, group_commit=True)
     _metadata.create_all(database.engine)
     with database.transaction() as session:
         session.execute(_head.insert().values(id=1, value=0))
