@@ -103,6 +103,7 @@ class _Unit:
     context: contextvars.Context
     future: asyncio.Future[Any]
     isolated: bool = False
+    lock_order: str = ""
     result: Any = None
     error: BaseException | None = None
 
@@ -122,6 +123,12 @@ class GroupCommitWriter:
     the failing unit gets its own exception and the others still commit. Units therefore must not
     have external effects that are wrong to repeat; a unit that does (rotating a key) is submitted
     ``isolated`` and always runs in a transaction of its own.
+
+    On PostgreSQL a batch holds the row locks its units took until it commits, so two writers (two
+    replicas) whose batches lock the same rows in opposite orders would deadlock. A unit submitted with a
+    ``lock_order`` (the vault passes the tenant whose row it locks first) runs in that order within its
+    batch, so every batch takes those locks in the same order; units of one ``lock_order`` keep the order
+    they were submitted in.
     """
 
     def __init__(self, database: Database, max_batch: int = 64) -> None:
@@ -136,7 +143,12 @@ class GroupCommitWriter:
         self.replays = 0
 
     def submit(
-        self, work: Callable[[Session], T], *, isolated: bool = False, deadline: float | None = None
+        self,
+        work: Callable[[Session], T],
+        *,
+        isolated: bool = False,
+        deadline: float | None = None,
+        lock_order: str = "",
     ) -> asyncio.Future[T]:
         """Queue ``work``; the future resolves on the caller's loop after the batch commits.
 
@@ -151,7 +163,7 @@ class GroupCommitWriter:
                     self._thread.start()
                     self._started = True
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Unit(work, contextvars.copy_context(), future, isolated))
+        self._queue.put(_Unit(work, contextvars.copy_context(), future, isolated, lock_order))
         return future
 
     def stop(self) -> None:
@@ -184,6 +196,7 @@ class GroupCommitWriter:
                 self._run_batch([carry])
 
     def _run_batch(self, batch: list[_Unit]) -> None:
+        batch.sort(key=_lock_order)  # stable: units of one lock order keep their order
         if len(batch) == 1 or not self._run_optimistically(batch):
             self._run_with_savepoints(batch)
         self._resolve(batch)
@@ -234,6 +247,10 @@ class GroupCommitWriter:
                 pass  # that loop has closed; nobody is waiting any more
 
 
+def _lock_order(unit: _Unit) -> str:
+    return unit.lock_order
+
+
 def _settle(units: list[_Unit]) -> None:
     for unit in units:
         if unit.future.done():
@@ -276,7 +293,14 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
-    async def run(self, work: Callable[[Session], T], *, isolated: bool = False, timeout_s: float | None = None) -> T:
+    async def run(
+        self,
+        work: Callable[[Session], T],
+        *,
+        isolated: bool = False,
+        timeout_s: float | None = None,
+        lock_order: str = "",
+    ) -> T:
         """Run ``work(session)`` in one transaction off the event loop (trace context preserved).
 
         With group commit (always on SQLite) the unit joins the writer (shared commit; see
@@ -288,11 +312,13 @@ class Database:
         ``timeout_s`` is the caller's remaining time (``context.time_remaining()``): when it has run out
         before the unit is submitted, before it starts (after queueing) or before it commits, the unit
         raises :class:`DeadlineExceeded` and nothing is written.
+
+        ``lock_order``: where the unit runs within a group-commit batch (see :class:`GroupCommitWriter`).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         _check_deadline(deadline)
         if self._writer is not None and (self.is_sqlite or not isolated):
-            return await self._writer.submit(work, isolated=isolated, deadline=deadline)
+            return await self._writer.submit(work, isolated=isolated, deadline=deadline, lock_order=lock_order)
         work = _before_and_after(work, deadline)
 
         def unit() -> T:

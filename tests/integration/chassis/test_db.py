@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.chassis.db import Database
@@ -148,3 +148,49 @@ async def test_a_failed_commit_fails_every_unit_of_its_batch_retryably_and_write
     assert all(isinstance(r, Exception) and is_transient(r) for r in results), results  # retry later, all of them
     written = await db.run(lambda s: list(s.scalars(select(_items.c.id))))
     assert written == ([] if isinstance(held_result, Exception) else [100])  # none of the batch was written
+
+
+_counters = Table("counters", _metadata, Column("id", String(8), primary_key=True), Column("n", Integer))
+
+
+async def test_two_writers_locking_rows_in_opposite_orders_take_them_in_lock_order_without_deadlock(
+    db: Database,
+) -> None:
+    if db.is_sqlite:
+        pytest.skip("SQLite has one write lock; PostgreSQL batches hold row locks until they commit")
+    other = Database(db.url, group_commit=True)  # a second replica's writer
+    with db.engine.begin() as connection:
+        connection.execute(insert(_counters), [{"id": "a", "n": 0}, {"id": "b", "n": 0}])
+    locked = {db: threading.Event(), other: threading.Event()}
+    gates = {db: threading.Event(), other: threading.Event()}
+
+    def held(writer: Database) -> Callable[[Session], None]:
+        def work(_session: Session) -> None:
+            assert gates[writer].wait(30)  # the writer's next batch holds both of its units
+
+        return work
+
+    def bump(row: str, writer: Database, *, first: bool) -> Callable[[Session], None]:
+        def work(session: Session) -> None:
+            session.execute(update(_counters).where(_counters.c.id == row).values(n=_counters.c.n + 1))
+            if first:  # the first lock of a batch run in submission order: let the other writer take its first
+                locked[writer].set()
+                locked[other if writer is db else db].wait(2)
+
+        return work
+
+    try:
+        units = []
+        for writer, rows in ((db, "ab"), (other, "ba")):
+            units.append(asyncio.ensure_future(writer.run(held(writer))))
+            for i, row in enumerate(rows):
+                units.append(asyncio.ensure_future(writer.run(bump(row, writer, first=i == 0), lock_order=row)))
+        await asyncio.sleep(0)  # every unit is queued behind its writer's gate
+        for gate in gates.values():
+            gate.set()
+        await asyncio.gather(*units)
+        assert await db.run(lambda s: sorted(s.execute(select(_counters.c.id, _counters.c.n)))) == [("a", 2), ("b", 2)]
+        assert db._writer is not None and other._writer is not None
+        assert db._writer.replays == other._writer.replays == 0  # no batch was chosen as a deadlock victim
+    finally:
+        other.close()
