@@ -494,11 +494,12 @@ class Consumer(BackgroundTask):
         self.nak_base_delay_s = nak_base_delay_s
         self.max_backoff_s = max_backoff_s
         self.fetch_timeout_s = fetch_timeout_s
-        # On SQLite, hand a fetched batch's messages to the group-commit writer all at once rather than one after
-        # the other: they are queued in order and share one transaction and one commit instead of one each. A
-        # failing one makes the writer replay the others with a savepoint each, as for any unit. On PostgreSQL
-        # every message has its own transaction anyway and they stay one after the other (order kept).
-        self.concurrent = concurrent and db.is_sqlite
+        # With group commit (SQLite, or PostgreSQL when the service asks), hand a fetched batch's messages to the
+        # writer all at once rather than one after the other: they are queued in order and share one transaction
+        # and one commit instead of one each. A failing one makes the writer replay the others with a savepoint
+        # each, as for any unit. Otherwise every message has its own transaction and they stay one after the
+        # other (order kept).
+        self.concurrent = concurrent and db.group_commits
         self.stats = ConsumerStats()
 
     def _config(self) -> ConsumerConfig:

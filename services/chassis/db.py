@@ -103,22 +103,32 @@ class _Unit:
     context: contextvars.Context
     future: asyncio.Future[Any]
     isolated: bool = False
+    lock_order: str = ""
     result: Any = None
     error: BaseException | None = None
 
 
 class GroupCommitWriter:
-    """One writer thread for SQLite that commits queued units of work together.
+    """One writer thread that commits queued units of work together (SQLite; PostgreSQL when asked).
 
     SQLite allows one writer at a time, so concurrent transactions only queue. Here they queue in
     memory instead: the writer takes everything waiting (up to ``max_batch``) and runs the units one
     after the other in one transaction with one commit, one thread hop and one event-loop wake-up.
+    On PostgreSQL the same holds for writes that take one row lock first (the vault's tenant row, which
+    orders its audit chain): one transaction each would queue on that lock and commit (fsync) one at a
+    time; a batch takes the lock once and commits once.
 
     Optimistically first, without savepoints (they cost a quarter of the throughput). If any unit
     raises, the whole transaction rolls back and the batch runs again with a SAVEPOINT per unit, so
     the failing unit gets its own exception and the others still commit. Units therefore must not
     have external effects that are wrong to repeat; a unit that does (rotating a key) is submitted
     ``isolated`` and always runs in a transaction of its own.
+
+    On PostgreSQL a batch holds the row locks its units took until it commits, so two writers (two
+    replicas) whose batches lock the same rows in opposite orders would deadlock. A unit submitted with a
+    ``lock_order`` (the vault passes the tenant whose row it locks first) runs in that order within its
+    batch, so every batch takes those locks in the same order; units of one ``lock_order`` keep the order
+    they were submitted in.
     """
 
     def __init__(self, database: Database, max_batch: int = 64) -> None:
@@ -133,7 +143,12 @@ class GroupCommitWriter:
         self.replays = 0
 
     def submit(
-        self, work: Callable[[Session], T], *, isolated: bool = False, deadline: float | None = None
+        self,
+        work: Callable[[Session], T],
+        *,
+        isolated: bool = False,
+        deadline: float | None = None,
+        lock_order: str = "",
     ) -> asyncio.Future[T]:
         """Queue ``work``; the future resolves on the caller's loop after the batch commits.
 
@@ -148,7 +163,7 @@ class GroupCommitWriter:
                     self._thread.start()
                     self._started = True
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Unit(work, contextvars.copy_context(), future, isolated))
+        self._queue.put(_Unit(work, contextvars.copy_context(), future, isolated, lock_order))
         return future
 
     def stop(self) -> None:
@@ -181,6 +196,7 @@ class GroupCommitWriter:
                 self._run_batch([carry])
 
     def _run_batch(self, batch: list[_Unit]) -> None:
+        batch.sort(key=_lock_order)  # stable: units of one lock order keep their order
         if len(batch) == 1 or not self._run_optimistically(batch):
             self._run_with_savepoints(batch)
         self._resolve(batch)
@@ -231,6 +247,10 @@ class GroupCommitWriter:
                 pass  # that loop has closed; nobody is waiting any more
 
 
+def _lock_order(unit: _Unit) -> str:
+    return unit.lock_order
+
+
 def _settle(units: list[_Unit]) -> None:
     for unit in units:
         if unit.future.done():
@@ -242,20 +262,30 @@ def _settle(units: list[_Unit]) -> None:
 
 
 class Database:
-    """An engine, a session factory, a thread pool, and (SQLite) a group-commit writer."""
+    """An engine, a session factory, a thread pool, and a group-commit writer (SQLite; PostgreSQL with
+    ``group_commit``).
 
-    def __init__(self, url: str, *, workers: int = 8) -> None:
+    The writer holds one pooled connection while it runs a batch; :meth:`call` and the units that do not
+    join it (``isolated`` ones on PostgreSQL) use the rest of the pool.
+    """
+
+    def __init__(self, url: str, *, workers: int = 8, group_commit: bool = False) -> None:
         self.url = url
         self.engine = make_engine(url, pool_size=workers)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         watch_staging(self.sessions)  # hot-path rows (audit, outbox) staged per transaction: see fastsql
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
-        self._writer = GroupCommitWriter(self) if self.is_sqlite else None
+        self._writer = GroupCommitWriter(self) if self.is_sqlite or group_commit else None
 
     @property
     def is_sqlite(self) -> bool:
         """True for the embedded SQLite backend."""
         return self.engine.dialect.name == "sqlite"
+
+    @property
+    def group_commits(self) -> bool:
+        """True when :meth:`run` queues units for the group-commit writer (always on SQLite)."""
+        return self._writer is not None
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -263,21 +293,32 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
-    async def run(self, work: Callable[[Session], T], *, isolated: bool = False, timeout_s: float | None = None) -> T:
+    async def run(
+        self,
+        work: Callable[[Session], T],
+        *,
+        isolated: bool = False,
+        timeout_s: float | None = None,
+        lock_order: str = "",
+    ) -> T:
         """Run ``work(session)`` in one transaction off the event loop (trace context preserved).
 
-        On SQLite the unit joins the group-commit writer (shared commit; see :class:`GroupCommitWriter`,
-        and pass ``isolated=True`` for work whose external effects must not be repeated); on
-        PostgreSQL it runs in its own transaction on the thread pool, in parallel with others.
+        With group commit (always on SQLite) the unit joins the writer (shared commit; see
+        :class:`GroupCommitWriter`, and pass ``isolated=True`` for work whose external effects must not be
+        repeated: on SQLite it then has the writer's transaction to itself, on PostgreSQL it runs on the
+        thread pool). Otherwise (PostgreSQL) it runs in its own transaction on the thread pool, in parallel
+        with others.
 
         ``timeout_s`` is the caller's remaining time (``context.time_remaining()``): when it has run out
         before the unit is submitted, before it starts (after queueing) or before it commits, the unit
         raises :class:`DeadlineExceeded` and nothing is written.
+
+        ``lock_order``: where the unit runs within a group-commit batch (see :class:`GroupCommitWriter`).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         _check_deadline(deadline)
-        if self._writer is not None:
-            return await self._writer.submit(work, isolated=isolated, deadline=deadline)
+        if self._writer is not None and (self.is_sqlite or not isolated):
+            return await self._writer.submit(work, isolated=isolated, deadline=deadline, lock_order=lock_order)
         work = _before_and_after(work, deadline)
 
         def unit() -> T:

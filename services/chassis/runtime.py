@@ -198,14 +198,20 @@ class ServiceRuntime(Generic[SettingsT]):
         """Register a stop step (sync or async) run in reverse registration order by :meth:`stop`."""
         self._steps.append(_StopStep(name, action, self.step_timeout_s if timeout_s is None else timeout_s))
 
-    async def database(self, field: str = "database_url", *, workers: int = 8) -> Database:
+    async def database(self, field: str = "database_url", *, workers: int = 8, group_commit: bool = False) -> Database:
         """Open the database of setting ``field``; migrate it to head, or refuse to start when it is not there.
+
+        ``group_commit``: on PostgreSQL too, writes share commits (see :class:`~services.chassis.db.Database`).
 
         With ``migrate_on_start`` off (the Kubernetes Job runs ``steward db upgrade``) a database behind
         the code raises :class:`~services.chassis.migrations.DatabaseNotMigrated` instead of migrating.
         """
         url = getattr(self.settings, field)
-        db = Database(url.get_secret_value() if isinstance(url, SecretStr) else str(url), workers=workers)
+        db = Database(
+            url.get_secret_value() if isinstance(url, SecretStr) else str(url),
+            workers=workers,
+            group_commit=group_commit,
+        )
         self.on_stop(f"database {field}", db.close)
         self.metrics.watch_database(field, db)
         package = f"services.{self.service}"

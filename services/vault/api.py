@@ -128,11 +128,15 @@ class _Base:
     ) -> T:
         # isolated: the work has external effects that must not be repeated (Transit key lifecycle,
         # erasure), so it never shares a group commit that could be replayed. ``identity``: already read.
+        # Within a batch units run in tenant order, the order every batch takes the tenant locks in.
         if identity is None:
             identity = require_identity(context)
         # A caller whose deadline has passed gets DEADLINE_EXCEEDED and nothing is committed for it.
         return await self.db.run(
-            lambda session: work(session, identity), isolated=isolated, timeout_s=context.time_remaining()
+            lambda session: work(session, identity),
+            isolated=isolated,
+            timeout_s=context.time_remaining(),
+            lock_order=identity.tenant_id,
         )
 
 

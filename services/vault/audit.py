@@ -47,24 +47,24 @@ def lock_tenant(session: Session, tenant_id: str, *, shredded_ok: bool = False) 
     """Hold the tenant's write lock and return its row.
 
     PostgreSQL: an ``UPDATE .. RETURNING`` row lock, the first statement of the transaction, so chain
-    links are assigned one at a time across replicas. SQLite: every transaction already began with
+    links are assigned one at a time across replicas; the next units of a group-commit batch reuse the
+    row the transaction already locked, except inside a savepoint (a batch replayed unit by unit), whose
+    rollback would release a lock taken in it. SQLite: every transaction already began with
     ``BEGIN IMMEDIATE`` (the database-wide write lock), so the row is simply read — and units of one
     group-commit batch reuse it from the session's identity map.
 
     A shredded tenant is refused unless ``shredded_ok`` (its audit evidence outlives its data).
     """
+    # The identity map holds objects weakly; pin the row so the next unit of a batch reuses it.
+    pinned = session.info.setdefault("pinned", {})
     if session.get_bind().dialect.name == "sqlite":
-        tenant = session.get(TenantVault, tenant_id)
-        # The identity map holds objects weakly; pin the row so the next unit of a batch reuses it.
-        session.info.setdefault("pinned", {})[("tenant", tenant_id)] = tenant
+        tenant = pinned[("tenant", tenant_id)] = session.get(TenantVault, tenant_id)
+    elif session.in_nested_transaction():
+        tenant = _lock_row(session, tenant_id)
     else:
-        tenant = session.scalars(
-            update(TenantVault)
-            .where(TenantVault.tenant_id == tenant_id)
-            .values(audit_seq=TenantVault.audit_seq)
-            .returning(TenantVault),
-            execution_options={"populate_existing": True},
-        ).one_or_none()
+        tenant = pinned.get(("tenant", tenant_id))
+        if tenant is None:
+            tenant = pinned[("tenant", tenant_id)] = _lock_row(session, tenant_id)
     if tenant is None:
         raise NotFound(
             "this tenant has no vault; create it with VaultAdminService.CreateTenant first",
@@ -75,6 +75,16 @@ def lock_tenant(session: Session, tenant_id: str, *, shredded_ok: bool = False) 
             "this tenant's data was shredded; nothing can be served", reason=Reason.TENANT_SHREDDED
         )
     return tenant
+
+
+def _lock_row(session: Session, tenant_id: str) -> TenantVault | None:
+    return session.scalars(
+        update(TenantVault)
+        .where(TenantVault.tenant_id == tenant_id)
+        .values(audit_seq=TenantVault.audit_seq)
+        .returning(TenantVault),
+        execution_options={"populate_existing": True},
+    ).one_or_none()
 
 
 # The entry fields the hash covers, in hash order: the one definition both ``append`` and ``verify`` use.

@@ -59,7 +59,9 @@ class VaultApp:
 async def assemble(runtime: ServiceRuntime[VaultSettings]) -> VaultApp:
     """Start the vault's resources on ``runtime``, in the runtime's order."""
     settings, clock = runtime.settings, runtime.clock
-    db = await runtime.database("database_url", workers=settings.db_workers)
+    db = await runtime.database(
+        "database_url", workers=settings.db_workers, group_commit=settings.postgres_group_commit
+    )
     ledger_db = await runtime.database("tombstone_database_url", workers=2)
     transit = runtime.client("transit", _transit_client(settings, clock))
     runtime.metrics.watch_transit(transit)

@@ -60,6 +60,11 @@ class VaultSettings(ServiceSettings):
     epoch_max_age_s: float = Field(default=30 * 24 * 3600.0, gt=0)
     trust_identity_metadata: bool = False
     db_workers: int = Field(default=8, ge=1)
+    postgres_group_commit: bool = Field(
+        default=True,
+        description="On PostgreSQL, commit concurrent writes in batches on one writer connection, as on SQLite: "
+        "each takes the tenant's audit lock, so one transaction each would commit one at a time.",
+    )
     audit_checkpoint_every_entries: int = Field(default=1000, ge=1)
     audit_checkpoint_interval_s: float = Field(default=300.0, gt=0)
     export_bundle_sweep_s: float = Field(

@@ -4,81 +4,19 @@ completes exactly once with verifiable evidence."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from steward.dsr.v1 import dsr_pb2 as pb
 from steward.vault.v1 import vault_pb2, vault_pb2_grpc
 
-from tests.integration.dsr.support import DsrStack, stop_processes, submit, wait_state
+from tests.integration.dsr.support import DsrStack, VaultProcess, submit, wait_state
 from tests.integration.vault.helpers import canary_email, lead
-from tests.plugins.infra import NatsServer, OpenBaoDev, free_port, wait_for_port
+from tests.plugins.infra import NatsServer, OpenBaoDev
 from tests.plugins.stack import DsrFactory, VaultHarness
-from tests.plugins.waiting import eventually
-
-
-@dataclass
-class VaultProcess:
-    """``python -m services.vault.main`` on fixed files and port; ``start`` again after :meth:`kill9`."""
-
-    tmp_path: Path
-    openbao: OpenBaoDev
-    nats_url: str
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "STEWARD_VAULT__DATABASE_URL": f"sqlite:///{self.tmp_path / 'vault.db'}",
-            "STEWARD_VAULT__TOMBSTONE_DATABASE_URL": f"sqlite:///{self.tmp_path / 'ledger.db'}",
-            "STEWARD_VAULT__GRPC__PORT": str(self.port),
-            "STEWARD_VAULT__TRANSIT__URL": self.openbao.url,
-            "STEWARD_VAULT__TRANSIT__TOKEN": self.openbao.token,
-            "STEWARD_VAULT__TRANSIT__KEY_PREFIX": f"kv{self.tmp_path.name[-6:]}-",
-            "STEWARD_VAULT__NATS__URL": self.nats_url,
-            "STEWARD_VAULT__NATS__ENABLED": "true",
-            "STEWARD_VAULT__NATS__OUTBOX_POLL_S": "0.05",
-            "STEWARD_VAULT__TRUST_IDENTITY_METADATA": "true",
-        }
-        self.starts += 1
-        with open(self.tmp_path / f"vault-{self.starts}.log", "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "services.vault.main"], env=env, stdout=log, stderr=log)
-        self.procs.append(self.proc)
-        wait_for_port(self.port, timeout_s=60, proc=self.proc)
-
-    async def serving(self) -> None:
-        """Wait until health says SERVING (the vault listens NOT_SERVING while it re-applies tombstones)."""
-        async with aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-
-            async def up() -> bool:
-                try:
-                    answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-                except aio.AioRpcError:
-                    return False
-                return answer.status == health_pb2.HealthCheckResponse.SERVING
-
-            await eventually(up, 60, what="the vault serving")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def close(self) -> None:
-        stop_processes(self.procs)
 
 
 @pytest.fixture

@@ -9,13 +9,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from services.chassis.db import Database
 from services.chassis.identity import CallerIdentity
 from services.chassis.migrations import upgrade
 from services.vault import audit
-from services.vault.models import TenantVault
+from services.vault.models import AuditEntry, TenantVault
 
 AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 TENANT = "t-savepoint"
@@ -71,3 +73,41 @@ def test_a_unit_rolled_back_to_its_savepoint_leaves_the_chain_intact(db: Databas
         assert tenant is not None
         assert (tenant.audit_seq, report.entries_checked) == (2, 2)
         assert report.intact, report
+
+
+def test_units_around_a_rolled_back_savepoint_link_on_from_the_last_entry_that_stayed(db: Database) -> None:
+    # A batch that starts without savepoints and then one per unit: the first unit locks the tenant at the top
+    # of the transaction and the last reuses that row (no second lock) after a savepoint rolled back.
+    with db.transaction() as session:
+        _unit(session, "first", fail=False)
+        for action, fail in (("second", False), ("fails", True)):
+            try:
+                with session.begin_nested():
+                    _unit(session, action, fail=fail)
+            except UnitFailed:
+                pass
+        _unit(session, "fourth", fail=False)
+    with db.transaction() as session:
+        report = audit.verify(session, TENANT)
+        assert report.intact and report.entries_checked == 3, report
+        assert [e.action for e in session.scalars(select(AuditEntry).order_by(AuditEntry.seq))] == [
+            "first",
+            "second",
+            "fourth",
+        ]
+
+
+def test_a_lock_taken_in_a_rolled_back_savepoint_is_taken_again(db: Database) -> None:
+    if db.is_sqlite:
+        pytest.skip("SQLite holds its one write lock from BEGIN IMMEDIATE; PostgreSQL locks the tenant row")
+    with db.transaction() as session:
+        try:
+            with session.begin_nested():
+                _unit(session, "fails", fail=True)  # PostgreSQL releases the row lock with the savepoint
+        except UnitFailed:
+            pass
+        _unit(session, "second", fail=False)
+        with db.engine.connect() as other, pytest.raises(OperationalError, match="could not obtain lock"):
+            other.execute(select(TenantVault).where(TenantVault.tenant_id == TENANT).with_for_update(nowait=True))
+    with db.transaction() as session:
+        assert audit.verify(session, TENANT).entries_checked == 1
