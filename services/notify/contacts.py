@@ -22,7 +22,7 @@ from services.notify.keys import TenantKeys
 from services.notify.models import ContactRow
 from services.notify.templates import LOCALES
 
-__all__ = ["ROLES", "ContactView", "get_contacts", "set_contacts", "valid_email", "valid_phone"]
+__all__ = ["ROLES", "ContactView", "get_contacts", "open_contact", "set_contacts", "valid_email", "valid_phone"]
 
 ROLES = ("SECURITY", "PRIVACY", "ADMIN")
 MAX_CONTACTS = 20
@@ -102,7 +102,8 @@ def check(contacts: list[ContactView]) -> None:
             seen.add(contact.contact_id)
 
 
-def _open(session: Session, keys: TenantKeys, row: ContactRow) -> ContactView:
+def open_contact(session: Session, keys: TenantKeys, row: ContactRow) -> ContactView:
+    """A loaded contact row, opened (in memory only)."""
     value = keys.open(session, row.tenant_id, KIND, row.contact_id, row.key_id, row.sealed)
     return ContactView(row.contact_id, row.role, value["email"], value.get("phone", ""), row.locale)
 
@@ -114,15 +115,7 @@ def get_contacts(session: Session, keys: TenantKeys, tenant_id: str) -> list[Con
         .where(ContactRow.tenant_id == tenant_id)
         .order_by(ContactRow.created_at, ContactRow.contact_id)
     )
-    return [_open(session, keys, row) for row in rows]
-
-
-def get_contact(session: Session, keys: TenantKeys, tenant_id: str, contact_id: str) -> ContactView | None:
-    """One contact, or None when it was deleted since."""
-    row = session.get(ContactRow, contact_id)
-    if row is None or row.tenant_id != tenant_id:
-        return None
-    return _open(session, keys, row)
+    return [open_contact(session, keys, row) for row in rows]
 
 
 def set_contacts(

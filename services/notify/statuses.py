@@ -35,14 +35,24 @@ _DELIVERY_STATUS = {
 }
 
 
-def track(session: Session, *, message_id: str, delivery_id: str, tenant_id: str) -> None:
-    """Remember a WhatsApp message we sent, so its webhooks are recognised as ours (no status yet)."""
-    if session.get(ProviderStatusRow, message_id) is None:
-        session.add(
-            ProviderStatusRow(
-                message_id=message_id, delivery_id=delivery_id, tenant_id=tenant_id, status="", error_code=None
-            )
+def track(session: Session, sent: list[tuple[str, str, str]]) -> None:
+    """Remember WhatsApp messages we sent, ``(message id, delivery id, tenant id)`` each, so their webhooks are
+    recognised as ours (no status yet); one SELECT for the whole batch."""
+    if not sent:
+        return
+    known = set(
+        session.scalars(
+            select(ProviderStatusRow.message_id).where(ProviderStatusRow.message_id.in_([m for m, _, _ in sent]))
         )
+    )
+    for message_id, delivery_id, tenant_id in sent:
+        if message_id not in known:
+            known.add(message_id)
+            session.add(
+                ProviderStatusRow(
+                    message_id=message_id, delivery_id=delivery_id, tenant_id=tenant_id, status="", error_code=None
+                )
+            )
 
 
 def _state(row: ProviderStatusRow | None) -> StatusState | None:
