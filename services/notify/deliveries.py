@@ -60,13 +60,18 @@ __all__ = [
     "DeliveryContext",
     "DeliveryEngine",
     "Plan",
+    "Settlement",
+    "SettlementWriter",
     "StaticAddressBook",
     "idempotency_key",
     "plan",
+    "plan_all",
     "settle",
 ]
 
 PAYLOAD = "payload"
+# Bound parameters per IN list: well below SQLite's and PostgreSQL's limits, whatever the size of a fan-out.
+_IN_CHUNK = 500
 FINAL = frozenset({"SENT", "AMBIGUOUS", "DELIVERED", "READ", "FAILED", "SUPPRESSED"})
 # Suppression reasons that stop service notices too (the address does not exist); others stop marketing only.
 HARD_BOUNCES = frozenset({"smtp_5xx", "wa_131026"})
@@ -151,43 +156,61 @@ def idempotency_key(tenant_id: str, cause: str, channel: str, recipient: Recipie
 
 def plan(session: Session, ctx: DeliveryContext, p: Plan) -> tuple[DeliveryRow, bool]:
     """Insert the delivery (and its sealed payload) unless its idempotency key exists: (delivery, replayed)."""
-    key = idempotency_key(p.tenant_id, p.cause, p.channel, p.recipient, p.template_version)
-    earlier = session.scalars(select(DeliveryRow).where(DeliveryRow.idempotency_key == key)).first()
-    if earlier is not None:
-        return earlier, True
+    return plan_all(session, ctx, [p])[0]
+
+
+def plan_all(session: Session, ctx: DeliveryContext, plans: Sequence[Plan]) -> list[tuple[DeliveryRow, bool]]:
+    """:func:`plan` for many deliveries at once (a fan-out): one SELECT for their idempotency keys and one flush
+    that claims the new keys before any payload is sealed; (delivery, replayed) for each plan, in order."""
+    keys = [idempotency_key(p.tenant_id, p.cause, p.channel, p.recipient, p.template_version) for p in plans]
+    found: dict[str, DeliveryRow] = {}
+    for chunk in range(0, len(keys), _IN_CHUNK):
+        query = select(DeliveryRow).where(DeliveryRow.idempotency_key.in_(keys[chunk : chunk + _IN_CHUNK]))
+        found.update((row.idempotency_key, row) for row in session.scalars(query))
     now = ctx.clock.now()
-    delivery_id = new_id()
-    template, locale, _ = p.template_version.split("/")
-    row = DeliveryRow(
-        delivery_id=delivery_id,
-        tenant_id=p.tenant_id,
-        idempotency_key=key,
-        cause=p.cause,
-        channel=p.channel,
-        lane=p.lane.value,
-        template=template,
-        template_version=p.template_version,
-        locale=locale,
-        purpose=p.purpose,
-        recipient_kind=p.recipient.kind,
-        recipient_id=p.recipient.id,
-        recipient_hash="",
-        status="QUEUED",
-        reason_code="",
-        attempts=0,
-        reference=delivery_id.replace("-", ""),
-        provider_ref="",
-        consent_id="",
-        next_attempt_at=now,
-        created_at=now,
-        updated_at=now,
-        final_at=None,
-    )
-    session.add(row)
-    session.flush()  # the unique key is claimed here, before any send
-    key_id, sealed = ctx.keys.seal(session, p.tenant_id, PAYLOAD, delivery_id, dict(p.variables))
-    session.add(PayloadRow(delivery_id=delivery_id, tenant_id=p.tenant_id, key_id=key_id, sealed=sealed))
-    return row, False
+    answer: list[tuple[DeliveryRow, bool]] = []
+    new: list[tuple[DeliveryRow, Plan]] = []
+    for p, key in zip(plans, keys, strict=True):
+        earlier = found.get(key)
+        if earlier is not None:
+            answer.append((earlier, True))
+            continue
+        delivery_id = new_id()
+        template, locale, _ = p.template_version.split("/")
+        row = DeliveryRow(
+            delivery_id=delivery_id,
+            tenant_id=p.tenant_id,
+            idempotency_key=key,
+            cause=p.cause,
+            channel=p.channel,
+            lane=p.lane.value,
+            template=template,
+            template_version=p.template_version,
+            locale=locale,
+            purpose=p.purpose,
+            recipient_kind=p.recipient.kind,
+            recipient_id=p.recipient.id,
+            recipient_hash="",
+            status="QUEUED",
+            reason_code="",
+            attempts=0,
+            reference=delivery_id.replace("-", ""),
+            provider_ref="",
+            consent_id="",
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+            final_at=None,
+        )
+        session.add(row)
+        found[key] = row  # the same message twice in one fan-out is planned once
+        new.append((row, p))
+        answer.append((row, False))
+    session.flush()  # the unique keys are claimed here, before any send
+    for row, p in new:
+        key_id, sealed = ctx.keys.seal(session, p.tenant_id, PAYLOAD, row.delivery_id, dict(p.variables))
+        session.add(PayloadRow(delivery_id=row.delivery_id, tenant_id=p.tenant_id, key_id=key_id, sealed=sealed))
+    return answer
 
 
 def get(session: Session, tenant_id: str, delivery_id: str) -> DeliveryRow:
@@ -248,7 +271,11 @@ def _finish(row: DeliveryRow, status: str, reason: str, now: object) -> None:
 def _drop_payloads(session: Session, delivery_ids: list[str]) -> None:
     """Delete the sealed payloads of deliveries that became final in this transaction."""
     if delivery_ids:
-        session.execute(delete(PayloadRow).where(PayloadRow.delivery_id.in_(delivery_ids)))
+        # No payload object of these deliveries is used after this statement: nothing in the session to update.
+        session.execute(
+            delete(PayloadRow).where(PayloadRow.delivery_id.in_(delivery_ids)),
+            execution_options={"synchronize_session": False},
+        )
 
 
 def claim(session: Session, ctx: DeliveryContext, *, limit: int) -> list[Job]:

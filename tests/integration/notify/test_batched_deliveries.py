@@ -1,6 +1,7 @@
-"""Sends recorded in batches (one transaction per batch of finished sends): each delivery in a batch is settled by
-its own outcome, only final deliveries lose their payload, and a settlement that cannot be written fails alone,
-leaving its delivery exactly as the claim left it while the rest of the batch commits."""
+"""The delivery engine's batches. A fan-out planned at once keeps exactly-once per idempotency key (a key met before,
+or twice in the same batch, is replayed, not planned again). Sends recorded in batches (one transaction per batch
+of finished sends): each delivery is settled by its own outcome, only final deliveries lose their payload, and a
+settlement that cannot be written fails alone, leaving its delivery as the claim left it while the rest commits."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 
 from services.chassis.clock import ManualClock
 from services.notify import deliveries
-from services.notify.channels import Outcome, SendResult
-from services.notify.deliveries import Job, Settlement, claim
+from services.notify.channels import Lane, Outcome, SendResult
+from services.notify.consent import Recipient
+from services.notify.deliveries import Job, Plan, Settlement, claim, plan_all
 from tests.integration.notify.support import NotifyFactory, NotifyHarness
 from tests.integration.notify.test_core_sends import send, send_request, subject
 
@@ -43,6 +45,33 @@ def rows(h: NotifyHarness) -> dict[str, tuple[Any, ...]]:
 
 def payloads(h: NotifyHarness) -> set[str]:
     return {row[0] for row in h.raw_db().all("SELECT delivery_id FROM notify_payloads")}
+
+
+async def test_a_fan_out_planned_at_once_plans_each_message_once(notify_factory: NotifyFactory) -> None:
+    h = await notify_factory()
+    h.app.engine.wake = lambda: None  # type: ignore[method-assign]
+    await h.app.engine.stop()
+
+    def notice(contact: str, channel: str = "email") -> Plan:
+        return Plan(
+            tenant_id=h.tenant,
+            cause="breach:b1:1",
+            channel=channel,
+            lane=Lane.CRITICAL,
+            template_version="breach_notice/en/v1",
+            recipient=Recipient("contact", contact),
+            variables={"nature": "n"},
+        )
+
+    (first, replayed), *_ = await h.app.db.run(lambda s: plan_all(s, h.app.ctx, [notice("c1")]))
+    assert not replayed
+    batch = [notice("c1"), notice("c2"), notice("c2", "whatsapp"), notice("c2")]
+    answer = await h.app.db.run(lambda s: plan_all(s, h.app.ctx, batch))
+    ids = [row.delivery_id for row, _ in answer]
+    assert [replayed for _, replayed in answer] == [True, False, False, True]
+    assert ids[0] == first.delivery_id and ids[3] == ids[1] and len(set(ids)) == 3
+    assert h.raw_db().scalar("SELECT count(*) FROM notify_deliveries") == 3
+    assert payloads(h) == set(ids)
 
 
 async def test_one_batch_settles_each_delivery_by_its_own_outcome(
