@@ -271,11 +271,9 @@ def _finish(row: DeliveryRow, status: str, reason: str, now: object) -> None:
 def _drop_payloads(session: Session, delivery_ids: list[str]) -> None:
     """Delete the sealed payloads of deliveries that became final in this transaction."""
     if delivery_ids:
-        # No payload object of these deliveries is used after this statement: nothing in the session to update.
-        session.execute(
-            delete(PayloadRow).where(PayloadRow.delivery_id.in_(delivery_ids)),
-            execution_options={"synchronize_session": False},
-        )
+        # A Core statement: no payload object of these deliveries is used after it, nothing in the session to update.
+        payloads = PayloadRow.__table__
+        session.execute(delete(payloads).where(payloads.c.delivery_id.in_(delivery_ids)))  # type: ignore[arg-type]
 
 
 def claim(session: Session, ctx: DeliveryContext, *, limit: int) -> list[Job]:

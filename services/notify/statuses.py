@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from services.chassis.clock import Clock
 from services.chassis.db import Database
+from services.chassis.fastsql import insert_rows
 from services.notify import consent
 from services.notify.consent import Recipient
 from services.notify.models import DeliveryRow, ProviderStatusRow
@@ -40,19 +41,14 @@ def track(session: Session, sent: list[tuple[str, str, str]]) -> None:
     recognised as ours (no status yet); one SELECT for the whole batch."""
     if not sent:
         return
-    known = set(
-        session.scalars(
-            select(ProviderStatusRow.message_id).where(ProviderStatusRow.message_id.in_([m for m, _, _ in sent]))
-        )
-    )
+    table = ProviderStatusRow.__table__
+    known = set(session.scalars(select(table.c.message_id).where(table.c.message_id.in_([m for m, _, _ in sent]))))
+    rows = []
     for message_id, delivery_id, tenant_id in sent:
         if message_id not in known:
             known.add(message_id)
-            session.add(
-                ProviderStatusRow(
-                    message_id=message_id, delivery_id=delivery_id, tenant_id=tenant_id, status="", error_code=None
-                )
-            )
+            rows.append({"message_id": message_id, "delivery_id": delivery_id, "tenant_id": tenant_id, "status": ""})
+    insert_rows(session.connection(), table, rows)  # type: ignore[arg-type]  # one statement for the batch
 
 
 def _state(row: ProviderStatusRow | None) -> StatusState | None:
