@@ -47,8 +47,10 @@ def payloads(h: NotifyHarness) -> set[str]:
     return {row[0] for row in h.raw_db().all("SELECT delivery_id FROM notify_payloads")}
 
 
-async def test_a_fan_out_planned_at_once_plans_each_message_once(notify_factory: NotifyFactory) -> None:
-    h = await notify_factory()
+async def test_a_fan_out_planned_at_once_plans_each_message_once(
+    notify_factory: NotifyFactory, database_url: str
+) -> None:
+    h = await notify_factory(database_url=database_url)
     h.app.engine.wake = lambda: None  # type: ignore[method-assign]
     await h.app.engine.stop()
 
@@ -75,9 +77,9 @@ async def test_a_fan_out_planned_at_once_plans_each_message_once(notify_factory:
 
 
 async def test_one_batch_settles_each_delivery_by_its_own_outcome(
-    notify_factory: NotifyFactory, manual_clock: ManualClock
+    notify_factory: NotifyFactory, manual_clock: ManualClock, database_url: str
 ) -> None:
-    h = await notify_factory(clock=manual_clock)
+    h = await notify_factory(clock=manual_clock, database_url=database_url)
     sent, retried, bounced, also_sent = await claimed(h, 4)
     outcomes = [
         settlement(h, sent, SendResult(Outcome.SENT, "", provider_ref="<a@x>")),
@@ -102,9 +104,9 @@ async def test_one_batch_settles_each_delivery_by_its_own_outcome(
 
 
 async def test_a_settlement_that_cannot_be_written_fails_alone_and_its_delivery_is_left_as_claimed(
-    notify_factory: NotifyFactory, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+    notify_factory: NotifyFactory, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
-    h = await notify_factory(clock=manual_clock)
+    h = await notify_factory(clock=manual_clock, database_url=database_url)
     sent, broken, also_sent = await claimed(h, 3)
 
     def refuse(*args: Any, **kwargs: Any) -> None:
