@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import quote
@@ -187,15 +187,29 @@ class BreachDesk:
         session.add(row)
         session.flush()  # the idempotency key is claimed before any delivery is planned
         tenants = active_tenants(session) if draft.all_tenants else sorted(set(draft.tenant_ids))
-        planned = 0
-        for tenant_id in tenants:
-            affected = BreachTenantRow(breach_id=row.breach_id, tenant_id=tenant_id, notices=0, acknowledged_via="")
-            session.add(affected)
-            planned += self.notify_tenant(session, row, affected)
-        return row, planned, False
+        affected = [
+            BreachTenantRow(breach_id=row.breach_id, tenant_id=tenant_id, notices=0, acknowledged_via="")
+            for tenant_id in tenants
+        ]
+        session.add_all(affected)
+        return row, self.notify_tenants(session, [(one, row) for one in affected]), False
 
-    def notify_tenant(self, session: Session, breach: BreachRow, affected: BreachTenantRow) -> int:
-        """Plan notice number ``notices + 1`` to every contact of the tenant on every channel it has."""
+    def notify_tenants(self, session: Session, due: Sequence[tuple[BreachTenantRow, BreachRow]]) -> int:
+        """Plan each tenant's next notice of its breach (one query for the contacts and one for the idempotency
+        keys, whatever the number of tenants); returns how many deliveries are new."""
+        found = contacts.contacts_of(session, self.ctx.keys, {affected.tenant_id for affected, _ in due})
+        plans = [
+            plan
+            for affected, breach in due
+            for plan in self._next_notice(breach, affected, found.get(affected.tenant_id, []))
+        ]
+        return sum(not replayed for _, replayed in deliveries.plan_all(session, self.ctx, plans))
+
+    def _next_notice(
+        self, breach: BreachRow, affected: BreachTenantRow, reachable: Sequence[contacts.ContactView]
+    ) -> list[Plan]:
+        """Notice number ``notices + 1`` to every contact of the tenant on every channel it has (the plans), and
+        the tenant's row moved on to it."""
         now = self.clock.now()
         number = affected.notices + 1
         cert_in, regulator = deadlines(_utc(breach.detected_at))
@@ -213,31 +227,28 @@ class BreachDesk:
             "ack_url": self.ack_link(token),
             "ack_token": token,
         }
-        planned = 0
-        for contact in contacts.get_contacts(session, self.ctx.keys, affected.tenant_id):
+        plans: list[Plan] = []
+        for contact in reachable:
             wanted = ["email"] if contact.email else []
             if contact.phone and "whatsapp" in self.channels:
                 wanted.append("whatsapp")
-            for channel in wanted:
-                _row, replayed = deliveries.plan(
-                    session,
-                    self.ctx,
-                    Plan(
-                        tenant_id=affected.tenant_id,
-                        cause=f"breach:{breach.breach_id}:{number}",
-                        channel=channel,
-                        lane=Lane.CRITICAL,
-                        template_version=self.ctx.catalogue.version(TEMPLATE, contact.locale),
-                        recipient=Recipient("contact", contact.contact_id),
-                        variables=variables,
-                    ),
+            plans.extend(
+                Plan(
+                    tenant_id=affected.tenant_id,
+                    cause=f"breach:{breach.breach_id}:{number}",
+                    channel=channel,
+                    lane=Lane.CRITICAL,
+                    template_version=self.ctx.catalogue.version(TEMPLATE, contact.locale),
+                    recipient=Recipient("contact", contact.contact_id),
+                    variables=variables,
                 )
-                planned += 0 if replayed else 1
+                for channel in wanted
+            )
         affected.notices = number
         affected.last_notified_at = now
         more = number < self.settings.max_notices
         affected.next_notice_at = now + timedelta(seconds=self.settings.renotify_after_s) if more else None
-        return planned
+        return plans
 
     def renotify_due(self, session: Session) -> int:
         """Notify again every unacknowledged tenant of an open breach whose next notice is due; returns deliveries."""
@@ -252,10 +263,7 @@ class BreachDesk:
             )
             .limit(500)
         ).all()
-        planned = 0
-        for affected, breach in due:
-            planned += self.notify_tenant(session, breach, affected)
-        return planned
+        return self.notify_tenants(session, [(affected, breach) for affected, breach in due])
 
     # -- acknowledge and update --------------------------------------------------------------------------
 

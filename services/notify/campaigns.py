@@ -58,23 +58,19 @@ def plan_to_contacts(
     found = contacts.contact_ids(session, tenant_id)
     if not found:
         log.info("no contacts to notify", extra={"tenant_id": tenant_id, "template": template})
-    planned = 0
-    for contact_id, locale in found:
-        _row, replayed = deliveries.plan(
-            session,
-            ctx,
-            Plan(
-                tenant_id=tenant_id,
-                cause=cause,
-                channel="email",
-                lane=Lane.SERVICE,
-                template_version=ctx.catalogue.version(template, locale),
-                recipient=Recipient("contact", contact_id),
-                variables=variables,
-            ),
+    plans = [
+        Plan(
+            tenant_id=tenant_id,
+            cause=cause,
+            channel="email",
+            lane=Lane.SERVICE,
+            template_version=ctx.catalogue.version(template, locale),
+            recipient=Recipient("contact", contact_id),
+            variables=variables,
         )
-        planned += 0 if replayed else 1
-    return planned
+        for contact_id, locale in found
+    ]
+    return sum(not replayed for _, replayed in deliveries.plan_all(session, ctx, plans))
 
 
 def announce(

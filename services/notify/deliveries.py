@@ -28,9 +28,9 @@ import hashlib
 import hmac
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Protocol
 
@@ -60,13 +60,18 @@ __all__ = [
     "DeliveryContext",
     "DeliveryEngine",
     "Plan",
+    "Settlement",
+    "SettlementWriter",
     "StaticAddressBook",
     "idempotency_key",
     "plan",
+    "plan_all",
     "settle",
 ]
 
 PAYLOAD = "payload"
+# Bound parameters per IN list: well below SQLite's and PostgreSQL's limits, whatever the size of a fan-out.
+_IN_CHUNK = 500
 FINAL = frozenset({"SENT", "AMBIGUOUS", "DELIVERED", "READ", "FAILED", "SUPPRESSED"})
 # Suppression reasons that stop service notices too (the address does not exist); others stop marketing only.
 HARD_BOUNCES = frozenset({"smtp_5xx", "wa_131026"})
@@ -151,43 +156,61 @@ def idempotency_key(tenant_id: str, cause: str, channel: str, recipient: Recipie
 
 def plan(session: Session, ctx: DeliveryContext, p: Plan) -> tuple[DeliveryRow, bool]:
     """Insert the delivery (and its sealed payload) unless its idempotency key exists: (delivery, replayed)."""
-    key = idempotency_key(p.tenant_id, p.cause, p.channel, p.recipient, p.template_version)
-    earlier = session.scalars(select(DeliveryRow).where(DeliveryRow.idempotency_key == key)).first()
-    if earlier is not None:
-        return earlier, True
+    return plan_all(session, ctx, [p])[0]
+
+
+def plan_all(session: Session, ctx: DeliveryContext, plans: Sequence[Plan]) -> list[tuple[DeliveryRow, bool]]:
+    """:func:`plan` for many deliveries at once (a fan-out): one SELECT for their idempotency keys and one flush
+    that claims the new keys before any payload is sealed; (delivery, replayed) for each plan, in order."""
+    keys = [idempotency_key(p.tenant_id, p.cause, p.channel, p.recipient, p.template_version) for p in plans]
+    found: dict[str, DeliveryRow] = {}
+    for chunk in range(0, len(keys), _IN_CHUNK):
+        query = select(DeliveryRow).where(DeliveryRow.idempotency_key.in_(keys[chunk : chunk + _IN_CHUNK]))
+        found.update((row.idempotency_key, row) for row in session.scalars(query))
     now = ctx.clock.now()
-    delivery_id = new_id()
-    template, locale, _ = p.template_version.split("/")
-    row = DeliveryRow(
-        delivery_id=delivery_id,
-        tenant_id=p.tenant_id,
-        idempotency_key=key,
-        cause=p.cause,
-        channel=p.channel,
-        lane=p.lane.value,
-        template=template,
-        template_version=p.template_version,
-        locale=locale,
-        purpose=p.purpose,
-        recipient_kind=p.recipient.kind,
-        recipient_id=p.recipient.id,
-        recipient_hash="",
-        status="QUEUED",
-        reason_code="",
-        attempts=0,
-        reference=delivery_id.replace("-", ""),
-        provider_ref="",
-        consent_id="",
-        next_attempt_at=now,
-        created_at=now,
-        updated_at=now,
-        final_at=None,
-    )
-    session.add(row)
-    session.flush()  # the unique key is claimed here, before any send
-    key_id, sealed = ctx.keys.seal(session, p.tenant_id, PAYLOAD, delivery_id, dict(p.variables))
-    session.add(PayloadRow(delivery_id=delivery_id, tenant_id=p.tenant_id, key_id=key_id, sealed=sealed))
-    return row, False
+    answer: list[tuple[DeliveryRow, bool]] = []
+    new: list[tuple[DeliveryRow, Plan]] = []
+    for p, key in zip(plans, keys, strict=True):
+        earlier = found.get(key)
+        if earlier is not None:
+            answer.append((earlier, True))
+            continue
+        delivery_id = new_id()
+        template, locale, _ = p.template_version.split("/")
+        row = DeliveryRow(
+            delivery_id=delivery_id,
+            tenant_id=p.tenant_id,
+            idempotency_key=key,
+            cause=p.cause,
+            channel=p.channel,
+            lane=p.lane.value,
+            template=template,
+            template_version=p.template_version,
+            locale=locale,
+            purpose=p.purpose,
+            recipient_kind=p.recipient.kind,
+            recipient_id=p.recipient.id,
+            recipient_hash="",
+            status="QUEUED",
+            reason_code="",
+            attempts=0,
+            reference=delivery_id.replace("-", ""),
+            provider_ref="",
+            consent_id="",
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+            final_at=None,
+        )
+        session.add(row)
+        found[key] = row  # the same message twice in one fan-out is planned once
+        new.append((row, p))
+        answer.append((row, False))
+    session.flush()  # the unique keys are claimed here, before any send
+    for row, p in new:
+        key_id, sealed = ctx.keys.seal(session, p.tenant_id, PAYLOAD, row.delivery_id, dict(p.variables))
+        session.add(PayloadRow(delivery_id=row.delivery_id, tenant_id=p.tenant_id, key_id=key_id, sealed=sealed))
+    return answer
 
 
 def get(session: Session, tenant_id: str, delivery_id: str) -> DeliveryRow:
@@ -236,13 +259,21 @@ class Job:
     sends_template: bool = False
 
 
-def _finish(session: Session, row: DeliveryRow, status: str, reason: str, now: object) -> None:
+def _finish(row: DeliveryRow, status: str, reason: str, now: object) -> None:
+    """Make ``row`` final; its caller deletes the payload (:func:`_drop_payloads`, one statement per batch)."""
     row.status = status
     row.reason_code = reason
     row.next_attempt_at = None
     row.final_at = now  # type: ignore[assignment]
     row.updated_at = now  # type: ignore[assignment]
-    session.execute(delete(PayloadRow).where(PayloadRow.delivery_id == row.delivery_id))
+
+
+def _drop_payloads(session: Session, delivery_ids: list[str]) -> None:
+    """Delete the sealed payloads of deliveries that became final in this transaction."""
+    if delivery_ids:
+        # A Core statement: no payload object of these deliveries is used after it, nothing in the session to update.
+        payloads = PayloadRow.__table__
+        session.execute(delete(payloads).where(payloads.c.delivery_id.in_(delivery_ids)))  # type: ignore[arg-type]
 
 
 def claim(session: Session, ctx: DeliveryContext, *, limit: int) -> list[Job]:
@@ -258,38 +289,53 @@ def claim(session: Session, ctx: DeliveryContext, *, limit: int) -> list[Job]:
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    # Load what the rows need in two queries (not two per row); the loop below then finds them in the session.
+    # Load what the rows need in a few queries (not a few per row), held here: the session's identity map holds
+    # rows weakly, so rows nobody references would be read again one by one.
     ids = [row.delivery_id for row in rows]
-    session.scalars(select(PayloadRow).where(PayloadRow.delivery_id.in_(ids))).all()
+    payloads = {p.delivery_id: p for p in session.scalars(select(PayloadRow).where(PayloadRow.delivery_id.in_(ids)))}
     contact_ids = {row.recipient_id for row in rows if row.recipient_kind == "contact"}
-    if contact_ids:
-        session.scalars(select(ContactRow).where(ContactRow.contact_id.in_(contact_ids))).all()
+    contact_rows = (
+        {c.contact_id: c for c in session.scalars(select(ContactRow).where(ContactRow.contact_id.in_(contact_ids)))}
+        if contact_ids
+        else {}
+    )
+    preferences = ctx.pacer.preferences(session, rows) if ctx.pacer is not None else {}
     jobs: list[Job] = []
+    finished: list[str] = []
     for row in rows:
         lane = Lane(row.lane)
         if row.status == "SENDING" and lane == Lane.MARKETING:
             # The last attempt's answer was never recorded: it may have gone out. At most once.
-            _finish(session, row, "AMBIGUOUS", "attempt_lost", now)
+            _finish(row, "AMBIGUOUS", "attempt_lost", now)
+            finished.append(row.delivery_id)
             continue
-        verdict = ctx.pacer.check(session, row, now) if ctx.pacer is not None else None
+        verdict = ctx.pacer.check(session, row, now, preferences=preferences) if ctx.pacer is not None else None
         if verdict is not None and (verdict.final or verdict.until is not None):
             if verdict.final:
-                _finish(session, row, verdict.final, verdict.reason, now)
+                _finish(row, verdict.final, verdict.reason, now)
+                finished.append(row.delivery_id)
             else:
                 row.next_attempt_at, row.reason_code, row.updated_at = verdict.until, verdict.reason, now
             continue
-        payload = session.get(PayloadRow, row.delivery_id)
+        payload = payloads.get(row.delivery_id)
         if payload is None:
-            _finish(session, row, "FAILED", "payload_missing", now)
+            _finish(row, "FAILED", "payload_missing", now)
+            finished.append(row.delivery_id)
             continue
         variables = ctx.keys.open(session, row.tenant_id, PAYLOAD, row.delivery_id, payload.key_id, payload.sealed)
         who = Recipient(row.recipient_kind, row.recipient_id)
         address = ""
         if who.kind == "contact":
-            found = contacts.get_contact(session, ctx.keys, row.tenant_id, who.id)
+            contact = contact_rows.get(who.id)
+            found = (
+                contacts.open_contact(session, ctx.keys, contact)
+                if contact is not None and contact.tenant_id == row.tenant_id
+                else None
+            )
             address = (found.email if row.channel == "email" else found.phone) if found else ""
             if not address:
-                _finish(session, row, "FAILED", "contact_gone", now)
+                _finish(row, "FAILED", "contact_gone", now)
+                finished.append(row.delivery_id)
                 continue
         row.status = "SENDING"
         row.attempts += 1
@@ -311,6 +357,7 @@ def claim(session: Session, ctx: DeliveryContext, *, limit: int) -> list[Job]:
                 needs_template=row.reason_code == NEEDS_TEMPLATE_REASON,
             )
         )
+    _drop_payloads(session, finished)
     return jobs
 
 
@@ -330,25 +377,54 @@ def decide(session: Session, ctx: DeliveryContext, job: Job, recipient_hash: str
     return ("", consent_id) if consent_id else ("no_consent", "")
 
 
-def settle(
-    session: Session, ctx: DeliveryContext, job: Job, result: SendResult, *, recipient_hash: str, consent_id: str
-) -> str:
-    """Record a send's outcome (see the module docstring); returns the delivery's new status."""
-    row = session.get(DeliveryRow, job.delivery_id)
-    if row is None:
-        return ""
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A send's outcome, to record: the claimed job, what the channel said, and what the lane's check found."""
+
+    job: Job
+    result: SendResult
+    recipient_hash: str = ""
+    consent_id: str = ""
+
+
+def settle(session: Session, ctx: DeliveryContext, settlements: Sequence[Settlement]) -> list[str]:
+    """Record sends' outcomes (see the module docstring); returns each delivery's new status ("" if it is gone).
+
+    One SELECT for the rows, one INSERT for the WhatsApp message ids and one DELETE for the payloads of the
+    deliveries that became final, whatever the number of settlements (in the caller's one transaction).
+    """
+    ids = [item.job.delivery_id for item in settlements]
+    query = select(DeliveryRow).where(DeliveryRow.delivery_id.in_(ids))
+    rows = {row.delivery_id: row for row in session.scalars(query)}
     now = ctx.clock.now()
-    row.recipient_hash = recipient_hash or row.recipient_hash
-    row.consent_id = consent_id or row.consent_id
+    finished: list[str] = []
+    tracked: list[tuple[str, str, str]] = []
+    answer: list[str] = []
+    for item in settlements:
+        row = rows.get(item.job.delivery_id)
+        if row is None:
+            answer.append("")
+            continue
+        _record(session, ctx, row, item, now)
+        if row.status in FINAL:
+            finished.append(row.delivery_id)
+        if row.status == "SENT" and row.channel == "whatsapp" and row.provider_ref:
+            tracked.append((row.provider_ref, row.delivery_id, row.tenant_id))
+        answer.append(row.status)
+    statuses.track(session, tracked)
+    _drop_payloads(session, finished)
+    return answer
+
+
+def _record(session: Session, ctx: DeliveryContext, row: DeliveryRow, item: Settlement, now: datetime) -> None:
+    job, result = item.job, item.result
+    row.recipient_hash = item.recipient_hash or row.recipient_hash
+    row.consent_id = item.consent_id or row.consent_id
     row.updated_at = now
     outcome = result.outcome
     if outcome == Outcome.SENT:
         row.provider_ref = result.provider_ref
-        _finish(session, row, "SENT", result.reason, now)
-        if row.channel == "whatsapp" and result.provider_ref:
-            statuses.track(
-                session, message_id=result.provider_ref, delivery_id=row.delivery_id, tenant_id=row.tenant_id
-            )
+        _finish(row, "SENT", result.reason, now)
     elif outcome == Outcome.NEEDS_TEMPLATE and not job.sends_template and ctx.reengagement_template:
         # Outside the 24 h window a text cannot be sent; the approved template can, at once (no backoff: the
         # provider answered, nothing is overloaded).
@@ -356,13 +432,15 @@ def settle(
         row.reason_code = result.reason
         row.next_attempt_at = now
     elif outcome == Outcome.SUPPRESS:
-        consent.suppress(session, ctx.clock, row.tenant_id, row.channel, recipient_hash, job.recipient, result.reason)
-        _finish(session, row, "SUPPRESSED", result.reason, now)
+        consent.suppress(
+            session, ctx.clock, row.tenant_id, row.channel, item.recipient_hash, job.recipient, result.reason
+        )
+        _finish(row, "SUPPRESSED", result.reason, now)
     elif outcome == Outcome.AMBIGUOUS and job.lane == Lane.MARKETING:
-        _finish(session, row, "AMBIGUOUS", result.reason, now)
+        _finish(row, "AMBIGUOUS", result.reason, now)
     elif outcome in (Outcome.RETRY, Outcome.RETRY_AFTER, Outcome.AMBIGUOUS):
         if row.attempts >= ctx.settings.max_attempts:
-            _finish(session, row, "FAILED", result.reason, now)
+            _finish(row, "FAILED", result.reason, now)
         else:
             delay = ctx.backoff_s(row.attempts)
             if outcome == Outcome.RETRY_AFTER and result.retry_after_s:
@@ -371,8 +449,7 @@ def settle(
             row.reason_code = result.reason
             row.next_attempt_at = now + timedelta(seconds=delay)
     else:  # REFUSED, NEEDS_TEMPLATE without a template to switch to: not retried blindly; on-call sees the reason
-        _finish(session, row, "FAILED", result.reason, now)
-    return row.status
+        _finish(row, "FAILED", result.reason, now)
 
 
 def postpone(session: Session, ctx: DeliveryContext, job: Job, wait_s: float, reason: str) -> None:
@@ -390,7 +467,70 @@ def finish_unsent(session: Session, ctx: DeliveryContext, job: Job, status: str,
     """End a claimed delivery without sending (suppressed, no address, malformed address)."""
     row = session.get(DeliveryRow, job.delivery_id)
     if row is not None:
-        _finish(session, row, status, reason, ctx.clock.now())
+        _finish(row, status, reason, ctx.clock.now())
+        _drop_payloads(session, [row.delivery_id])
+
+
+class SettlementWriter:
+    """Records finished sends in batches: every send that finishes while a batch is being written joins the next
+    one, so a fan-out pays one transaction (and one SELECT and one DELETE) per batch rather than per send.
+
+    A batch is one transaction: all of it commits or none of it does. If it fails, each of its settlements is
+    written again in a transaction of its own, so one that cannot be recorded fails only its own send's task.
+    """
+
+    def __init__(self, db: Database, ctx: DeliveryContext) -> None:
+        self.db = db
+        self.ctx = ctx
+        self._pending: list[tuple[Settlement, asyncio.Future[str]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def settle(self, item: Settlement) -> str:
+        """Record ``item`` with whatever else is waiting; returns the delivery's new status once committed."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        return await future
+
+    async def drain(self) -> None:
+        """Wait until every settlement handed in so far is written (the engine's stop)."""
+        if self._writer is not None:
+            await asyncio.wait({self._writer})
+
+    async def _write(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            self.batches += 1
+            try:
+                answer = await self.db.run(partial(settle, ctx=self.ctx, settlements=[item for item, _ in batch]))
+            except Exception as exc:
+                if len(batch) == 1:
+                    _resolve(batch[0][1], error=exc)
+                else:
+                    log.warning("settling a batch failed; settling each alone", extra={"batch": len(batch)})
+                    await asyncio.gather(*(self._write_alone(item, future) for item, future in batch))
+                continue
+            for (_, future), status in zip(batch, answer, strict=True):
+                _resolve(future, status)
+
+    async def _write_alone(self, item: Settlement, future: asyncio.Future[str]) -> None:
+        try:
+            (status,) = await self.db.run(partial(settle, ctx=self.ctx, settlements=[item]))
+        except Exception as exc:
+            _resolve(future, error=exc)
+        else:
+            _resolve(future, status)
+
+
+def _resolve(future: asyncio.Future[str], status: str = "", *, error: BaseException | None = None) -> None:
+    if future.done():
+        return  # its send was cancelled (the engine stopped); the outcome is recorded all the same
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(status)
 
 
 class DeliveryEngine(BackgroundTask):
@@ -411,6 +551,7 @@ class DeliveryEngine(BackgroundTask):
         self.channels = dict(channels)
         self.addresses = addresses
         self.breakers = dict(breakers)
+        self.settlements = SettlementWriter(db, ctx)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sent = 0
@@ -427,6 +568,10 @@ class DeliveryEngine(BackgroundTask):
         """Remember the loop (for :meth:`wake` from worker threads), then run."""
         self._loop = asyncio.get_running_loop()
         await super().start()
+
+    async def finish(self) -> None:
+        """Record the outcomes of the sends that finished before the stop."""
+        await self.settlements.drain()
 
     async def run(self) -> None:
         """Process, then wait for a wake-up or the scan interval, forever."""
@@ -496,7 +641,7 @@ class DeliveryEngine(BackgroundTask):
 
     def _end_or_retry(self, session: Session, job: Job, status: str, reason: str) -> None:
         if status == "QUEUED":
-            settle(session, self.ctx, job, SendResult(Outcome.RETRY, reason.lower()), recipient_hash="", consent_id="")
+            settle(session, self.ctx, [Settlement(job, SendResult(Outcome.RETRY, reason.lower()))])
         else:
             finish_unsent(session, self.ctx, job, status, reason.lower())
 
@@ -545,9 +690,7 @@ class DeliveryEngine(BackgroundTask):
                 breaker.record_success()
             else:
                 breaker.record_failure()
-        status = await self.db.run(
-            lambda s: settle(s, ctx, job, result, recipient_hash=recipient_hash, consent_id=consent_id)
-        )
+        status = await self.settlements.settle(Settlement(job, result, recipient_hash, consent_id))
         if status == "SENT":
             self.sent += 1
         log.info(

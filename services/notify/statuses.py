@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from services.chassis.clock import Clock
 from services.chassis.db import Database
+from services.chassis.fastsql import insert_rows
 from services.notify import consent
 from services.notify.consent import Recipient
 from services.notify.models import DeliveryRow, ProviderStatusRow
@@ -35,14 +36,19 @@ _DELIVERY_STATUS = {
 }
 
 
-def track(session: Session, *, message_id: str, delivery_id: str, tenant_id: str) -> None:
-    """Remember a WhatsApp message we sent, so its webhooks are recognised as ours (no status yet)."""
-    if session.get(ProviderStatusRow, message_id) is None:
-        session.add(
-            ProviderStatusRow(
-                message_id=message_id, delivery_id=delivery_id, tenant_id=tenant_id, status="", error_code=None
-            )
-        )
+def track(session: Session, sent: list[tuple[str, str, str]]) -> None:
+    """Remember WhatsApp messages we sent, ``(message id, delivery id, tenant id)`` each, so their webhooks are
+    recognised as ours (no status yet); one SELECT for the whole batch."""
+    if not sent:
+        return
+    table = ProviderStatusRow.__table__
+    known = set(session.scalars(select(table.c.message_id).where(table.c.message_id.in_([m for m, _, _ in sent]))))
+    rows = []
+    for message_id, delivery_id, tenant_id in sent:
+        if message_id not in known:
+            known.add(message_id)
+            rows.append({"message_id": message_id, "delivery_id": delivery_id, "tenant_id": tenant_id, "status": ""})
+    insert_rows(session.connection(), table, rows)  # type: ignore[arg-type]  # one statement for the batch
 
 
 def _state(row: ProviderStatusRow | None) -> StatusState | None:
