@@ -83,15 +83,32 @@ def _check_deadline(deadline: float | None) -> None:
         raise DeadlineExceeded("the call's deadline passed before its transaction committed; nothing was written")
 
 
-def _before_and_after(work: Callable[[Session], T], deadline: float | None) -> Callable[[Session], T]:
-    """``work`` refused when the deadline has passed when it starts (it may have queued) or before it commits."""
-    if deadline is None:
+class _Waiter:
+    """Whether the caller still waits for a unit: not once its deadline has passed or its task was cancelled
+    (the client went away, or the server's own deadline cancelled the RPC a little after the client's)."""
+
+    __slots__ = ("deadline", "gone")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.gone = False
+
+    def check(self) -> None:
+        if self.gone:
+            raise DeadlineExceeded("the call was cancelled before its transaction committed; nothing was written")
+        _check_deadline(self.deadline)
+
+
+def _before_and_after(work: Callable[[Session], T], waiter: _Waiter | None) -> Callable[[Session], T]:
+    """``work`` refused when its caller stopped waiting by the time it starts (it may have queued) or before it
+    commits."""
+    if waiter is None:
         return work
 
     def guarded(session: Session) -> T:
-        _check_deadline(deadline)
+        waiter.check()
         result = work(session)
-        _check_deadline(deadline)
+        waiter.check()
         return result
 
     return guarded
@@ -147,16 +164,16 @@ class GroupCommitWriter:
         work: Callable[[Session], T],
         *,
         isolated: bool = False,
-        deadline: float | None = None,
+        waiter: _Waiter | None = None,
         lock_order: str = "",
     ) -> asyncio.Future[T]:
         """Queue ``work``; the future resolves on the caller's loop after the batch commits.
 
-        With a ``deadline`` (``time.monotonic()`` seconds) the unit fails with :class:`DeadlineExceeded`,
-        writing nothing, when the deadline has passed as it starts or once its work is done: a unit that
+        With a ``waiter`` the unit fails with :class:`DeadlineExceeded`, writing nothing, when its caller has
+        stopped waiting (deadline passed, or cancelled) as it starts or once its work is done: a unit that
         raises makes the batch run again with a savepoint per unit, so the others still commit.
         """
-        work = _before_and_after(work, deadline)
+        work = _before_and_after(work, waiter)
         if not self._started:
             with self._start_lock:
                 if not self._started:
@@ -309,25 +326,33 @@ class Database:
         thread pool). Otherwise (PostgreSQL) it runs in its own transaction on the thread pool, in parallel
         with others.
 
-        ``timeout_s`` is the caller's remaining time (``context.time_remaining()``): when it has run out
+        ``timeout_s`` is the caller's remaining time (``context.time_remaining()``): when it has run out, or
+        the calling task was cancelled (the client went away, or the server's deadline cancelled the RPC),
         before the unit is submitted, before it starts (after queueing) or before it commits, the unit
         raises :class:`DeadlineExceeded` and nothing is written.
 
         ``lock_order``: where the unit runs within a group-commit batch (see :class:`GroupCommitWriter`).
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        _check_deadline(deadline)
-        if self._writer is not None and (self.is_sqlite or not isolated):
-            return await self._writer.submit(work, isolated=isolated, deadline=deadline, lock_order=lock_order)
-        work = _before_and_after(work, deadline)
+        waiter = None
+        if timeout_s is not None:
+            waiter = _Waiter(time.monotonic() + timeout_s)
+            waiter.check()
+        try:
+            if self._writer is not None and (self.is_sqlite or not isolated):
+                return await self._writer.submit(work, isolated=isolated, waiter=waiter, lock_order=lock_order)
+            guarded = _before_and_after(work, waiter)
 
-        def unit() -> T:
-            with self.transaction() as session:
-                return work(session)
+            def unit() -> T:
+                with self.transaction() as session:
+                    return guarded(session)
 
-        ctx = contextvars.copy_context()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(ctx.run, unit))
+            ctx = contextvars.copy_context()
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, functools.partial(ctx.run, unit))
+        except asyncio.CancelledError:
+            if waiter is not None:  # nobody will see the result: a unit not yet committed is not committed
+                waiter.gone = True
+            raise
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking call (no transaction) on the thread pool."""

@@ -20,7 +20,17 @@ _items = Table("items", _metadata, Column("id", Integer, primary_key=True), Colu
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url, group_commit=True)
+    yield from _database(database_url)
+
+
+@pytest.fixture
+def pg_db(postgres_url: str) -> Iterator[Database]:
+    """PostgreSQL only: deferred constraint triggers, row locks held by a batch until it commits."""
+    yield from _database(postgres_url)
+
+
+def _database(url: str) -> Iterator[Database]:
+    database = Database(url, group_commit=True)
     _metadata.create_all(database.engine)
     yield database
     database.close()
@@ -121,9 +131,8 @@ CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON items DEFERRABLE INIT
 """
 
 
-async def test_a_failed_commit_fails_every_unit_of_its_batch_retryably_and_writes_nothing(db: Database) -> None:
-    if db.is_sqlite:
-        pytest.skip("the failure at COMMIT is a PostgreSQL deferred constraint trigger")
+async def test_a_failed_commit_fails_every_unit_of_its_batch_retryably_and_writes_nothing(pg_db: Database) -> None:
+    db = pg_db  # the failure at COMMIT is a PostgreSQL deferred constraint trigger
     with db.engine.begin() as connection:
         connection.exec_driver_sql(_REFUSE_AT_COMMIT)
     gate = threading.Event()
@@ -154,10 +163,9 @@ _counters = Table("counters", _metadata, Column("id", String(8), primary_key=Tru
 
 
 async def test_two_writers_locking_rows_in_opposite_orders_take_them_in_lock_order_without_deadlock(
-    db: Database,
+    pg_db: Database,
 ) -> None:
-    if db.is_sqlite:
-        pytest.skip("SQLite has one write lock; PostgreSQL batches hold row locks until they commit")
+    db = pg_db  # SQLite has one write lock; PostgreSQL batches hold row locks until they commit
     other = Database(db.url, group_commit=True)  # a second replica's writer
     with db.engine.begin() as connection:
         connection.execute(insert(_counters), [{"id": "a", "n": 0}, {"id": "b", "n": 0}])

@@ -33,6 +33,16 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     url = f"sqlite:///{tmp_path / 'vault.db'}"
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
+    yield from _vault_database(url)
+
+
+@pytest.fixture
+def pg_db(postgres_url: str) -> Iterator[Database]:
+    """PostgreSQL only: row locks that a rolled-back savepoint releases."""
+    yield from _vault_database(postgres_url)
+
+
+def _vault_database(url: str) -> Iterator[Database]:
     database = Database(url)
     upgrade(database, "services.vault")
     with database.transaction() as session:
@@ -97,9 +107,9 @@ def test_units_around_a_rolled_back_savepoint_link_on_from_the_last_entry_that_s
         ]
 
 
-def test_a_lock_taken_in_a_rolled_back_savepoint_is_taken_again(db: Database) -> None:
-    if db.is_sqlite:
-        pytest.skip("SQLite holds its one write lock from BEGIN IMMEDIATE; PostgreSQL locks the tenant row")
+def test_a_lock_taken_in_a_rolled_back_savepoint_is_taken_again(pg_db: Database) -> None:
+    # PostgreSQL locks the tenant row (SQLite holds its one write lock from BEGIN IMMEDIATE).
+    db = pg_db
     with db.transaction() as session:
         try:
             with session.begin_nested():

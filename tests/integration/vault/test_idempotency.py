@@ -19,6 +19,7 @@ from sqlalchemy.pool import NullPool
 from steward.vault.v1 import vault_pb2 as pb
 
 from tests.integration.vault.helpers import RawDatabase, expect, lead, new_record, rpc_error
+from tests.plugins.scraping import samples
 from tests.plugins.stack import VaultFactory, VaultHarness
 from tests.plugins.waiting import eventually
 
@@ -174,8 +175,53 @@ async def test_a_call_whose_deadline_passed_before_its_commit_writes_nothing(
             vault.records.PutRecord(pb.PutRecordRequest(record=note("late")), metadata=vault.md(tenant), timeout=1.0)
         )
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The lock is held until the server, too, has ended the call (its deadline runs a little after the
+        # client's, or the client's cancellation arrives): only then is it certain nobody waits for the write.
+        await eventually(lambda: put_calls_ended(vault) == 1, what="the server ended the PutRecord")
     await vault.app.db.run(lambda session: None)
     assert records_of(vault, tenant) == 1
+
+
+async def test_a_call_its_client_cancelled_before_its_commit_writes_nothing(
+    vault_factory: VaultFactory, postgres_url: str
+) -> None:
+    # PostgreSQL, where the server's write can be seen waiting for the tenant row's lock.
+    vault = await vault_factory(database_url=postgres_url, db_workers=1)
+    tenant = await vault.new_tenant()
+    await put_keyed(vault, tenant, note(), str(uuid.uuid4()))
+    with tenant_write_locked(postgres_url, tenant):
+        call = vault.records.PutRecord(pb.PutRecordRequest(record=note("gone")), metadata=vault.md(tenant), timeout=60)
+        await eventually(lambda: waiting_for_a_lock(postgres_url) == 1, what="the write waits for the tenant's lock")
+        call.cancel()  # long before its deadline
+        await eventually(lambda: put_calls_ended(vault) == 1, what="the server ended the PutRecord")
+    await vault.app.db.run(lambda session: None)
+    assert records_of(vault, tenant) == 1
+
+
+def waiting_for_a_lock(url: str) -> int:
+    """Sessions of this database waiting for a lock now."""
+    raw = RawDatabase(url)
+    try:
+        return int(
+            raw.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    finally:
+        raw.close()
+
+
+def put_calls_ended(vault: VaultHarness) -> float:
+    """PutRecord calls the vault's metrics counted as ended with any status but OK."""
+    found = samples(vault.app.runtime.metrics.scrape())
+    ended = [
+        value
+        for (name, labels), value in found.items()
+        if name == "steward_rpc_requests_total"
+        and ("grpc_method", "PutRecord") in labels
+        and ("grpc_code", "OK") not in labels
+    ]
+    return sum(ended)
 
 
 async def test_a_write_still_queued_when_its_deadline_passes_is_not_run(vault_factory: VaultFactory) -> None:
